@@ -1,0 +1,96 @@
+"""Typed errors for opso_core.
+
+Every error is a subclass of :class:`OpsoError` *and* of the builtin that best describes it, so callers
+can catch either ``except opso_core.errors.OpsoError`` or ``except ValueError``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AudioFileNotFoundError",
+    "AudioFormatError",
+    "AudioOutOfBoundsError",
+    "AudioReadError",
+    "GetDurationError",
+    "MissingDependencyError",
+    "OpsoError",
+    "OpsoTypeError",
+    "OpsoValueError",
+    "TruncatedAudioError",
+    "TruncatedAudioWarning",
+    "MixdownWarning",
+    "OutOfBoundsWarning",
+    "ParseError",
+]
+
+
+class OpsoError(Exception):
+    """Base class of every error raised by opso."""
+
+
+class OpsoValueError(OpsoError, ValueError):
+    """An argument has the right type but an invalid value."""
+
+
+class OpsoTypeError(OpsoError, TypeError):
+    """An argument has the wrong type."""
+
+
+class AudioOutOfBoundsError(OpsoValueError):
+    """The requested time period is not (fully) contained in the audio."""
+
+
+class AudioReadError(OpsoError, OSError):
+    """An audio file or stream could not be read (missing, empty, not audio, corrupt)."""
+
+
+class AudioFileNotFoundError(AudioReadError, FileNotFoundError):
+    """The audio file or URL does not exist."""
+
+
+class AudioFormatError(AudioReadError):
+    """The file is readable but its format or header is unsupported or inconsistent."""
+
+
+class TruncatedAudioError(AudioReadError):
+    """The file holds fewer audio frames than its header declares."""
+
+
+class GetDurationError(OpsoValueError):
+    """The duration of an audio file could not be determined."""
+
+
+class ParseError(OpsoValueError):
+    """A string (file name, metadata comment, timestamp) could not be parsed."""
+
+
+class MissingDependencyError(OpsoError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+class TruncatedAudioWarning(UserWarning):
+    """Warned when a file holds fewer frames than its header declares (the file was cut short)."""
+
+
+class MixdownWarning(UserWarning):
+    """Warned when a multi-channel file is mixed down to one channel."""
+
+
+class OutOfBoundsWarning(UserWarning):
+    """Warned when a requested time period is only partly inside the audio."""
+
+
+def missing_dependency(package: str, extra: str) -> MissingDependencyError:
+    """Build the error raised when an optional ``package`` is missing.
+
+    Parameters
+    ----------
+    package : str
+        Import name of the missing package (e.g. ``"matplotlib"``).
+    extra : str
+        Name of the ``opso`` extra that installs it (e.g. ``"plot"``).
+    """
+    return MissingDependencyError(
+        f"{package} is needed for this feature but is not installed. "
+        f"Install it with: pip install 'opso[{extra}]'  (or: pip install {package})"
+    )
