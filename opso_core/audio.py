@@ -200,7 +200,8 @@ def _metadata_from_info(info: AudioFileInfo) -> dict:
             header_facts = {k: metadata[k] for k in ("samplerate", "frames", "format", "subtype",
                                                      "sections", "duration", "filesize")}
             metadata = {**saved, **header_facts}
-    elif "AudioMoth" in (metadata.get("artist") or ""):
+    elif "AudioMoth" in (metadata.get("artist") or "") or (
+            comment.startswith("Recorded at") and "AudioMoth" in comment):
         try:
             metadata = parse_audiomoth_metadata(metadata)
         except ParseError as exc:
