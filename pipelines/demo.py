@@ -1,70 +1,48 @@
-"""``opso demo``: generate a small synthetic archive and analyse it end to end on this machine."""
+"""``opso demo``: a synthetic archive and a configuration that analyses it."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import time
+import shutil
 from pathlib import Path
 
-import numpy as np
+import yaml
+
+from pipelines.config import RunConfig, load_config
 
 logger = logging.getLogger(__name__)
 
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class DemoResult:
-    """Where the demo wrote its outputs and what it found."""
-
-    out_dir: Path
-    archive_dir: Path
-    n_files: int
-    audio_hours: float
-    n_clips: int
-    spectrogram_png: Path
-    clip_table_csv: Path
-    wall_s: float
+DEMO_SPECIES = [
+    # the archive's frogs pulse at 12 Hz on a 2 kHz carrier
+    {"name": "frog12", "signal_band": [1800, 2200], "pulse_rate_range": [9, 15],
+     "noise_bands": [[300, 1000], [3000, 3500]], "threshold": 0.02},
+    # nothing in the archive pulses this fast: a species that should stay (almost) silent
+    {"name": "fast_pulser", "signal_band": [1800, 2200], "pulse_rate_range": [30, 45],
+     "noise_bands": [[300, 1000], [3000, 3500]], "threshold": 0.02},
+]
 
 
-def run_demo(out_dir, *, n_recorders=3, files_per_recorder=2, file_duration_s=60.0, sample_rate_hz=22050,
-             clip_duration_s=2.0, seed=0) -> DemoResult:
-    """Generate an AudioMoth-style archive under ``out_dir/archive`` and compute clip spectrograms.
+def prepare_demo(out_dir, *, seed: int = 0, n_recorders: int = 3, files_per_recorder: int = 3,
+                 file_duration_s: float = 60.0, sample_rate_hz: int = 16000) -> RunConfig:
+    """Generate ``out_dir/archive`` (AudioMoth-style WAVs, pulsed frog calls, a few bad files) and
+    write ``out_dir/config.yaml``; returns the configuration (outputs in ``out_dir/results``)."""
+    from opso_core.testing import make_archive, write_bad_files
 
-    Writes ``out_dir/spectrogram.png`` (the first recording) and ``out_dir/clips.csv`` (every clip
-    of every file with its loudest frequency), and returns a :class:`DemoResult`.
-    """
-    from opso_core import Audio, Spectrogram
-    from opso_core.spectrogram import SpectrogramParams, spectrograms_from_clips
-    from opso_core.testing import make_archive
-    from opso_core.utils import make_clip_df
-
-    started = time.perf_counter()
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()
     archive_dir = out_dir / "archive"
-    logger.info("generating a synthetic archive in %s", archive_dir)
-    archive = make_archive(archive_dir, n_recorders=n_recorders, files_per_recorder=files_per_recorder,
-                           file_duration_s=file_duration_s, sample_rate_hz=sample_rate_hz, seed=seed)
-
-    first = Audio.from_file(archive.files.file.iloc[0])
-    png = out_dir / "spectrogram.png"
-    Spectrogram.from_audio(first.trim(0, 10)).to_image(shape=(256, 512), invert=True).save(png)
-    logger.info("wrote %s", png)
-
-    clip_df = make_clip_df(list(archive.files.file), clip_duration=clip_duration_s).reset_index()
-    params = SpectrogramParams.resolve(sample_rate_hz)
-    peak_hz = []
-    for path, clips in clip_df.groupby("file", sort=False):
-        audio = Audio.from_file(path)
-        n = int(round(clip_duration_s * audio.sample_rate))
-        starts = (clips.start_time.to_numpy() * audio.sample_rate).round().astype(int)
-        batch = np.stack([audio.samples[s : s + n] for s in starts])
-        values, freqs, _ = spectrograms_from_clips(batch, audio.sample_rate, params=params)
-        peak_hz.extend(freqs[values.mean(axis=2).argmax(axis=1)])
-    clip_df["loudest_frequency_hz"] = peak_hz
-    csv = out_dir / "clips.csv"
-    clip_df.to_csv(csv, index=False)
-    logger.info("wrote %s", csv)
-    audio_hours = float(archive.files.duration_s.sum()) / 3600
-    return DemoResult(out_dir=out_dir, archive_dir=archive_dir, n_files=len(archive.files),
-                      audio_hours=audio_hours, n_clips=len(clip_df), spectrogram_png=png,
-                      clip_table_csv=csv, wall_s=time.perf_counter() - started)
+    if archive_dir.exists():
+        shutil.rmtree(archive_dir)
+    make_archive(archive_dir, n_recorders=n_recorders, files_per_recorder=files_per_recorder,
+                 file_duration_s=file_duration_s, sample_rate_hz=sample_rate_hz, seed=seed)
+    write_bad_files(archive_dir / "rec_broken")
+    config = {
+        "input": {"url": str(archive_dir), "pattern": "**/*.[wW][aA][vV]"},
+        "output": {"url": str(out_dir / "results")},
+        "clips": {"duration": 2.0, "overlap": 0.0},
+        "spectrogram": {"sample_rate": sample_rate_hz, "window_samples": 512, "overlap_fraction": 0.5,
+                        "clips_per_chunk": 32},
+        "ribbit": DEMO_SPECIES,
+        "cluster": {"kind": "local", "threads_per_worker": 1},
+    }
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    return load_config(out_dir / "config.yaml")

@@ -1,0 +1,82 @@
+"""Clip plan: every clip of every readable file, with a global clip index and absolute UTC times.
+
+Clips follow :func:`opso_core.utils.generate_clip_times_df` per file. The plan is a pure function of
+the inventory and the clip settings, so a resumed run rebuilds exactly the same plan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+
+from opso_core.utils import generate_clip_times_df
+
+__all__ = ["PLAN_COLUMNS", "ClipRange", "chunk_ranges", "plan_clips"]
+
+PLAN_COLUMNS = ["clip", "file", "recorder", "start_time", "end_time", "start_time_utc"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, order=True)
+class ClipRange:
+    """Clips ``start`` (inclusive) to ``stop`` (exclusive) of the global index; one task's work."""
+
+    start: int
+    stop: int
+
+    @property
+    def name(self) -> str:
+        """Deterministic name for this range's outputs, e.g. ``000000064-000000128``."""
+        return f"{self.start:09d}-{self.stop:09d}"
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+def plan_clips(inventory: pd.DataFrame, *, clip_duration: float, clip_overlap: float = 0.0,
+               final_clip: str | None = None) -> pd.DataFrame:
+    """The clip table of all files whose status is ``ok`` or ``truncated``.
+
+    Parameters
+    ----------
+    inventory : pandas.DataFrame
+        Rows from :func:`pipelines.inventory.inventory_files`, in archive order.
+    clip_duration, clip_overlap : float
+        Seconds.
+    final_clip : {None, "extend", "full"}
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``clip`` (0..n-1), ``file``, ``recorder``, ``start_time``, ``end_time`` (s from the file
+        start), ``start_time_utc`` (NaT where the file's start is unknown).
+    """
+    frames = []
+    readable = inventory[inventory["status"].isin(["ok", "truncated"])]
+    for row in readable.itertuples(index=False):
+        clips = generate_clip_times_df(full_duration=float(row.duration_s), clip_duration=clip_duration,
+                                       clip_overlap=clip_overlap, final_clip=final_clip)
+        if len(clips) == 0:
+            continue
+        clips.insert(0, "file", row.file)
+        clips.insert(1, "recorder", row.recorder)
+        start = row.start_time_utc
+        if pd.isna(start):
+            clips["start_time_utc"] = pd.NaT
+        else:
+            clips["start_time_utc"] = pd.Timestamp(start) + pd.to_timedelta(clips["start_time"], unit="s")
+        frames.append(clips)
+    if not frames:
+        empty = pd.DataFrame({c: pd.Series(dtype=object) for c in PLAN_COLUMNS})
+        empty["clip"] = empty["clip"].astype(np.int64)
+        return empty
+    plan = pd.concat(frames, ignore_index=True)
+    plan.insert(0, "clip", np.arange(len(plan), dtype=np.int64))
+    plan["start_time_utc"] = pd.to_datetime(plan["start_time_utc"], utc=True)
+    return plan[PLAN_COLUMNS]
+
+
+def chunk_ranges(n_clips: int, clips_per_chunk: int) -> list[ClipRange]:
+    """Chunk-aligned ranges covering ``0..n_clips``: no two ranges touch the same Zarr chunk."""
+    return [ClipRange(i, min(i + clips_per_chunk, n_clips)) for i in range(0, n_clips, clips_per_chunk)]

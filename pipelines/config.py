@@ -1,0 +1,248 @@
+"""The run configuration: a YAML file validated before any work starts.
+
+Unknown keys and bad values raise :class:`~pipelines.errors.ConfigError` naming the key, e.g.
+``clips.duraton: unknown key``. Environment variables ``OPSO__SECTION__KEY=value`` override the file
+(``OPSO__OUTPUT__URL=s3://bucket/run``; values are parsed as YAML). Storage options (credentials) are
+never written to outputs or logs: :meth:`RunConfig.public_dict` leaves them out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipelines.errors import ConfigError
+
+__all__ = ["ClipConfig", "ClusterConfig", "InputConfig", "OutputConfig", "RibbitSpecies", "RunConfig",
+           "SpectrogramConfig", "load_config"]
+
+_ENV_PREFIX = "OPSO__"
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputConfig(_Strict):
+    """Where the recordings are and how to read recorder ids and start times from them."""
+
+    url: str = Field(description="folder or fsspec URL (s3://bucket/prefix/) holding the recordings")
+    pattern: str = Field("**/*.[wW][aA][vV]", description="glob under url")
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    recorder: str = Field("parent_dir", description="'parent_dir' or a regex with a (?P<recorder>...) group")
+    timezone: str = Field("UTC", description="time zone of file-name timestamps that carry none")
+    recorders_table: str | None = None
+
+    @field_validator("recorder")
+    @classmethod
+    def _recorder_rule(cls, v):
+        if v != "parent_dir":
+            try:
+                rx = re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from exc
+            if "recorder" not in rx.groupindex:
+                raise ValueError("a recorder regex needs a named group (?P<recorder>...)")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v):
+        from opso_core.aru import resolve_timezone
+
+        resolve_timezone(v)
+        return v
+
+
+class OutputConfig(_Strict):
+    url: str = Field(description="folder or fsspec URL for the run's outputs")
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ClipConfig(_Strict):
+    """Clip settings, with ``generate_clip_times_df`` semantics."""
+
+    duration: float = Field(2.0, gt=0, description="seconds")
+    overlap: float = Field(0.0, description="seconds shared by consecutive clips (negative: gaps)")
+    final_clip: Literal["extend", "full"] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_remainder(cls, data):
+        if isinstance(data, dict) and data.get("final_clip") == "remainder":
+            raise ValueError("final_clip 'remainder' makes clips of different lengths, which one "
+                             "spectrogram store cannot hold; use null, 'full' or 'extend'")
+        return data
+
+    @model_validator(mode="after")
+    def _overlap(self):
+        if not self.overlap < self.duration:
+            raise ValueError(f"overlap ({self.overlap}) must be less than duration ({self.duration})")
+        return self
+
+
+class SpectrogramConfig(_Strict):
+    """``Spectrogram.from_audio`` settings, plus the store's chunking."""
+
+    sample_rate: int | None = Field(None, gt=0, description="Hz; null: the most common rate in the archive")
+    window_samples: int = Field(512, gt=1)
+    overlap_fraction: float = Field(0.5, ge=0, lt=1)
+    window_type: str = "hann"
+    fft_size: int | None = Field(None, gt=1)
+    decibel_limits: tuple[float, float] = (-100.0, -20.0)
+    clips_per_chunk: int = Field(64, gt=0, description="clips per Zarr chunk and per task")
+
+    @field_validator("decibel_limits")
+    @classmethod
+    def _limits(cls, v):
+        if not v[0] < v[1]:
+            raise ValueError("decibel_limits must be [min, max] with min < max")
+        return v
+
+
+class RibbitSpecies(_Strict):
+    """One species for RIBBIT; its scores go to ``scores/detector=ribbit:<name>/``."""
+
+    name: str
+    signal_band: tuple[float, float]
+    pulse_rate_range: tuple[float, float]
+    noise_bands: list[tuple[float, float]] = Field(default_factory=list)
+    threshold: float = Field(description="clips scoring at or above this are detections")
+    nfft: int = Field(1024, gt=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        if not _NAME.match(v):
+            raise ValueError("use letters, digits, '_', '.' or '-' only")
+        return v
+
+    @field_validator("signal_band", "pulse_rate_range")
+    @classmethod
+    def _band(cls, v):
+        if not v[0] < v[1]:
+            raise ValueError("must be [low, high] with low < high")
+        return v
+
+
+class ClusterConfig(_Strict):
+    """Where the work runs. ``kind``: local, slurm, pbs, or a scheduler address (tcp://host:8786)."""
+
+    kind: str = "local"
+    n_workers: int | None = Field(None, gt=0, description="local workers or HPC jobs; null: one per core")
+    threads_per_worker: int = Field(1, gt=0)
+    memory_limit: str | None = Field(None, description="per worker, e.g. '4GiB'; null: Dask's default")
+    processes: bool = True
+    jobqueue: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for dask-jobqueue")
+
+
+class RunConfig(_Strict):
+    """The whole run configuration (see ARCHITECTURE.md for the YAML shape)."""
+
+    input: InputConfig
+    output: OutputConfig
+    clips: ClipConfig = Field(default_factory=ClipConfig)
+    spectrogram: SpectrogramConfig = Field(default_factory=SpectrogramConfig)
+    ribbit: list[RibbitSpecies] = Field(default_factory=list)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _later_stages(cls, data):
+        if isinstance(data, dict):
+            for key in ("cnn", "localization"):
+                if data.get(key):
+                    raise ValueError(f"the {key} stage is not available in this version of opso yet; "
+                                     f"remove the '{key}' section")
+        return data
+
+    @model_validator(mode="after")
+    def _unique_species(self):
+        names = [s.name for s in self.ribbit]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"ribbit species names must be unique; repeated: {dupes}")
+        return self
+
+    def public_dict(self) -> dict:
+        """The configuration without credentials (storage options) or cluster settings."""
+        data = self.model_dump(mode="json")
+        data["input"].pop("storage_options", None)
+        data["output"].pop("storage_options", None)
+        data.pop("cluster", None)
+        return data
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes outputs (not credentials, not the cluster)."""
+        public = self.public_dict()
+        public["output"].pop("url", None)
+        return hashlib.sha256(json.dumps(public, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _format_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        if err["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"  {loc}: {msg}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def _apply_env(data: dict, environ) -> dict:
+    for key, value in environ.items():
+        if not key.startswith(_ENV_PREFIX):
+            continue
+        path = [p.lower() for p in key[len(_ENV_PREFIX):].split("__") if p]
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: {'.'.join(path[:-1])} is not a section")
+        node[path[-1]] = yaml.safe_load(value)
+    return data
+
+
+def load_config(source, environ=None) -> RunConfig:
+    """Read and validate a run configuration.
+
+    Parameters
+    ----------
+    source : path, str of YAML, or dict
+    environ : mapping, optional
+        Environment for ``OPSO__...`` overrides; default ``os.environ``.
+
+    Raises
+    ------
+    ConfigError
+        With one line per problem, each naming its key.
+    """
+    if isinstance(source, dict):
+        data = json.loads(json.dumps(source))
+    else:
+        text = Path(source).read_text() if Path(str(source)).exists() else None
+        if text is None:
+            if isinstance(source, str) and "\n" in source:
+                text = source
+            else:
+                raise ConfigError(f"configuration file not found: {source}")
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"configuration is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError("configuration must be a mapping of sections (input, output, clips, ...)")
+    data = _apply_env(data, os.environ if environ is None else environ)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from None
