@@ -755,7 +755,8 @@ class Audio:
         Parameters
         ----------
         path : str or path-like
-            Local path or fsspec URL; the format follows the extension unless ``soundfile_format``.
+            Local path (missing parent folders are created) or fsspec URL; the format follows the
+            extension unless ``soundfile_format``.
         metadata_format : {"opso", "opso_metadata_v0.1", "soundfile", None}
             "opso" stores the whole metadata dictionary as JSON in the comment tag (read back by
             :meth:`from_file`); "soundfile" writes only the standard tag fields; None writes none.
@@ -794,6 +795,7 @@ class Audio:
 
         try:
             if is_local(path):
+                Path(local_path(path)).parent.mkdir(parents=True, exist_ok=True)
                 write(local_path(path))
             else:
                 import fsspec

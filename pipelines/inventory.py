@@ -50,7 +50,7 @@ def list_audio_files(url: str, pattern: str, storage_options: dict[str, Any] | N
     files = [m for m in matches if not fs.isdir(m)]
     if protocol in ("file", "local"):
         return sorted(files)
-    return sorted(f"{protocol}://{m}" for m in files)
+    return sorted(fs.unstrip_protocol(m) for m in files)
 
 
 def recorder_of(path: str, rule: str = "parent_dir") -> str:

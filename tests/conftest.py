@@ -26,3 +26,40 @@ def opso_test_data() -> Path:
 @pytest.fixture(scope="session")
 def test_audio_dir(opso_test_data) -> Path:
     return opso_test_data / "tests" / "audio"
+
+
+@pytest.fixture(scope="session")
+def dask_client():
+    """One in-process Dask cluster for the whole test session (two single-threaded workers)."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A local S3 server (moto) on 127.0.0.1 with dummy credentials; yields its endpoint URL."""
+    pytest.importorskip("moto.server")
+    from moto.server import ThreadedMotoServer
+
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def s3_storage_options(s3_server):
+    return {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": s3_server}}

@@ -1,0 +1,104 @@
+import pytest
+
+from pipelines.config import load_config
+from pipelines.errors import ConfigError
+
+BASE = {"input": {"url": "/data"}, "output": {"url": "/out"}}
+
+
+def with_(**sections):
+    cfg = {k: dict(v) for k, v in BASE.items()}
+    for key, value in sections.items():
+        cfg[key] = value
+    return cfg
+
+
+def test_defaults():
+    cfg = load_config(BASE, environ={})
+    assert cfg.clips.duration == 2.0 and cfg.clips.final_clip is None
+    assert cfg.spectrogram.window_samples == 512 and cfg.spectrogram.decibel_limits == (-100, -20)
+    assert cfg.cluster.kind == "local" and cfg.cluster.threads_per_worker == 1
+    assert cfg.ribbit == []
+
+
+def test_architecture_example(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("""
+input:
+  url: s3://my-bucket/aru-2024/
+  pattern: "**/*.WAV"
+  storage_options: {anon: false}
+  recorder: parent_dir
+  timezone: UTC
+output:
+  url: s3://my-bucket/runs/frogs-2024/
+clips: {duration: 2.0, overlap: 0.0, final_clip: null}
+spectrogram: {sample_rate: 32000, window_samples: 512, overlap_fraction: 0.5, decibel_limits: [-100, -20]}
+ribbit:
+  - {name: gpt, signal_band: [1800, 2400], pulse_rate_range: [8, 15], noise_bands: [[0, 1000], [3000, 3200]], threshold: 1.0e-12}
+cluster: {kind: local, n_workers: null, threads_per_worker: 1}
+""")
+    cfg = load_config(path, environ={})
+    assert cfg.ribbit[0].noise_bands == [(0, 1000), (3000, 3200)]
+    assert "storage_options" not in cfg.public_dict()["input"]
+
+
+@pytest.mark.parametrize(("cfg", "needle"), [
+    (with_(clips={"duraton": 2}), "clips.duraton: unknown key"),
+    (with_(clips={"duration": -1}), "clips.duration"),
+    (with_(clips={"duration": 2, "overlap": 2}), "overlap"),
+    (with_(clips={"final_clip": "remainder"}), "remainder"),
+    (with_(spectrogram={"overlap_fraction": 1.5}), "spectrogram.overlap_fraction"),
+    (with_(spectrogram={"decibel_limits": [0, -10]}), "decibel_limits"),
+    (with_(ribbit=[{"name": "a b", "signal_band": [1, 2], "pulse_rate_range": [1, 2], "threshold": 1}]),
+     "ribbit.0.name"),
+    (with_(ribbit=[{"name": "a", "signal_band": [2, 1], "pulse_rate_range": [1, 2], "threshold": 1}]),
+     "ribbit.0.signal_band"),
+    (with_(ribbit=[{"name": "a", "signal_band": [1, 2], "pulse_rate_range": [1, 2]}]), "ribbit.0.threshold"),
+    (with_(ribbit=[{"name": "a", "signal_band": [1, 2], "pulse_rate_range": [1, 2], "threshold": 1}] * 2),
+     "unique"),
+    (with_(input={"url": "/d", "recorder": "(no group)"}), "input.recorder"),
+    (with_(input={"url": "/d", "timezone": "Mars/Base"}), "input.timezone"),
+    (with_(cnn=[{"name": "x"}]), "cnn"),
+    ({"output": {"url": "/o"}}, "input: required key is missing"),
+    (with_(extra_section={}), "extra_section: unknown key"),
+])
+def test_errors_name_the_key(cfg, needle):
+    with pytest.raises(ConfigError) as info:
+        load_config(cfg, environ={})
+    assert needle in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_yaml_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("input: [unclosed")
+    with pytest.raises(ConfigError, match="YAML"):
+        load_config(bad)
+
+
+def test_environment_overrides():
+    cfg = load_config(BASE, environ={"OPSO__OUTPUT__URL": "s3://b/run", "OPSO__CLIPS__DURATION": "5"})
+    assert cfg.output.url == "s3://b/run" and cfg.clips.duration == 5.0
+    with pytest.raises(ConfigError, match="clips.bogus"):
+        load_config(BASE, environ={"OPSO__CLIPS__BOGUS": "1"})
+
+
+def test_fingerprint_ignores_credentials_cluster_and_output():
+    a = load_config(BASE, environ={})
+    b = load_config(with_(input={"url": "/data", "storage_options": {"secret": "x"}},
+                          cluster={"kind": "slurm"}, output={"url": "/elsewhere"}), environ={})
+    c = load_config(with_(clips={"duration": 3}), environ={})
+    assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+def test_cli_reports_config_errors_before_any_work(tmp_path, capsys):
+    from pipelines.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text(f"input: {{url: {tmp_path}}}\noutput: {{url: {tmp_path / 'out'}}}\nclips: {{duraton: 2}}\n")
+    assert main(["run", str(path)]) == 2
+    assert "clips.duraton: unknown key" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
