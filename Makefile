@@ -30,6 +30,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/spectrogram_throughput.py
+	$(PY) benchmarks/pipeline_throughput.py
 
 # Re-pin requirements/constraints.txt after changing dependencies in pyproject.toml (needs the network).
 lock:

@@ -174,7 +174,6 @@ class TestPipelineConformance:
         assert status["versions"]["numpy"]
 
     def test_rerun_is_a_no_op_and_config_change_is_refused(self, run, dask_client):
-        location = run.location
         before = self.read(run, "detections").sort_values(["detector", "file", "start_time"]).reset_index(drop=True)
         config = run.config
         again = run_pipeline(config, dask_client, progress=False)
