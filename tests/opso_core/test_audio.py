@@ -431,3 +431,28 @@ class TestModuleFunctions:
         assert estimate_delay(ref, delayed, cc_filter=cc_filter) == pytest.approx(-0.0125, abs=1 / sr)
         d, cc_max = estimate_delay(delayed, ref, bandpass_range=(500, 6000), return_cc_max=True, max_delay=0.05)
         assert d == pytest.approx(0.0125, abs=1 / sr) and cc_max > 0
+
+
+def test_small_helpers(tmp_path):
+    from opso_core.audio import bandpass_filter, butter_bandpass, clipping_detector
+    from opso_core.errors import MissingDependencyError
+
+    assert clipping_detector([0.1, 0.7, -0.9, 0.95], threshold=0.6) == 2
+    sos = butter_bandpass(500, 1500, 8000, order=4)
+    assert sos.shape == (4, 6)
+    x = tone(1000, 1.0, 8000).samples
+    y = bandpass_filter(x, 500, 1500, 8000, order=4)
+    assert np.std(y) == pytest.approx(np.std(x), rel=0.02)
+    with pytest.raises(OpsoValueError):
+        butter_bandpass(500, 1500, 8000, order=0)
+    tone(440, 1.0, 8000).save(tmp_path / "u.wav")
+    assert Audio.from_url(f"file://{tmp_path}/u.wav").duration == 1.0
+    a = tone(440, 0.1, 8000)
+    try:
+        import IPython  # noqa: F401
+    except ImportError:
+        with pytest.raises(MissingDependencyError, match="notebooks"):
+            a._to_ipdisplay_audio()
+        assert a._repr_html_() is None
+    else:
+        assert "audio" in a._repr_html_().lower()
