@@ -1,0 +1,430 @@
+"""CNN: train a convolutional network on labelled audio clips and predict on recordings
+(``opensoundscape.ml.cnn``).
+
+The :class:`CNN` class holds the network, the preprocessor and the training settings; the work is
+done in :mod:`~opso_core.ml.training`, :mod:`~opso_core.ml.prediction`,
+:mod:`~opso_core.ml.persistence` and :mod:`~opso_core.ml.cam`.
+
+Progress is reported through the ``opso_core.ml.cnn`` logger (``logging.basicConfig(level="INFO")``
+shows it), and appended to ``model.log_file`` when set; ``model.verbose`` (0-3) sets how much.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from opso_core.errors import OpsoTypeError, OpsoValueError
+from opso_core.metrics import multi_target_metrics, single_target_metrics
+from opso_core.ml import cnn_architectures
+from opso_core.ml.loss import BCEWithLogitsLoss_hot, CrossEntropyLoss_hot, ResampleLoss
+from opso_core.ml.persistence import PickleNotAllowedError, is_opso_model_file, load_safe, save_safe
+from opso_core.ml.utils import BaseModule, best_device
+from opso_core.preprocess.preprocessors import SpectrogramPreprocessor
+
+__all__ = ["CNN", "InceptionV3", "PickleNotAllowedError", "load_model", "load_outdated_model",
+           "separate_resnet_feat_clf", "use_resample_loss"]
+
+logger = logging.getLogger(__name__)
+
+
+class CNN(BaseModule):
+    """A CNN classifier of audio clips with ``train()``, ``predict()``, ``eval()``, ``save()`` and CAMs.
+
+    Parameters
+    ----------
+    architecture : torch.nn.Module or str
+        A network (e.g. from :mod:`~opso_core.ml.cnn_architectures`) or the name of one
+        (``list_architectures()``), built with pretrained weights (``weights="DEFAULT"``, which needs
+        network access once; build the network yourself with ``weights=None`` offline).
+    classes : list of str
+    sample_duration : float
+        Seconds of audio per sample.
+    single_target : bool
+        True: exactly one class per sample (softmax, cross entropy); False: any number (sigmoid, BCE).
+    preprocessor_class : type
+        Preprocessor built with ``(sample_duration, out_shape=sample_shape)``.
+    sample_shape : (int, int, int)
+        Height, width, channels of the network's input. [default: (224, 224, 3)]
+    """
+
+    name = "CNN"
+
+    def __init__(self, architecture, classes, sample_duration, single_target=False,
+                 preprocessor_class=SpectrogramPreprocessor, sample_shape=(224, 224, 3)):
+        classes = list(classes)
+        if not classes:
+            raise OpsoValueError("classes must name at least one class")
+        if len(set(classes)) != len(classes):
+            raise OpsoValueError("class names must be unique")
+        self.classes = classes
+        self.single_target = bool(single_target)
+        self.sample_shape = tuple(sample_shape)
+        num_channels = self.sample_shape[2]
+        if isinstance(architecture, str):
+            self.architecture_name = architecture
+            architecture = cnn_architectures.build_architecture(architecture, num_classes=len(classes),
+                                                                num_channels=num_channels)
+        elif isinstance(architecture, torch.nn.Module):
+            self.architecture_name = getattr(architecture, "constructor_name", type(architecture).__name__)
+            if num_channels != 3 and getattr(architecture, "constructor_kwargs", {}).get("num_channels", 3) != num_channels:
+                warnings.warn(f"make sure the architecture expects {num_channels} input channels", stacklevel=2)
+        else:
+            raise OpsoTypeError("architecture must be a torch.nn.Module or the name of a registered architecture")
+        self.network = architecture
+        self.device = best_device()
+        self.preprocessor = preprocessor_class(sample_duration=sample_duration, out_shape=self.sample_shape)
+        self.loss_fn = CrossEntropyLoss_hot() if self.single_target else BCEWithLogitsLoss_hot()
+        self.loss_cls = None
+        self.opt_net = None
+        self.scheduler = None
+        self.optimizer_cls = torch.optim.SGD
+        self.optimizer_params = {"lr": 0.01, "momentum": 0.9, "weight_decay": 0.0005}
+        self.lr_update_interval = 10
+        self.lr_cooling_factor = 0.7
+        self.prediction_threshold = 0.5
+        self.current_epoch = 0
+        self.best_score = 0.0
+        self.best_epoch = None
+        self.train_metrics = {}
+        self.valid_metrics = {}
+        self.loss_hist = {}
+        self.log_interval = 10
+        self.save_path = "."
+        self.verbose = 1
+        self.logging_level = 1
+        self.log_file = None
+        self.wandb_logging = {"n_preview_samples": 8, "top_samples_classes": None, "n_top_samples": 3}
+
+    def __repr__(self):
+        return (f"<{type(self).__name__} {self.architecture_name} classes={self.classes} "
+                f"sample_duration={self.preprocessor.sample_duration}>")
+
+    # ------------------------------------------------------------------ logging
+
+    def _log(self, message, level=1):
+        if level <= self.verbose:
+            logger.info(message)
+        else:
+            logger.debug(message)
+        if self.log_file is not None and level <= self.logging_level:
+            with open(self.log_file, "a") as f:
+                f.write(message + "\n")
+
+    def _generate_wandb_config(self):
+        return {"architecture": self.architecture_name, "sample_duration": self.preprocessor.sample_duration,
+                "classes": self.classes, "single_target": self.single_target, "sample_shape": list(self.sample_shape),
+                "learning_rate": self.optimizer_params.get("lr", "n/a"),
+                "l2_regularization": self.optimizer_params.get("weight_decay", "n/a")}
+
+    # ------------------------------------------------------------------ optimisation
+
+    def _init_optimizer(self):
+        """The optimizer for ``.train()`` from ``optimizer_cls`` and ``optimizer_params``.
+
+        ``optimizer_params`` is one dict of settings, or ``{"feature": {...}, "classifier": {...}}``
+        for separate settings of the classifier layer (see :func:`separate_resnet_feat_clf`).
+        """
+        params = dict(self.optimizer_params)
+        if "feature" in params and "classifier" in params:
+            fc = getattr(self.network, getattr(self.network, "classifier_layer", "fc"))
+            fc_ids = {id(p) for p in fc.parameters()}
+            feature = {k: v for k, v in params["feature"].items() if k != "params"}
+            classifier = {k: v for k, v in params["classifier"].items() if k != "params"}
+            feature["params"] = [p for p in self.network.parameters() if id(p) not in fc_ids]
+            classifier["params"] = list(fc.parameters())
+            return self.optimizer_cls([feature, classifier])
+        params.pop("params", None)
+        return self.optimizer_cls([{"params": self.network.parameters(), **params}])
+
+    # ------------------------------------------------------------------ train / predict / eval
+
+    def train(self, train_df, validation_df=None, epochs=1, batch_size=1, num_workers=0, save_path=".",
+              save_interval=1, log_interval=10, validation_interval=1,
+              invalid_samples_log="./invalid_training_samples.log", raise_errors=False, wandb_session=None,
+              progress_bar=False):
+        """Train on labelled samples.
+
+        Parameters
+        ----------
+        train_df : pandas.DataFrame
+            0/1 labels, one column per class (in ``classes`` order), indexed by file or by
+            ``(file, start_time, end_time)``.
+        validation_df : pandas.DataFrame, optional
+            Same form; scored every ``validation_interval`` epochs (MAP for multi-target, F1 for
+            single-target); the best model is saved as ``save_path/best.model``.
+        epochs, batch_size, num_workers : int
+            ``num_workers=0`` preprocesses in this process.
+        save_path : str
+            Folder for ``epoch-N.model`` (every ``save_interval`` epochs and the last) and ``best.model``.
+        log_interval : int
+            Log the running loss every this many batches.
+        invalid_samples_log : str or None
+            File listing samples that failed to preprocess (written only if some did).
+        raise_errors : bool
+            Raise on a sample that fails instead of substituting another.
+        wandb_session : wandb run, optional
+        """
+        from opso_core.ml.training import train
+
+        train(self, train_df, validation_df=validation_df, epochs=epochs, batch_size=batch_size,
+              num_workers=num_workers, save_path=save_path, save_interval=save_interval, log_interval=log_interval,
+              validation_interval=validation_interval, invalid_samples_log=invalid_samples_log,
+              raise_errors=raise_errors, wandb_session=wandb_session, progress_bar=progress_bar)
+
+    def predict(self, samples, batch_size=1, num_workers=0, activation_layer=None, split_files_into_clips=True,
+                overlap_fraction=0, final_clip=None, bypass_augmentations=True, invalid_samples_log=None,
+                raise_errors=False, wandb_session=None, return_invalid_samples=False, progress_bar=False):
+        """Scores for each sample.
+
+        Parameters
+        ----------
+        samples : list of paths or pandas.DataFrame
+            Files (split into clips of ``sample_duration`` if ``split_files_into_clips``), or a
+            DataFrame indexed by file or by ``(file, start_time, end_time)``.
+        batch_size, num_workers : int
+        activation_layer : {None, "softmax", "sigmoid", "softmax_and_logit"}
+            None returns raw logits.
+        split_files_into_clips : bool
+        overlap_fraction : float
+            Overlap of consecutive clips, as a fraction of ``sample_duration``.
+        final_clip : {None, "extend", "remainder", "full"}
+        bypass_augmentations : bool
+        invalid_samples_log : str, optional
+            File to list samples that failed to preprocess.
+        raise_errors : bool
+            Raise on a failing sample; otherwise its scores are NaN.
+        return_invalid_samples : bool
+            Also return the set of files that failed.
+
+        Returns
+        -------
+        pandas.DataFrame or (pandas.DataFrame, set)
+            One row per sample (index ``(file, start_time, end_time)`` when clips), one column per class.
+        """
+        from opso_core.ml.prediction import check_activation, predict
+
+        check_activation(activation_layer)
+        return predict(self, samples, batch_size=batch_size, num_workers=num_workers,
+                       activation_layer=activation_layer, split_files_into_clips=split_files_into_clips,
+                       overlap_fraction=overlap_fraction, final_clip=final_clip,
+                       bypass_augmentations=bypass_augmentations, invalid_samples_log=invalid_samples_log,
+                       raise_errors=raise_errors, wandb_session=wandb_session,
+                       return_invalid_samples=return_invalid_samples, progress_bar=progress_bar)
+
+    def eval(self, targets, scores, logging_offset=0):
+        """One summary score and a dictionary of metrics.
+
+        Rows with NaN scores are dropped. The summary is MAP (mean average precision) for
+        multi-target models and F1 for single-target ones.
+
+        Returns
+        -------
+        (float, dict)
+        """
+        targets = np.asarray(targets, dtype=float)
+        scores = np.asarray(scores, dtype=float)
+        keep = ~np.isnan(scores).any(axis=1)
+        targets, scores = targets[keep], scores[keep]
+        if len(scores) == 0:
+            warnings.warn("no predictions to evaluate (empty or all NaN)", stacklevel=2)
+            return np.nan, {}
+        if self.single_target:
+            metrics = single_target_metrics(targets, scores)
+            score = metrics["f1"]
+        else:
+            metrics = multi_target_metrics(targets, scores, self.classes, self.prediction_threshold)
+            score = metrics["map"]
+            self._log(f"\tMAP: {metrics['map']:0.3f} AU_ROC: {metrics['au_roc']:0.3f}", level=1 - logging_offset)
+        self._log(f"\tJacc: {metrics['jaccard']:0.3f} Hamm: {metrics['hamming_loss']:0.3f} "
+                  f"Prec: {metrics['precision']:0.3f} Rec: {metrics['recall']:0.3f} F1: {metrics['f1']:0.3f}",
+                  level=2 - logging_offset)
+        return score, metrics
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, path, save_train_loader=False, save_hooks=False, pickle=False):
+        """Save the model.
+
+        The default file holds a JSON description and the weights; :func:`load_model` rebuilds the
+        model from it without unpickling anything. ``pickle=True`` saves the whole object with
+        ``torch.save`` (any custom architecture or action; loading needs ``allow_pickle=True``).
+        ``save_train_loader`` and ``save_hooks`` are accepted for compatibility: neither loaders nor
+        hooks are ever saved.
+        """
+        if pickle:
+            state = {k: v for k, v in self.__dict__.items() if k not in ("opt_net", "scheduler")}
+            clone = object.__new__(type(self))
+            clone.__dict__.update(state)
+            clone.opt_net = None
+            clone.scheduler = None
+            torch.save(clone, path)
+        else:
+            save_safe(self, path)
+
+    def save_weights(self, path):
+        """Save only the network's ``state_dict``."""
+        torch.save(self.network.state_dict(), path)
+
+    def load_weights(self, path, strict=True):
+        """Load a ``state_dict`` saved by :meth:`save_weights` (tensors only; nothing else is unpickled)."""
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.network.load_state_dict(state, strict=strict)
+
+    def save_torch_dict(self, path):
+        """Save architecture name, weights, classes, sample shape and duration, single_target in one dict.
+
+        Preprocessing and training settings are not included (use :meth:`save` for those).
+        """
+        torch.save({"weights": self.network.state_dict(), "classes": self.classes,
+                    "architecture": self.architecture_name,
+                    "architecture_kwargs": getattr(self.network, "constructor_kwargs", None),
+                    "sample_duration": self.preprocessor.sample_duration, "single_target": self.single_target,
+                    "sample_shape": list(self.sample_shape)}, path)
+
+    @classmethod
+    def from_torch_dict(cls, path):
+        """A model rebuilt from a file written by :meth:`save_torch_dict` (read with ``weights_only=True``)."""
+        d = torch.load(path, map_location="cpu", weights_only=True)
+        kwargs = dict(d.get("architecture_kwargs") or {})
+        kwargs.update(num_classes=len(d["classes"]), weights=None, num_channels=d["sample_shape"][2])
+        network = cnn_architectures.build_architecture(d["architecture"], **kwargs)
+        network.load_state_dict(d["weights"])
+        return cls(network, d["classes"], d["sample_duration"], single_target=d["single_target"],
+                   sample_shape=tuple(d["sample_shape"]))
+
+    # ------------------------------------------------------------------ CAMs
+
+    def generate_cams(self, samples, method="gradcam", classes=None, target_layers=None, guided_backprop=False,
+                      split_files_into_clips=True, bypass_augmentations=True, batch_size=1, num_workers=0):
+        """Class activation maps for samples; see :func:`opso_core.ml.cam.generate_cams`."""
+        from opso_core.ml.cam import generate_cams
+
+        return generate_cams(self, samples, method=method, classes=classes, target_layers=target_layers,
+                             guided_backprop=guided_backprop, split_files_into_clips=split_files_into_clips,
+                             bypass_augmentations=bypass_augmentations, batch_size=batch_size,
+                             num_workers=num_workers)
+
+
+class InceptionV3(CNN):
+    """A CNN with the Inception v3 architecture (299x299 inputs, auxiliary output used in training)."""
+
+    def __init__(self, classes, sample_duration, single_target=False, preprocessor_class=SpectrogramPreprocessor,
+                 freeze_feature_extractor=False, weights="DEFAULT", sample_shape=(299, 299, 3)):
+        network = cnn_architectures.inception_v3(len(list(classes)), freeze_feature_extractor=freeze_feature_extractor,
+                                                 weights=weights, num_channels=sample_shape[2])
+        super().__init__(network, classes, sample_duration, single_target=single_target,
+                         preprocessor_class=preprocessor_class, sample_shape=sample_shape)
+        self.name = "InceptionV3"
+
+    @classmethod
+    def from_torch_dict(cls, path):
+        d = torch.load(path, map_location="cpu", weights_only=True)
+        model = cls(d["classes"], d["sample_duration"], single_target=d["single_target"], weights=None,
+                    sample_shape=tuple(d["sample_shape"]))
+        model.network.load_state_dict(d["weights"])
+        return model
+
+
+def load_model(path, device=None, *, allow_pickle=False):
+    """Load a model saved with :meth:`CNN.save`.
+
+    Files in opso's format (JSON + weights) load without unpickling. A pickled model (OpenSoundscape
+    ``.model`` files, ``save(..., pickle=True)``) runs code from the file when loaded, so it loads
+    only with ``allow_pickle=True`` — do that only for files you trust.
+
+    Parameters
+    ----------
+    path : str or path-like
+    device : str or torch.device, optional
+        Default: the first GPU if available, else the CPU.
+    allow_pickle : bool
+
+    Raises
+    ------
+    PickleNotAllowedError
+        The file is a pickle and ``allow_pickle`` is False.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no model file at {path}")
+    if is_opso_model_file(path):
+        model = load_safe(path, device=device)
+    else:
+        if not allow_pickle:
+            raise PickleNotAllowedError(
+                f"{path} is a pickled model (not opso's JSON + weights format). Unpickling runs code stored in "
+                "the file; if you trust it, call load_model(path, allow_pickle=True), then model.save(new_path) "
+                "to convert it to the safe format")
+        model = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(model, CNN):
+            raise OpsoTypeError(f"{path} holds a {type(model).__name__}, not a CNN")
+    model.device = torch.device(device) if device is not None else best_device()
+    model.network.to(model.device)
+    return model
+
+
+def load_outdated_model(path, architecture, sample_duration, model_class=CNN, device=None, *, allow_pickle=False):
+    """Load weights and classes from a model file of an older OpenSoundscape (a dict with
+    ``model_state_dict``/``classes``, or a pickled model object).
+
+    Parameters
+    ----------
+    architecture : str or torch.nn.Module or None
+        The network to load the weights into (None for classes that build their own, e.g. InceptionV3).
+    sample_duration : float
+    model_class : type
+    device : str, optional
+    allow_pickle : bool
+        Needed when the file holds more than tensors and plain containers.
+    """
+    try:
+        contents = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        if not allow_pickle:
+            raise PickleNotAllowedError(f"{path} needs full unpickling (it holds objects, not just tensors); "
+                                        "pass allow_pickle=True if you trust the file") from exc
+        contents = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(contents, dict):
+        state = contents.get("model_state_dict") or contents.get("state_dict") or contents.get("weights")
+        classes = contents.get("classes")
+        single_target = bool(contents.get("single_target", False))
+    else:
+        state = contents.network.state_dict() if hasattr(contents, "network") else contents.state_dict()
+        classes = getattr(contents, "classes", None)
+        single_target = bool(getattr(contents, "single_target", False))
+    if state is None or classes is None:
+        raise OpsoValueError(f"{path} does not hold weights and classes in a known layout")
+    if architecture is None:
+        model = model_class(classes, sample_duration, single_target=single_target, weights=None)
+    else:
+        model = model_class(architecture, classes, sample_duration, single_target=single_target)
+    model.network.load_state_dict(state)
+    model.device = torch.device(device) if device is not None else best_device()
+    return model
+
+
+def use_resample_loss(model):
+    """Train ``model`` with :class:`~opso_core.ml.loss.ResampleLoss` (class frequencies come from train_df)."""
+    model.loss_cls = ResampleLoss
+    return model
+
+
+def separate_resnet_feat_clf(model):
+    """Separate optimizer settings for a ResNet's feature extractor (lr 0.001) and classifier (lr 0.01).
+
+    Edit ``model.optimizer_params["feature"]`` / ``["classifier"]`` afterwards to change them. Resets
+    the optimizer and ``current_epoch``.
+    """
+    if "resnet" not in getattr(model.network, "constructor_name", type(model.network).__name__).lower():
+        raise OpsoValueError("separate_resnet_feat_clf expects a ResNet architecture")
+    model.optimizer_params = {"feature": {"lr": 0.001, "momentum": 0.9, "weight_decay": 0.0005},
+                              "classifier": {"lr": 0.01, "momentum": 0.9, "weight_decay": 0.0005}}
+    model.opt_net = None
+    model.scheduler = None
+    model.current_epoch = 0
+    return model

@@ -1,0 +1,221 @@
+"""Saving and loading models without running pickled code.
+
+The default model file (``CNN.save(path)``) is a zip archive holding
+
+- ``opso_model.json``: model class, architecture (a name from ``cnn_architectures`` and its
+  arguments), classes, sample duration and shape, single_target, the preprocessor (class, sample
+  duration, output shape, each action's parameters and bypass/augmentation flags) and the training
+  settings (optimizer class and parameters, learning-rate schedule, epoch, loss history);
+- ``weights.pt``: the network's ``state_dict``, read back with ``torch.load(weights_only=True)``,
+  which only accepts tensors and plain containers.
+
+Loading it constructs everything from the JSON description; nothing is unpickled. A model pickled
+whole (OpenSoundscape's own ``.model`` files, or ``save(..., pickle=True)``) loads only with
+``load_model(path, allow_pickle=True)``, because unpickling runs code from the file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from opso_core.errors import OpsoError, OpsoValueError
+
+__all__ = ["FORMAT_NAME", "PickleNotAllowedError", "UnsafeToDescribeError", "is_opso_model_file", "load_safe",
+           "save_safe"]
+
+FORMAT_NAME = "opso-model"
+FORMAT_VERSION = 1
+_JSON_NAME = "opso_model.json"
+_WEIGHTS_NAME = "weights.pt"
+
+
+class PickleNotAllowedError(OpsoError, PermissionError):
+    """The file is a pickled model; loading it would run code from the file."""
+
+
+class UnsafeToDescribeError(OpsoError, ValueError):
+    """Part of the model (a custom architecture or action) cannot be described in JSON."""
+
+
+def _json_value(value, where):
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, type) and issubclass(value, np.generic) or isinstance(value, np.dtype):
+        return {"__dtype__": np.dtype(value).name}
+    if isinstance(value, tuple | list):
+        return {"__tuple__": [_json_value(v, where) for v in value]} if isinstance(value, tuple) else \
+            [_json_value(v, where) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_value(v, where) for k, v in value.items()}
+    raise UnsafeToDescribeError(f"{where} holds a {type(value).__name__}, which the safe model format cannot "
+                                "store; save with pickle=True (loading then needs allow_pickle=True)")
+
+
+def _from_json(value):
+    if isinstance(value, dict):
+        if set(value) == {"__tuple__"}:
+            return tuple(_from_json(v) for v in value["__tuple__"])
+        if set(value) == {"__dtype__"}:
+            return np.dtype(value["__dtype__"]).type
+        return {k: _from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    return value
+
+
+def describe_preprocessor(preprocessor) -> dict:
+    from opso_core.preprocess import preprocessors as pp
+
+    cls = type(preprocessor)
+    if getattr(pp, cls.__name__, None) is not cls:
+        raise UnsafeToDescribeError(f"preprocessor class {cls.__name__} is not one of opso's; save with pickle=True")
+    reference = cls(**_preprocessor_init_kwargs(preprocessor))
+    actions = {}
+    for name, action in preprocessor.pipeline.items():
+        if name == "overlay":
+            continue  # overlay_df is training data, not model state
+        if name not in reference.pipeline.index or type(reference.pipeline[name]) is not type(action) or \
+                getattr(reference.pipeline[name], "action_fn", None) != getattr(action, "action_fn", None):
+            raise UnsafeToDescribeError(f"pipeline action {name!r} is not part of {cls.__name__}'s standard "
+                                        "pipeline; save with pickle=True")
+        actions[name] = {"params": _json_value(dict(action.params), f"action {name!r}"),
+                         "bypass": bool(action.bypass), "is_augmentation": bool(action.is_augmentation)}
+    return {"class": cls.__name__, "init": _json_value(_preprocessor_init_kwargs(preprocessor), "preprocessor"),
+            "actions": actions}
+
+
+def _preprocessor_init_kwargs(preprocessor) -> dict:
+    kwargs = {"sample_duration": preprocessor.sample_duration}
+    if hasattr(preprocessor, "out_shape"):
+        kwargs["out_shape"] = tuple(preprocessor.out_shape)
+    return kwargs
+
+
+def build_preprocessor(description: dict):
+    from opso_core.preprocess import preprocessors as pp
+
+    cls = getattr(pp, description["class"], None)
+    if cls is None:
+        raise OpsoValueError(f"unknown preprocessor class {description['class']!r} in the model file")
+    preprocessor = cls(**_from_json(description["init"]))
+    actions = description["actions"]
+    for name in list(preprocessor.pipeline.index):
+        if name not in actions:
+            preprocessor.remove_action(name)
+    for name, saved in actions.items():
+        action = preprocessor.pipeline[name]
+        params = _from_json(saved["params"])
+        action.set(**{k: v for k, v in params.items() if k in action.params.index})
+        action.bypass = saved["bypass"]
+        action.is_augmentation = saved["is_augmentation"]
+    return preprocessor
+
+
+def describe_architecture(network) -> dict:
+    from opso_core.ml import cnn_architectures
+
+    name = getattr(network, "constructor_name", None)
+    if name is None or name not in cnn_architectures.ARCH_DICT:
+        raise UnsafeToDescribeError(
+            f"the architecture ({type(network).__name__}) was not built by a registered function of "
+            "opso_core.ml.cnn_architectures, so it cannot be described in JSON; decorate its builder with "
+            "register_arch, or save with pickle=True")
+    kwargs = dict(network.constructor_kwargs)
+    kwargs["weights"] = None  # weights come from the file
+    return {"name": name, "kwargs": _json_value(kwargs, "architecture arguments")}
+
+
+def save_safe(model, path) -> None:
+    """Write ``model`` (a CNN) as JSON description + weights (see module docstring)."""
+    from opso_core import __version__
+
+    description = {
+        "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "opso_version": __version__,
+        "model_class": type(model).__name__,
+        "architecture": describe_architecture(model.network),
+        "classes": [str(c) for c in model.classes],
+        "sample_duration": model.preprocessor.sample_duration,
+        "sample_shape": list(model.sample_shape),
+        "single_target": bool(model.single_target),
+        "preprocessor": describe_preprocessor(model.preprocessor),
+        "training": {
+            "optimizer_class": model.optimizer_cls.__name__,
+            "optimizer_params": _json_value({k: v for k, v in model.optimizer_params.items() if k != "params"}
+                                            if "feature" not in model.optimizer_params else
+                                            {g: {k: v for k, v in p.items() if k != "params"}
+                                             for g, p in model.optimizer_params.items()}, "optimizer_params"),
+            "lr_update_interval": model.lr_update_interval,
+            "lr_cooling_factor": model.lr_cooling_factor,
+            "current_epoch": model.current_epoch,
+            "loss_hist": {str(k): float(v) for k, v in model.loss_hist.items()},
+            "prediction_threshold": model.prediction_threshold,
+            "loss_fn": type(model.loss_fn).__name__,
+        },
+    }
+    weights = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.network.state_dict().items()}, weights)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr(_JSON_NAME, json.dumps(description, indent=2))
+        zf.writestr(_WEIGHTS_NAME, weights.getvalue())
+    tmp.replace(path)
+
+
+def is_opso_model_file(path) -> bool:
+    """True for files written by :func:`save_safe`."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return _JSON_NAME in zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def load_safe(path, device=None):
+    """Rebuild a CNN from a file written by :func:`save_safe`; runs no pickled code."""
+    from opso_core.ml import cnn as cnn_module
+    from opso_core.ml.cnn_architectures import build_architecture
+
+    with zipfile.ZipFile(path) as zf:
+        description = json.loads(zf.read(_JSON_NAME))
+        weights_bytes = zf.read(_WEIGHTS_NAME)
+    if description.get("format") != FORMAT_NAME:
+        raise OpsoValueError(f"{path} is not an opso model file")
+    if description.get("format_version", 0) > FORMAT_VERSION:
+        raise OpsoValueError(f"{path} was written by a newer opso (format {description['format_version']}); upgrade opso")
+    cls = getattr(cnn_module, description["model_class"], None)
+    if cls is None:
+        raise OpsoValueError(f"unknown model class {description['model_class']!r} in {path}")
+    arch = description["architecture"]
+    network = build_architecture(arch["name"], **_from_json(arch["kwargs"]))
+    state = torch.load(io.BytesIO(weights_bytes), map_location="cpu", weights_only=True)
+    network.load_state_dict(state)
+    model = cnn_module.CNN.__new__(cls)
+    cnn_module.CNN.__init__(model, network, description["classes"], description["sample_duration"],
+                            single_target=description["single_target"],
+                            sample_shape=tuple(description["sample_shape"]))
+    model.preprocessor = build_preprocessor(description["preprocessor"])
+    training = description["training"]
+    model.optimizer_cls = getattr(torch.optim, training["optimizer_class"], torch.optim.SGD)
+    model.optimizer_params = _from_json(training["optimizer_params"])
+    model.lr_update_interval = training["lr_update_interval"]
+    model.lr_cooling_factor = training["lr_cooling_factor"]
+    model.current_epoch = training["current_epoch"]
+    model.loss_hist = {int(k): v for k, v in training["loss_hist"].items()}
+    model.prediction_threshold = training["prediction_threshold"]
+    if training.get("loss_fn") == "ResampleLoss":
+        from opso_core.ml.loss import ResampleLoss
+
+        model.loss_cls = ResampleLoss
+    if device is not None:
+        model.device = torch.device(device)
+    return model

@@ -1,0 +1,87 @@
+"""Prediction: scores for every sample (file or clip) from a CNN, as a DataFrame."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import torch
+
+from opso_core.errors import OpsoValueError
+from opso_core.ml.datasets import AudioFileDataset, AudioSplittingDataset
+from opso_core.ml.safe_dataset import SafeDataset
+from opso_core.ml.utils import apply_activation_layer, identity
+
+__all__ = ["inference_dataset", "predict"]
+
+logger = logging.getLogger(__name__)
+
+
+def inference_dataset(samples, preprocessor, *, split_files_into_clips=True, overlap_fraction=0, final_clip=None,
+                      bypass_augmentations=True):
+    """The dataset ``CNN.predict`` draws from: whole files split into clips, or one sample per row.
+
+    A DataFrame with a ``(file, start_time, end_time)`` MultiIndex is used as it is.
+    """
+    is_clip_table = isinstance(samples, pd.DataFrame) and isinstance(samples.index, pd.MultiIndex)
+    if split_files_into_clips and not is_clip_table:
+        return AudioSplittingDataset(samples, preprocessor, overlap_fraction=overlap_fraction, final_clip=final_clip,
+                                     bypass_augmentations=bypass_augmentations)
+    return AudioFileDataset(samples, preprocessor, bypass_augmentations=bypass_augmentations)
+
+
+@torch.no_grad()
+def predict(model, samples, batch_size=1, num_workers=0, activation_layer=None, split_files_into_clips=True,
+            overlap_fraction=0, final_clip=None, bypass_augmentations=True, invalid_samples_log=None,
+            raise_errors=False, wandb_session=None, return_invalid_samples=False, progress_bar=False):
+    """Scores of ``model`` (a :class:`~opso_core.ml.cnn.CNN`) for every sample; see ``CNN.predict``."""
+    dataset = inference_dataset(samples, model.preprocessor, split_files_into_clips=split_files_into_clips,
+                                overlap_fraction=overlap_fraction, final_clip=final_clip,
+                                bypass_augmentations=bypass_augmentations)
+    index = dataset.label_df.index
+    n_classes = len(model.classes)
+    if len(dataset) == 0:
+        logger.warning("no samples to predict on (files shorter than one clip, or all unreadable)")
+        scores = pd.DataFrame(np.zeros((0, n_classes)), index=index, columns=model.classes)
+        return (scores, set(dataset.invalid_samples)) if return_invalid_samples else scores
+    safe = SafeDataset(dataset, invalid_sample_behavior="raise" if raise_errors else "none")
+    loader = torch.utils.data.DataLoader(safe, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                         collate_fn=identity, pin_memory=model.device.type == "cuda")
+    network = model.network.to(model.device)
+    network.eval()
+    out = np.full((len(dataset), n_classes), np.nan, dtype=np.float32)
+    row = 0
+    batches = loader
+    if progress_bar:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(loader, desc="predict")
+    for batch in batches:
+        valid = [i for i, s in enumerate(batch) if s.data is not None]
+        if valid:
+            tensors = torch.stack([batch[i].data for i in valid]).to(model.device)
+            logits = network(tensors)
+            scores = apply_activation_layer(logits.float(), activation_layer).cpu().numpy()
+            out[[row + i for i in valid]] = scores
+        row += len(batch)
+        if wandb_session is not None:
+            wandb_session.log({"progress": row / len(dataset)})
+    invalid = set(dataset.invalid_samples) | {_file_of(s) for s in safe._invalid_samples}
+    if safe._invalid_samples:
+        logger.warning("%d samples could not be preprocessed; their scores are NaN", len(safe._invalid_samples))
+    if invalid_samples_log is not None:
+        with open(invalid_samples_log, "w") as f:
+            f.writelines(f"{s}\n" for s in sorted(map(str, invalid)))
+    scores = pd.DataFrame(out, index=index, columns=model.classes)
+    return (scores, invalid) if return_invalid_samples else scores
+
+
+def _file_of(index_value):
+    return index_value[0] if isinstance(index_value, tuple) else index_value
+
+
+def check_activation(activation_layer):
+    if activation_layer not in (None, "softmax", "sigmoid", "softmax_and_logit"):
+        raise OpsoValueError(f"activation_layer must be None, 'softmax', 'sigmoid' or 'softmax_and_logit'; "
+                             f"got {activation_layer!r}")

@@ -1,0 +1,74 @@
+"""Utilities for opso's PyTorch models (``opensoundscape.ml.utils``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from opso_core.errors import OpsoValueError
+
+__all__ = ["BaseModule", "apply_activation_layer", "best_device", "cas_dataloader", "collate_audio_samples_to_dict",
+           "get_batch", "identity"]
+
+ACTIVATION_LAYERS = (None, "softmax", "sigmoid", "softmax_and_logit")
+
+
+class BaseModule:
+    """Base class for a model pipeline class (CNN); children define train, predict, save and load."""
+
+    name = "BaseModule"
+
+
+def identity(x):
+    """Return ``x`` (a DataLoader ``collate_fn`` that keeps the list of samples)."""
+    return x
+
+
+def best_device() -> torch.device:
+    """``cuda:0`` if a CUDA device is available, else ``mps`` on Apple silicon, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda:0")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def apply_activation_layer(x, activation_layer=None):
+    """Apply an activation to raw scores (logits) of shape (n_samples, n_classes).
+
+    ``None`` returns them unchanged; ``"softmax"`` makes each row sum to 1; ``"sigmoid"`` maps each
+    value to (0, 1); ``"softmax_and_logit"`` applies softmax then the logit (inverse sigmoid).
+    Accepts and returns a torch tensor (numpy input gives a tensor).
+    """
+    if activation_layer not in ACTIVATION_LAYERS:
+        raise OpsoValueError(f"activation_layer must be one of {ACTIVATION_LAYERS}, got {activation_layer!r}")
+    x = torch.as_tensor(x)
+    if activation_layer is None:
+        return x
+    if activation_layer == "softmax":
+        return torch.softmax(x, dim=1)
+    if activation_layer == "sigmoid":
+        return torch.sigmoid(x)
+    return torch.logit(torch.softmax(x, dim=1), eps=1e-7)
+
+
+def get_batch(array, batch_size, batch_number):
+    """Items ``batch_number * batch_size`` up to the next ``batch_size`` of ``array`` (the last may be shorter)."""
+    return array[batch_number * batch_size : (batch_number + 1) * batch_size]
+
+
+def collate_audio_samples_to_dict(samples) -> dict:
+    """Batch tensors and labels of AudioSamples: ``{"samples": (b, c, h, w), "labels": (b, n_classes)}``."""
+    from opso_core.sample import collate_samples
+
+    return collate_samples(samples)
+
+
+def cas_dataloader(dataset, batch_size, num_workers):
+    """A DataLoader using :class:`~opso_core.ml.sampling.ClassAwareSampler` (few classes per batch, evenly)."""
+    from opso_core.ml.sampling import ClassAwareSampler
+
+    labels = np.asarray(dataset.label_df.values)
+    sampler = ClassAwareSampler(labels, num_samples_cls=max(1, batch_size // max(1, labels.shape[1])))
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                       pin_memory=False, sampler=sampler, collate_fn=identity)

@@ -1,0 +1,210 @@
+"""The chapter 8 flow on a tiny synthetic set: train, save, load, predict, labels, CAM."""
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from opso_core.errors import OpsoValueError
+from opso_core.metrics import predict_multi_target_labels, predict_single_target_labels
+from opso_core.ml import cnn_architectures as ca
+from opso_core.ml.cnn import (
+    CNN,
+    InceptionV3,
+    PickleNotAllowedError,
+    load_model,
+    load_outdated_model,
+    separate_resnet_feat_clf,
+    use_resample_loss,
+)
+from opso_core.ml.loss import ResampleLoss
+
+SHAPE = (32, 32, 3)
+
+
+def small_cnn(single_target=False, arch="resnet18"):
+    return CNN(ca.ARCH_DICT[arch](2, weights=None), ["frog", "other"], 2.0, single_target=single_target,
+               sample_shape=SHAPE)
+
+
+@pytest.fixture(scope="module")
+def trained(labelled_files, tmp_path_factory):
+    save_path = tmp_path_factory.mktemp("ckpt")
+    model = small_cnn(single_target=True)
+    model.train(labelled_files, labelled_files, epochs=2, batch_size=4, save_path=save_path,
+                invalid_samples_log=None)
+    return model, save_path
+
+
+def test_training_records_loss_and_checkpoints(trained):
+    model, save_path = trained
+    assert sorted(model.loss_hist) == [0, 1] and all(np.isfinite(v) for v in model.loss_hist.values())
+    assert model.current_epoch == 2
+    assert (save_path / "epoch-0.model").exists() and (save_path / "epoch-1.model").exists()
+    assert (save_path / "best.model").exists() and model.best_epoch in (0, 1)
+    assert set(model.valid_metrics) == {0, 1} and "f1" in model.valid_metrics[0]
+
+
+def test_predict_clips_and_activations(trained, labelled_files):
+    model, _ = trained
+    files = list(labelled_files.index)
+    raw = model.predict(files[:2], batch_size=2)
+    assert list(raw.index.names) == ["file", "start_time", "end_time"]
+    assert list(raw.index.get_level_values("start_time")) == [0.0, 0.0]  # 3 s files, one 2 s clip each
+    soft = model.predict(files[:2], batch_size=2, activation_layer="softmax")
+    np.testing.assert_allclose(soft.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(soft.values, torch.softmax(torch.tensor(raw.values), 1).numpy(), rtol=1e-5)
+    sig = model.predict(files[:2], activation_layer="sigmoid")
+    assert ((sig.values >= 0) & (sig.values <= 1)).all()
+    np.testing.assert_allclose(sig.values, torch.sigmoid(torch.tensor(raw.values)).numpy(), rtol=1e-5)
+    overlapped = model.predict(files[:1], overlap_fraction=0.5, final_clip="full")
+    assert list(overlapped.index.get_level_values("start_time")) == [0.0, 1.0]
+    whole = model.predict(labelled_files.head(2), split_files_into_clips=False)
+    assert list(whole.index) == files[:2]
+    with pytest.raises(OpsoValueError):
+        model.predict(files[:1], activation_layer="relu")
+
+
+def test_binary_labels_from_scores(trained, labelled_files):
+    model, _ = trained
+    scores = model.predict(list(labelled_files.index)[:4], activation_layer="softmax")
+    single = predict_single_target_labels(scores)
+    assert (single.sum(axis=1) == 1).all() and list(single.columns) == ["frog", "other"]
+    multi = predict_multi_target_labels(scores, threshold=0.5)
+    assert set(np.unique(multi.values)) <= {0, 1}
+
+
+def test_safe_format_round_trips_predictions_exactly(trained, labelled_files, tmp_path):
+    model, _ = trained
+    model.preprocessor.pipeline.bandpass.set(min_f=100, max_f=10000)
+    model.preprocessor.pipeline.add_noise.bypass = True
+    model.save(tmp_path / "m.model")
+    loaded = load_model(tmp_path / "m.model")
+    assert isinstance(loaded, CNN) and loaded.classes == ["frog", "other"] and loaded.single_target
+    assert loaded.preprocessor.pipeline.bandpass.params["max_f"] == 10000
+    assert loaded.preprocessor.pipeline.add_noise.bypass
+    assert loaded.preprocessor.pipeline.to_spec.params["decibel_limits"] == (-100, -20)
+    assert loaded.loss_hist == model.loss_hist and loaded.current_epoch == model.current_epoch
+    files = list(labelled_files.index)
+    pd.testing.assert_frame_equal(model.predict(files), loaded.predict(files))
+    model.preprocessor.pipeline.bandpass.set(min_f=0, max_f=11025)
+    model.preprocessor.pipeline.add_noise.bypass = False
+
+
+def test_pickled_models_are_refused_unless_allowed(trained, labelled_files, tmp_path):
+    model, _ = trained
+    model.save(tmp_path / "pickled.model", pickle=True)
+    with pytest.raises(PickleNotAllowedError, match="allow_pickle=True"):
+        load_model(tmp_path / "pickled.model")
+    with pytest.raises(PermissionError):
+        load_model(tmp_path / "pickled.model")
+    loaded = load_model(tmp_path / "pickled.model", allow_pickle=True)
+    files = list(labelled_files.index)[:2]
+    pd.testing.assert_frame_equal(model.predict(files), loaded.predict(files))
+
+
+def test_safe_format_refuses_custom_architecture(tmp_path):
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(32 * 32 * 3, 2))
+    model = CNN(net, ["a", "b"], 1.0, sample_shape=SHAPE)
+    with pytest.raises(ValueError, match="register_arch"):
+        model.save(tmp_path / "x.model")
+    model.save(tmp_path / "x.model", pickle=True)  # the explicit alternative works
+
+
+def test_weights_and_torch_dict(trained, labelled_files, tmp_path):
+    model, _ = trained
+    files = list(labelled_files.index)[:2]
+    model.save_weights(tmp_path / "w.pt")
+    other = small_cnn(single_target=True)
+    other.load_weights(tmp_path / "w.pt")
+    pd.testing.assert_frame_equal(model.predict(files), other.predict(files))
+    model.save_torch_dict(tmp_path / "d.pt")
+    rebuilt = CNN.from_torch_dict(tmp_path / "d.pt")
+    assert rebuilt.classes == model.classes and rebuilt.sample_shape == SHAPE
+    pd.testing.assert_frame_equal(model.predict(files), rebuilt.predict(files))
+    torch.save({"model_state_dict": model.network.state_dict(), "classes": model.classes, "single_target": True},
+               tmp_path / "old.tar")
+    old = load_outdated_model(tmp_path / "old.tar", ca.resnet18(2, weights=None), 2.0)
+    old.preprocessor.out_shape = SHAPE
+    pd.testing.assert_frame_equal(model.predict(files), old.predict(files))
+
+
+def test_multi_target_eval_is_map(labelled_files):
+    model = small_cnn(single_target=False)
+    targets = labelled_files.to_numpy()
+    scores = np.where(targets == 1, 0.9, 0.1)
+    score, metrics = model.eval(targets, scores)
+    assert score == metrics["map"] == 1.0
+    single = small_cnn(single_target=True)
+    score, metrics = single.eval(targets, scores)
+    assert score == metrics["f1"] == 1.0
+
+
+def test_cam_on_one_sample(trained, labelled_files):
+    model, _ = trained
+    samples = model.generate_cams(samples=labelled_files.head(1), guided_backprop=True)
+    cam = samples[0].cam
+    amap = cam.activation_maps[None]
+    assert amap.shape == SHAPE[:2] and 0 <= amap.min() and amap.max() <= 1
+    assert cam.gbp_maps[None].shape == (3, *SHAPE[:2])
+    fig, ax = cam.plot(plt_show=False, mode="backprop_and_activation")
+    assert ax.get_title() == "backprop_and_activation for class None"
+    per_class = model.generate_cams(samples=list(labelled_files.index)[:1], method="gradcam++", classes=["frog", "other"])
+    assert list(per_class[0].cam.activation_maps.index) == ["frog", "other"]
+    with pytest.raises(OpsoValueError):
+        model.generate_cams(samples=list(labelled_files.index)[:1], classes=["bird"])
+
+
+def test_string_architecture_and_offline_pretrained_error(monkeypatch):
+    import urllib.error
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(ca.PretrainedWeightsUnavailableError, match="weights=None"):
+        CNN("resnet18", ["a"], 2.0)
+    with pytest.raises(ValueError, match="unknown architecture"):
+        CNN("resnet9000", ["a"], 2.0)
+
+
+def test_inception_v3_trains_with_aux_output(labelled_files, tmp_path):
+    model = InceptionV3(["frog", "other"], 2.0, single_target=True, weights=None, sample_shape=(299, 299, 3))
+    model.train(labelled_files.head(2), epochs=1, batch_size=2, save_path=tmp_path, invalid_samples_log=None)
+    assert np.isfinite(model.loss_hist[0])
+    assert model.predict(list(labelled_files.index)[:1]).shape == (1, 2)
+
+
+def test_resample_loss_and_separate_optimizer(labelled_files, tmp_path):
+    model = use_resample_loss(small_cnn())
+    model = separate_resnet_feat_clf(model)
+    model.train(labelled_files.head(4), epochs=1, batch_size=2, save_path=tmp_path, invalid_samples_log=None)
+    assert isinstance(model.loss_fn, ResampleLoss)
+    groups = model.opt_net.param_groups
+    assert [g["lr"] for g in groups] == [0.001, 0.01]
+    assert len(groups[1]["params"]) == 2  # fc weight and bias
+    model.save(tmp_path / "r.model")
+    assert load_model(tmp_path / "r.model").loss_cls is ResampleLoss
+
+
+def test_training_validates_labels(labelled_files, tmp_path):
+    model = small_cnn(single_target=True)
+    with pytest.raises(OpsoValueError, match="classes"):
+        model.train(labelled_files[["other", "frog"]], save_path=tmp_path)
+    both = labelled_files.assign(other=1)
+    with pytest.raises(OpsoValueError, match="single-target"):
+        model.train(both, save_path=tmp_path)
+
+
+def test_bad_files_get_nan_scores_and_are_logged(trained, labelled_files, tmp_path, caplog):
+    model, _ = trained
+    bad = tmp_path / "bad.wav"
+    bad.write_text("not audio")
+    df = pd.DataFrame({"frog": [1, 0], "other": [0, 1]}, index=[list(labelled_files.index)[0], str(bad)])
+    with caplog.at_level(logging.WARNING):
+        scores, invalid = model.predict(df, split_files_into_clips=False, return_invalid_samples=True,
+                                        invalid_samples_log=tmp_path / "bad.log")
+    assert np.isfinite(scores.iloc[0]).all() and scores.iloc[1].isna().all()
+    assert invalid == {str(bad)} and str(bad) in (tmp_path / "bad.log").read_text()
