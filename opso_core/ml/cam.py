@@ -218,8 +218,10 @@ def generate_cams(model, samples, method="gradcam", classes=None, target_layers=
         x = torch.stack([s.data for s in good]).to(model.device)
         activations, gradients, handles = {}, {}, []
         for i, layer in enumerate(target_layers):
-            handles.append(layer.register_forward_hook(lambda m, inp, o, i=i: activations.__setitem__(i, o)))
-            handles.append(layer.register_full_backward_hook(lambda m, gin, gout, i=i: gradients.__setitem__(i, gout[0])))
+            handles.append(layer.register_forward_hook(
+                lambda m, inp, o, i=i, store=activations: store.__setitem__(i, o)))
+            handles.append(layer.register_full_backward_hook(
+                lambda m, gin, gout, i=i, store=gradients: store.__setitem__(i, gout[0])))
         try:
             with torch.enable_grad():
                 logits = network(x.requires_grad_(True))

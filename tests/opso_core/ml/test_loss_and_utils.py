@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+import torch
+
+from opso_core.errors import OpsoValueError
+from opso_core.ml.loss import (
+    BCEWithLogitsLoss_hot,
+    CrossEntropyLoss_hot,
+    ResampleLoss,
+    reduce_loss,
+    weight_reduce_loss,
+)
+from opso_core.ml.utils import apply_activation_layer, get_batch
+
+
+def test_bce_hot_matches_torch():
+    x = torch.tensor([[0.5, -1.0], [2.0, 0.0]])
+    y = torch.tensor([[1, 0], [0, 1]])
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(x, y.float())
+    assert float(BCEWithLogitsLoss_hot()(x, y)) == pytest.approx(float(expected))
+
+
+def test_cross_entropy_hot():
+    x = torch.tensor([[2.0, 0.0], [0.0, 2.0]])
+    y = torch.tensor([[1, 0], [0, 1]])
+    expected = torch.nn.functional.cross_entropy(x, torch.tensor([0, 1]))
+    assert float(CrossEntropyLoss_hot()(x, y)) == pytest.approx(float(expected))
+    with pytest.raises(OpsoValueError, match="one-hot"):
+        CrossEntropyLoss_hot()(x, torch.tensor([[1, 1], [0, 1]]))
+
+
+def test_reductions():
+    loss = torch.tensor([1.0, 2.0, 3.0])
+    assert float(reduce_loss(loss, "mean")) == 2.0 and float(reduce_loss(loss, "sum")) == 6.0
+    assert torch.equal(reduce_loss(loss, "none"), loss)
+    assert float(weight_reduce_loss(loss, torch.tensor([1.0, 0.0, 1.0]), avg_factor=2)) == 2.0
+    with pytest.raises(OpsoValueError):
+        weight_reduce_loss(loss, reduction="sum", avg_factor=2)
+    with pytest.raises(OpsoValueError):
+        reduce_loss(loss, "max")
+
+
+def test_resample_loss_is_finite_and_does_not_modify_logits():
+    loss_fn = ResampleLoss(torch.tensor([10.0, 2.0]))
+    logits = torch.tensor([[0.3, -0.2], [1.0, 0.5]], requires_grad=True)
+    before = logits.detach().clone()
+    loss = loss_fn(logits, torch.tensor([[1, 0], [1, 1]]))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.equal(logits.detach(), before)
+    assert logits.grad is not None
+    with pytest.raises(OpsoValueError):
+        ResampleLoss(torch.tensor([1.0, 0.0]))
+
+
+def test_activation_layers():
+    x = torch.tensor([[1.0, 2.0, 3.0]])
+    assert torch.equal(apply_activation_layer(x), x)
+    np.testing.assert_allclose(apply_activation_layer(x, "softmax").sum(), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(apply_activation_layer(x, "sigmoid"), torch.sigmoid(x))
+    sl = apply_activation_layer(x, "softmax_and_logit")
+    np.testing.assert_allclose(torch.sigmoid(sl), torch.softmax(x, 1), rtol=1e-5)
+    with pytest.raises(OpsoValueError):
+        apply_activation_layer(x, "tanh")
+
+
+def test_get_batch():
+    assert get_batch([1, 2, 3, 4, 5, 6, 7], 3, 0) == [1, 2, 3]
+    assert get_batch([1, 2, 3, 4, 5, 6, 7], 3, 2) == [7]
