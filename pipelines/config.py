@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipelines.errors import ConfigError
 
-__all__ = ["ClipConfig", "ClusterConfig", "InputConfig", "OutputConfig", "RibbitSpecies", "RunConfig",
+__all__ = ["ClipConfig", "ClusterConfig", "CnnModelConfig", "InputConfig", "OutputConfig", "RibbitSpecies", "RunConfig",
            "SpectrogramConfig", "load_config"]
 
 _ENV_PREFIX = "OPSO__"
@@ -133,6 +133,32 @@ class RibbitSpecies(_Strict):
         return v
 
 
+class CnnModelConfig(_Strict):
+    """One CNN for the inference stage; its scores go to ``scores/detector=cnn:<name>/``.
+
+    The model file is opso's safe format (``CNN.save``); clip length, spectrogram settings and
+    image shape come from its preprocessor.
+    """
+
+    name: str
+    model: str = Field(description="path or URL of a model saved with CNN.save()")
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    activation: Literal["sigmoid", "softmax", "softmax_and_logit"] | None = None
+    threshold: float | dict[str, float] = Field(description="score at or above which a class is detected; "
+                                                "one number or one per class")
+    batch_size: int = Field(64, gt=0)
+    overlap_fraction: float = Field(0.0, ge=0, lt=1, description="clip overlap as a fraction of the clip length")
+    final_clip: Literal["extend", "full"] | None = None
+    device: str = Field("auto", description="'auto' (CUDA if the worker has it), 'cpu', 'cuda', 'cuda:1', ...")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v):
+        if not _NAME.match(v):
+            raise ValueError("use letters, digits, '_', '.' or '-' only")
+        return v
+
+
 class ClusterConfig(_Strict):
     """Where the work runs. ``kind``: local, slurm, pbs, or a scheduler address (tcp://host:8786)."""
 
@@ -152,24 +178,25 @@ class RunConfig(_Strict):
     clips: ClipConfig = Field(default_factory=ClipConfig)
     spectrogram: SpectrogramConfig = Field(default_factory=SpectrogramConfig)
     ribbit: list[RibbitSpecies] = Field(default_factory=list)
+    cnn: list[CnnModelConfig] = Field(default_factory=list)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     @model_validator(mode="before")
     @classmethod
     def _later_stages(cls, data):
         if isinstance(data, dict):
-            for key in ("cnn", "localization"):
+            for key in ("localization",):
                 if data.get(key):
                     raise ValueError(f"the {key} stage is not available in this version of opso yet; "
                                      f"remove the '{key}' section")
         return data
 
     @model_validator(mode="after")
-    def _unique_species(self):
-        names = [s.name for s in self.ribbit]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"ribbit species names must be unique; repeated: {dupes}")
+    def _unique_names(self):
+        for kind, names in (("ribbit species", [s.name for s in self.ribbit]), ("cnn model", [m.name for m in self.cnn])):
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{kind} names must be unique; repeated: {dupes}")
         return self
 
     def public_dict(self) -> dict:
@@ -177,6 +204,8 @@ class RunConfig(_Strict):
         data = self.model_dump(mode="json")
         data["input"].pop("storage_options", None)
         data["output"].pop("storage_options", None)
+        for model in data.get("cnn", []):
+            model.pop("storage_options", None)
         data.pop("cluster", None)
         return data
 

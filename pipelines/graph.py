@@ -26,11 +26,12 @@ import pandas as pd
 from opso_core.ribbit import RibbitParams
 from opso_core.spectrogram import SpectrogramParams
 from pipelines.clip_plan import chunk_ranges, plan_clips
+from pipelines.cnn_scores import describe_cnn_detector
 from pipelines.config import RunConfig
 from pipelines.errors import OutputConflictError, StorageError
 from pipelines.inventory import inventory_files, list_audio_files
 from pipelines.outputs import OutputLocation
-from pipelines.ribbit_scores import score_chunk
+from pipelines.ribbit_scores import detector_name, score_chunk
 from pipelines.spectrogram_store import STORE_NAME, compute_chunk, create_store
 
 __all__ = ["FAILURE_COLUMNS", "RunSummary", "run_pipeline", "read_status"]
@@ -95,10 +96,10 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
-def _spectrogram_task(clip_range, clips, location, params, sample_rate_hz, clip_duration_s):
+def _spectrogram_task(clip_range, clips, location, params, sample_rate_hz, clip_duration_s, store_name, progress):
     result = compute_chunk(clip_range, clips, location=location, params=params, sample_rate_hz=sample_rate_hz,
-                           clip_duration_s=clip_duration_s)
-    location.write_json(f"{_SPEC_PROGRESS}/{clip_range.name}.json",
+                           clip_duration_s=clip_duration_s, store_name=store_name)
+    location.write_json(f"{progress}/{clip_range.name}.json",
                         {"n_ok": result.n_ok, "n_clips": len(clip_range),
                          "failures": [list(f) for f in result.failures]})
     return result.n_ok
@@ -106,8 +107,31 @@ def _spectrogram_task(clip_range, clips, location, params, sample_rate_hz, clip_
 
 def _ribbit_task(clip_range, clips, location, species, thresholds, _spectrograms_done=None):
     detections = score_chunk(clip_range, clips, location=location, species=species, thresholds=thresholds)
-    location.write_json(f"{_RIBBIT_PROGRESS}/{clip_range.name}.json", {"detections": detections})
+    location.write_json(f"{_RIBBIT_PROGRESS}/{clip_range.name}.json",
+                        {"detections": {detector_name(k): v for k, v in detections.items()}})
     return detections
+
+
+def _cnn_task(clip_range, clips, location, detector, _spectrograms_done=None):
+    from pipelines.cnn_scores import infer_chunk
+
+    result = infer_chunk(clip_range, clips, location=location, detector=detector)
+    location.write_json(f"_progress/{detector.detector.replace(':', '-')}/{clip_range.name}.json",
+                        {"detections": {detector.detector: result["detections"]}, "device": result["device"],
+                         "worker": result["worker"]})
+    return result
+
+
+@dataclasses.dataclass
+class _Store:
+    """One spectrogram store and the clip plan it holds."""
+
+    name: str
+    progress: str
+    plan: pd.DataFrame
+    params: SpectrogramParams
+    sample_rate_hz: int
+    clip_duration_s: float
 
 
 def _check_previous_run(location: OutputLocation, fingerprint: str, overwrite: bool) -> None:
@@ -204,41 +228,71 @@ def run_pipeline(config: RunConfig, client, *, overwrite: bool = False, progress
         create_store(location, plan, params=params, sample_rate_hz=sample_rate_hz,
                      clip_duration_s=clips_cfg.duration, clips_per_chunk=sc.clips_per_chunk)
 
+    stores = [_Store(STORE_NAME, _SPEC_PROGRESS, plan, params, sample_rate_hz, clips_cfg.duration)]
+    detectors = [describe_cnn_detector(m, sample_rate_hz) for m in config.cnn]
+    for det in detectors:
+        det_plan = plan_clips(inventory, clip_duration=det.clip_duration_s, clip_overlap=det.overlap_s,
+                              final_clip=det.final_clip)
+        stores.append(_Store(det.store_name, f"_progress/{det.store_name.removesuffix('.zarr')}", det_plan,
+                             det.params, det.sample_rate_hz, det.clip_duration_s))
+    for store in stores[1:]:
+        if len(store.plan) and not location.exists(f"{store.name}/.zmetadata"):
+            create_store(location, store.plan, params=store.params, sample_rate_hz=store.sample_rate_hz,
+                         clip_duration_s=store.clip_duration_s, clips_per_chunk=sc.clips_per_chunk,
+                         store_name=store.name)
+
     species = [RibbitParams(name=s.name, signal_band=s.signal_band, pulse_rate_range=s.pulse_rate_range,
                             noise_bands=tuple(s.noise_bands), nfft=s.nfft) for s in config.ribbit]
     thresholds = {s.name: s.threshold for s in config.ribbit}
-    ranges = chunk_ranges(len(plan), sc.clips_per_chunk)
-    spec_done = {n.removesuffix(".json") for n in location.list(_SPEC_PROGRESS)}
-    ribbit_done = {n.removesuffix(".json") for n in location.list(_RIBBIT_PROGRESS)}
+    gpu_workers = [a for a, w in client.scheduler_info()["workers"].items() if "GPU" in (w.get("resources") or {})]
+    if detectors:
+        logger.info("CNN tasks go to %s", f"{len(gpu_workers)} GPU worker(s)" if gpu_workers else "CPU workers")
     task_failures: list[dict] = []
-    spec_futures, ribbit_futures = {}, {}
-    for r in ranges:
-        chunk = plan.iloc[r.start : r.stop]
-        dep = None
-        if r.name not in spec_done:
-            dep = client.submit(_spectrogram_task, r, chunk, location, params, sample_rate_hz, clips_cfg.duration,
-                                key=f"spectrograms-{fingerprint}-{r.name}", retries=1)
-            spec_futures[dep] = r
-        if species and r.name not in ribbit_done:
-            fut = client.submit(_ribbit_task, r, chunk, location, species, thresholds, dep,
-                                key=f"ribbit-{fingerprint}-{r.name}", retries=1)
-            ribbit_futures[fut] = r
-    logger.info("%d spectrogram and %d RIBBIT tasks to run (%d chunks in all)", len(spec_futures),
-                len(ribbit_futures), len(ranges))
-    stage_s.update(_wait_for_stages(spec_futures, ribbit_futures, task_failures, progress))
+    futures: dict = {}  # future -> (stage, ClipRange)
+    n_chunks = 0
+    for store_index, store in enumerate(stores):
+        done = {n.removesuffix(".json") for n in location.list(store.progress)}
+        detector = detectors[store_index - 1] if store_index else None
+        det_done = {n.removesuffix(".json") for n in location.list(
+            _RIBBIT_PROGRESS if detector is None else f"_progress/{detector.detector.replace(':', '-')}")}
+        for r in chunk_ranges(len(store.plan), sc.clips_per_chunk):
+            n_chunks += 1
+            chunk = store.plan.iloc[r.start : r.stop]
+            dep = None
+            if r.name not in done:
+                dep = client.submit(_spectrogram_task, r, chunk, location, store.params, store.sample_rate_hz,
+                                    store.clip_duration_s, store.name, store.progress,
+                                    key=f"spectrograms-{fingerprint}-{store.name}-{r.name}", retries=1)
+                futures[dep] = ("spectrograms", r)
+            if r.name in det_done:
+                continue
+            if detector is None and species:
+                fut = client.submit(_ribbit_task, r, chunk, location, species, thresholds, dep,
+                                    key=f"ribbit-{fingerprint}-{r.name}", retries=1)
+                futures[fut] = ("ribbit", r)
+            elif detector is not None:
+                fut = client.submit(_cnn_task, r, chunk, location, detector, dep,
+                                    key=f"{detector.detector}-{fingerprint}-{r.name}", retries=1,
+                                    resources={"GPU": 1} if gpu_workers else None)
+                futures[fut] = ("cnn", r)
+    logger.info("%d tasks to run (%d chunks in %d stores)", len(futures), n_chunks, len(stores))
+    stage_s.update(_wait_for_stages(futures, task_failures, progress))
 
     # ---- collect what every task recorded, whether it ran now or in an earlier attempt
     failures = _failure_rows_from_inventory(inventory)
     n_clips_ok = 0
-    for name in location.list(_SPEC_PROGRESS):
-        marker = location.read_json(f"{_SPEC_PROGRESS}/{name}")
-        n_clips_ok += marker["n_ok"]
-        failures += [dict(stage="spectrograms", item=item, error_type=et, message=msg)
-                     for item, et, msg in marker["failures"]]
-    detections = dict.fromkeys(thresholds, 0)
-    for name in location.list(_RIBBIT_PROGRESS):
-        for sp, n in location.read_json(f"{_RIBBIT_PROGRESS}/{name}")["detections"].items():
-            detections[sp] = detections.get(sp, 0) + n
+    for store in stores:
+        for name in location.list(store.progress):
+            marker = location.read_json(f"{store.progress}/{name}")
+            if store.name == STORE_NAME:
+                n_clips_ok += marker["n_ok"]
+            failures += [dict(stage="spectrograms" if store.name == STORE_NAME else f"spectrograms:{store.name}",
+                              item=item, error_type=et, message=msg) for item, et, msg in marker["failures"]]
+    detections = {detector_name(s): 0 for s in thresholds} | {d.detector: 0 for d in detectors}
+    for folder in [_RIBBIT_PROGRESS] + [f"_progress/{d.detector.replace(':', '-')}" for d in detectors]:
+        for name in location.list(folder):
+            for det, n in location.read_json(f"{folder}/{name}")["detections"].items():
+                detections[det] = detections.get(det, 0) + n
     failures += task_failures
     failures_df = pd.DataFrame(failures, columns=FAILURE_COLUMNS)
     failures_df = failures_df.sort_values(["stage", "item"], kind="stable").reset_index(drop=True)
@@ -262,19 +316,19 @@ def run_pipeline(config: RunConfig, client, *, overwrite: bool = False, progress
     return summary
 
 
-def _wait_for_stages(spec_futures: dict, ribbit_futures: dict, task_failures: list, progress: bool) -> dict:
+def _wait_for_stages(futures: dict, task_failures: list, progress: bool) -> dict:
     from distributed import as_completed
     from tqdm.auto import tqdm
 
+    stages = sorted({stage for stage, _ in futures.values()}, key=["spectrograms", "ribbit", "cnn"].index)
+    totals = {st: sum(1 for s, _ in futures.values() if s == st) for st in stages}
+    bars = {st: tqdm(total=totals[st], desc=st, unit="chunk", disable=not progress) for st in stages}
+    remaining = dict(totals)
     stage_s = {}
     t0 = time.perf_counter()
-    bars = {"spectrograms": tqdm(total=len(spec_futures), desc="spectrograms", unit="chunk", disable=not progress),
-            "ribbit": tqdm(total=len(ribbit_futures), desc="ribbit", unit="chunk",
-                           disable=not progress or not ribbit_futures)}
-    remaining = {"spectrograms": len(spec_futures), "ribbit": len(ribbit_futures)}
     try:
-        for fut in as_completed(list(spec_futures) + list(ribbit_futures)):
-            stage, r = ("spectrograms", spec_futures[fut]) if fut in spec_futures else ("ribbit", ribbit_futures[fut])
+        for fut in as_completed(list(futures)):
+            stage, r = futures[fut]
             if fut.status == "error":
                 exc = fut.exception()
                 logger.error("%s task for clips %s failed: %s", stage, r.name, exc)

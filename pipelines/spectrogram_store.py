@@ -97,15 +97,16 @@ def clip_audio_batch(clips: pd.DataFrame, *, sample_rate_hz: int, clip_duration_
     return samples, ok, failures
 
 
-def open_store(location: OutputLocation, mode="r+"):
+def open_store(location: OutputLocation, mode="r+", store_name: str = STORE_NAME):
+    """The Zarr group of a spectrogram store under ``location``."""
     import zarr
 
-    return zarr.open_group(location.url_of(STORE_NAME), mode=mode, zarr_format=2,
+    return zarr.open_group(location.url_of(store_name), mode=mode, zarr_format=2,
                            storage_options=location.storage_options or None)
 
 
 def create_store(location: OutputLocation, plan: pd.DataFrame, *, params: SpectrogramParams, sample_rate_hz: int,
-                 clip_duration_s: float, clips_per_chunk: int) -> None:
+                 clip_duration_s: float, clips_per_chunk: int, store_name: str = STORE_NAME) -> None:
     """Write the store's metadata and per-clip coordinates; the values are written by the tasks."""
     import dask.array as da
     import xarray as xr
@@ -142,12 +143,13 @@ def create_store(location: OutputLocation, plan: pd.DataFrame, *, params: Spectr
     encoding = {k: {"chunks": (clips_per_chunk,)} for k in ("file", "recorder", "start_time", "end_time",
                                                            "start_time_utc")}
     encoding["start_time_utc"].update(units="nanoseconds since 1970-01-01", dtype="int64")
-    ds.to_zarr(location.url_of(STORE_NAME), mode="w", compute=False, zarr_format=2, consolidated=True,
+    ds.to_zarr(location.url_of(store_name), mode="w", compute=False, zarr_format=2, consolidated=True,
                encoding=encoding, storage_options=location.storage_options or None)
 
 
 def compute_chunk(clip_range: ClipRange, clips: pd.DataFrame, *, location: OutputLocation,
-                  params: SpectrogramParams, sample_rate_hz: int, clip_duration_s: float) -> ChunkResult:
+                  params: SpectrogramParams, sample_rate_hz: int, clip_duration_s: float,
+                  store_name: str = STORE_NAME) -> ChunkResult:
     """Compute and write the spectrograms of one chunk-aligned range of clips.
 
     ``clips`` holds the plan rows of ``clip_range`` (in order). Returns a :class:`ChunkResult`.
@@ -157,7 +159,7 @@ def compute_chunk(clip_range: ClipRange, clips: pd.DataFrame, *, location: Outpu
                                                   storage_options=location.storage_options)
     values, _, _ = spectrograms_from_clips(samples, sample_rate_hz, params=params, dtype=np.float32)
     values[~ok] = np.nan
-    store = open_store(location)
+    store = open_store(location, store_name=store_name)
     store["spectrogram"][clip_range.start : clip_range.stop] = values
     failures = []
     for file, error_type, message in file_failures:

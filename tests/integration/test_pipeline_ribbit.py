@@ -168,7 +168,7 @@ class TestPipelineConformance:
         location = run.location
         status = read_status(location.url, location.storage_options)
         assert status["status"] == "complete_with_failures"
-        assert status["summary"]["n_clips"] == 100 and status["summary"]["detections"]["frog12"] >= 12
+        assert status["summary"]["n_clips"] == 100 and status["summary"]["detections"]["ribbit:frog12"] >= 12
         assert "storage_options" not in status["config"]["input"]
         assert "secret" not in str(status)
         assert status["versions"]["numpy"]

@@ -59,7 +59,9 @@ cluster: {kind: local, n_workers: null, threads_per_worker: 1}
      "unique"),
     (with_(input={"url": "/d", "recorder": "(no group)"}), "input.recorder"),
     (with_(input={"url": "/d", "timezone": "Mars/Base"}), "input.timezone"),
-    (with_(cnn=[{"name": "x"}]), "cnn"),
+    (with_(cnn=[{"name": "x", "threshold": 0.5}]), "cnn.0.model: required key is missing"),
+    (with_(cnn=[{"name": "x", "model": "m", "threshold": 0.5, "activation": "relu"}]), "cnn.0.activation"),
+    (with_(localization={"detector": "ribbit:x"}), "localization"),
     ({"output": {"url": "/o"}}, "input: required key is missing"),
     (with_(extra_section={}), "extra_section: unknown key"),
 ])

@@ -1,0 +1,235 @@
+"""CNN stage: score clip spectrograms with a trained model, on GPU workers when the cluster has them.
+
+Each CNN detector gets its own spectrogram store, ``spectrograms-cnn-<name>.zarr``, made with the
+model's own clip length and ``to_spec`` settings, so every score is computed on exactly the input
+the model expects. An inference task reads one chunk, turns it into the network's input on the
+worker's device (:func:`opso_core.ml.spectrogram_tensors.spectrograms_to_tensor`: bandpass, image
+scaling, resize, rescale — the non-augmentation steps of the model's ``SpectrogramPreprocessor``),
+runs the network in batches and writes
+
+- ``scores/detector=cnn:<name>/part-<range>.parquet``: ``file, recorder, start_time, end_time,
+  start_time_utc`` and one column per class;
+- ``detections/part-cnn-<name>-<range>.parquet``: long format, classes at or above their threshold.
+
+The model is loaded once per worker process (cached by the file's SHA-256) from opso's safe model
+format; pickled models are refused. Scores equal ``CNN.predict(files, activation_layer=...)`` on
+the same clips within 1e-4 (the image resize is torch's antialiased bilinear on the device instead
+of PIL's; a colormap can move a few pixels by one colour step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import tempfile
+import threading
+import zipfile
+
+import fsspec
+import numpy as np
+import pandas as pd
+
+from opso_core.spectrogram import SpectrogramParams
+from pipelines.clip_plan import ClipRange
+from pipelines.config import CnnModelConfig
+from pipelines.errors import ConfigError
+from pipelines.outputs import OutputLocation
+from pipelines.spectrogram_store import open_store
+
+__all__ = ["CnnDetector", "describe_cnn_detector", "infer_chunk"]
+
+_ID_COLUMNS = ["file", "recorder", "start_time", "end_time", "start_time_utc"]
+DETECTION_COLUMNS = ["detector", "class", *_ID_COLUMNS, "score"]
+# steps of SpectrogramPreprocessor the stage reproduces; augmentations are skipped at inference anyway
+_SUPPORTED_ACTIONS = {"load_audio", "trim_audio", "to_spec", "bandpass", "to_tensor", "rescale"}
+
+_MODELS: dict = {}
+_MODELS_LOCK = threading.Lock()
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CnnDetector:
+    """Everything a worker needs to score chunks with one model (derived from the model file)."""
+
+    name: str
+    url: str
+    sha256: str
+    storage_options: dict
+    classes: tuple[str, ...]
+    activation: str | None
+    thresholds: tuple[float, ...]
+    batch_size: int
+    device: str
+    clip_duration_s: float
+    overlap_s: float
+    final_clip: str | None
+    sample_rate_hz: int
+    params: SpectrogramParams
+    tensor_settings: object  # opso_core.ml.spectrogram_tensors.TensorSettings
+
+    @property
+    def detector(self) -> str:
+        return f"cnn:{self.name}"
+
+    @property
+    def store_name(self) -> str:
+        return f"spectrograms-cnn-{self.name}.zarr"
+
+
+def _read_model_file(url, storage_options) -> bytes:
+    try:
+        with fsspec.open(url, "rb", **(storage_options or {})) as f:
+            return f.read()
+    except FileNotFoundError as exc:
+        raise ConfigError(f"cnn model file not found: {url}") from exc
+
+
+def _description(data: bytes, url: str) -> dict:
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            return json.loads(zf.read("opso_model.json"))
+    except (zipfile.BadZipFile, KeyError) as exc:
+        raise ConfigError(f"{url} is not a model in opso's safe format (a pickled model is refused: load it with "
+                          "load_model(path, allow_pickle=True) and save it again with model.save(path))") from exc
+
+
+def describe_cnn_detector(cfg: CnnModelConfig, run_sample_rate_hz: int) -> CnnDetector:
+    """Read the model's description (not its weights) and derive the stage's settings.
+
+    Raises
+    ------
+    ConfigError
+        The file is missing or pickled, its preprocessing has steps the stage cannot reproduce,
+        or the thresholds do not match its classes.
+    """
+    from opso_core.ml.persistence import _from_json
+    from opso_core.ml.spectrogram_tensors import TensorSettings
+
+    data = _read_model_file(cfg.model, cfg.storage_options)
+    desc = _description(data, cfg.model)
+    pre = desc["preprocessor"]
+    if pre["class"] != "SpectrogramPreprocessor":
+        raise ConfigError(f"cnn.{cfg.name}: the pipeline reproduces SpectrogramPreprocessor only, not {pre['class']}")
+    actions = {k: v for k, v in pre["actions"].items() if not v["bypass"] and not v["is_augmentation"]}
+    unsupported = sorted(set(actions) - _SUPPORTED_ACTIONS)
+    if unsupported:
+        raise ConfigError(f"cnn.{cfg.name}: the model's preprocessing has steps the pipeline cannot reproduce on "
+                          f"stored spectrograms: {unsupported}")
+    init = _from_json(pre["init"])
+    load = _from_json(actions.get("load_audio", {}).get("params", {}))
+    sample_rate = int(load.get("sample_rate") or run_sample_rate_hz)
+    to_spec = _from_json(actions["to_spec"]["params"]) if "to_spec" in actions else {}
+    params = SpectrogramParams.resolve(sample_rate, **to_spec)
+    bandpass = None
+    if "bandpass" in actions:
+        bp = _from_json(actions["bandpass"]["params"])
+        if not bp.get("out_of_bounds_ok", True) and (bp["min_f"] < 0 or bp["max_f"] > sample_rate / 2):
+            raise ConfigError(
+                f"cnn.{cfg.name}: the model bandpasses {bp['min_f']}-{bp['max_f']} Hz with out_of_bounds_ok=False, "
+                f"but clips at {sample_rate} Hz reach only {sample_rate / 2} Hz; every sample would fail "
+                "(set spectrogram.sample_rate higher, or the model's bandpass)")
+        bandpass = (float(bp["min_f"]), float(bp["max_f"]))
+    to_tensor = _from_json(actions.get("to_tensor", {}).get("params", {}))
+    rescale = None
+    if "rescale" in actions:
+        rp = _from_json(actions["rescale"]["params"])
+        rescale = (float(rp.get("input_mean", 0.5)), float(rp.get("input_std", 0.5)))
+    settings = TensorSettings(decibel_limits=tuple(params.decibel_limits), bandpass_hz=bandpass,
+                              out_shape=tuple(init["out_shape"]), invert=bool(to_tensor.get("invert", False)),
+                              colormap=to_tensor.get("colormap"), rescale=rescale)
+    classes = tuple(desc["classes"])
+    if isinstance(cfg.threshold, dict):
+        missing = sorted(set(classes) - set(cfg.threshold))
+        if missing:
+            raise ConfigError(f"cnn.{cfg.name}.threshold: no threshold for classes {missing}")
+        thresholds = tuple(float(cfg.threshold[c]) for c in classes)
+    else:
+        thresholds = (float(cfg.threshold),) * len(classes)
+    duration = float(desc["sample_duration"])
+    return CnnDetector(name=cfg.name, url=cfg.model, sha256=hashlib.sha256(data).hexdigest(),
+                       storage_options=dict(cfg.storage_options), classes=classes, activation=cfg.activation,
+                       thresholds=thresholds, batch_size=cfg.batch_size, device=cfg.device,
+                       clip_duration_s=duration, overlap_s=cfg.overlap_fraction * duration,
+                       final_clip=cfg.final_clip, sample_rate_hz=sample_rate, params=params,
+                       tensor_settings=settings)
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _model(detector: CnnDetector):
+    """The detector's model on this worker, loaded once per process."""
+    from opso_core.ml.cnn import load_model
+
+    device = _device(detector.device)
+    key = (detector.sha256, str(device))
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            data = _read_model_file(detector.url, detector.storage_options)
+            if hashlib.sha256(data).hexdigest() != detector.sha256:
+                raise ConfigError(f"the model file {detector.url} changed while the run was going on")
+            fd, tmp = tempfile.mkstemp(suffix=".model")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                model = load_model(tmp, device=device)
+            finally:
+                os.unlink(tmp)
+            model.network.eval()
+            _MODELS[key] = model
+        return _MODELS[key]
+
+
+def infer_chunk(clip_range: ClipRange, clips: pd.DataFrame, *, location: OutputLocation,
+                detector: CnnDetector) -> dict:
+    """Score one chunk of the detector's store and write its score and detection tables.
+
+    Returns
+    -------
+    dict
+        ``{"detections": n, "device": "cuda:0"/"cpu", "worker": address or None}``.
+    """
+    import torch
+
+    from opso_core.ml.spectrogram_tensors import spectrograms_to_tensor
+    from opso_core.ml.utils import apply_activation_layer
+
+    model = _model(detector)
+    device = next(model.network.parameters()).device
+    store = open_store(location, mode="r", store_name=detector.store_name)
+    values = store["spectrogram"][clip_range.start : clip_range.stop]
+    frequencies = store["frequency"][:]
+    valid = ~np.isnan(values).any(axis=(1, 2))
+    scores = np.full((len(values), len(detector.classes)), np.nan, dtype=np.float32)
+    rows = np.flatnonzero(valid)
+    with torch.no_grad():
+        for i in range(0, len(rows), detector.batch_size):
+            idx = rows[i : i + detector.batch_size]
+            x = spectrograms_to_tensor(values[idx], frequencies, detector.tensor_settings, device=device)
+            logits = model.network(x)
+            scores[idx] = apply_activation_layer(logits.float(), detector.activation).cpu().numpy()
+    ids = clips[_ID_COLUMNS].reset_index(drop=True)
+    table = pd.concat([ids, pd.DataFrame(scores, columns=list(detector.classes))], axis=1)[valid].reset_index(drop=True)
+    parts = []
+    for cls, threshold in zip(detector.classes, detector.thresholds, strict=True):
+        hits = table[table[cls] >= threshold]
+        parts.append(pd.DataFrame({"detector": detector.detector, "class": cls, **{c: hits[c] for c in _ID_COLUMNS},
+                                   "score": hits[cls].astype(float)}, columns=DETECTION_COLUMNS))
+    detections = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=DETECTION_COLUMNS)
+    location.write_parquet(f"detections/part-cnn-{detector.name}-{clip_range.name}.parquet", detections)
+    location.write_parquet(f"scores/detector={detector.detector}/part-{clip_range.name}.parquet", table)
+    try:
+        from distributed import get_worker
+
+        worker = get_worker().address
+    except (ImportError, ValueError):
+        worker = None
+    return {"detections": len(detections), "device": str(device), "worker": worker}

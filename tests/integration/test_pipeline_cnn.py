@@ -1,0 +1,124 @@
+"""The CNN inference stage: scores equal CNN.predict, and tasks go to `--resources GPU=1` workers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from opso_core.ml import cnn_architectures as ca
+from opso_core.ml.cnn import CNN
+from opso_core.testing import make_archive
+from pipelines.config import load_config
+from pipelines.errors import ConfigError
+from pipelines.graph import run_pipeline
+from pipelines.outputs import OutputLocation
+
+CLASSES = ["frog", "other"]
+TOLERANCE = 1e-4  # torch's antialiased resize on the device vs PIL's in CNN.predict
+
+
+@pytest.fixture(scope="module")
+def cnn_archive(tmp_path_factory):
+    return make_archive(tmp_path_factory.mktemp("cnn_archive"), n_recorders=2, files_per_recorder=1,
+                        file_duration_s=12, sample_rate_hz=22050, frog_calls_per_file=1, seed=2)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    torch.manual_seed(0)
+    model = CNN(ca.resnet18(2, weights=None), CLASSES, 2.0, sample_shape=(64, 64, 3))
+    model.preprocessor.pipeline.bandpass.set(min_f=500, max_f=8000)
+    path = tmp_path_factory.mktemp("models") / "toy.model"
+    model.save(path)
+    return path, model
+
+
+def config(archive_root, out, model_path, **cnn):
+    entry = {"name": "toy", "model": str(model_path), "activation": "sigmoid", "threshold": 0.5, "batch_size": 4}
+    entry.update(cnn)
+    return load_config({"input": {"url": str(archive_root)}, "output": {"url": str(out)},
+                        "spectrogram": {"sample_rate": 22050, "clips_per_chunk": 4}, "cnn": [entry]}, environ={})
+
+
+def test_scores_equal_cnn_predict(cnn_archive, model_file, dask_client, tmp_path):
+    path, model = model_file
+    summary = run_pipeline(config(cnn_archive.root, tmp_path / "out", path, overlap_fraction=0.5),
+                           dask_client, progress=False)
+    assert summary.status == "complete"
+    loc = OutputLocation(str(tmp_path / "out"))
+    scores = loc.read_parquet_folder("scores/detector=cnn:toy").sort_values(["file", "start_time"])
+    files = sorted(cnn_archive.files.file)
+    expected = model.predict(files, activation_layer="sigmoid", overlap_fraction=0.5).reset_index()
+    expected = expected.sort_values(["file", "start_time"])
+    assert len(scores) == len(expected) == 2 * 11  # 12 s files, 2 s clips every 1 s
+    np.testing.assert_array_equal(scores.start_time.to_numpy(), expected.start_time.to_numpy())
+    diff = np.abs(scores[CLASSES].to_numpy() - expected[CLASSES].to_numpy()).max()
+    assert diff < TOLERANCE, diff
+    detections = loc.read_parquet_folder("detections")
+    assert set(detections.detector) <= {"cnn:toy"}
+    for cls in CLASSES:
+        assert (detections["class"] == cls).sum() == (expected[cls] >= 0.5).sum()
+    assert loc.exists("spectrograms-cnn-toy.zarr/.zmetadata")
+    assert summary.detections["cnn:toy"] == len(detections)
+
+
+def test_model_errors_are_config_errors(cnn_archive, model_file, dask_client, tmp_path):
+    path, model = model_file
+    with pytest.raises(ConfigError, match="not found"):
+        run_pipeline(config(cnn_archive.root, tmp_path / "a", tmp_path / "missing.model"), dask_client, progress=False)
+    model.save(tmp_path / "pickled.model", pickle=True)
+    with pytest.raises(ConfigError, match="pickled model is refused"):
+        run_pipeline(config(cnn_archive.root, tmp_path / "b", tmp_path / "pickled.model"), dask_client, progress=False)
+    with pytest.raises(ConfigError, match="no threshold for classes"):
+        run_pipeline(config(cnn_archive.root, tmp_path / "c", path, threshold={"frog": 0.5}), dask_client,
+                     progress=False)
+
+
+@pytest.mark.slow
+def test_tasks_run_on_the_gpu_worker(cnn_archive, model_file, tmp_path):
+    """A LocalCluster plus one worker started with --resources GPU=1 (a CPU standing in for the GPU)."""
+    from distributed import Client, LocalCluster
+
+    path, _ = model_file
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        proc = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", cluster.scheduler_address,
+                                 "--nthreads", "1", "--resources", "GPU=1", "--no-dashboard", "--name", "gpu-stand-in"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                workers = client.scheduler_info()["workers"]
+                gpu = [a for a, w in workers.items() if (w.get("resources") or {}).get("GPU")]
+                if gpu:
+                    break
+                time.sleep(0.2)
+            assert gpu, "the GPU worker did not register"
+            summary = run_pipeline(config(cnn_archive.root, tmp_path / "out", path), client, progress=False)
+            assert summary.status == "complete"
+            loc = OutputLocation(str(tmp_path / "out"))
+            markers = [loc.read_json(f"_progress/cnn-toy/{n}") for n in loc.list("_progress/cnn-toy")]
+            assert len(markers) == 3  # 12 clips in chunks of 4
+            assert {m["worker"] for m in markers} == set(gpu)
+            assert {m["device"] for m in markers} == {"cpu"}
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def test_pipeline_scores_table_columns(cnn_archive, model_file, dask_client, tmp_path):
+    path, _ = model_file
+    run_pipeline(config(cnn_archive.root, tmp_path / "out", path, activation=None, threshold={"frog": 0.0, "other": 99}),
+                 dask_client, progress=False)
+    loc = OutputLocation(str(tmp_path / "out"))
+    scores = loc.read_parquet("scores/detector=cnn:toy/part-000000000-000000004.parquet")
+    assert list(scores.columns) == ["file", "recorder", "start_time", "end_time", "start_time_utc", "frog", "other"]
+    detections = loc.read_parquet_folder("detections")
+    assert set(detections["class"]) <= {"frog"}  # the impossible threshold keeps 'other' out
+    assert isinstance(detections.start_time_utc.iloc[0], pd.Timestamp)
