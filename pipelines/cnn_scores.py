@@ -26,6 +26,7 @@ import json
 import os
 import tempfile
 import threading
+import time
 import zipfile
 
 import fsspec
@@ -202,7 +203,9 @@ def infer_chunk(clip_range: ClipRange, clips: pd.DataFrame, *, location: OutputL
     from opso_core.ml.spectrogram_tensors import spectrograms_to_tensor
     from opso_core.ml.utils import apply_activation_layer
 
+    started = time.perf_counter()
     model = _model(detector)
+    model_load_s = time.perf_counter() - started
     device = next(model.network.parameters()).device
     store = open_store(location, mode="r", store_name=detector.store_name)
     values = store["spectrogram"][clip_range.start : clip_range.stop]
@@ -232,4 +235,4 @@ def infer_chunk(clip_range: ClipRange, clips: pd.DataFrame, *, location: OutputL
         worker = get_worker().address
     except (ImportError, ValueError):
         worker = None
-    return {"detections": len(detections), "device": str(device), "worker": worker}
+    return {"detections": len(detections), "device": str(device), "worker": worker, "model_load_s": model_load_s}

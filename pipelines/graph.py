@@ -97,28 +97,34 @@ def _now() -> str:
 
 
 def _spectrogram_task(clip_range, clips, location, params, sample_rate_hz, clip_duration_s, store_name, progress):
+    started = time.perf_counter()
     result = compute_chunk(clip_range, clips, location=location, params=params, sample_rate_hz=sample_rate_hz,
                            clip_duration_s=clip_duration_s, store_name=store_name)
     location.write_json(f"{progress}/{clip_range.name}.json",
                         {"n_ok": result.n_ok, "n_clips": len(clip_range),
-                         "failures": [list(f) for f in result.failures]})
+                         "failures": [list(f) for f in result.failures],
+                         "task_s": round(time.perf_counter() - started, 4)})
     return result.n_ok
 
 
 def _ribbit_task(clip_range, clips, location, species, thresholds, _spectrograms_done=None):
+    started = time.perf_counter()
     detections = score_chunk(clip_range, clips, location=location, species=species, thresholds=thresholds)
     location.write_json(f"{_RIBBIT_PROGRESS}/{clip_range.name}.json",
-                        {"detections": {detector_name(k): v for k, v in detections.items()}})
+                        {"detections": {detector_name(k): v for k, v in detections.items()},
+                         "task_s": round(time.perf_counter() - started, 4)})
     return detections
 
 
 def _cnn_task(clip_range, clips, location, detector, _spectrograms_done=None):
     from pipelines.cnn_scores import infer_chunk
 
+    started = time.perf_counter()
     result = infer_chunk(clip_range, clips, location=location, detector=detector)
     location.write_json(f"_progress/{detector.detector.replace(':', '-')}/{clip_range.name}.json",
                         {"detections": {detector.detector: result["detections"]}, "device": result["device"],
-                         "worker": result["worker"]})
+                         "worker": result["worker"], "task_s": round(time.perf_counter() - started, 4),
+                         "model_load_s": result.get("model_load_s", 0.0)})
     return result
 
 

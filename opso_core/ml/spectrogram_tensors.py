@@ -93,10 +93,12 @@ def spectrograms_to_tensor(values, frequencies, settings: TensorSettings, device
         index = (x.double() * cmap.N).long().clamp(0, cmap.N - 1)  # as matplotlib: floor(x * N)
         x = lut[index].permute(0, 3, 1, 2)  # (n, 3, h, w)
     else:
-        x = x[:, None].expand(-1, channels, -1, -1)
+        x = x[:, None]  # one channel now; copied to `channels` after the resize
     if tuple(x.shape[-2:]) != (height, width):
         x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
     x = x.clamp(0, 1)
+    if settings.colormap is None:
+        x = x.expand(-1, channels, -1, -1)
     if settings.rescale is not None:
         mean, std = settings.rescale
         x = (x - mean) / std
