@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,18 @@ def _train_epoch(model, loader, wandb_session=None, progress_bar=False):
     return np.concatenate(labels_all), np.concatenate(scores_all)
 
 
+def _checkpoint(model, path):
+    """Save in the safe format; a model it cannot describe (custom architecture) is pickled, with a warning."""
+    from opso_core.ml.persistence import UnsafeToDescribeError
+
+    try:
+        model.save(path)
+    except UnsafeToDescribeError as exc:
+        warnings.warn(f"{exc}. Checkpoint {path.name} is saved pickled instead; load it with "
+                      "load_model(path, allow_pickle=True)", stacklevel=3)
+        model.save(path, pickle=True)
+
+
 def train(model, train_df, validation_df=None, epochs=1, batch_size=1, num_workers=0, save_path=".",
           save_interval=1, log_interval=10, validation_interval=1,
           invalid_samples_log="./invalid_training_samples.log", raise_errors=False, wandb_session=None,
@@ -117,11 +130,11 @@ def train(model, train_df, validation_df=None, epochs=1, batch_size=1, num_worke
             if wandb_session is not None:
                 wandb_session.log({"validation_score": validation_score, "epoch": model.current_epoch})
         if (model.current_epoch + 1) % save_interval == 0 or epoch == epochs - 1:
-            model.save(save_path / f"epoch-{model.current_epoch}.model")
+            _checkpoint(model, save_path / f"epoch-{model.current_epoch}.model")
         if validation_score is not None and not np.isnan(validation_score) and validation_score > model.best_score:
             model.best_score = float(validation_score)
             model.best_epoch = model.current_epoch
-            model.save(save_path / "best.model")
+            _checkpoint(model, save_path / "best.model")
         model.current_epoch += 1
     if validation_df is not None and model.best_epoch is not None:
         model._log(f"Best model: epoch {model.best_epoch}, validation score {model.best_score:.3f}", level=1)
