@@ -27,6 +27,12 @@ _ENV_PREFIX = "OPSO__"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
+def _check_name(value: str) -> str:
+    if not _NAME.match(value):
+        raise ValueError("use letters, digits, '_', '.' or '-' only")
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -118,12 +124,7 @@ class RibbitSpecies(_Strict):
     threshold: float = Field(description="clips scoring at or above this are detections")
     nfft: int = Field(1024, gt=1)
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v):
-        if not _NAME.match(v):
-            raise ValueError("use letters, digits, '_', '.' or '-' only")
-        return v
+    _name = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
 
     @field_validator("signal_band", "pulse_rate_range")
     @classmethod
@@ -151,12 +152,7 @@ class CnnModelConfig(_Strict):
     final_clip: Literal["extend", "full"] | None = None
     device: str = Field("auto", description="'auto' (CUDA if the worker has it), 'cpu', 'cuda', 'cuda:1', ...")
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v):
-        if not _NAME.match(v):
-            raise ValueError("use letters, digits, '_', '.' or '-' only")
-        return v
+    _name = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
 
 
 class ClusterConfig(_Strict):

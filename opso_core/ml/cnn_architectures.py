@@ -116,17 +116,38 @@ def _prepare(model, freeze_feature_extractor):
     return model
 
 
-def _resnet(builder_name, num_classes, freeze_feature_extractor, weights, num_channels):
+def _get(module, path):
+    for part in path.split("."):
+        module = module[int(part)] if part.isdigit() else getattr(module, part)
+    return module
+
+
+def _set(module, path, value):
+    parent, _, last = path.rpartition(".")
+    owner = _get(module, parent) if parent else module
+    if last.isdigit():
+        owner[int(last)] = value
+    else:
+        setattr(owner, last, value)
+
+
+def _torchvision_arch(builder_name, num_classes, freeze_feature_extractor, weights, num_channels, *,
+                      classifier, first_conv, cam_layer, builder=None):
+    """A torchvision model with its ``classifier`` layer (dotted path) resized and ``first_conv`` adapted."""
     import torchvision.models as tvm
 
-    model = _prepare(_load(getattr(tvm, builder_name), weights, builder_name), freeze_feature_extractor)
-    model.fc = change_fc_output_size(model.fc, num_classes)
+    model = _prepare(_load(builder or getattr(tvm, builder_name), weights, builder_name), freeze_feature_extractor)
+    _set(model, classifier, change_fc_output_size(_get(model, classifier), num_classes))
     if num_channels != 3:
-        model.conv1 = change_conv2d_channels(model.conv1, num_channels)
-    model.classifier_layer = "fc"
-    model.embedding_layer = "avgpool"
-    model.cam_layer = "layer4"
+        _set(model, first_conv, change_conv2d_channels(_get(model, first_conv), num_channels))
+    model.classifier_layer = classifier
+    model.cam_layer = cam_layer
     return model
+
+
+def _resnet(builder_name, num_classes, freeze_feature_extractor, weights, num_channels):
+    return _torchvision_arch(builder_name, num_classes, freeze_feature_extractor, weights, num_channels,
+                             classifier="fc", first_conv="conv1", cam_layer="layer4")
 
 
 @register_arch
@@ -162,28 +183,14 @@ def resnet152(num_classes, freeze_feature_extractor=False, weights="DEFAULT", nu
 @register_arch
 def alexnet(num_classes, freeze_feature_extractor=False, weights="DEFAULT", num_channels=3):
     """AlexNet (input 224x224)."""
-    import torchvision.models as tvm
-
-    model = _prepare(_load(tvm.alexnet, weights, "alexnet"), freeze_feature_extractor)
-    model.classifier[6] = change_fc_output_size(model.classifier[6], num_classes)
-    if num_channels != 3:
-        model.features[0] = change_conv2d_channels(model.features[0], num_channels)
-    model.cam_layer = "features"
-    return model
-
+    return _torchvision_arch("alexnet", num_classes, freeze_feature_extractor, weights, num_channels,
+                             classifier="classifier.6", first_conv="features.0", cam_layer="features")
 
 @register_arch
 def vgg11_bn(num_classes, freeze_feature_extractor=False, weights="DEFAULT", num_channels=3):
     """VGG11 with batch normalisation (input 224x224)."""
-    import torchvision.models as tvm
-
-    model = _prepare(_load(tvm.vgg11_bn, weights, "vgg11_bn"), freeze_feature_extractor)
-    model.classifier[6] = change_fc_output_size(model.classifier[6], num_classes)
-    if num_channels != 3:
-        model.features[0] = change_conv2d_channels(model.features[0], num_channels)
-    model.cam_layer = "features"
-    return model
-
+    return _torchvision_arch("vgg11_bn", num_classes, freeze_feature_extractor, weights, num_channels,
+                             classifier="classifier.6", first_conv="features.0", cam_layer="features")
 
 @register_arch
 def squeezenet1_0(num_classes, freeze_feature_extractor=False, weights="DEFAULT", num_channels=3):
@@ -202,15 +209,8 @@ def squeezenet1_0(num_classes, freeze_feature_extractor=False, weights="DEFAULT"
 @register_arch
 def densenet121(num_classes, freeze_feature_extractor=False, weights="DEFAULT", num_channels=3):
     """DenseNet121 (input 224x224)."""
-    import torchvision.models as tvm
-
-    model = _prepare(_load(tvm.densenet121, weights, "densenet121"), freeze_feature_extractor)
-    model.classifier = change_fc_output_size(model.classifier, num_classes)
-    if num_channels != 3:
-        model.features.conv0 = change_conv2d_channels(model.features.conv0, num_channels)
-    model.cam_layer = "features"
-    return model
-
+    return _torchvision_arch("densenet121", num_classes, freeze_feature_extractor, weights, num_channels,
+                             classifier="classifier", first_conv="features.conv0", cam_layer="features")
 
 @register_arch
 def inception_v3(num_classes, freeze_feature_extractor=False, weights="DEFAULT", num_channels=3):
@@ -233,14 +233,8 @@ def inception_v3(num_classes, freeze_feature_extractor=False, weights="DEFAULT",
 
 
 def _efficientnet(builder_name, num_classes, freeze_feature_extractor, weights, num_channels):
-    import torchvision.models as tvm
-
-    model = _prepare(_load(getattr(tvm, builder_name), weights, builder_name), freeze_feature_extractor)
-    model.classifier[-1] = change_fc_output_size(model.classifier[-1], num_classes)
-    if num_channels != 3:
-        model.features[0][0] = change_conv2d_channels(model.features[0][0], num_channels)
-    model.cam_layer = "features"
-    return model
+    return _torchvision_arch(builder_name, num_classes, freeze_feature_extractor, weights, num_channels,
+                             classifier="classifier.1", first_conv="features.0.0", cam_layer="features")
 
 
 @register_arch
