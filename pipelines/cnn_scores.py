@@ -1,8 +1,8 @@
 """CNN stage: score clip spectrograms with a trained model, on GPU workers when the cluster has them.
 
-Each CNN detector gets its own spectrogram store, ``spectrograms-cnn-<name>.zarr``, made with the
-model's own clip length and ``to_spec`` settings, so every score is computed on exactly the input
-the model expects. An inference task reads one chunk, turns it into the network's input on the
+A CNN detector reads the run's ``spectrograms.zarr`` when its clips and ``to_spec`` settings are
+the run's, and otherwise its own store ``spectrograms-cnn-<name>.zarr`` made with the model's clip
+length and settings, so every score is computed on exactly the input the model expects. An inference task reads one chunk, turns it into the network's input on the
 worker's device (:func:`opso_core.ml.spectrogram_tensors.spectrograms_to_tensor`: bandpass, image
 scaling, resize, rescale — the non-augmentation steps of the model's ``SpectrogramPreprocessor``),
 runs the network in batches and writes
@@ -70,6 +70,7 @@ class CnnDetector:
     sample_rate_hz: int
     params: SpectrogramParams
     tensor_settings: object  # opso_core.ml.spectrogram_tensors.TensorSettings
+    store: str = ""  # the store it reads; empty: its own spectrograms-cnn-<name>.zarr
 
     @property
     def detector(self) -> str:
@@ -77,7 +78,7 @@ class CnnDetector:
 
     @property
     def store_name(self) -> str:
-        return f"spectrograms-cnn-{self.name}.zarr"
+        return self.store or f"spectrograms-cnn-{self.name}.zarr"
 
 
 def _read_model_file(url, storage_options) -> bytes:

@@ -121,16 +121,20 @@ def _cnn_task(clip_range, clips, location, detector, _spectrograms_done=None):
 
     started = time.perf_counter()
     result = infer_chunk(clip_range, clips, location=location, detector=detector)
-    location.write_json(f"_progress/{detector.detector.replace(':', '-')}/{clip_range.name}.json",
+    location.write_json(f"{_cnn_progress(detector)}/{clip_range.name}.json",
                         {"detections": {detector.detector: result["detections"]}, "device": result["device"],
                          "worker": result["worker"], "task_s": round(time.perf_counter() - started, 4),
                          "model_load_s": result.get("model_load_s", 0.0)})
     return result
 
 
+def _cnn_progress(detector) -> str:
+    return f"_progress/{detector.detector.replace(':', '-')}"
+
+
 @dataclasses.dataclass
 class _Store:
-    """One spectrogram store and the clip plan it holds."""
+    """One spectrogram store, the clip plan it holds and the CNN detectors that read it."""
 
     name: str
     progress: str
@@ -138,6 +142,7 @@ class _Store:
     params: SpectrogramParams
     sample_rate_hz: int
     clip_duration_s: float
+    detectors: list = dataclasses.field(default_factory=list)
 
 
 def _check_previous_run(location: OutputLocation, fingerprint: str, overwrite: bool) -> None:
@@ -234,18 +239,26 @@ def run_pipeline(config: RunConfig, client, *, overwrite: bool = False, progress
         create_store(location, plan, params=params, sample_rate_hz=sample_rate_hz,
                      clip_duration_s=clips_cfg.duration, clips_per_chunk=sc.clips_per_chunk)
 
-    stores = [_Store(STORE_NAME, _SPEC_PROGRESS, plan, params, sample_rate_hz, clips_cfg.duration)]
-    detectors = [describe_cnn_detector(m, sample_rate_hz) for m in config.cnn]
-    for det in detectors:
-        det_plan = plan_clips(inventory, clip_duration=det.clip_duration_s, clip_overlap=det.overlap_s,
-                              final_clip=det.final_clip)
-        stores.append(_Store(det.store_name, f"_progress/{det.store_name.removesuffix('.zarr')}", det_plan,
-                             det.params, det.sample_rate_hz, det.clip_duration_s))
-    for store in stores[1:]:
-        if len(store.plan) and not location.exists(f"{store.name}/.zmetadata"):
-            create_store(location, store.plan, params=store.params, sample_rate_hz=store.sample_rate_hz,
-                         clip_duration_s=store.clip_duration_s, clips_per_chunk=sc.clips_per_chunk,
-                         store_name=store.name)
+    main = _Store(STORE_NAME, _SPEC_PROGRESS, plan, params, sample_rate_hz, clips_cfg.duration)
+    main_key = (params, sample_rate_hz, clips_cfg.duration, clips_cfg.overlap, clips_cfg.final_clip)
+    stores = [main]
+    detectors = []
+    for model_cfg in config.cnn:
+        det = describe_cnn_detector(model_cfg, sample_rate_hz)
+        if (det.params, det.sample_rate_hz, det.clip_duration_s, det.overlap_s, det.final_clip) == main_key:
+            det = dataclasses.replace(det, store=STORE_NAME)  # same input as the run's store: share it
+            main.detectors.append(det)
+        else:
+            det_plan = plan_clips(inventory, clip_duration=det.clip_duration_s, clip_overlap=det.overlap_s,
+                                  final_clip=det.final_clip)
+            store = _Store(det.store_name, f"_progress/{det.store_name.removesuffix('.zarr')}", det_plan,
+                           det.params, det.sample_rate_hz, det.clip_duration_s, detectors=[det])
+            stores.append(store)
+            if len(det_plan) and not location.exists(f"{store.name}/.zmetadata"):
+                create_store(location, det_plan, params=det.params, sample_rate_hz=det.sample_rate_hz,
+                             clip_duration_s=det.clip_duration_s, clips_per_chunk=sc.clips_per_chunk,
+                             store_name=store.name)
+        detectors.append(det)
 
     species = [RibbitParams(name=s.name, signal_band=s.signal_band, pulse_rate_range=s.pulse_rate_range,
                             noise_bands=tuple(s.noise_bands), nfft=s.nfft) for s in config.ribbit]
@@ -256,11 +269,11 @@ def run_pipeline(config: RunConfig, client, *, overwrite: bool = False, progress
     task_failures: list[dict] = []
     futures: dict = {}  # future -> (stage, ClipRange)
     n_chunks = 0
-    for store_index, store in enumerate(stores):
+    for store in stores:
         done = {n.removesuffix(".json") for n in location.list(store.progress)}
-        detector = detectors[store_index - 1] if store_index else None
-        det_done = {n.removesuffix(".json") for n in location.list(
-            _RIBBIT_PROGRESS if detector is None else f"_progress/{detector.detector.replace(':', '-')}")}
+        ribbit_done = {n.removesuffix(".json") for n in location.list(_RIBBIT_PROGRESS)}
+        cnn_done = {d.name: {n.removesuffix(".json") for n in location.list(_cnn_progress(d))}
+                    for d in store.detectors}
         for r in chunk_ranges(len(store.plan), sc.clips_per_chunk):
             n_chunks += 1
             chunk = store.plan.iloc[r.start : r.stop]
@@ -270,15 +283,15 @@ def run_pipeline(config: RunConfig, client, *, overwrite: bool = False, progress
                                     store.clip_duration_s, store.name, store.progress,
                                     key=f"spectrograms-{fingerprint}-{store.name}-{r.name}", retries=1)
                 futures[dep] = ("spectrograms", r)
-            if r.name in det_done:
-                continue
-            if detector is None and species:
+            if store is main and species and r.name not in ribbit_done:
                 fut = client.submit(_ribbit_task, r, chunk, location, species, thresholds, dep,
                                     key=f"ribbit-{fingerprint}-{r.name}", retries=1)
                 futures[fut] = ("ribbit", r)
-            elif detector is not None:
-                fut = client.submit(_cnn_task, r, chunk, location, detector, dep,
-                                    key=f"{detector.detector}-{fingerprint}-{r.name}", retries=1,
+            for det in store.detectors:
+                if r.name in cnn_done[det.name]:
+                    continue
+                fut = client.submit(_cnn_task, r, chunk, location, det, dep,
+                                    key=f"{det.detector}-{fingerprint}-{r.name}", retries=1,
                                     resources={"GPU": 1} if gpu_workers else None)
                 futures[fut] = ("cnn", r)
     logger.info("%d tasks to run (%d chunks in %d stores)", len(futures), n_chunks, len(stores))
@@ -295,7 +308,7 @@ def run_pipeline(config: RunConfig, client, *, overwrite: bool = False, progress
             failures += [dict(stage="spectrograms" if store.name == STORE_NAME else f"spectrograms:{store.name}",
                               item=item, error_type=et, message=msg) for item, et, msg in marker["failures"]]
     detections = {detector_name(s): 0 for s in thresholds} | {d.detector: 0 for d in detectors}
-    for folder in [_RIBBIT_PROGRESS] + [f"_progress/{d.detector.replace(':', '-')}" for d in detectors]:
+    for folder in [_RIBBIT_PROGRESS] + [_cnn_progress(d) for d in detectors]:
         for name in location.list(folder):
             for det, n in location.read_json(f"{folder}/{name}")["detections"].items():
                 detections[det] = detections.get(det, 0) + n

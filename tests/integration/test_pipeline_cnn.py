@@ -122,3 +122,5 @@ def test_pipeline_scores_table_columns(cnn_archive, model_file, dask_client, tmp
     detections = loc.read_parquet_folder("detections")
     assert set(detections["class"]) <= {"frog"}  # the impossible threshold keeps 'other' out
     assert isinstance(detections.start_time_utc.iloc[0], pd.Timestamp)
+    # the model's clips and spectrogram settings equal the run's: it reads spectrograms.zarr, no second store
+    assert not loc.exists("spectrograms-cnn-toy.zarr")
