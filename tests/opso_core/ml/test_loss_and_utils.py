@@ -66,3 +66,15 @@ def test_activation_layers():
 def test_get_batch():
     assert get_batch([1, 2, 3, 4, 5, 6, 7], 3, 0) == [1, 2, 3]
     assert get_batch([1, 2, 3, 4, 5, 6, 7], 3, 2) == [7]
+
+
+def test_cas_dataloader(labelled_files):
+    from opso_core.ml.datasets import AudioFileDataset
+    from opso_core.ml.utils import cas_dataloader
+    from opso_core.preprocess.preprocessors import SpectrogramPreprocessor
+
+    ds = AudioFileDataset(labelled_files, SpectrogramPreprocessor(1.0, out_shape=(16, 16, 1)), bypass_augmentations=True)
+    loader = cas_dataloader(ds, batch_size=4, num_workers=0)
+    batch = next(iter(loader))
+    assert len(batch) == 4 and all(s.data.shape == (1, 16, 16) for s in batch)
+    assert sum(int(s.labels["frog"]) for s in batch) == 2  # two classes, two samples each
