@@ -55,10 +55,10 @@ def test_predict_clips_and_activations(trained, labelled_files):
     assert list(raw.index.get_level_values("start_time")) == [0.0, 0.0]  # 3 s files, one 2 s clip each
     soft = model.predict(files[:2], batch_size=2, activation_layer="softmax")
     np.testing.assert_allclose(soft.sum(axis=1), 1.0, rtol=1e-5)
-    np.testing.assert_allclose(soft.values, torch.softmax(torch.tensor(raw.values), 1).numpy(), rtol=1e-5, atol=1e-7)
-    sig = model.predict(files[:2], activation_layer="sigmoid")
+    np.testing.assert_allclose(soft.values, torch.softmax(torch.tensor(raw.values), 1).numpy(), rtol=1e-4, atol=1e-6)
+    sig = model.predict(files[:2], batch_size=2, activation_layer="sigmoid")  # same batches as raw
     assert ((sig.values >= 0) & (sig.values <= 1)).all()
-    np.testing.assert_allclose(sig.values, torch.sigmoid(torch.tensor(raw.values)).numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(sig.values, torch.sigmoid(torch.tensor(raw.values)).numpy(), rtol=1e-4, atol=1e-6)
     overlapped = model.predict(files[:1], overlap_fraction=0.5, final_clip="full")
     assert list(overlapped.index.get_level_values("start_time")) == [0.0, 1.0]
     whole = model.predict(labelled_files.head(2), split_files_into_clips=False)
