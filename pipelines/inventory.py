@@ -107,7 +107,7 @@ def inventory_file(path: str, *, storage_options=None, recorder_rule="parent_dir
                                                   f"frames, file holds {info.frames}"))
         else:
             row["status"] = "ok"
-    except Exception as exc:
+    except Exception as exc:  # a bad file must become a row, whatever went wrong
         row.update(status="failed", error=f"{type(exc).__name__}: {exc}")
     return row
 

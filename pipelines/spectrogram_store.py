@@ -91,7 +91,7 @@ def clip_audio_batch(clips: pd.DataFrame, *, sample_rate_hz: int, clip_duration_
                 piece = piece[:n_out]
                 samples[row, : len(piece)] = piece
                 ok[row] = True
-        except Exception as exc:
+        except Exception as exc:  # one bad file must not lose the other files' clips
             logger.warning("could not read clips of %s: %s", file, exc)
             failures.append((str(file), type(exc).__name__, str(exc)))
     return samples, ok, failures

@@ -29,7 +29,7 @@ def test_notebook_cells_run(notebook, demo_run, monkeypatch):
         source = "".join(cell["source"])
         try:
             exec(compile(source, f"{notebook.name}[{i}]", "exec"), namespace)
-        except Exception as exc:
+        except Exception as exc:  # report which cell broke
             pytest.fail(f"{notebook.name} code cell {i} failed: {type(exc).__name__}: {exc}")
     assert len(namespace["detections"]) > 0 and namespace["per_hour"]["clips"].sum() == len(namespace["detections"])
     matplotlib.pyplot.close("all")

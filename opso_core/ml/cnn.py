@@ -384,7 +384,7 @@ def load_outdated_model(path, architecture, sample_duration, model_class=CNN, de
     """
     try:
         contents = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # the weights-only unpickler rejects anything but tensors and containers
         if not allow_pickle:
             raise PickleNotAllowedError(f"{path} needs full unpickling (it holds objects, not just tensors); "
                                         "pass allow_pickle=True if you trust the file") from exc
