@@ -23,18 +23,12 @@ import pandas as pd
 from scipy import signal
 
 from opso_core.errors import OpsoValueError
+from opso_core.spectrogram import nearest_range
 from opso_core.utils import generate_clip_times_df
 
 __all__ = ["RibbitParams", "calculate_pulse_score", "ribbit", "ribbit_batch"]
 
 _WELCH_NPERSEG = 256  # scipy.signal.welch's default segment length
-
-
-def _band_mask(frequencies: np.ndarray, band) -> slice:
-    """Rows ``Spectrogram.bandpass`` keeps: nearest bin to low through nearest bin to high."""
-    lo = int(np.abs(frequencies - band[0]).argmin())
-    hi = int(np.abs(frequencies - band[1]).argmin())
-    return slice(lo, hi + 1)
 
 
 def _psd_max(amplitude: np.ndarray, amplitude_sample_rate: float, pulse_rate_range, nfft: int) -> np.ndarray:
@@ -215,7 +209,7 @@ def ribbit_batch(values: np.ndarray, frequencies: np.ndarray, window_step_s: flo
 
     def band_amplitude(band):  # the same band sum is shared by species that use it
         if band not in band_sums:
-            band_sums[band] = values[:, _band_mask(frequencies, band), :].sum(axis=1, dtype=np.float64)
+            band_sums[band] = values[:, nearest_range(frequencies, *band), :].sum(axis=1, dtype=np.float64)
         return band_sums[band]
 
     out = {}

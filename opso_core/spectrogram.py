@@ -26,9 +26,21 @@ from opso_core.stft import (
 )
 from opso_core.utils import linear_scale, min_max_scale
 
-__all__ = ["MelSpectrogram", "Spectrogram", "SpectrogramParams", "spectrograms_from_clips"]
+__all__ = ["MelSpectrogram", "Spectrogram", "SpectrogramParams", "nearest_range", "spectrograms_from_clips"]
 
 _RETURN_TYPES = ("pil", "np", "torch")
+
+
+def nearest_range(axis: np.ndarray, low, high) -> slice:
+    """Slice from the element of ``axis`` nearest ``low`` to the one nearest ``high`` (inclusive).
+
+    The selection rule of ``Spectrogram.trim`` (times) and ``Spectrogram.bandpass`` (frequencies),
+    shared by RIBBIT's and the CNN stage's batch forms so they select the same rows.
+    """
+    axis = np.asarray(axis)
+    lo = int(np.abs(axis - low).argmin())
+    hi = int(np.abs(axis - high).argmin())
+    return slice(lo, hi + 1)
 
 
 def _resize_channels(array: np.ndarray, shape) -> np.ndarray:
@@ -211,9 +223,8 @@ class Spectrogram:
         """Columns whose window centres are nearest ``start_time`` to nearest ``end_time`` (inclusive)."""
         if end_time < start_time:
             raise OpsoValueError(f"end_time ({end_time}) must not be before start_time ({start_time})")
-        lo = int(np.abs(self.times - start_time).argmin())
-        hi = int(np.abs(self.times - end_time).argmin())
-        return self._spawn(spectrogram=self.spectrogram[:, lo : hi + 1], times=self.times[lo : hi + 1])
+        cols = nearest_range(self.times, start_time, end_time)
+        return self._spawn(spectrogram=self.spectrogram[:, cols], times=self.times[cols])
 
     def bandpass(self, min_f, max_f, out_of_bounds_ok=True):
         """Rows from the bin nearest ``min_f`` to the bin nearest ``max_f`` Hz (inclusive).
@@ -228,10 +239,8 @@ class Spectrogram:
                 f"band [{min_f}, {max_f}] Hz reaches outside the spectrogram's frequencies "
                 f"[{self.frequencies.min()}, {self.frequencies.max()}] Hz"
             )
-        lo = int(np.abs(self.frequencies - min_f).argmin())
-        hi = int(np.abs(self.frequencies - max_f).argmin())
-        return self._spawn(spectrogram=self.spectrogram[lo : hi + 1, :],
-                           frequencies=self.frequencies[lo : hi + 1])
+        rows = nearest_range(self.frequencies, min_f, max_f)
+        return self._spawn(spectrogram=self.spectrogram[rows, :], frequencies=self.frequencies[rows])
 
     # ------------------------------------------------------------------ values
 

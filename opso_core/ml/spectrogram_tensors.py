@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from opso_core.errors import OpsoValueError
+from opso_core.spectrogram import nearest_range
 
 __all__ = ["TensorSettings", "spectrograms_to_tensor"]
 
@@ -52,12 +53,6 @@ class TensorSettings:
             raise OpsoValueError("a colormap needs 3 output channels")
 
 
-def _band_rows(frequencies: np.ndarray, band) -> slice:
-    lo = int(np.abs(frequencies - band[0]).argmin())
-    hi = int(np.abs(frequencies - band[1]).argmin())
-    return slice(lo, hi + 1)
-
-
 def spectrograms_to_tensor(values, frequencies, settings: TensorSettings, device=None) -> torch.Tensor:
     """Network input for a batch of spectrograms.
 
@@ -79,7 +74,7 @@ def spectrograms_to_tensor(values, frequencies, settings: TensorSettings, device
     if x.ndim != 3:
         raise OpsoValueError(f"values must be (n, n_frequencies, n_times), got {tuple(x.shape)}")
     if settings.bandpass_hz is not None:
-        x = x[:, _band_rows(np.asarray(frequencies), settings.bandpass_hz), :]
+        x = x[:, nearest_range(frequencies, *settings.bandpass_hz), :]
     lo, hi = settings.decibel_limits
     x = ((x - lo) / (hi - lo)).flip(1).clamp(0, 1)
     if settings.invert:
