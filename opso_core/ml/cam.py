@@ -90,13 +90,6 @@ class CAM:
         return fig, ax
 
 
-def _resolve_layer(network, name):
-    module = network
-    for part in str(name).split("."):
-        module = module[int(part)] if part.isdigit() else getattr(module, part)
-    return module
-
-
 def _weighted(acts, grads, method):
     if method == "gradcam":
         return (grads.mean(dim=(2, 3), keepdim=True) * acts).sum(1)
@@ -204,7 +197,7 @@ def generate_cams(model, samples, method="gradcam", classes=None, target_layers=
         layer_name = getattr(network, "cam_layer", None)
         if layer_name is None:
             raise OpsoValueError("this architecture has no default CAM layer; pass target_layers=[module]")
-        target_layers = [_resolve_layer(network, layer_name)]
+        target_layers = [network.get_submodule(layer_name)]
     dataset = inference_dataset(samples, model.preprocessor, split_files_into_clips=split_files_into_clips,
                                 bypass_augmentations=bypass_augmentations)
     safe = SafeDataset(dataset, invalid_sample_behavior="none")

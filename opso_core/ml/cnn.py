@@ -131,7 +131,7 @@ class CNN(BaseModule):
         """
         params = dict(self.optimizer_params)
         if "feature" in params and "classifier" in params:
-            fc = cnn_architectures._get(self.network, getattr(self.network, "classifier_layer", "fc"))
+            fc = self.network.get_submodule(getattr(self.network, "classifier_layer", "fc"))
             fc_ids = {id(p) for p in fc.parameters()}
             feature = {k: v for k, v in params["feature"].items() if k != "params"}
             classifier = {k: v for k, v in params["classifier"].items() if k != "params"}

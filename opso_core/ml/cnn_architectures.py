@@ -116,15 +116,9 @@ def _prepare(model, freeze_feature_extractor):
     return model
 
 
-def _get(module, path):
-    for part in path.split("."):
-        module = module[int(part)] if part.isdigit() else getattr(module, part)
-    return module
-
-
 def _set(module, path, value):
     parent, _, last = path.rpartition(".")
-    owner = _get(module, parent) if parent else module
+    owner = module.get_submodule(parent)
     if last.isdigit():
         owner[int(last)] = value
     else:
@@ -137,9 +131,9 @@ def _torchvision_arch(builder_name, num_classes, freeze_feature_extractor, weigh
     import torchvision.models as tvm
 
     model = _prepare(_load(builder or getattr(tvm, builder_name), weights, builder_name), freeze_feature_extractor)
-    _set(model, classifier, change_fc_output_size(_get(model, classifier), num_classes))
+    _set(model, classifier, change_fc_output_size(model.get_submodule(classifier), num_classes))
     if num_channels != 3:
-        _set(model, first_conv, change_conv2d_channels(_get(model, first_conv), num_channels))
+        _set(model, first_conv, change_conv2d_channels(model.get_submodule(first_conv), num_channels))
     model.classifier_layer = classifier
     model.cam_layer = cam_layer
     return model
