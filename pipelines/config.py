@@ -27,6 +27,12 @@ _ENV_PREFIX = "OPSO__"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
+def _check_increasing(pair, form: str):
+    if not pair[0] < pair[1]:
+        raise ValueError(f"must be {form} with the first value smaller")
+    return pair
+
+
 def _check_name(value: str) -> str:
     if not _NAME.match(value):
         raise ValueError("use letters, digits, '_', '.' or '-' only")
@@ -106,12 +112,7 @@ class SpectrogramConfig(_Strict):
     decibel_limits: tuple[float, float] = (-100.0, -20.0)
     clips_per_chunk: int = Field(64, gt=0, description="clips per Zarr chunk and per task")
 
-    @field_validator("decibel_limits")
-    @classmethod
-    def _limits(cls, v):
-        if not v[0] < v[1]:
-            raise ValueError("decibel_limits must be [min, max] with min < max")
-        return v
+    _limits = field_validator("decibel_limits")(classmethod(lambda cls, v: _check_increasing(v, "[min, max]")))
 
 
 class RibbitSpecies(_Strict):
@@ -126,12 +127,8 @@ class RibbitSpecies(_Strict):
 
     _name = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
 
-    @field_validator("signal_band", "pulse_rate_range")
-    @classmethod
-    def _band(cls, v):
-        if not v[0] < v[1]:
-            raise ValueError("must be [low, high] with low < high")
-        return v
+    _band = field_validator("signal_band", "pulse_rate_range")(
+        classmethod(lambda cls, v: _check_increasing(v, "[low, high]")))
 
 
 class CnnModelConfig(_Strict):
