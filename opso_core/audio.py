@@ -471,7 +471,7 @@ class Audio:
             warnings.warn(
                 f"{path} has {samples.shape[1]} channels; mixing them down to one. Use "
                 "load_channels_as_audio() to keep them apart.", MixdownWarning, stacklevel=2)
-        samples = samples.mean(axis=1, dtype=samples.dtype) if samples.shape[1] > 1 else samples[:, 0]
+        samples = _mix_to_mono(samples)
 
         if len(samples) == 0 and (requested_frames is None or requested_frames > 0):
             out_of_bounds("the audio object has zero samples (offset is past the end of the file)")
@@ -833,6 +833,11 @@ def _read_frames(path, start_frame, n_frames, dtype, storage_options) -> np.ndar
             return read(f)
     except (soundfile.LibsndfileError, RuntimeError) as exc:
         raise AudioFormatError(f"{path}: could not decode audio ({exc})") from exc
+
+
+def _mix_to_mono(frames: np.ndarray) -> np.ndarray:
+    """(frames, channels) -> (frames,): the mean of the channels, in the frames' dtype."""
+    return frames.mean(axis=1, dtype=frames.dtype) if frames.shape[1] > 1 else frames[:, 0]
 
 
 def load_channels_as_audio(path, sample_rate=None, resample_type=DEFAULT_RESAMPLE_TYPE, dtype=np.float32,

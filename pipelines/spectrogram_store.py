@@ -28,7 +28,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from opso_core.audio import Audio, _sample_index, resample_samples
+from opso_core.audio import _mix_to_mono, _read_frames, _sample_index, resample_samples
 from opso_core.audio_info import audio_file_info
 from opso_core.spectrogram import SpectrogramParams, spectrograms_from_clips
 from opso_core.stft import window_times
@@ -72,18 +72,17 @@ def clip_audio_batch(clips: pd.DataFrame, *, sample_rate_hz: int, clip_duration_
     samples = np.zeros((len(clips), n_out), dtype=np.float32)
     ok = np.zeros(len(clips), dtype=bool)
     failures = []
-    for file, group in clips.groupby("file", sort=False):
-        rows = np.flatnonzero(clips["file"].to_numpy() == file)
+    starts_s = clips["start_time"].to_numpy()
+    for file, rows in clips.groupby("file", sort=False).indices.items():
         try:
             info = audio_file_info(file, storage_options=storage_options)
             native = info.sample_rate_hz
             n_native = int(round(clip_duration_s * native))
-            first = np.array([_sample_index(t, native) for t in group["start_time"]])
+            first = np.array([_sample_index(t, native) for t in starts_s[rows]])
             seg_start = int(first.min())
             seg_stop = min(int(first.max()) + n_native, info.frames)
-            segment = Audio.from_file(file, offset=seg_start / native, duration=(seg_stop - seg_start) / native,
-                                      storage_options=storage_options, load_metadata=False,
-                                      out_of_bounds_mode="ignore", on_truncated="ignore").samples
+            # one read per file per chunk, reusing the header just read (Audio.from_file would read it again)
+            segment = _mix_to_mono(_read_frames(file, seg_start, seg_stop - seg_start, np.float32, storage_options))
             for row, frame in zip(rows, first, strict=True):
                 piece = segment[frame - seg_start : frame - seg_start + n_native]
                 if native != sample_rate_hz:
