@@ -38,12 +38,11 @@ from pipelines.clip_plan import ClipRange
 from pipelines.config import CnnModelConfig
 from pipelines.errors import ConfigError
 from pipelines.outputs import OutputLocation
+from pipelines.score_tables import ID_COLUMNS, detections_of
 from pipelines.spectrogram_store import open_store
 
 __all__ = ["CnnDetector", "describe_cnn_detector", "infer_chunk"]
 
-_ID_COLUMNS = ["file", "recorder", "start_time", "end_time", "start_time_utc"]
-DETECTION_COLUMNS = ["detector", "class", *_ID_COLUMNS, "score"]
 # steps of SpectrogramPreprocessor the stage reproduces; augmentations are skipped at inference anyway
 _SUPPORTED_ACTIONS = {"load_audio", "trim_audio", "to_spec", "bandpass", "to_tensor", "rescale"}
 
@@ -220,14 +219,11 @@ def infer_chunk(clip_range: ClipRange, clips: pd.DataFrame, *, location: OutputL
             x = spectrograms_to_tensor(values[idx], frequencies, detector.tensor_settings, device=device)
             logits = model.network(x)
             scores[idx] = apply_activation_layer(logits.float(), detector.activation).cpu().numpy()
-    ids = clips[_ID_COLUMNS].reset_index(drop=True)
+    ids = clips[ID_COLUMNS].reset_index(drop=True)
     table = pd.concat([ids, pd.DataFrame(scores, columns=list(detector.classes))], axis=1)[valid].reset_index(drop=True)
-    parts = []
-    for cls, threshold in zip(detector.classes, detector.thresholds, strict=True):
-        hits = table[table[cls] >= threshold]
-        parts.append(pd.DataFrame({"detector": detector.detector, "class": cls, **{c: hits[c] for c in _ID_COLUMNS},
-                                   "score": hits[cls].astype(float)}, columns=DETECTION_COLUMNS))
-    detections = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=DETECTION_COLUMNS)
+    detections = pd.concat([detections_of(table, detector.detector, cls, threshold)
+                            for cls, threshold in zip(detector.classes, detector.thresholds, strict=True)],
+                           ignore_index=True)
     location.write_parquet(f"detections/part-cnn-{detector.name}-{clip_range.name}.parquet", detections)
     location.write_parquet(f"scores/detector={detector.detector}/part-{clip_range.name}.parquet", table)
     try:

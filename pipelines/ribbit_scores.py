@@ -21,12 +21,10 @@ import pandas as pd
 from opso_core.ribbit import RibbitParams, ribbit_batch
 from pipelines.clip_plan import ClipRange
 from pipelines.outputs import OutputLocation
+from pipelines.score_tables import ID_COLUMNS, detections_of
 from pipelines.spectrogram_store import open_store
 
-__all__ = ["DETECTION_COLUMNS", "detector_name", "score_chunk"]
-
-DETECTION_COLUMNS = ["detector", "class", "file", "recorder", "start_time", "end_time", "start_time_utc", "score"]
-_ID_COLUMNS = ["file", "recorder", "start_time", "end_time", "start_time_utc"]
+__all__ = ["detector_name", "score_chunk"]
 
 
 def detector_name(species_name: str) -> str:
@@ -47,7 +45,7 @@ def score_chunk(clip_range: ClipRange, clips: pd.DataFrame, *, location: OutputL
     frequencies = store["frequency"][:]
     step = float(store.attrs["window_step_s"])
     valid = ~np.isnan(values).any(axis=(1, 2))
-    ids = clips[_ID_COLUMNS].reset_index(drop=True)
+    ids = clips[ID_COLUMNS].reset_index(drop=True)
     scores = ribbit_batch(values[valid], frequencies, step, species) if valid.any() else {
         sp.name: np.zeros(0) for sp in species}
     detections = {}
@@ -57,9 +55,7 @@ def score_chunk(clip_range: ClipRange, clips: pd.DataFrame, *, location: OutputL
         table = ids.copy()
         table[sp.name] = col
         table = table[valid].reset_index(drop=True)
-        hits = table[table[sp.name] >= thresholds[sp.name]]
-        det = pd.DataFrame({"detector": detector_name(sp.name), "class": sp.name, **{c: hits[c] for c in _ID_COLUMNS},
-                            "score": hits[sp.name]}, columns=DETECTION_COLUMNS)
+        det = detections_of(table, detector_name(sp.name), sp.name, thresholds[sp.name])
         location.write_parquet(f"detections/part-ribbit-{sp.name}-{clip_range.name}.parquet", det)
         location.write_parquet(f"scores/detector={detector_name(sp.name)}/part-{clip_range.name}.parquet", table)
         detections[sp.name] = len(det)
