@@ -269,9 +269,9 @@ def run_pipeline(config: RunConfig, client, *, overwrite: bool = False, progress
     task_failures: list[dict] = []
     futures: dict = {}  # future -> (stage, ClipRange)
     n_chunks = 0
+    ribbit_done = {n.removesuffix(".json") for n in location.list(_RIBBIT_PROGRESS)}
     for store in stores:
         done = {n.removesuffix(".json") for n in location.list(store.progress)}
-        ribbit_done = {n.removesuffix(".json") for n in location.list(_RIBBIT_PROGRESS)}
         cnn_done = {d.name: {n.removesuffix(".json") for n in location.list(_cnn_progress(d))}
                     for d in store.detectors}
         for r in chunk_ranges(len(store.plan), sc.clips_per_chunk):
