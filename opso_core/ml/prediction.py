@@ -11,7 +11,7 @@ import torch
 from opso_core.errors import OpsoValueError
 from opso_core.ml.datasets import AudioFileDataset, AudioSplittingDataset
 from opso_core.ml.safe_dataset import SafeDataset
-from opso_core.ml.utils import apply_activation_layer, identity
+from opso_core.ml.utils import ACTIVATION_LAYERS, apply_activation_layer, identity
 
 __all__ = ["inference_dataset", "predict"]
 
@@ -82,6 +82,6 @@ def _file_of(index_value):
 
 
 def check_activation(activation_layer):
-    if activation_layer not in (None, "softmax", "sigmoid", "softmax_and_logit"):
-        raise OpsoValueError(f"activation_layer must be None, 'softmax', 'sigmoid' or 'softmax_and_logit'; "
-                             f"got {activation_layer!r}")
+    """Raise before any work if ``activation_layer`` is not one ``apply_activation_layer`` knows."""
+    if activation_layer not in ACTIVATION_LAYERS:
+        raise OpsoValueError(f"activation_layer must be one of {ACTIVATION_LAYERS}; got {activation_layer!r}")
