@@ -24,7 +24,7 @@ def main():
     from opso_core import Audio, Spectrogram
     from opso_core.ribbit import ribbit
     from opso_core.testing import make_archive
-    from pipelines.cluster import make_client
+    from pipelines.cluster import open_cluster
     from pipelines.config import load_config
     from pipelines.graph import run_pipeline
 
@@ -46,15 +46,15 @@ def main():
     species = [
         {"name": "frog12", "signal_band": [1800, 2200], "pulse_rate_range": [9, 15],
          "noise_bands": [[300, 1000], [3000, 3500]], "threshold": 0.02},
-        {"name": "fast", "signal_band": [1800, 2200], "pulse_rate_range": [30, 45], "threshold": 0.02},
+        {"name": "fast", "signal_band": [1800, 2200], "pulse_rate_range": [18, 22], "threshold": 0.02},
     ]
     config = load_config({"input": {"url": str(work / "archive")}, "output": {"url": str(work / "run")},
                           "clips": {"duration": 2.0}, "spectrogram": {"sample_rate": 16000, "clips_per_chunk": 64},
                           "ribbit": species,
                           "cluster": {"kind": "local", "n_workers": args.workers, "threads_per_worker": 1}})
-    with make_client(config.cluster) as client:
-        n_workers = len(client.scheduler_info()["workers"])
-        summary = run_pipeline(config, client, overwrite=True, progress=False)
+    with open_cluster(config.cluster) as session:
+        n_workers = session.n_workers()
+        summary = run_pipeline(config, session.client, overwrite=True, progress=False, watch=session.check)
 
     t0 = time.perf_counter()
     for path in archive.files.file:

@@ -1,9 +1,10 @@
 """The run configuration: a YAML file validated before any work starts.
 
-Unknown keys and bad values raise :class:`~pipelines.errors.ConfigError` naming the key, e.g.
-``clips.duraton: unknown key``. Environment variables ``OPSO__SECTION__KEY=value`` override the file
-(``OPSO__OUTPUT__URL=s3://bucket/run``; values are parsed as YAML). Storage options (credentials) are
-never written to outputs or logs: :meth:`RunConfig.public_dict` leaves them out.
+Unknown keys, repeated keys and bad values raise :class:`~pipelines.errors.ConfigError` naming the
+key, e.g. ``clips.duraton: unknown key``. Environment variables ``OPSO__SECTION__KEY=value`` override
+the file (``OPSO__OUTPUT__URL=s3://bucket/run``; values are parsed as YAML). Storage options
+(credentials) are never written to outputs or logs: :meth:`RunConfig.public_dict` leaves them out.
+Every key, its type, default and meaning: ``docs/configuration.md``.
 """
 
 from __future__ import annotations
@@ -114,6 +115,24 @@ class SpectrogramConfig(_Strict):
 
     _limits = field_validator("decibel_limits")(classmethod(lambda cls, v: _check_increasing(v, "[min, max]")))
 
+    @model_validator(mode="after")
+    def _resolvable(self):
+        self.params(self.sample_rate or 1)  # window name, fft_size >= window_samples, ...
+        return self
+
+    def params(self, sample_rate_hz: int):
+        """The resolved :class:`~opso_core.spectrogram.SpectrogramParams` for audio at ``sample_rate_hz``."""
+        from opso_core.errors import OpsoError
+        from opso_core.spectrogram import SpectrogramParams
+
+        try:
+            return SpectrogramParams.resolve(sample_rate_hz, window_type=self.window_type,
+                                             window_samples=self.window_samples,
+                                             overlap_fraction=self.overlap_fraction, fft_size=self.fft_size,
+                                             decibel_limits=tuple(self.decibel_limits))
+        except OpsoError as exc:
+            raise ValueError(str(exc)) from None
+
 
 class RibbitSpecies(_Strict):
     """One species for RIBBIT; its scores go to ``scores/detector=ribbit:<name>/``."""
@@ -129,6 +148,14 @@ class RibbitSpecies(_Strict):
 
     _band = field_validator("signal_band", "pulse_rate_range")(
         classmethod(lambda cls, v: _check_increasing(v, "[low, high]")))
+
+    @field_validator("noise_bands")
+    @classmethod
+    def _noise_bands(cls, bands):
+        for i, band in enumerate(bands):
+            if not band[0] < band[1]:
+                raise ValueError(f"entry {i} ({list(band)}) must be [low, high] with low < high")
+        return bands
 
 
 class CnnModelConfig(_Strict):
@@ -152,19 +179,85 @@ class CnnModelConfig(_Strict):
     _name = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
 
 
+#: schemes of Dask scheduler addresses (``tcp://host:8786``)
+SCHEDULER_SCHEMES = ("tcp", "tls", "ucx", "ws", "wss", "inproc")
+#: cluster kinds started through dask-jobqueue
+JOBQUEUE_KINDS = ("slurm", "pbs")
+
+
+def check_cluster_kind(kind: str) -> str:
+    """``kind`` if it is ``local``, a dask-jobqueue kind or a scheduler address; else ValueError."""
+    if kind == "local" or kind in JOBQUEUE_KINDS:
+        return kind
+    scheme, sep, rest = kind.partition("://")
+    if sep and scheme in SCHEDULER_SCHEMES and rest:
+        return kind
+    if sep:
+        raise ValueError(f"{kind!r} is not a Dask scheduler address (known schemes: "
+                         f"{', '.join(SCHEDULER_SCHEMES)}; e.g. tcp://host:8786)")
+    raise ValueError(f"unknown cluster kind {kind!r}; use local, {', '.join(JOBQUEUE_KINDS)} or a scheduler "
+                     "address such as tcp://host:8786")
+
+
 class ClusterConfig(_Strict):
-    """Where the work runs. ``kind``: local, slurm, pbs, or a scheduler address (tcp://host:8786)."""
+    """Where the work runs. ``kind``: local, slurm, pbs, or a scheduler address (tcp://host:8786).
+
+    One worker has ``threads_per_worker`` threads and ``memory_limit`` memory; on slurm/pbs each
+    worker is one batch job (``cores = threads_per_worker``, ``memory = memory_limit``) and
+    ``n_workers`` jobs are kept running: a job that ends early (walltime, ``scancel``) is replaced,
+    up to ``max_job_replacements`` times.
+    """
 
     kind: str = "local"
-    n_workers: int | None = Field(None, gt=0, description="local workers or HPC jobs; null: one per core")
+    n_workers: int | None = Field(None, gt=0, description="local: workers (null: one per core / threads_per_worker); "
+                                  "slurm/pbs: jobs, required")
     threads_per_worker: int = Field(1, gt=0)
-    memory_limit: str | None = Field(None, description="per worker, e.g. '4GiB'; null: Dask's default")
-    processes: bool = True
-    jobqueue: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for dask-jobqueue")
+    memory_limit: str | None = Field(None, description="per worker, e.g. '4GiB'; null: Dask's default (local) or "
+                                     "dask-jobqueue's configured memory (slurm/pbs)")
+    processes: bool = Field(True, description="local only: workers in processes (true) or threads of the driver")
+    jobqueue: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for dask-jobqueue "
+                                     "(queue, walltime, account, job_extra_directives, ...)")
+    no_workers_timeout_s: float | None = Field(None, gt=0, description="stop the run (exit code 3) when no worker "
+                                               "has been connected for this long; null: 120 s local, 600 s for "
+                                               "a scheduler address, 3600 s slurm/pbs")
+    max_job_replacements: int = Field(10, ge=0, description="slurm/pbs: jobs submitted to replace ended ones")
+    connect_timeout_s: float = Field(30.0, gt=0, description="seconds to wait for a scheduler address to answer")
+
+    _kind = field_validator("kind")(classmethod(lambda cls, v: check_cluster_kind(v)))
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _memory(cls, v):
+        if v is not None and v != "auto":
+            from dask.utils import parse_bytes
+
+            try:
+                parse_bytes(v)
+            except ValueError:
+                raise ValueError(f"{v!r} is not an amount of memory; write e.g. '4GiB' or '8GB'") from None
+        return v
+
+    @field_validator("jobqueue")
+    @classmethod
+    def _jobqueue(cls, v):
+        mapped = {"cores": "threads_per_worker", "memory": "memory_limit", "processes": "(one worker per job)",
+                  "n_workers": "n_workers"}
+        clash = sorted(set(v) & set(mapped))
+        if clash:
+            raise ValueError(f"set {', '.join(f'cluster.{mapped[k]}' for k in clash)} instead of jobqueue."
+                             f"{'/'.join(clash)} (opso maps them onto dask-jobqueue)")
+        return v
+
+    def default_no_workers_timeout_s(self, kind: str | None = None) -> float:
+        """``no_workers_timeout_s``, or the default for ``kind`` (seconds)."""
+        if self.no_workers_timeout_s is not None:
+            return float(self.no_workers_timeout_s)
+        kind = kind or self.kind
+        return 120.0 if kind == "local" else 3600.0 if kind in JOBQUEUE_KINDS else 600.0
 
 
 class RunConfig(_Strict):
-    """The whole run configuration (see ARCHITECTURE.md for the YAML shape)."""
+    """The whole run configuration (every key: ``docs/configuration.md``)."""
 
     input: InputConfig
     output: OutputConfig
@@ -192,6 +285,15 @@ class RunConfig(_Strict):
                 raise ValueError(f"{kind} names must be unique; repeated: {dupes}")
         return self
 
+    @model_validator(mode="after")
+    def _bands_below_nyquist(self):
+        if self.spectrogram.sample_rate and self.ribbit:
+            from pipelines.ribbit_scores import check_species_bands
+
+            params = self.spectrogram.params(self.spectrogram.sample_rate)
+            check_species_bands(self.ribbit, self.spectrogram.sample_rate, params.step_samples)
+        return self
+
     def public_dict(self) -> dict:
         """The configuration without credentials (storage options) or cluster settings."""
         data = self.model_dump(mode="json")
@@ -209,14 +311,42 @@ class RunConfig(_Strict):
         return hashlib.sha256(json.dumps(public, sort_keys=True).encode()).hexdigest()[:16]
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key repeated in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is repeated; keep one",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_text(source) -> str:
+    if isinstance(source, str) and "\n" in source:
+        return source  # YAML text itself
+    path = Path(source)
+    if path.is_dir():
+        raise ConfigError(f"{source} is a folder; give the path of a YAML configuration file")
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file not found: {source}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the configuration file {source}: {exc}") from None
+
+
 def _format_error(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
         if err["type"] == "missing":
             msg = "required key is missing"
-        lines.append(f"  {loc}: {msg}")
+        lines.append(f"  {loc}: {msg}" if loc else f"  {msg}")
     return "invalid configuration:\n" + "\n".join(lines)
 
 
@@ -251,16 +381,15 @@ def load_config(source, environ=None) -> RunConfig:
     if isinstance(source, dict):
         data = json.loads(json.dumps(source))
     else:
-        text = Path(source).read_text() if Path(str(source)).exists() else None
-        if text is None:
-            if isinstance(source, str) and "\n" in source:
-                text = source
-            else:
-                raise ConfigError(f"configuration file not found: {source}")
+        text = _read_text(source)
         try:
-            data = yaml.safe_load(text) or {}
+            data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
+        except yaml.MarkedYAMLError as exc:
+            where = f" (line {exc.problem_mark.line + 1}, column {exc.problem_mark.column + 1})" \
+                if exc.problem_mark else ""
+            raise ConfigError(f"configuration is not valid YAML: {exc.problem}{where}") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"configuration is not valid YAML: {exc}") from exc
+            raise ConfigError(f"configuration is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError("configuration must be a mapping of sections (input, output, clips, ...)")
     data = _apply_env(data, os.environ if environ is None else environ)

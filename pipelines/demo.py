@@ -17,7 +17,7 @@ DEMO_SPECIES = [
     {"name": "frog12", "signal_band": [1800, 2200], "pulse_rate_range": [9, 15],
      "noise_bands": [[300, 1000], [3000, 3500]], "threshold": 0.02},
     # nothing in the archive pulses this fast: a species that should stay (almost) silent
-    {"name": "fast_pulser", "signal_band": [1800, 2200], "pulse_rate_range": [30, 45],
+    {"name": "fast_pulser", "signal_band": [1800, 2200], "pulse_rate_range": [18, 22],
      "noise_bands": [[300, 1000], [3000, 3500]], "threshold": 0.02},
 ]
 

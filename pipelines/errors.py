@@ -1,14 +1,19 @@
-"""Typed errors of the pipeline (configuration, storage, output conflicts)."""
+"""Typed errors of the pipeline, each with the exit code the ``opso`` command ends with
+(:mod:`pipelines.exit_codes`: 2 for configuration, input, output and storage errors, 3 for the cluster).
+"""
 
 from __future__ import annotations
 
 from opso_core.errors import OpsoError
+from pipelines.exit_codes import EXIT_CLUSTER, EXIT_USER_ERROR
 
-__all__ = ["ConfigError", "OutputConflictError", "PipelineError", "StorageError"]
+__all__ = ["ClusterError", "ConfigError", "OutputConflictError", "PipelineError", "StorageError", "exit_code_of"]
 
 
 class PipelineError(OpsoError):
     """Base class of pipeline errors."""
+
+    exit_code = EXIT_USER_ERROR
 
 
 class ConfigError(PipelineError, ValueError):
@@ -20,4 +25,15 @@ class StorageError(PipelineError, OSError):
 
 
 class OutputConflictError(PipelineError, FileExistsError):
-    """The output URL holds a run with a different configuration."""
+    """The output URL holds a run with a different configuration, or files opso did not write."""
+
+
+class ClusterError(PipelineError, RuntimeError):
+    """The Dask cluster cannot be started, reached or kept alive (the run can be resumed later)."""
+
+    exit_code = EXIT_CLUSTER
+
+
+def exit_code_of(exc: BaseException) -> int:
+    """The ``opso`` exit code for an error raised by a run (2 for any other opso error)."""
+    return getattr(exc, "exit_code", EXIT_USER_ERROR)

@@ -3,10 +3,15 @@
 A local write goes to a temporary name in the same folder and is renamed into place; a write to
 object storage is a single PUT. Either way a reader sees a whole file or none, so a crashed task
 leaves nothing half-written, and a retried task overwrites instead of duplicating.
+
+Every storage failure (missing bucket, wrong credentials, unreachable endpoint) is raised as
+:class:`~pipelines.errors.StorageError` naming the URL; a missing file stays ``FileNotFoundError``.
+Deleting is not here: :mod:`pipelines.run_folder` deletes only what a run wrote.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -30,8 +35,11 @@ class OutputLocation:
         self.storage_options = dict(storage_options or {})
         try:
             self.fs, self.root = fsspec.core.url_to_fs(self.url, **self.storage_options)
-        except (ImportError, ValueError) as exc:
-            raise StorageError(f"cannot open output location {url}: {exc}") from exc
+        except ImportError as exc:
+            raise StorageError(f"cannot open {url}: {exc} (for s3:// install the extra: pip install 'opso[s3]')") \
+                from exc
+        except Exception as exc:  # fsspec raises whatever its backend raises for bad options
+            raise StorageError(f"cannot open {url}: {type(exc).__name__}: {exc}") from exc
         self.is_local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
         if self.is_local:
             self.root = os.path.abspath(self.root)
@@ -51,8 +59,36 @@ class OutputLocation:
         """URL of ``rel`` (with the protocol, for zarr and xarray)."""
         return posixpath.join(self.url, rel) if rel else self.url
 
+    @contextlib.contextmanager
+    def _errors(self, action: str, rel: str):
+        try:
+            yield
+        except (FileNotFoundError, StorageError):
+            raise
+        except Exception as exc:  # backends raise their own types (botocore, aiohttp): one error for the user
+            raise StorageError(f"cannot {action} {self.url_of(rel)}: {type(exc).__name__}: {exc}") from exc
+
     def exists(self, rel: str) -> bool:
-        return self.fs.exists(self.path(rel))
+        with self._errors("check", rel):
+            return self.fs.exists(self.path(rel))
+
+    def check_writable(self) -> None:
+        """Write and remove a small probe file; raises :class:`StorageError` where that fails.
+
+        Local folders the probe had to create are removed again, so a failed run leaves no trace.
+        """
+        rel = f".opso-write-check-{uuid.uuid4().hex}"
+        created = []
+        if self.is_local:
+            folder = self.root
+            while not os.path.exists(folder) and folder != os.path.dirname(folder):
+                created.append(folder)
+                folder = os.path.dirname(folder)
+        self.write_bytes(rel, b"opso")
+        with self._errors("remove", rel):
+            self.fs.rm_file(self.path(rel))
+            for folder in created:  # deepest first
+                os.rmdir(folder)
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Write ``data`` to ``rel`` atomically."""
@@ -66,11 +102,12 @@ class OutputLocation:
                 os.replace(tmp, target)
             else:
                 self.fs.pipe_file(target, data)  # one PUT
-        except OSError as exc:
-            raise StorageError(f"cannot write {self.url_of(rel)}: {exc}") from exc
+        except Exception as exc:  # backends raise their own types: one error for the user
+            raise StorageError(f"cannot write {self.url_of(rel)}: {type(exc).__name__}: {exc}") from exc
 
     def read_bytes(self, rel: str) -> bytes:
-        return self.fs.cat_file(self.path(rel))
+        with self._errors("read", rel):
+            return self.fs.cat_file(self.path(rel))
 
     def write_json(self, rel: str, obj) -> None:
         self.write_bytes(rel, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
@@ -78,9 +115,14 @@ class OutputLocation:
     def read_json(self, rel: str):
         return json.loads(self.read_bytes(rel))
 
-    def write_parquet(self, rel: str, df: pd.DataFrame) -> None:
+    def write_parquet(self, rel: str, df: pd.DataFrame, schema=None) -> None:
+        """Write ``df`` to ``rel`` atomically, with the Arrow ``schema`` if given (types of empty tables)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(df, schema=schema, preserve_index=False)
         buf = io.BytesIO()
-        df.to_parquet(buf, index=False)
+        pq.write_table(table, buf)
         self.write_bytes(rel, buf.getvalue())
 
     def read_parquet(self, rel: str) -> pd.DataFrame:
@@ -89,17 +131,42 @@ class OutputLocation:
     def list(self, rel: str) -> list[str]:
         """Names (not paths) of the files directly in folder ``rel``; empty if it does not exist."""
         try:
-            entries = self.fs.ls(self.path(rel), detail=False)
+            with self._errors("list", rel):
+                entries = self.fs.ls(self.path(rel), detail=False)
         except FileNotFoundError:
             return []
         return sorted(posixpath.basename(e.rstrip("/")) for e in entries)
 
+    def find(self, rel: str) -> list[str]:
+        """Paths relative to the location of every file under folder ``rel`` (recursively)."""
+        root = self.path(rel)
+        try:
+            with self._errors("list", rel):
+                found = self.fs.find(root)
+        except FileNotFoundError:
+            return []
+        return sorted(posixpath.relpath(f, self.root) for f in found)
+
+    def remove_files(self, rels: list[str]) -> None:
+        """Delete these files (paths relative to the location); used by :mod:`pipelines.run_folder` only."""
+        if rels:
+            with self._errors("delete files under", ""):
+                self.fs.rm([self.path(r) for r in rels])
+
+    def remove_tree(self, rel: str) -> None:
+        """Delete folder ``rel`` and everything in it; used by :mod:`pipelines.run_folder` only."""
+        with self._errors("delete", rel):
+            self.fs.rm(self.path(rel), recursive=True)
+
     def read_parquet_folder(self, rel: str) -> pd.DataFrame:
         """All Parquet files under ``rel`` (recursively, hive partitions as columns)."""
-        files = sorted(self.fs.glob(self.path(rel) + "/**/*.parquet"))
+        with self._errors("list", rel):
+            files = sorted(self.fs.glob(self.path(rel) + "/**/*.parquet"))
         frames = []
         for f in files:
-            df = pd.read_parquet(io.BytesIO(self.fs.cat_file(f)))
+            with self._errors("read", posixpath.relpath(f, self.root)):
+                data = self.fs.cat_file(f)
+            df = pd.read_parquet(io.BytesIO(data))
             parts = posixpath.relpath(posixpath.dirname(f), self.path(rel)).split("/")
             for part in parts:
                 if "=" in part:
@@ -107,9 +174,3 @@ class OutputLocation:
                     df.insert(0, key, value)
             frames.append(df)
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-    def remove_all(self) -> None:
-        """Delete everything under the location (used to start a run over)."""
-        if self.fs.exists(self.root):
-            for entry in self.fs.ls(self.root, detail=False):
-                self.fs.rm(entry, recursive=True)

@@ -15,20 +15,65 @@ Clips whose spectrogram failed (NaN) are not scored; they are in ``failures.parq
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 
 from opso_core.ribbit import RibbitParams, ribbit_batch
 from pipelines.clip_plan import ClipRange
+from pipelines.errors import ConfigError
 from pipelines.outputs import OutputLocation
-from pipelines.score_tables import ID_COLUMNS, detections_of
+from pipelines.score_tables import DETECTION_SCHEMA, ID_COLUMNS, detections_of, score_schema
 from pipelines.spectrogram_store import open_store
 
-__all__ = ["detector_name", "score_chunk"]
+__all__ = ["check_species_bands", "detector_name", "score_chunk"]
+
+logger = logging.getLogger(__name__)
 
 
 def detector_name(species_name: str) -> str:
     return f"ribbit:{species_name}"
+
+
+def check_species_bands(species, sample_rate_hz: float, step_samples: int) -> None:
+    """Refuse species that cannot be measured at this sample rate and window step.
+
+    A ``signal_band`` or noise band entirely above the Nyquist frequency (``sample_rate_hz / 2``),
+    or a ``pulse_rate_range`` entirely above the Nyquist rate of the amplitude series (one value
+    per window step: ``sample_rate_hz / step_samples / 2``), would score every clip 0; a range
+    that only reaches past those limits is measured up to them, with a warning.
+
+    Parameters
+    ----------
+    species : sequence of objects with ``name``, ``signal_band``, ``noise_bands``, ``pulse_rate_range``
+    sample_rate_hz : float
+        Sample rate of the clips (Hz).
+    step_samples : int
+        Samples between consecutive spectrogram windows.
+
+    Raises
+    ------
+    ConfigError
+        Naming the species' key, e.g. ``ribbit.0.signal_band``.
+    """
+    nyquist_hz = sample_rate_hz / 2
+    frame_nyquist_hz = sample_rate_hz / step_samples / 2
+    for i, sp in enumerate(species):
+        bands = [("signal_band", sp.signal_band, nyquist_hz, f"the Nyquist frequency ({nyquist_hz:g} Hz) of "
+                  f"sample_rate {sample_rate_hz:g}")]
+        bands += [(f"noise_bands.{j}", band, nyquist_hz, f"the Nyquist frequency ({nyquist_hz:g} Hz) of "
+                   f"sample_rate {sample_rate_hz:g}") for j, band in enumerate(sp.noise_bands)]
+        bands.append(("pulse_rate_range", sp.pulse_rate_range, frame_nyquist_hz,
+                      f"the highest pulse rate ({frame_nyquist_hz:g} Hz) that windows every {step_samples} "
+                      f"samples at {sample_rate_hz:g} Hz can measure"))
+        for key, (low, high), limit, what in bands:
+            if low >= limit:
+                raise ConfigError(f"ribbit.{i}.{key}: [{low:g}, {high:g}] lies entirely above {what}; "
+                                  f"species {sp.name!r} would score 0 on every clip")
+            if high > limit:
+                logger.warning("ribbit.%d.%s: [%g, %g] reaches above %s; species %r is measured up to %g only",
+                               i, key, low, high, what, sp.name, limit)
 
 
 def score_chunk(clip_range: ClipRange, clips: pd.DataFrame, *, location: OutputLocation,
@@ -56,7 +101,9 @@ def score_chunk(clip_range: ClipRange, clips: pd.DataFrame, *, location: OutputL
         table[sp.name] = col
         table = table[valid].reset_index(drop=True)
         det = detections_of(table, detector_name(sp.name), sp.name, thresholds[sp.name])
-        location.write_parquet(f"detections/part-ribbit-{sp.name}-{clip_range.name}.parquet", det)
-        location.write_parquet(f"scores/detector={detector_name(sp.name)}/part-{clip_range.name}.parquet", table)
+        location.write_parquet(f"detections/part-ribbit-{sp.name}-{clip_range.name}.parquet", det,
+                               schema=DETECTION_SCHEMA)
+        location.write_parquet(f"scores/detector={detector_name(sp.name)}/part-{clip_range.name}.parquet", table,
+                               schema=score_schema([sp.name]))
         detections[sp.name] = len(det)
     return detections

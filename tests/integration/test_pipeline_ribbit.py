@@ -21,7 +21,7 @@ from pipelines.graph import read_status, run_pipeline
 SR = 16000
 SPECIES = {"name": "frog12", "signal_band": [1800, 2200], "pulse_rate_range": [9, 15],
            "noise_bands": [[300, 1000], [3000, 3500]], "threshold": 0.02}
-QUIET_SPECIES = {"name": "fast", "signal_band": [1800, 2200], "pulse_rate_range": [30, 45], "threshold": 0.02}
+QUIET_SPECIES = {"name": "fast", "signal_band": [1800, 2200], "pulse_rate_range": [18, 22], "threshold": 0.02}
 BAD_FILES = {"empty.wav": "failed", "not_audio.wav": "failed", "bad_header.wav": "failed",
              "truncated.wav": "truncated"}
 

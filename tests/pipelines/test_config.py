@@ -64,12 +64,51 @@ cluster: {kind: local, n_workers: null, threads_per_worker: 1}
     (with_(localization={"detector": "ribbit:x"}), "localization"),
     ({"output": {"url": "/o"}}, "input: required key is missing"),
     (with_(extra_section={}), "extra_section: unknown key"),
+    (with_(ribbit=[{"name": "a", "signal_band": [1, 2], "pulse_rate_range": [1, 2], "threshold": 1,
+                    "noise_bands": [[0, 100], [1000, 0]]}]), "ribbit.0.noise_bands: entry 1 ([1000.0, 0.0])"),
+    (with_(spectrogram={"window_type": "hannn"}), "unknown window_type 'hannn'"),
+    (with_(spectrogram={"window_samples": 512, "fft_size": 256}), "fft_size (256) must be >= window_samples"),
+    (with_(spectrogram={"sample_rate": 8000}, ribbit=[{"name": "a", "signal_band": [19000, 25000],
+                                                       "pulse_rate_range": [1, 2], "threshold": 1}]),
+     "ribbit.0.signal_band: [19000, 25000] lies entirely above the Nyquist frequency (4000 Hz)"),
+    (with_(spectrogram={"sample_rate": 8000}, ribbit=[{"name": "a", "signal_band": [100, 200], "threshold": 1,
+                                                       "noise_bands": [[5000, 6000]], "pulse_rate_range": [1, 2]}]),
+     "ribbit.0.noise_bands.0: [5000, 6000] lies entirely above"),
+    (with_(cluster={"kind": "gateway://host:80"}), "cluster.kind: 'gateway://host:80' is not a Dask scheduler"),
+    (with_(cluster={"kind": "yarn"}), "cluster.kind: unknown cluster kind 'yarn'"),
+    (with_(cluster={"memory_limit": "lots"}), "cluster.memory_limit: 'lots' is not an amount of memory"),
+    (with_(cluster={"jobqueue": {"memory": "4GB"}}), "set cluster.memory_limit instead of jobqueue.memory"),
 ])
 def test_errors_name_the_key(cfg, needle):
     with pytest.raises(ConfigError) as info:
         load_config(cfg, environ={})
     assert needle in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+def test_partly_unmeasurable_bands_warn(caplog):
+    cfg = with_(spectrogram={"sample_rate": 8000},
+                ribbit=[{"name": "a", "signal_band": [3000, 5000], "pulse_rate_range": [9, 20], "threshold": 1}])
+    with caplog.at_level("WARNING"):
+        load_config(cfg, environ={})
+    text = caplog.text
+    assert "ribbit.0.signal_band: [3000, 5000] reaches above the Nyquist frequency (4000 Hz)" in text
+    assert "ribbit.0.pulse_rate_range: [9, 20] reaches above the highest pulse rate (15.625 Hz)" in text
+
+
+def test_repeated_keys_are_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("input: {url: /a}\noutput: {url: /b}\nclips: {duration: 2}\nclips: {duration: 3}\n")
+    with pytest.raises(ConfigError, match=r"key 'clips' is repeated; keep one \(line 4, column 1\)"):
+        load_config(path, environ={})
+    path.write_text("input: {url: /a, url: /c}\noutput: {url: /b}\n")
+    with pytest.raises(ConfigError, match="key 'url' is repeated"):
+        load_config(path, environ={})
+
+
+def test_a_folder_is_not_a_configuration(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder; give the path of a YAML configuration file"):
+        load_config(tmp_path, environ={})
 
 
 def test_yaml_errors(tmp_path):
