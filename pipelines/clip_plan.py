@@ -68,9 +68,10 @@ def plan_clips(inventory: pd.DataFrame, *, clip_duration: float, clip_overlap: f
             clips["start_time_utc"] = pd.Timestamp(start) + pd.to_timedelta(clips["start_time"], unit="s")
         frames.append(clips)
     if not frames:
-        empty = pd.DataFrame({c: pd.Series(dtype=object) for c in PLAN_COLUMNS})
-        empty["clip"] = empty["clip"].astype(np.int64)
-        return empty
+        return pd.DataFrame({"clip": pd.Series(dtype=np.int64), "file": pd.Series(dtype=object),
+                             "recorder": pd.Series(dtype=object), "start_time": pd.Series(dtype=np.float64),
+                             "end_time": pd.Series(dtype=np.float64),
+                             "start_time_utc": pd.Series(dtype="datetime64[ns, UTC]")})
     plan = pd.concat(frames, ignore_index=True)
     plan.insert(0, "clip", np.arange(len(plan), dtype=np.int64))
     plan["start_time_utc"] = pd.to_datetime(plan["start_time_utc"], utc=True)

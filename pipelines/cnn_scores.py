@@ -32,13 +32,14 @@ import zipfile
 import fsspec
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from opso_core.spectrogram import SpectrogramParams
 from pipelines.clip_plan import ClipRange
 from pipelines.config import CnnModelConfig
-from pipelines.errors import ConfigError
+from pipelines.errors import ConfigError, StorageError
 from pipelines.outputs import OutputLocation
-from pipelines.score_tables import ID_COLUMNS, detections_of
+from pipelines.score_tables import DETECTION_SCHEMA, ID_COLUMNS, detections_of, score_schema
 from pipelines.spectrogram_store import open_store
 
 __all__ = ["CnnDetector", "describe_cnn_detector", "infer_chunk"]
@@ -46,6 +47,7 @@ __all__ = ["CnnDetector", "describe_cnn_detector", "infer_chunk"]
 # steps of SpectrogramPreprocessor the stage reproduces; augmentations are skipped at inference anyway
 _SUPPORTED_ACTIONS = {"load_audio", "trim_audio", "to_spec", "bandpass", "to_tensor", "rescale"}
 
+_PROVISIONAL_SAMPLE_RATE_HZ = 32000  # stands in for a rate not yet known, where only rate-free checks count
 _MODELS: dict = {}
 _MODELS_LOCK = threading.Lock()
 
@@ -86,6 +88,10 @@ def _read_model_file(url, storage_options) -> bytes:
             return f.read()
     except FileNotFoundError as exc:
         raise ConfigError(f"cnn model file not found: {url}") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"cnn model {url} is a folder; give the file written by CNN.save()") from exc
+    except Exception as exc:  # storage backends raise their own types (credentials, endpoint)
+        raise StorageError(f"cannot read the cnn model {url}: {type(exc).__name__}: {exc}") from exc
 
 
 def _description(data: bytes, url: str) -> dict:
@@ -97,8 +103,11 @@ def _description(data: bytes, url: str) -> dict:
                           "load_model(path, allow_pickle=True) and save it again with model.save(path))") from exc
 
 
-def describe_cnn_detector(cfg: CnnModelConfig, run_sample_rate_hz: int) -> CnnDetector:
+def describe_cnn_detector(cfg: CnnModelConfig, run_sample_rate_hz: int | None) -> CnnDetector:
     """Read the model's description (not its weights) and derive the stage's settings.
+
+    ``run_sample_rate_hz`` is the run's ``spectrogram.sample_rate`` (Hz); None before the inventory
+    has found the archive's rate: the checks that need it are then left for later.
 
     Raises
     ------
@@ -121,13 +130,15 @@ def describe_cnn_detector(cfg: CnnModelConfig, run_sample_rate_hz: int) -> CnnDe
                           f"stored spectrograms: {unsupported}")
     init = _from_json(pre["init"])
     load = _from_json(actions.get("load_audio", {}).get("params", {}))
-    sample_rate = int(load.get("sample_rate") or run_sample_rate_hz)
+    sample_rate = load.get("sample_rate") or run_sample_rate_hz
+    rate_known = sample_rate is not None
+    sample_rate = int(sample_rate or _PROVISIONAL_SAMPLE_RATE_HZ)
     to_spec = _from_json(actions["to_spec"]["params"]) if "to_spec" in actions else {}
     params = SpectrogramParams.resolve(sample_rate, **to_spec)
     bandpass = None
     if "bandpass" in actions:
         bp = _from_json(actions["bandpass"]["params"])
-        if not bp.get("out_of_bounds_ok", True) and (bp["min_f"] < 0 or bp["max_f"] > sample_rate / 2):
+        if rate_known and not bp.get("out_of_bounds_ok", True) and (bp["min_f"] < 0 or bp["max_f"] > sample_rate / 2):
             raise ConfigError(
                 f"cnn.{cfg.name}: the model bandpasses {bp['min_f']}-{bp['max_f']} Hz with out_of_bounds_ok=False, "
                 f"but clips at {sample_rate} Hz reach only {sample_rate / 2} Hz; every sample would fail "
@@ -224,8 +235,10 @@ def infer_chunk(clip_range: ClipRange, clips: pd.DataFrame, *, location: OutputL
     detections = pd.concat([detections_of(table, detector.detector, cls, threshold)
                             for cls, threshold in zip(detector.classes, detector.thresholds, strict=True)],
                            ignore_index=True)
-    location.write_parquet(f"detections/part-cnn-{detector.name}-{clip_range.name}.parquet", detections)
-    location.write_parquet(f"scores/detector={detector.detector}/part-{clip_range.name}.parquet", table)
+    location.write_parquet(f"detections/part-cnn-{detector.name}-{clip_range.name}.parquet", detections,
+                           schema=DETECTION_SCHEMA)
+    location.write_parquet(f"scores/detector={detector.detector}/part-{clip_range.name}.parquet", table,
+                           schema=score_schema(detector.classes, pa.float32()))
     try:
         from distributed import get_worker
 

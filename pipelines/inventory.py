@@ -41,13 +41,17 @@ def list_audio_files(url: str, pattern: str, storage_options: dict[str, Any] | N
         fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
         if not fs.exists(root):
             raise StorageError(f"input location does not exist: {url}")
-        matches = fs.glob(posixpath.join(root.rstrip("/"), pattern))
+        if not fs.isdir(root):
+            raise StorageError(f"input.url must be a folder or prefix, but {url} is a file")
+        found = fs.glob(posixpath.join(root.rstrip("/"), pattern), detail=True)
     except StorageError:
         raise
-    except (OSError, ValueError) as exc:
-        raise StorageError(f"cannot list {url}: {exc}") from exc
+    except ImportError as exc:
+        raise StorageError(f"cannot open {url}: {exc} (for s3:// install the extra: pip install 'opso[s3]')") from exc
+    except Exception as exc:  # storage backends raise their own types (botocore, aiohttp): one error for the user
+        raise StorageError(f"cannot list {url}: {type(exc).__name__}: {exc}") from exc
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    files = [m for m in matches if not fs.isdir(m)]
+    files = [name for name, entry in found.items() if entry.get("type") != "directory"]
     if protocol in ("file", "local"):
         return sorted(files)
     return sorted(fs.unstrip_protocol(m) for m in files)

@@ -1,0 +1,122 @@
+"""Checks that run before the cluster starts and before anything is deleted.
+
+A run that would fail on its configuration, its input, its output folder or its cluster settings
+fails here, in seconds, with one message, leaving the output folder as it was:
+
+1. the cluster settings (kind, address, batch-system requirements; :mod:`pipelines.cluster`);
+2. input and output are different places, neither inside the other;
+3. the input can be listed and ``input.pattern`` matches files (credentials and endpoint work);
+4. the output folder holds no other configuration's finished work (unless ``--overwrite``) and
+   is writable;
+5. every CNN model can be read and its preprocessing reproduced.
+
+Band-versus-Nyquist checks need the sample rate: with ``spectrogram.sample_rate`` set they are part
+of the configuration's own validation; otherwise they run once the inventory has found the rate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import fsspec
+
+from pipelines.config import RunConfig
+from pipelines.errors import ConfigError, StorageError
+from pipelines.inventory import list_audio_files
+from pipelines.outputs import OutputLocation
+from pipelines.run_folder import PreviousRun, decide_start, read_previous_run
+
+__all__ = ["Preflight", "check_locations", "check_run"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preflight:
+    """What the checks found: the input files and how the run starts in its output folder.
+
+    ``start`` is ``new``, ``resume``, ``overwrite`` or ``replace``
+    (:func:`pipelines.run_folder.decide_start`).
+    """
+
+    files: tuple[str, ...]
+    start: str
+    previous: PreviousRun | None
+    cluster_kind: str | None
+
+
+def _place(url: str, storage_options: dict) -> tuple[str, str | None, str]:
+    """(protocol, endpoint, normalised path) of a URL, to compare two locations."""
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **storage_options)
+    except Exception as exc:  # an unknown protocol or bad options: the listing will report it properly
+        logger.debug("cannot resolve %s: %s", url, exc)
+        return url.split("://", 1)[0] if "://" in url else "file", None, url.rstrip("/")
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    if "file" in protocols or "local" in protocols:
+        return "file", None, os.path.realpath(path)
+    endpoint = (storage_options.get("client_kwargs") or {}).get("endpoint_url") or storage_options.get("endpoint_url")
+    return protocols[0], endpoint, path.rstrip("/")
+
+
+def check_locations(config: RunConfig) -> None:
+    """Refuse an output that is the input, or inside it, or that contains it.
+
+    Raises
+    ------
+    ConfigError
+        Naming both URLs.
+    """
+    inp = _place(config.input.url, config.input.storage_options)
+    out = _place(config.output.url, config.output.storage_options)
+    if inp[0] != out[0] or (inp[1] and out[1] and inp[1] != out[1]):
+        return
+    a, b = inp[2], out[2]
+    if a == b or b.startswith(a.rstrip("/") + "/") or a.startswith(b.rstrip("/") + "/"):
+        relation = "is" if a == b else "is inside" if b.startswith(a) else "contains"
+        raise ConfigError(f"output.url {config.output.url} {relation} input.url {config.input.url}; write the "
+                          "results to a separate folder or prefix (opso never writes among the recordings)")
+
+
+def check_run(config: RunConfig, *, cluster_kind: str | None = None, overwrite: bool = False,
+              check_cluster: bool = True) -> Preflight:
+    """Run every check that needs no cluster (see the module docstring).
+
+    Parameters
+    ----------
+    config : RunConfig
+    cluster_kind : str, optional
+        Overrides ``config.cluster.kind`` (the ``--cluster`` option).
+    overwrite : bool
+        ``--overwrite``: a previous run of another configuration will be cleared (later, once the
+        cluster is up), instead of refused.
+    check_cluster : bool
+        False when the caller brings its own Dask client.
+
+    Raises
+    ------
+    ConfigError, StorageError, OutputConflictError, ClusterError
+    """
+    kind = None
+    if check_cluster:
+        from pipelines.cluster import check_cluster_settings
+
+        kind = check_cluster_settings(config.cluster, cluster_kind)
+    check_locations(config)
+    inp = config.input
+    files = list_audio_files(inp.url, inp.pattern, inp.storage_options)
+    if not files:
+        raise StorageError(f"no files match input.pattern {inp.pattern!r} under {inp.url}")
+    location = OutputLocation(config.output.url, config.output.storage_options)
+    previous = read_previous_run(location)
+    start = decide_start(location, previous, config.fingerprint(), overwrite)
+    location.check_writable()
+    if config.cnn:
+        from pipelines.cnn_scores import describe_cnn_detector
+
+        for model in config.cnn:
+            describe_cnn_detector(model, config.spectrogram.sample_rate)
+    logger.info("checks passed: %d input files; output %s (%s)", len(files), location.url, start)
+    return Preflight(tuple(files), start, previous, kind)

@@ -1,0 +1,81 @@
+"""--overwrite and replacing a run delete only what a run writes."""
+
+import pytest
+
+from pipelines.errors import OutputConflictError
+from pipelines.outputs import OutputLocation
+from pipelines.run_folder import clear_run_outputs, decide_start, is_run_output, read_previous_run
+
+RUN_OUTPUTS = ["run.json", "inventory.parquet", "failures.parquet",
+               "scores/detector=ribbit:frog/part-000000000-000000064.parquet",
+               "scores/detector=cnn:owl/part-000000000-000000064.parquet",
+               "detections/part-ribbit-frog-000000000-000000064.parquet",
+               "_progress/spectrograms/000000000-000000064.json",
+               "_progress/ribbit/000000000-000000064.json",
+               "inventory.parquet.tmp-0123456789abcdef0123456789abcdef"]
+FOREIGN = ["notes.txt", "scores/README.md", "detections/mine.csv", "models/owl.model", "rec00/20240501_060000.WAV",
+           "spectrograms.zarr.bak/x", "my.zarr/.zgroup", "_progress/note.txt"]
+
+
+def make_folder(root, names):
+    for name in names:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+
+
+def test_patterns():
+    for name in RUN_OUTPUTS:
+        assert is_run_output(name), name
+    for name in FOREIGN:
+        assert not is_run_output(name), name
+
+
+@pytest.mark.parametrize("kind", ["local", "memory"])
+def test_clear_removes_run_outputs_only(tmp_path, kind):
+    if kind == "local":
+        root = tmp_path / "run"
+        make_folder(root, RUN_OUTPUTS + FOREIGN + ["spectrograms.zarr/.zgroup", "spectrograms.zarr/spectrogram/0.0.0",
+                                                   "spectrograms-cnn-owl.zarr/.zgroup"])
+        location = OutputLocation(str(root))
+    else:
+        import fsspec
+
+        location = OutputLocation("memory://run-folder-test/run")
+        fs = fsspec.filesystem("memory")
+        for name in RUN_OUTPUTS + FOREIGN + ["spectrograms.zarr/.zgroup", "spectrograms.zarr/spectrogram/0.0.0"]:
+            fs.pipe(f"/run-folder-test/run/{name}", b"x")
+    n = clear_run_outputs(location)
+    assert n == len(RUN_OUTPUTS) + (2 if kind == "local" else 1)
+    left = location.find("")
+    assert sorted(left) == sorted(FOREIGN)
+    if kind == "local":  # folders emptied by the clean-up go too; the user's stay
+        assert not (root / "_progress" / "ribbit").exists() and not (root / "scores" / "detector=cnn:owl").exists()
+        assert (root / "scores" / "README.md").exists()
+
+
+def test_a_folder_with_outputs_but_no_run_json_is_refused(tmp_path):
+    make_folder(tmp_path, ["scores/x.parquet", "notes.txt"])
+    with pytest.raises(OutputConflictError, match="holds scores but no run.json"):
+        read_previous_run(OutputLocation(str(tmp_path)))
+
+
+def test_empty_or_foreign_folder_is_new(tmp_path):
+    make_folder(tmp_path, ["notes.txt"])
+    location = OutputLocation(str(tmp_path))
+    assert read_previous_run(location) is None
+    assert decide_start(location, None, "abc", overwrite=False) == "new"
+
+
+def test_decide_start(tmp_path):
+    location = OutputLocation(str(tmp_path))
+    location.write_json("run.json", {"status": "failed", "fingerprint": "old"})
+    previous = read_previous_run(location)
+    assert previous.status == "failed"
+    assert decide_start(location, previous, "old", overwrite=False) == "resume"
+    assert decide_start(location, previous, "new", overwrite=True) == "overwrite"
+    # another configuration, but its run finished no task (e.g. it stopped at a configuration error)
+    assert decide_start(location, previous, "new", overwrite=False) == "replace"
+    location.write_json("_progress/spectrograms/000000000-000000064.json", {"n_ok": 64})
+    with pytest.raises(OutputConflictError, match="different configuration"):
+        decide_start(location, previous, "new", overwrite=False)
