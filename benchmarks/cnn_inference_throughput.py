@@ -26,7 +26,7 @@ def main():
     from opso_core.ml import cnn_architectures as ca
     from opso_core.ml.cnn import CNN
     from opso_core.testing import make_archive
-    from pipelines.cluster import make_client
+    from pipelines.cluster import open_cluster
     from pipelines.config import load_config
     from pipelines.graph import run_pipeline
 
@@ -58,8 +58,8 @@ def main():
                           "cnn": [{"name": "m", "model": str(work / "m.model"), "activation": "sigmoid",
                                    "threshold": 0.5, "batch_size": args.batch, "device": args.device}],
                           "cluster": {"kind": "local", "n_workers": args.workers, "threads_per_worker": 1}})
-    with make_client(config.cluster) as client:
-        summary = run_pipeline(config, client, overwrite=True, progress=False)
+    with open_cluster(config.cluster) as session:
+        summary = run_pipeline(config, session.client, overwrite=True, progress=False, watch=session.check)
     n = len(scores)
     print(f"{n} clips of 2 s ({hours:.3f} audio hours), ResNet18 224x224x3, batch {args.batch}, device {device}, "
           f"torch threads {torch.get_num_threads()}")

@@ -1,8 +1,18 @@
-"""Dask clusters by kind: one ``make_client(settings)`` over a small registry.
+"""Dask clusters by kind: one ``open_cluster(settings)`` over a small registry, and the watch that
+keeps a run from waiting forever.
 
 ``local`` starts a LocalCluster sized to the machine; ``slurm``/``pbs`` start dask-jobqueue clusters
-(queue, cores, memory come from the YAML's ``cluster.jobqueue`` or Dask's own jobqueue config);
-anything else is taken as a scheduler address (``tcp://host:8786``).
+whose jobs are one worker each (``cores = threads_per_worker``, ``memory = memory_limit``, thread
+limits exported in the job script; queue, walltime, account, ... from ``cluster.jobqueue`` or Dask's
+own jobqueue configuration); anything else is a scheduler address (``tcp://host:8786``).
+
+:meth:`ClusterSession.check` is called by the driver every few seconds while tasks run. It
+
+- fails the run (:class:`~pipelines.errors.ClusterError`, exit code 3) when a job submission was
+  rejected and no worker is connected, with the scheduler's own message;
+- submits replacement jobs for jobs that ended (walltime, ``scancel``, node failure), up to
+  ``cluster.max_job_replacements``;
+- stops the run when no worker has been connected for ``cluster.no_workers_timeout_s``.
 """
 
 from __future__ import annotations
@@ -10,60 +20,299 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-import os
+import shlex
+import shutil
+import signal
+import time
 
-from opso_core.errors import missing_dependency
-from pipelines.config import ClusterConfig
-from pipelines.errors import ConfigError
+from opso_core.errors import MissingDependencyError, missing_dependency
+from pipelines.config import JOBQUEUE_KINDS, ClusterConfig, check_cluster_kind
+from pipelines.errors import ClusterError, ConfigError
 
-__all__ = ["JOBQUEUE_CLUSTERS", "make_client"]
+__all__ = ["JOBQUEUE_CLUSTERS", "THREAD_LIMITS", "ClusterSession", "check_cluster_settings", "job_script",
+           "jobqueue_kwargs", "open_cluster"]
 
 logger = logging.getLogger(__name__)
 
 #: cluster kind -> "module:class" of its dask-jobqueue implementation (imported lazily)
 JOBQUEUE_CLUSTERS = {"slurm": "dask_jobqueue:SLURMCluster", "pbs": "dask_jobqueue:PBSCluster"}
 
-# numeric libraries each start a thread per core by default; with one Dask thread per core that
-# oversubscribes the machine, so workers get one thread each unless the user chose otherwise
-_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+#: numeric libraries start a thread per core by default; with one Dask thread per core that
+#: oversubscribes the machine, so every worker (local process or batch job) gets these
+THREAD_LIMITS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                 "VECLIB_MAXIMUM_THREADS": "1", "NUMEXPR_NUM_THREADS": "1"}
 
 
-def _limit_threads():
-    for var in _THREAD_VARS:
-        os.environ.setdefault(var, "1")
+def _jobqueue_class(kind: str):
+    module, cls = JOBQUEUE_CLUSTERS[kind].split(":")
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except ImportError as exc:
+        raise missing_dependency("dask_jobqueue", "hpc") from exc
+
+
+def jobqueue_kwargs(settings: ClusterConfig, kind: str) -> dict:
+    """Keyword arguments for the dask-jobqueue cluster of ``kind``: one worker per job.
+
+    ``cores`` = ``threads_per_worker``, ``processes`` = 1, ``memory`` = ``memory_limit`` (or the
+    ``jobqueue.<kind>.memory`` of Dask's configuration), thread limits exported by the job script,
+    then the user's ``cluster.jobqueue`` keys (queue, walltime, account, log_directory, ...).
+    """
+    import dask
+
+    memory = settings.memory_limit or dask.config.get(f"jobqueue.{kind}.memory", None)
+    kwargs = {"cores": settings.threads_per_worker, "processes": 1, "memory": memory,
+              "scheduler_options": {"dashboard_address": ":8787"}}
+    user = dict(settings.jobqueue)
+    prologue = [f"export {k}={v}" for k, v in THREAD_LIMITS.items()]
+    prologue += list(user.pop("job_script_prologue", None) or dask.config.get(f"jobqueue.{kind}.job-script-prologue",
+                                                                              None) or [])
+    kwargs["job_script_prologue"] = prologue
+    if "scheduler_options" in user:
+        kwargs["scheduler_options"] = {**kwargs["scheduler_options"], **user.pop("scheduler_options")}
+    kwargs.update(user)
+    return kwargs
+
+
+def job_script(settings: ClusterConfig, kind: str, scheduler_address: str = "tcp://scheduler:8786") -> str:
+    """The batch script one worker job of ``kind`` runs (as dask-jobqueue writes it)."""
+    kwargs = {k: v for k, v in jobqueue_kwargs(settings, kind).items() if k != "scheduler_options"}
+    return _jobqueue_class(kind).job_cls(scheduler=scheduler_address, name="opso-worker", **kwargs).job_script()
+
+
+def check_cluster_settings(settings: ClusterConfig, kind: str | None = None) -> str:
+    """Check everything about the cluster that can be known without starting it; returns the kind.
+
+    Raises
+    ------
+    ConfigError
+        Unknown kind or address; for slurm/pbs: no ``n_workers`` or memory, ``cluster.jobqueue``
+        keys that dask-jobqueue does not know, dask-jobqueue not installed.
+    ClusterError
+        The batch system's submit command (``sbatch``, ``qsub``) is not on the PATH.
+    """
+    try:
+        kind = check_cluster_kind(kind or settings.kind)
+    except ValueError as exc:
+        raise ConfigError(f"cluster.kind: {exc}") from None
+    if kind not in JOBQUEUE_KINDS:
+        return kind
+    example = (f"e.g. cluster: {{kind: {kind}, n_workers: 4, threads_per_worker: 2, memory_limit: 8GiB, "
+               "jobqueue: {queue: normal, walltime: '02:00:00'}}")
+    if settings.n_workers is None:
+        raise ConfigError(f"cluster.n_workers: set the number of {kind} jobs to keep running ({example})")
+    try:
+        cluster_cls = _jobqueue_class(kind)
+    except MissingDependencyError as exc:
+        raise ConfigError(str(exc)) from None
+    if not jobqueue_kwargs(settings, kind)["memory"]:
+        raise ConfigError(f"cluster.memory_limit: set the memory of one {kind} job ({example})")
+    try:  # builds the job script as dask-jobqueue will, so unknown keys and bad values show here
+        job_script(settings, kind)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"cluster.jobqueue: dask-jobqueue refuses these settings: {exc}") from None
+    submit = shlex.split(cluster_cls.job_cls.submit_command)[0]
+    if shutil.which(submit) is None:
+        raise ClusterError(f"cluster kind {kind!r} submits jobs with {submit!r}, which is not on the PATH here; "
+                           f"run opso on a login node of the {kind.upper()} cluster")
+    return kind
+
+
+class _SubmissionLog:
+    """Job submissions of a dask-jobqueue cluster, as its jobs report them (on the cluster's loop)."""
+
+    def __init__(self):
+        self.submitted = 0
+        self.errors: list[str] = []
+        self.failed_jobs: list = []  # jobs whose submission failed: they will never connect
+
+
+def _tracked_job_class(base, log: _SubmissionLog):
+    """A subclass of dask-jobqueue's job class that records each submission and its failure.
+
+    dask-jobqueue submits from a background task, so a rejected ``sbatch`` only shows as an
+    asyncio "exception was never retrieved" and the run would wait forever; here the message is
+    kept for :meth:`ClusterSession.check` instead. The job object then counts as started (with no
+    job id, so closing it cancels nothing), as the cluster expects of every started job.
+    """
+    from distributed.core import Status
+
+    class TrackedJob(base):
+        async def start(self):
+            log.submitted += 1
+            try:
+                await super().start()
+            except Exception as exc:  # the submit command's own message, whatever failed
+                log.errors.append(_submission_message(exc))
+                log.failed_jobs.append(self)
+                self.status = Status.running
+
+        async def close(self):
+            await super().close()
+            self.status = Status.closed
+
+    TrackedJob.__name__ = TrackedJob.__qualname__ = base.__name__
+    return TrackedJob
+
+
+def _submission_message(exc: BaseException) -> str:
+    text = str(exc)
+    if "stderr:" in text:  # dask-jobqueue's RuntimeError: keep the batch system's own words
+        text = text.split("stderr:", 1)[1]
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return " / ".join(lines) or type(exc).__name__
+
+
+class ClusterSession:
+    """A connected ``distributed.Client`` and the watch over its workers (see the module docstring)."""
+
+    def __init__(self, client, kind: str, settings: ClusterConfig, cluster=None, submissions=None):
+        self.client = client
+        self.kind = kind
+        self.settings = settings
+        self.cluster = cluster
+        self.submissions = submissions
+        self.no_workers_timeout_s = settings.default_no_workers_timeout_s(kind)
+        self._last_worker_seen = time.monotonic()
+        self._warned_errors = 0
+        self._replacements_exhausted = False
+
+    @property
+    def dashboard_link(self) -> str:
+        return self.client.dashboard_link
+
+    def n_workers(self) -> int:
+        """Workers connected to the scheduler now."""
+        return len(self.client.scheduler_info(n_workers=-1)["workers"])
+
+    def check(self) -> None:
+        """Keep the cluster's workers coming; raise :class:`ClusterError` when the run cannot go on."""
+        n = self.n_workers()
+        now = time.monotonic()
+        if n:
+            self._last_worker_seen = now
+        if self.submissions is not None:
+            self._check_jobs(n)
+        waited = now - self._last_worker_seen
+        if not n and waited > self.no_workers_timeout_s:
+            hint = (" (jobs may still be waiting in the queue, or dying at start: see their logs)"
+                    if self.kind in JOBQUEUE_KINDS else "")
+            raise ClusterError(f"no Dask worker has been connected for {waited:.0f} s "
+                               f"(cluster.no_workers_timeout_s){hint}; run the same command again to resume")
+
+    def _check_jobs(self, n_connected: int) -> None:
+        log = self.submissions
+        if len(log.errors) > self._warned_errors:
+            message = log.errors[-1]
+            if not n_connected:
+                raise ClusterError(f"the {self.kind} job submission failed: {message}")
+            logger.warning("a %s job submission failed (%d of %d): %s", self.kind, len(log.errors), log.submitted,
+                           message)
+            self._warned_errors = len(log.errors)
+        target = self.settings.n_workers
+        if n_connected >= target:
+            return
+        # jobs that failed to submit never connect, so the cluster would never replace them: forget them
+        # as SpecCluster itself forgets lost workers, and let scale() submit new ones
+        from distributed.core import Status
+
+        failed = {id(job) for job in log.failed_jobs}
+        for name, job in list(self.cluster.workers.items()):
+            if id(job) in failed:
+                job.status = Status.closed  # nothing was submitted, so nothing to cancel
+                del self.cluster.workers[name]
+        log.failed_jobs.clear()
+        replacements = log.submitted - target
+        if replacements >= self.settings.max_job_replacements:
+            if not self._replacements_exhausted:
+                logger.warning("%d of %d %s jobs are running and no more replacements are submitted "
+                               "(cluster.max_job_replacements = %d)", n_connected, target, self.kind,
+                               self.settings.max_job_replacements)
+                self._replacements_exhausted = True
+            return
+        self.cluster.scale(jobs=target)  # re-submits jobs the cluster has seen end (after lost-worker-timeout)
 
 
 @contextlib.contextmanager
-def make_client(settings: ClusterConfig, kind: str | None = None):
-    """A connected ``distributed.Client`` for ``settings`` (``kind`` overrides ``settings.kind``).
+def _sigint_deferred():
+    """Start local worker processes with SIGINT blocked, and hold back a Ctrl-C until they are up.
 
-    The cluster the client started is closed on exit; an external scheduler is left running.
+    Worker processes (and the threads that start them later, e.g. a restart) inherit the blocked
+    signal, so a Ctrl-C in the terminal reaches the driver only, which closes the cluster cleanly,
+    instead of printing a traceback from every worker. A Ctrl-C during start-up is recorded and
+    raised once the cluster can be closed. Yields a list that holds the signal if one came.
+    """
+    import multiprocessing.resource_tracker
+    import threading
+
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield received
+        return
+    # starting the resource tracker unblocks SIGINT in the calling thread; start it before blocking
+    multiprocessing.resource_tracker.ensure_running()
+    previous_handler = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+
+
+@contextlib.contextmanager
+def open_cluster(settings: ClusterConfig, kind: str | None = None):
+    """A :class:`ClusterSession` for ``settings`` (``kind`` overrides ``settings.kind``).
+
+    The cluster it started is closed on exit (its batch jobs cancelled); an external scheduler is
+    left running.
+
+    Raises
+    ------
+    ConfigError, ClusterError
+        See :func:`check_cluster_settings`; ``ClusterError`` also when a scheduler address does not
+        answer within ``cluster.connect_timeout_s``.
     """
     from distributed import Client, LocalCluster
 
-    kind = kind or settings.kind
+    kind = check_cluster_settings(settings, kind)
     if kind == "local":
-        _limit_threads()
-        n_workers = settings.n_workers or max(1, (os.cpu_count() or 1) // settings.threads_per_worker)
+        n_workers = settings.n_workers or max(1, _cpu_count() // settings.threads_per_worker)
         kwargs = dict(n_workers=n_workers, threads_per_worker=settings.threads_per_worker,
                       processes=settings.processes, dashboard_address=":0")
+        if settings.processes:
+            kwargs["env"] = dict(THREAD_LIMITS)
         if settings.memory_limit:
             kwargs["memory_limit"] = settings.memory_limit
-        with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
-            yield client
-    elif kind in JOBQUEUE_CLUSTERS:
-        module, cls = JOBQUEUE_CLUSTERS[kind].split(":")
-        try:
-            cluster_cls = getattr(importlib.import_module(module), cls)
-        except ImportError as exc:
-            raise missing_dependency("dask_jobqueue", "hpc") from exc
-        with cluster_cls(**settings.jobqueue) as cluster:
-            cluster.scale(jobs=settings.n_workers or 1)
+        with _sigint_deferred() as interrupted:
+            cluster = LocalCluster(**kwargs)
+            client = Client(cluster)
+        with cluster, client:
+            if interrupted:
+                raise KeyboardInterrupt
+            yield ClusterSession(client, kind, settings, cluster)
+    elif kind in JOBQUEUE_KINDS:
+        log = _SubmissionLog()
+        cluster_cls = _jobqueue_class(kind)
+        kwargs = jobqueue_kwargs(settings, kind)
+        kwargs["job_cls"] = _tracked_job_class(cluster_cls.job_cls, log)
+        with cluster_cls(**kwargs) as cluster:
+            logger.info("submitting %d %s jobs; job script:\n%s", settings.n_workers, kind, cluster.job_script())
+            cluster.scale(jobs=settings.n_workers)
             with Client(cluster) as client:
-                yield client
-    elif "://" in kind or ":" in kind:
-        with Client(kind) as client:
-            yield client
+                yield ClusterSession(client, kind, settings, cluster, submissions=log)
     else:
-        raise ConfigError(f"cluster.kind: unknown cluster kind {kind!r}; use local, slurm, pbs or a "
-                          "scheduler address such as tcp://host:8786")
+        try:
+            client = Client(kind, timeout=settings.connect_timeout_s)
+        except (OSError, TimeoutError) as exc:
+            raise ClusterError(f"cannot reach the Dask scheduler at {kind}: {exc}") from None
+        with client:
+            yield ClusterSession(client, kind, settings)
+
+
+def _cpu_count() -> int:
+    import os
+
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1

@@ -33,18 +33,7 @@ def write_config(path, archive_root, out):
     return load_config(path, environ={})
 
 
-def tables(out):
-    loc = OutputLocation(str(out))
-    key = ["file", "start_time"]
-    return {
-        "inventory": loc.read_parquet("inventory.parquet").sort_values("file").reset_index(drop=True),
-        "failures": loc.read_parquet("failures.parquet"),
-        "scores": loc.read_parquet_folder("scores").sort_values(key).reset_index(drop=True),
-        "detections": loc.read_parquet_folder("detections").sort_values(key).reset_index(drop=True),
-    }
-
-
-def test_interrupted_run_resumes_to_identical_tables(archive, dask_client, tmp_path):
+def test_interrupted_run_resumes_to_identical_tables(archive, dask_client, tmp_path, run_tables):
     reference = write_config(tmp_path / "a.yaml", archive.root, tmp_path / "a")
     run_pipeline(reference, dask_client, progress=False)
 
@@ -71,7 +60,7 @@ def test_interrupted_run_resumes_to_identical_tables(archive, dask_client, tmp_p
     summary = run_pipeline(interrupted, dask_client, progress=False)
     assert summary.status == "complete_with_failures"
 
-    a, b = tables(tmp_path / "a"), tables(tmp_path / "b")
+    a, b = run_tables(tmp_path / "a"), run_tables(tmp_path / "b")
     for name in a:
         pd.testing.assert_frame_equal(a[name], b[name], check_like=False, obj=name)
     assert not b["scores"].duplicated(["detector", "file", "start_time"]).any()

