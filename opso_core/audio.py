@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import soundfile
-from scipy.signal import butter, resample_poly, sosfiltfilt
 
 from opso_core.aru import audiomoth_start_time, parse_audiomoth_metadata
 from opso_core.audio_info import AudioFileInfo, audio_file_info
@@ -63,6 +62,7 @@ __all__ = [
     "estimate_delay",
     "generate_opso_metadata_str",
     "load_channels_as_audio",
+    "load_clips",
     "mix",
     "parse_opso_metadata",
     "resample_samples",
@@ -122,6 +122,8 @@ def resample_samples(samples: np.ndarray, from_hz: int, to_hz: int, resample_typ
                             quality=_SOXR_QUALITIES[resample_type])
     elif resample_type in _POLYPHASE_WINDOWS:
         g = math.gcd(from_hz, to_hz)
+        from scipy.signal import resample_poly
+
         out = resample_poly(samples, to_hz // g, from_hz // g, axis=0,
                             window=_POLYPHASE_WINDOWS[resample_type])
     else:
@@ -698,6 +700,8 @@ class Audio:
                 f"audio of {len(self.samples)} samples is too short for this filter "
                 f"(needs more than {padlen}); lower the order or use longer audio"
             )
+        from scipy.signal import sosfiltfilt
+
         filtered = sosfiltfilt(sos, self.samples).astype(self.samples.dtype)
         return self._spawn(samples=filtered)
 
@@ -711,11 +715,15 @@ class Audio:
     def lowpass(self, cutoff_f, order) -> Audio:
         """Zero-phase Butterworth low-pass at ``cutoff_f`` Hz (-3 dB)."""
         _check_cutoff(cutoff_f, self.sample_rate)
+        from scipy.signal import butter
+
         return self._filtered(butter(order, cutoff_f, btype="lowpass", fs=self.sample_rate, output="sos"))
 
     def highpass(self, cutoff_f, order) -> Audio:
         """Zero-phase Butterworth high-pass at ``cutoff_f`` Hz (-3 dB)."""
         _check_cutoff(cutoff_f, self.sample_rate)
+        from scipy.signal import butter
+
         return self._filtered(butter(order, cutoff_f, btype="highpass", fs=self.sample_rate, output="sos"))
 
     # ------------------------------------------------------------------ level operations
@@ -824,6 +832,11 @@ def _read_frames(path, start_frame, n_frames, dtype, storage_options) -> np.ndar
                 return np.zeros((0, sf.channels), dtype=read_dtype)
             if start_frame:
                 sf.seek(start_frame)
+            if read_dtype == "float32" and sf.subtype == "PCM_16":
+                # libsndfile's own conversion (x / 32768) done in numpy: the same values, 6x faster
+                frames = sf.read(frames=n_frames, dtype="int16", always_2d=True).astype(np.float32)
+                frames *= np.float32(1 / 32768)
+                return frames
             return sf.read(frames=n_frames, dtype=read_dtype, always_2d=True)
 
     try:
@@ -838,6 +851,58 @@ def _read_frames(path, start_frame, n_frames, dtype, storage_options) -> np.ndar
 def _mix_to_mono(frames: np.ndarray) -> np.ndarray:
     """(frames, channels) -> (frames,): the mean of the channels, in the frames' dtype."""
     return frames.mean(axis=1, dtype=frames.dtype) if frames.shape[1] > 1 else frames[:, 0]
+
+
+def load_clips(path, start_times, clip_duration, sample_rate=None, *, info: AudioFileInfo | None = None,
+               resample_type=DEFAULT_RESAMPLE_TYPE, storage_options=None) -> np.ndarray:
+    """Many equal-length clips of one file, read with as few seeks as possible.
+
+    Clip ``i`` equals ``Audio.from_file(path, offset=start_times[i], duration=clip_duration,
+    sample_rate=sample_rate).samples`` (mixed to mono, float32), padded with silence where the file
+    ends first. Clips close together are read as one segment; the file is never decoded whole.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Local path or fsspec URL.
+    start_times : array-like of float, shape (n_clips,)
+        Seconds from the start of the file.
+    clip_duration : float
+        Seconds.
+    sample_rate : int, optional
+        Hz; clips of a file at another rate are resampled clip by clip. Default: the file's rate.
+    info : AudioFileInfo, optional
+        The file's header, if already read (saves a read on object storage).
+    resample_type : str
+    storage_options : dict, optional
+
+    Returns
+    -------
+    numpy.ndarray, shape (n_clips, round(clip_duration * sample_rate)), float32
+    """
+    info = info or audio_file_info(path, storage_options=storage_options)
+    native = info.sample_rate_hz
+    sample_rate = int(sample_rate or native)
+    n_out = int(round(clip_duration * sample_rate))
+    n_native = int(round(clip_duration * native))
+    first = np.array([_sample_index(float(t), native) for t in np.atleast_1d(start_times)], dtype=np.int64)
+    out = np.zeros((len(first), n_out), dtype=np.float32)
+    if not len(first):
+        return out
+    order = np.argsort(first, kind="stable")
+    # contiguous runs of clips (gaps shorter than a clip) are read as one segment each
+    breaks = np.flatnonzero(np.diff(first[order]) > 2 * n_native) + 1
+    for run in np.split(order, breaks):
+        seg_start = int(first[run].min())
+        seg_stop = min(int(first[run].max()) + n_native, info.frames)
+        segment = _mix_to_mono(_read_frames(path, seg_start, seg_stop - seg_start, np.float32, storage_options))
+        for row in run:
+            piece = segment[first[row] - seg_start : first[row] - seg_start + n_native]
+            if native != sample_rate:
+                piece = resample_samples(piece, native, sample_rate, resample_type)
+            piece = piece[:n_out]
+            out[row, : len(piece)] = piece
+    return out
 
 
 def load_channels_as_audio(path, sample_rate=None, resample_type=DEFAULT_RESAMPLE_TYPE, dtype=np.float32,
@@ -983,11 +1048,15 @@ def butter_bandpass(low_f, high_f, sample_rate, order=9):
         raise OpsoValueError(f"high_f ({high_f} Hz) must be below sample_rate/2 ({sample_rate / 2} Hz)")
     if int(order) != order or order < 1:
         raise OpsoValueError(f"order must be a whole number >= 1, got {order}")
+    from scipy.signal import butter
+
     return butter(int(order), [low_f, high_f], btype="band", fs=sample_rate, output="sos")
 
 
 def bandpass_filter(signal, low_f, high_f, sample_rate, order=9):
     """Zero-phase Butterworth band-pass of a 1-d signal (``scipy.signal.sosfiltfilt``)."""
+    from scipy.signal import sosfiltfilt
+
     return sosfiltfilt(butter_bandpass(low_f, high_f, sample_rate, order=order), signal)
 
 

@@ -3,7 +3,7 @@
 
 For each clip: the amplitude in the call's frequency band minus the amplitude in noise bands
 (:meth:`~opso_core.spectrogram.Spectrogram.net_amplitude`) is a time series sampled once per
-spectrogram window; its power spectral density (Welch's method, ``nfft=1024``) is searched for the
+spectrogram window; its power spectral density (Welch's method, ``nfft=1024``, as ``scipy.signal.welch``) is searched for the
 highest value at pulse rates strictly inside ``pulse_rate_range``. That value is the score: larger
 means stronger pulsing at the target rate. Scores are comparable between clips analysed with the
 same settings, not probabilities.
@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-from scipy import signal
 
 from opso_core.errors import OpsoValueError
 from opso_core.spectrogram import nearest_range
+from opso_core.stft import welch_psd
 from opso_core.utils import generate_clip_times_df
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["RibbitParams", "calculate_pulse_score", "ribbit", "ribbit_batch"]
 
@@ -35,8 +38,7 @@ def _psd_max(amplitude: np.ndarray, amplitude_sample_rate: float, pulse_rate_ran
     """Max Welch PSD strictly inside ``pulse_rate_range`` along the last axis; 0 if no bin is inside."""
     n = amplitude.shape[-1]
     nperseg = min(_WELCH_NPERSEG, n)
-    f, psd = signal.welch(amplitude, fs=amplitude_sample_rate, nperseg=nperseg, nfft=max(nfft, nperseg),
-                          axis=-1)
+    f, psd = welch_psd(amplitude, amplitude_sample_rate, nperseg=nperseg, nfft=max(nfft, nperseg))
     inside = (f > pulse_rate_range[0]) & (f < pulse_rate_range[1])
     if not inside.any():
         return np.zeros(amplitude.shape[:-1])
@@ -78,7 +80,7 @@ def calculate_pulse_score(amplitude, amplitude_sample_rate, pulse_rate_range, pl
         from matplotlib import pyplot as plt
 
         nperseg = min(_WELCH_NPERSEG, len(amplitude))
-        f, psd = signal.welch(amplitude, fs=amplitude_sample_rate, nperseg=nperseg, nfft=max(nfft, nperseg))
+        f, psd = welch_psd(amplitude, amplitude_sample_rate, nperseg=nperseg, nfft=max(nfft, nperseg))
         plt.plot(f, psd)
         plt.axvline(pulse_rate_range[0], color="k")
         plt.axvline(pulse_rate_range[1], color="k")

@@ -264,11 +264,12 @@ class Spectrogram:
     def amplitude(self, freq_range=None):
         """Sum of the values over frequency, per window: shape (n_times,).
 
-        ``freq_range=[low, high]`` (Hz) sums only that band (see :meth:`bandpass`).
+        ``freq_range=[low, high]`` (Hz) sums only that band (see :meth:`bandpass`). Summed in
+        float64, whatever the values' precision.
         """
         if freq_range is None:
-            return np.sum(self.spectrogram, 0)
-        return np.sum(self.bandpass(freq_range[0], freq_range[1]).spectrogram, 0)
+            return np.sum(self.spectrogram, 0, dtype=np.float64)
+        return np.sum(self.bandpass(freq_range[0], freq_range[1]).spectrogram, 0, dtype=np.float64)
 
     def net_amplitude(self, signal_band, reject_bands=None):
         """Amplitude in ``signal_band`` per Hz minus the amplitude in ``reject_bands`` per Hz.

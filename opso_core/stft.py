@@ -15,17 +15,16 @@ import dataclasses
 from functools import lru_cache
 
 import numpy as np
-import scipy.fft
-import scipy.signal
 
 from opso_core.errors import OpsoValueError
 
-__all__ = ["SpectrogramParams", "power_to_db", "spectrogram_batch", "stft_power", "window_times"]
+__all__ = ["SpectrogramParams", "power_to_db", "spectrogram_batch", "stft_power", "welch_psd", "window_times"]
 
 DEFAULT_WINDOW_SAMPLES = 512
 DEFAULT_OVERLAP_FRACTION = 0.5
-# frames per block in spectrogram_batch: about 2 MB of float64, so a block stays in a core's cache
-_BLOCK_VALUES = 1 << 18
+# values per block in spectrogram_batch: 512 kB of float64 frames, so a block's work stays in L2 cache
+_BLOCK_VALUES = 1 << 16
+_DB_PER_NEPER = 10.0 / np.log(10.0)  # 10 log10(p) = (10 / ln 10) ln(p)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -146,9 +145,30 @@ class SpectrogramParams:
         return dataclasses.asdict(self)
 
 
+# windows computed here exactly as scipy.signal.get_window does (periodic, "fftbins=True"), so that
+# the common case needs no import of scipy.signal (about a second in every worker process)
+_COSINE_WINDOWS = {"hann": (0.5, 1.0 - 0.5), "hamming": (0.54, 1.0 - 0.54)}
+
+
+def _periodic_cosine_window(coefficients, n: int) -> np.ndarray:
+    """scipy.signal.windows.general_cosine(n + 1, coefficients)[:-1], the same operations in the same order."""
+    if n <= 1:
+        return np.ones(n)
+    fac = np.linspace(-np.pi, np.pi, n + 1, dtype=np.float64)
+    win = np.zeros(n + 1, dtype=np.float64)
+    for k, a in enumerate(np.asarray(coefficients, dtype=np.float64)):
+        win += a * np.cos(k * fac)
+    return win[:-1]
+
+
 @lru_cache(maxsize=32)
 def _window(window_type, n: int) -> np.ndarray:
-    win = scipy.signal.get_window(window_type, n)
+    if isinstance(window_type, str) and window_type in _COSINE_WINDOWS:
+        win = _periodic_cosine_window(_COSINE_WINDOWS[window_type], n)
+    else:
+        import scipy.signal  # here, not at import: scipy.signal takes a second to import
+
+        win = scipy.signal.get_window(window_type, n)
     win.setflags(write=False)
     return win
 
@@ -181,13 +201,60 @@ def window_times(params: SpectrogramParams, n_samples: int, sample_rate) -> np.n
     return (np.arange(n) * params.step_samples + params.window_samples / 2) / float(sample_rate)
 
 
+def _values_dtype(samples: np.ndarray):
+    """float32 values for float32 (or integer PCM) audio, as OpenSoundscape returns; float64 for float64."""
+    return np.float64 if samples.dtype == np.float64 else np.float32
+
+
+def _frame_blocks(n_clips: int, n_times: int, values_per_frame: int):
+    """(clip_start, clip_stop, time_start, time_stop) blocks of about :data:`_BLOCK_VALUES` values:
+    several whole clips per block for short clips, slices of one clip for long recordings."""
+    frames_per_block = max(1, _BLOCK_VALUES // values_per_frame)
+    if n_times >= frames_per_block:
+        for c in range(n_clips):
+            for t0 in range(0, n_times, frames_per_block):
+                yield c, c + 1, t0, min(t0 + frames_per_block, n_times)
+    else:
+        clips_per_block = max(1, frames_per_block // max(1, n_times))
+        for c0 in range(0, n_clips, clips_per_block):
+            yield c0, min(c0 + clips_per_block, n_clips), 0, n_times
+
+
+@lru_cache(maxsize=32)
+def _transform_constants(params: SpectrogramParams, sample_rate: float):
+    """Window, window spectrum (at its non-negligible bins), those bins and the per-bin power scale."""
+    win, win_spectrum, win_bins = _window_and_spectrum(params.window_type, params.window_samples, params.nfft)
+    return win, win_spectrum, win_bins, _one_sided_scale(params, sample_rate, win)
+
+
+def _block_power(frames: np.ndarray, params: SpectrogramParams, sample_rate, workers) -> np.ndarray:
+    """Power of a block of frames ``(..., n_frames, window_samples)`` -> ``(..., n_frames, n_frequencies)``,
+    float64. The transform runs in float64 whatever the audio's precision: float32 FFTs would put
+    rounding noise of ~1e-3 dB into bins 60 dB below a frame's loudest."""
+    import scipy.fft  # here, not at import time: keeps ``import opso_core`` light
+
+    win, win_spectrum, win_bins, scale = _transform_constants(params, float(sample_rate))
+    # detrend="constant" (as scipy): FFT(w * (x - mean)) = FFT(w * x) - mean * FFT(w), and FFT(w) is
+    # non-zero in only a few bins for the usual windows, so subtract it there instead of from every sample
+    means = frames.mean(axis=-1, dtype=np.float64)
+    spectrum = scipy.fft.rfft(np.multiply(frames, win, dtype=np.float64), n=params.nfft, axis=-1,
+                              workers=workers, overwrite_x=True)
+    spectrum[..., win_bins] -= means[..., None] * win_spectrum
+    power = np.square(spectrum.real)
+    power += np.square(spectrum.imag)
+    power *= scale
+    return power
+
+
 def stft_power(samples: np.ndarray, sample_rate, params: SpectrogramParams, workers=None) -> np.ndarray:
     """Linear power of the short-time Fourier transform.
 
     Parameters
     ----------
     samples : numpy.ndarray, shape (..., n_samples)
-        One clip or a batch of equal-length clips.
+        One clip or a batch of equal-length clips. The transform runs in float64; the power is
+        returned in float32 for float32 (or integer) audio, as OpenSoundscape returns it, and in
+        float64 for float64 audio.
     sample_rate : float
         Hz (used for ``scaling="density"``).
     params : SpectrogramParams
@@ -196,52 +263,58 @@ def stft_power(samples: np.ndarray, sample_rate, params: SpectrogramParams, work
 
     Returns
     -------
-    numpy.ndarray, shape (..., n_frequencies, n_times), float64
+    numpy.ndarray, shape (..., n_frequencies, n_times)
     """
     samples = np.asarray(samples)
-    n_samples = samples.shape[-1]
+    _check_length(samples.shape[-1], params)
+    power = _block_power(_frames(samples, params), params, sample_rate, workers)
+    return np.swapaxes(power.astype(_values_dtype(samples), copy=False), -1, -2)
+
+
+def _check_length(n_samples: int, params: SpectrogramParams) -> None:
     if n_samples < params.window_samples:
         raise OpsoValueError(
             f"audio of {n_samples} samples is shorter than one spectrogram window "
             f"({params.window_samples} samples); use a shorter window or longer audio"
         )
-    n_times = params.n_times(n_samples)
+
+
+def _frames(samples: np.ndarray, params: SpectrogramParams) -> np.ndarray:
+    """A view ``(..., n_times, window_samples)`` of the windows of ``samples``; no copy."""
+    n_times = params.n_times(samples.shape[-1])
     frames = np.lib.stride_tricks.sliding_window_view(samples, params.window_samples, axis=-1)
-    frames = frames[..., : n_times * params.step_samples : params.step_samples, :]  # a view
-    win, win_spectrum, win_bins = _window_and_spectrum(params.window_type, params.window_samples, params.nfft)
-    # detrend="constant" (as scipy): FFT(w * (x - mean)) = FFT(w * x) - mean * FFT(w), and FFT(w) is
-    # non-zero in only a few bins for the usual windows, so subtract it there instead of from every sample
-    means = frames.mean(axis=-1, dtype=np.float64)
-    spectrum = scipy.fft.rfft(np.multiply(frames, win, dtype=np.float64), n=params.nfft, axis=-1,
-                              workers=workers)
-    spectrum[..., win_bins] -= means[..., None] * win_spectrum
-    power = np.abs(spectrum)
-    power *= power
-    power *= _one_sided_scale(params, float(sample_rate), win)
-    return np.swapaxes(power, -1, -2)
+    return frames[..., : n_times * params.step_samples : params.step_samples, :]
 
 
-def power_to_db(power: np.ndarray, decibel_limits) -> np.ndarray:
-    """``10 log10(power)`` clipped to ``decibel_limits``; zero power maps to the lower limit."""
+def power_to_db(power: np.ndarray, decibel_limits, out=None, dtype=None) -> np.ndarray:
+    """``10 log10(power)`` clipped to ``decibel_limits``; zero power maps to the lower limit.
+
+    Computed in ``dtype`` (default: ``power``'s own precision); ``out`` may be ``power`` itself.
+    """
     with np.errstate(divide="ignore"):
-        db = 10.0 * np.log10(power, where=power > 0, out=np.full(power.shape, -np.inf))
+        db = np.log(power, out=out, dtype=dtype)  # natural log: SIMD-vectorised where log10 is not (4x faster)
+    db *= _DB_PER_NEPER
     return np.clip(db, decibel_limits[0], decibel_limits[1], out=db)
 
 
-def spectrogram_batch(samples: np.ndarray, sample_rate, params: SpectrogramParams, workers=None,
-                      dtype=np.float64):
+def spectrogram_batch(samples: np.ndarray, sample_rate, params: SpectrogramParams, workers=None, dtype=None):
     """Spectrograms of a batch of equal-length clips, in one vectorised call.
+
+    Frames are transformed in cache-sized blocks (several short clips, or a slice of a long
+    recording, at a time), so the numbers are the same for a clip alone or in any batch.
 
     Parameters
     ----------
     samples : numpy.ndarray, shape (n_clips, n_samples)
+        The transform runs in float64 for any audio; values are float32 for float32 (or integer)
+        audio, as OpenSoundscape returns them, float64 for float64 audio (see ``dtype``).
     sample_rate : float
         Hz.
     params : SpectrogramParams
     workers : int, optional
         FFT threads.
-    dtype : numpy dtype
-        dtype of the returned values (float32 halves storage).
+    dtype : numpy dtype, optional
+        dtype of the returned values; default: the precision of the transform.
 
     Returns
     -------
@@ -253,11 +326,60 @@ def spectrogram_batch(samples: np.ndarray, sample_rate, params: SpectrogramParam
     if samples.ndim != 2:
         raise OpsoValueError(f"samples must have shape (n_clips, n_samples), got {samples.shape}")
     n_clips, n_samples = samples.shape
+    _check_length(n_samples, params)
+    dtype = np.dtype(dtype or _values_dtype(samples))
     n_times = params.n_times(n_samples)
     values = np.empty((n_clips, params.n_frequencies(), n_times), dtype=dtype)
-    # work through the batch in blocks whose frames fit in cache: same numbers, fewer trips to memory
-    block = max(1, _BLOCK_VALUES // max(1, n_times * params.nfft))
-    for i in range(0, n_clips, block):
-        power = stft_power(samples[i : i + block], sample_rate, params, workers=workers)
-        values[i : i + block] = power_to_db(power, params.decibel_limits) if params.dB_scale else power
+    frames = _frames(samples, params)
+    for c0, c1, t0, t1 in _frame_blocks(n_clips, n_times, max(params.nfft, params.window_samples)):
+        power = _block_power(frames[c0:c1, t0:t1], params, sample_rate, workers)
+        if params.dB_scale:  # the log in the values' precision (float32 is 3x faster)
+            power = power_to_db(power, params.decibel_limits, dtype=dtype if dtype.kind == "f" else None)
+        values[c0:c1, :, t0:t1] = np.swapaxes(power, -1, -2)
     return values, params.frequencies(sample_rate), window_times(params, n_samples, sample_rate)
+
+
+def welch_psd(x, sample_rate, nperseg=256, nfft=None):
+    """Welch's power spectral density along the last axis, as ``scipy.signal.welch`` computes it.
+
+    Hann window, ``noverlap = nperseg // 2``, each segment's mean removed, one-sided density
+    scaling, segments averaged with the mean: the defaults of ``scipy.signal.welch``, without
+    importing ``scipy.signal`` (a second in every worker process).
+
+    Parameters
+    ----------
+    x : array-like, shape (..., n)
+    sample_rate : float
+        Hz.
+    nperseg : int
+        Samples per segment; at most ``n``.
+    nfft : int, optional
+        FFT length (``>= nperseg``); default ``nperseg``.
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray)
+        Frequencies (Hz), shape (nfft // 2 + 1,), and the density, shape (..., nfft // 2 + 1).
+    """
+    import scipy.fft
+
+    x = np.asarray(x, dtype=np.float64)
+    n = x.shape[-1]
+    if not 1 <= nperseg <= n:
+        raise OpsoValueError(f"nperseg must be between 1 and the series' length {n}, got {nperseg}")
+    nfft = int(nfft or nperseg)
+    if nfft < nperseg:
+        raise OpsoValueError(f"nfft ({nfft}) must be >= nperseg ({nperseg})")
+    step = nperseg - nperseg // 2
+    n_segments = (n - nperseg) // step + 1
+    segments = np.lib.stride_tricks.sliding_window_view(x, nperseg, axis=-1)[..., : n_segments * step : step, :]
+    segments = segments - segments.mean(axis=-1, keepdims=True)
+    win = _window("hann", nperseg)
+    spectrum = scipy.fft.rfft(segments * win, n=nfft, axis=-1)
+    psd = (np.conjugate(spectrum) * spectrum).real
+    psd *= 1.0 / (float(sample_rate) * (win * win).sum())
+    if nfft % 2:
+        psd[..., 1:] *= 2
+    else:
+        psd[..., 1:-1] *= 2
+    return np.fft.rfftfreq(nfft, 1.0 / float(sample_rate)), psd.mean(axis=-2)

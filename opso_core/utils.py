@@ -9,11 +9,14 @@ from __future__ import annotations
 import datetime
 import math
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from opso_core.errors import GetDurationError, OpsoTypeError, OpsoValueError, ParseError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "FINAL_CLIP_MODES",
@@ -233,6 +236,8 @@ def generate_clip_times_df(
             f"clip_overlap ({clip_overlap} s) must be less than clip_duration ({clip_duration} s)"
         )
 
+    import pandas as pd
+
     increment = clip_duration - clip_overlap
     n_starts = max(0, math.ceil(full_duration / increment))
     # multiply instead of accumulating, so that start times do not drift over long recordings
@@ -291,6 +296,8 @@ def make_clip_df(
     pandas.DataFrame or (pandas.DataFrame, set)
         MultiIndex ``(file, start_time, end_time)``; label columns if ``files`` was a DataFrame.
     """
+    import pandas as pd
+
     from opso_core.audio_info import audio_file_info
 
     if isinstance(files, str):

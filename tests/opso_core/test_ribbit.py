@@ -78,3 +78,18 @@ def test_batch_validates():
     with pytest.raises(OpsoValueError):
         ribbit_batch(np.zeros((2, 3)), np.arange(3.0), 0.01, RibbitParams(name="x", signal_band=(0, 1),
                                                                               pulse_rate_range=(1, 2)))
+
+
+@pytest.mark.parametrize("n", [5, 100, 249, 256, 257, 1000, 9999])
+@pytest.mark.parametrize("nfft", [None, 1024])
+def test_welch_equals_scipy(n, nfft):
+    import scipy.signal
+
+    from opso_core.stft import welch_psd
+
+    x = np.random.default_rng(n).standard_normal((2, n))
+    nperseg = min(256, n)
+    f_ref, p_ref = scipy.signal.welch(x, fs=125.0, nperseg=nperseg, nfft=nfft, axis=-1)
+    f, p = welch_psd(x, 125.0, nperseg, nfft)
+    np.testing.assert_array_equal(f, f_ref)
+    np.testing.assert_allclose(p, p_ref, rtol=1e-12, atol=0)

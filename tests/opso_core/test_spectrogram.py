@@ -11,6 +11,9 @@ from opso_core.errors import OpsoTypeError, OpsoValueError
 from opso_core.spectrogram import SpectrogramParams, spectrograms_from_clips
 from opso_core.testing import tone
 
+# values are float32 (as OpenSoundscape's) from a float64 transform: one float32 step at -100 dB is 7.6e-6 dB
+DB_ATOL = 2e-5
+
 
 def scipy_db(samples, sr, limits=(-100, -20), **kwargs):
     f, t, p = scipy.signal.spectrogram(np.asarray(samples, dtype=np.float64), sr, scaling=kwargs.pop("scaling", "spectrum"),
@@ -34,7 +37,7 @@ class TestFromAudio:
         assert spec.spectrogram.shape == (257, (5 * 22050 - 512) // 256 + 1)
         np.testing.assert_allclose(spec.frequencies, f)
         np.testing.assert_allclose(spec.times, t)
-        np.testing.assert_allclose(spec.spectrogram, db, atol=1e-6)
+        np.testing.assert_allclose(spec.spectrogram, db, atol=DB_ATOL)
         assert spec.window_samples == 512 and spec.overlap_samples == 256
         assert spec.audio_sample_rate == 22050 and spec.scaling == "spectrum"
         assert spec.decibel_limits == (-100, -20)
@@ -53,7 +56,7 @@ class TestFromAudio:
         f, t, db = scipy_db(noisy_tone.samples, 22050, limits=(-150, 0), window=kwargs.get("window_type", "hann"),
                             nperseg=nperseg, noverlap=noverlap, nfft=kwargs.get("fft_size"),
                             scaling=kwargs.get("scaling", "spectrum"))
-        np.testing.assert_allclose(spec.spectrogram, db, atol=1e-6)
+        np.testing.assert_allclose(spec.spectrogram, db, atol=DB_ATOL)
         np.testing.assert_allclose(spec.times, t)
         np.testing.assert_allclose(spec.frequencies, f)
 
@@ -105,7 +108,7 @@ class TestBatch:
     def test_batch_equals_per_clip(self, noisy_tone):
         clips, _ = noisy_tone.split(1.0)
         batch = np.stack([c.samples for c in clips])
-        values, f, t = spectrograms_from_clips(batch, 22050, dtype=np.float64)
+        values, f, t = spectrograms_from_clips(batch, 22050)
         assert values.shape == (5, 257, (22050 - 512) // 256 + 1)
         for i, clip in enumerate(clips):
             spec = Spectrogram.from_audio(clip)
@@ -271,3 +274,19 @@ class TestMel:
     def test_plot(self, tmp_path):
         MelSpectrogram.from_audio(tone(1000, 2.0, 22050)).plot(fname=tmp_path / "m.png")
         assert (tmp_path / "m.png").exists()
+
+
+@pytest.mark.parametrize("name", ["hann", "hamming", "blackman", ("tukey", 0.3)])
+@pytest.mark.parametrize("n", [1, 2, 55, 256, 511, 512, 1100])
+def test_windows_are_scipys_to_the_bit(name, n):
+    from opso_core.stft import _window
+
+    np.testing.assert_array_equal(_window(name, n), scipy.signal.get_window(name, n))
+
+
+def test_values_are_float32_for_float32_audio_and_float64_for_float64(noisy_tone):
+    assert Spectrogram.from_audio(noisy_tone).spectrogram.dtype == np.float32
+    as64 = Audio(noisy_tone.samples.astype(np.float64), noisy_tone.sample_rate)
+    spec64 = Spectrogram.from_audio(as64)
+    assert spec64.spectrogram.dtype == np.float64
+    np.testing.assert_allclose(spec64.spectrogram, Spectrogram.from_audio(noisy_tone).spectrogram, atol=DB_ATOL)
