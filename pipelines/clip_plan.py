@@ -52,29 +52,31 @@ def plan_clips(inventory: pd.DataFrame, *, clip_duration: float, clip_overlap: f
         Columns ``clip`` (0..n-1), ``file``, ``recorder``, ``start_time``, ``end_time`` (s from the file
         start), ``start_time_utc`` (NaT where the file's start is unknown).
     """
-    frames = []
     readable = inventory[inventory["status"].isin(["ok", "truncated"])]
-    for row in readable.itertuples(index=False):
-        clips = generate_clip_times_df(full_duration=float(row.duration_s), clip_duration=clip_duration,
-                                       clip_overlap=clip_overlap, final_clip=final_clip)
-        if len(clips) == 0:
-            continue
-        clips.insert(0, "file", row.file)
-        clips.insert(1, "recorder", row.recorder)
-        start = row.start_time_utc
-        if pd.isna(start):
-            clips["start_time_utc"] = pd.NaT
-        else:
-            clips["start_time_utc"] = pd.Timestamp(start) + pd.to_timedelta(clips["start_time"], unit="s")
-        frames.append(clips)
-    if not frames:
+    # archives hold thousands of files of a few lengths: one clip table per length, repeated per file
+    tables = {d: generate_clip_times_df(full_duration=d, clip_duration=clip_duration, clip_overlap=clip_overlap,
+                                        final_clip=final_clip)
+              for d in readable["duration_s"].astype(float).unique()}
+    counts = np.array([len(tables[d]) for d in readable["duration_s"].astype(float)], dtype=np.int64)
+    if not counts.sum():
         return pd.DataFrame({"clip": pd.Series(dtype=np.int64), "file": pd.Series(dtype=object),
                              "recorder": pd.Series(dtype=object), "start_time": pd.Series(dtype=np.float64),
                              "end_time": pd.Series(dtype=np.float64),
                              "start_time_utc": pd.Series(dtype="datetime64[ns, UTC]")})
-    plan = pd.concat(frames, ignore_index=True)
-    plan.insert(0, "clip", np.arange(len(plan), dtype=np.int64))
-    plan["start_time_utc"] = pd.to_datetime(plan["start_time_utc"], utc=True)
+    durations = readable["duration_s"].astype(float).to_numpy()
+    starts = np.concatenate([tables[d]["start_time"].to_numpy() for d in durations])
+    ends = np.concatenate([tables[d]["end_time"].to_numpy() for d in durations])
+    file_start = (pd.to_datetime(readable["start_time_utc"], utc=True).dt.tz_localize(None)
+                  .to_numpy(dtype="datetime64[ns]").repeat(counts))
+    plan = pd.DataFrame({
+        "clip": np.arange(len(starts), dtype=np.int64),
+        "file": readable["file"].to_numpy(dtype=object).repeat(counts),
+        "recorder": readable["recorder"].to_numpy(dtype=object).repeat(counts),
+        "start_time": starts,
+        "end_time": ends,
+    })
+    offsets = pd.to_timedelta(starts, unit="s").to_numpy(dtype="timedelta64[ns]")
+    plan["start_time_utc"] = pd.to_datetime(file_start + offsets).tz_localize("UTC")
     return plan[PLAN_COLUMNS]
 
 

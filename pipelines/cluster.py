@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import os
 import shlex
 import shutil
 import signal
@@ -41,6 +42,18 @@ JOBQUEUE_CLUSTERS = {"slurm": "dask_jobqueue:SLURMCluster", "pbs": "dask_jobqueu
 #: oversubscribes the machine, so every worker (local process or batch job) gets these
 THREAD_LIMITS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                  "VECLIB_MAXIMUM_THREADS": "1", "NUMEXPR_NUM_THREADS": "1"}
+
+#: Dask's worker profiler samples every thread's stack every 10 ms (for the dashboard's Profile
+#: page); it took about 10 % of a spectrogram task's time, so opso's workers run without it unless
+#: the user turns it on (DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=True)
+_PROFILE_VAR = "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"
+
+
+def _worker_config() -> dict:
+    """Dask settings for the workers opso starts."""
+    if _PROFILE_VAR in os.environ:
+        return {}
+    return {"distributed.worker.profile.enabled": False}
 
 
 def _jobqueue_class(kind: str):
@@ -65,6 +78,8 @@ def jobqueue_kwargs(settings: ClusterConfig, kind: str) -> dict:
               "scheduler_options": {"dashboard_address": ":8787"}}
     user = dict(settings.jobqueue)
     prologue = [f"export {k}={v}" for k, v in THREAD_LIMITS.items()]
+    if _worker_config():
+        prologue.append(f"export {_PROFILE_VAR}=False")
     prologue += list(user.pop("job_script_prologue", None) or dask.config.get(f"jobqueue.{kind}.job-script-prologue",
                                                                               None) or [])
     kwargs["job_script_prologue"] = prologue
@@ -273,6 +288,7 @@ def open_cluster(settings: ClusterConfig, kind: str | None = None):
         See :func:`check_cluster_settings`; ``ClusterError`` also when a scheduler address does not
         answer within ``cluster.connect_timeout_s``.
     """
+    import dask
     from distributed import Client, LocalCluster
 
     kind = check_cluster_settings(settings, kind)
@@ -284,7 +300,7 @@ def open_cluster(settings: ClusterConfig, kind: str | None = None):
             kwargs["env"] = dict(THREAD_LIMITS)
         if settings.memory_limit:
             kwargs["memory_limit"] = settings.memory_limit
-        with _sigint_deferred() as interrupted:
+        with _sigint_deferred() as interrupted, dask.config.set(_worker_config()):
             cluster = LocalCluster(**kwargs)
             client = Client(cluster)
         with cluster, client:
@@ -311,8 +327,6 @@ def open_cluster(settings: ClusterConfig, kind: str | None = None):
 
 
 def _cpu_count() -> int:
-    import os
-
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0)) or 1
     return os.cpu_count() or 1

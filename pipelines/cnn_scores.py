@@ -1,11 +1,12 @@
-"""CNN stage: score clip spectrograms with a trained model, on GPU workers when the cluster has them.
+"""CNN stage: score clips with a trained model, on GPU workers when the cluster has them.
 
-A CNN detector reads the run's ``spectrograms.zarr`` when its clips and ``to_spec`` settings are
-the run's, and otherwise its own store ``spectrograms-cnn-<name>.zarr`` made with the model's clip
-length and settings, so every score is computed on exactly the input the model expects. An inference task reads one chunk, turns it into the network's input on the
-worker's device (:func:`opso_core.ml.spectrogram_tensors.spectrograms_to_tensor`: bandpass, image
-scaling, resize, rescale — the non-augmentation steps of the model's ``SpectrogramPreprocessor``),
-runs the network in batches and writes
+A task reads its clips' audio and computes the spectrograms the model expects (the model's clip
+length, ``to_spec`` settings and sample rate) in full precision, so every score is computed on
+exactly the model's input, whatever the run keeps in ``spectrograms.zarr``. The spectrograms become
+the network's input on the worker's device (:func:`opso_core.ml.spectrogram_tensors.spectrograms_to_tensor`:
+bandpass, image scaling, resize, rescale — the non-augmentation steps of the model's
+``SpectrogramPreprocessor``); while the network runs one batch, a thread prepares the next. A task
+writes
 
 - ``scores/detector=cnn:<name>/part-<range>.parquet``: ``file, recorder, start_time, end_time,
   start_time_utc`` and one column per class;
@@ -21,13 +22,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
-import json
 import os
 import tempfile
 import threading
 import time
-import zipfile
 
 import fsspec
 import numpy as np
@@ -40,9 +38,8 @@ from pipelines.config import CnnModelConfig
 from pipelines.errors import ConfigError, StorageError
 from pipelines.outputs import OutputLocation
 from pipelines.score_tables import DETECTION_SCHEMA, ID_COLUMNS, detections_of, score_schema
-from pipelines.spectrogram_store import open_store
 
-__all__ = ["CnnDetector", "describe_cnn_detector", "infer_chunk"]
+__all__ = ["CnnDetector", "CnnTask", "cnn_stage", "describe_cnn_detector", "infer_clips"]
 
 # steps of SpectrogramPreprocessor the stage reproduces; augmentations are skipped at inference anyway
 _SUPPORTED_ACTIONS = {"load_audio", "trim_audio", "to_spec", "bandpass", "to_tensor", "rescale"}
@@ -71,15 +68,11 @@ class CnnDetector:
     sample_rate_hz: int
     params: SpectrogramParams
     tensor_settings: object  # opso_core.ml.spectrogram_tensors.TensorSettings
-    store: str = ""  # the store it reads; empty: its own spectrograms-cnn-<name>.zarr
+    clips_per_task: int | None = None
 
     @property
     def detector(self) -> str:
         return f"cnn:{self.name}"
-
-    @property
-    def store_name(self) -> str:
-        return self.store or f"spectrograms-cnn-{self.name}.zarr"
 
 
 def _read_model_file(url, storage_options) -> bytes:
@@ -95,10 +88,12 @@ def _read_model_file(url, storage_options) -> bytes:
 
 
 def _description(data: bytes, url: str) -> dict:
+    from opso_core.errors import OpsoValueError
+    from opso_core.ml.persistence import read_description
+
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            return json.loads(zf.read("opso_model.json"))
-    except (zipfile.BadZipFile, KeyError) as exc:
+        return read_description(data)
+    except OpsoValueError as exc:
         raise ConfigError(f"{url} is not a model in opso's safe format (a pickled model is refused: load it with "
                           "load_model(path, allow_pickle=True) and save it again with model.save(path))") from exc
 
@@ -115,7 +110,7 @@ def describe_cnn_detector(cfg: CnnModelConfig, run_sample_rate_hz: int | None) -
         The file is missing or pickled, its preprocessing has steps the stage cannot reproduce,
         or the thresholds do not match its classes.
     """
-    from opso_core.ml.persistence import _from_json
+    from opso_core.ml.persistence import from_json_value as _from_json
     from opso_core.ml.spectrogram_tensors import TensorSettings
 
     data = _read_model_file(cfg.model, cfg.storage_options)
@@ -126,8 +121,8 @@ def describe_cnn_detector(cfg: CnnModelConfig, run_sample_rate_hz: int | None) -
     actions = {k: v for k, v in pre["actions"].items() if not v["bypass"] and not v["is_augmentation"]}
     unsupported = sorted(set(actions) - _SUPPORTED_ACTIONS)
     if unsupported:
-        raise ConfigError(f"cnn.{cfg.name}: the model's preprocessing has steps the pipeline cannot reproduce on "
-                          f"stored spectrograms: {unsupported}")
+        raise ConfigError(f"cnn.{cfg.name}: the model's preprocessing has steps the pipeline cannot reproduce: "
+                          f"{unsupported}")
     init = _from_json(pre["init"])
     load = _from_json(actions.get("load_audio", {}).get("params", {}))
     sample_rate = load.get("sample_rate") or run_sample_rate_hz
@@ -166,7 +161,7 @@ def describe_cnn_detector(cfg: CnnModelConfig, run_sample_rate_hz: int | None) -
                        thresholds=thresholds, batch_size=cfg.batch_size, device=cfg.device,
                        clip_duration_s=duration, overlap_s=cfg.overlap_fraction * duration,
                        final_clip=cfg.final_clip, sample_rate_hz=sample_rate, params=params,
-                       tensor_settings=settings)
+                       tensor_settings=settings, clips_per_task=cfg.clips_per_task)
 
 
 def _device(name: str):
@@ -200,15 +195,43 @@ def _model(detector: CnnDetector):
         return _MODELS[key]
 
 
-def infer_chunk(clip_range: ClipRange, clips: pd.DataFrame, *, location: OutputLocation,
-                detector: CnnDetector) -> dict:
-    """Score one chunk of the detector's store and write its score and detection tables.
+@dataclasses.dataclass(frozen=True)
+class CnnTask:
+    """What one CNN task does (picklable): score a range of the detector's clips and write its tables."""
+
+    detector: CnnDetector
+    input_storage_options: dict
+
+    def __call__(self, clip_range: ClipRange, clips: pd.DataFrame, location: OutputLocation) -> dict:
+        result = infer_clips(clip_range, clips, location=location, detector=self.detector,
+                             input_storage_options=self.input_storage_options)
+        return {"n_clips": len(clip_range), "failures": result["failures"],
+                "detections": {self.detector.detector: result["detections"]}, "device": result["device"],
+                "model_load_s": result["model_load_s"], "forward_s": result["forward_s"]}
+
+
+def _spectrograms(detector: CnnDetector, clips: pd.DataFrame, storage_options):
+    from pipelines.spectrogram_store import clip_spectrograms
+
+    return clip_spectrograms(clips, params=detector.params, sample_rate_hz=detector.sample_rate_hz,
+                             clip_duration_s=detector.clip_duration_s, storage_options=storage_options)
+
+
+def infer_clips(clip_range: ClipRange, clips: pd.DataFrame, *, location: OutputLocation, detector: CnnDetector,
+                input_storage_options=None) -> dict:
+    """Score a range of clips with the detector's model and write its score and detection tables.
+
+    Batches of ``batch_size`` clips are read and transformed in a thread while the network runs on
+    the previous batch.
 
     Returns
     -------
     dict
-        ``{"detections": n, "device": "cuda:0"/"cpu", "worker": address or None}``.
+        ``detections`` (count), ``failures`` (``[item, error_type, message]``), ``device``,
+        ``model_load_s`` and ``forward_s`` (seconds in the network).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     import torch
 
     from opso_core.ml.spectrogram_tensors import spectrograms_to_tensor
@@ -218,18 +241,30 @@ def infer_chunk(clip_range: ClipRange, clips: pd.DataFrame, *, location: OutputL
     model = _model(detector)
     model_load_s = time.perf_counter() - started
     device = next(model.network.parameters()).device
-    store = open_store(location, mode="r", store_name=detector.store_name)
-    values = store["spectrogram"][clip_range.start : clip_range.stop]
-    frequencies = store["frequency"][:]
-    valid = ~np.isnan(values).any(axis=(1, 2))
-    scores = np.full((len(values), len(detector.classes)), np.nan, dtype=np.float32)
-    rows = np.flatnonzero(valid)
-    with torch.no_grad():
-        for i in range(0, len(rows), detector.batch_size):
-            idx = rows[i : i + detector.batch_size]
-            x = spectrograms_to_tensor(values[idx], frequencies, detector.tensor_settings, device=device)
+    scores = np.full((len(clips), len(detector.classes)), np.nan, dtype=np.float32)
+    valid = np.zeros(len(clips), dtype=bool)
+    failures: dict[str, list] = {}
+    forward_s = 0.0
+    starts = range(0, len(clips), detector.batch_size)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="opso-cnn-prefetch") as prefetch, torch.no_grad():
+        pending = prefetch.submit(_spectrograms, detector, clips.iloc[0 : detector.batch_size],
+                                  input_storage_options) if len(clips) else None
+        for start in starts:
+            spec = pending.result()
+            following = start + detector.batch_size
+            pending = prefetch.submit(_spectrograms, detector, clips.iloc[following : following + detector.batch_size],
+                                      input_storage_options) if following < len(clips) else None
+            for item, error_type, message in spec.failures:
+                failures.setdefault(item.split(" clips ")[0], [error_type, message, []])[2].append(item)
+            rows = start + np.flatnonzero(spec.ok)
+            if not len(rows):
+                continue
+            t0 = time.perf_counter()
+            x = spectrograms_to_tensor(spec.values[spec.ok], spec.frequencies, detector.tensor_settings, device=device)
             logits = model.network(x)
-            scores[idx] = apply_activation_layer(logits.float(), detector.activation).cpu().numpy()
+            scores[rows] = apply_activation_layer(logits.float(), detector.activation).cpu().numpy()
+            forward_s += time.perf_counter() - t0
+            valid[rows] = True
     ids = clips[ID_COLUMNS].reset_index(drop=True)
     table = pd.concat([ids, pd.DataFrame(scores, columns=list(detector.classes))], axis=1)[valid].reset_index(drop=True)
     detections = pd.concat([detections_of(table, detector.detector, cls, threshold)
@@ -239,10 +274,31 @@ def infer_chunk(clip_range: ClipRange, clips: pd.DataFrame, *, location: OutputL
                            schema=DETECTION_SCHEMA)
     location.write_parquet(f"scores/detector={detector.detector}/part-{clip_range.name}.parquet", table,
                            schema=score_schema(detector.classes, pa.float32()))
-    try:
-        from distributed import get_worker
+    file_failures = [[_merge_items(file, items), error_type, message]
+                     for file, (error_type, message, items) in failures.items()]
+    return {"detections": len(detections), "failures": file_failures, "device": str(device),
+            "model_load_s": model_load_s, "forward_s": round(forward_s, 4)}
 
-        worker = get_worker().address
-    except (ImportError, ValueError):
-        worker = None
-    return {"detections": len(detections), "device": str(device), "worker": worker, "model_load_s": model_load_s}
+
+def _merge_items(file: str, items: list[str]) -> str:
+    """``<file> clips a-b`` covering every batch's clip numbers of ``file``."""
+    numbers = [int(n) for item in items for n in item.rsplit(" clips ", 1)[1].split("-")]
+    return f"{file} clips {min(numbers)}-{max(numbers)}"
+
+
+def cnn_stage(detector: CnnDetector, plan: pd.DataFrame, *, input_storage_options: dict, task_audio_s: float,
+              gpu_workers: bool):
+    """The stage of one CNN detector over its own clip plan.
+
+    A task covers ``clips_per_task`` clips (the ``cnn`` entry's), or by default ``task_audio_s``
+    seconds of audio on CPU workers and 16 times that on GPU workers (a few thousand clips: about a
+    second of work for a ResNet on a data-centre GPU, so per-task overhead stays small), rounded
+    to whole batches.
+    """
+    from pipelines.stages import Stage, task_ranges
+
+    step_s = detector.clip_duration_s - detector.overlap_s
+    per_task = detector.clips_per_task or max(1, round(task_audio_s / step_s)) * (16 if gpu_workers else 1)
+    ranges = task_ranges(len(plan), per_task, align=detector.batch_size)
+    return Stage(detector.detector, plan, ranges, CnnTask(detector, dict(input_storage_options)),
+                 resources={"GPU": 1} if gpu_workers else None)

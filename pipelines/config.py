@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -22,7 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipelines.errors import ConfigError
 
 __all__ = ["ClipConfig", "ClusterConfig", "CnnModelConfig", "InputConfig", "OutputConfig", "RibbitSpecies", "RunConfig",
-           "SpectrogramConfig", "load_config"]
+           "SpectrogramConfig", "check_species_bands", "load_config"]
+
+logger = logging.getLogger(__name__)
 
 _ENV_PREFIX = "OPSO__"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -103,7 +106,7 @@ class ClipConfig(_Strict):
 
 
 class SpectrogramConfig(_Strict):
-    """``Spectrogram.from_audio`` settings, plus the store's chunking."""
+    """``Spectrogram.from_audio`` settings, what the run keeps of the spectrograms, and task sizes."""
 
     sample_rate: int | None = Field(None, gt=0, description="Hz; null: the most common rate in the archive")
     window_samples: int = Field(512, gt=1)
@@ -111,9 +114,23 @@ class SpectrogramConfig(_Strict):
     window_type: str = "hann"
     fft_size: int | None = Field(None, gt=1)
     decibel_limits: tuple[float, float] = (-100.0, -20.0)
-    clips_per_chunk: int = Field(64, gt=0, description="clips per Zarr chunk and per task")
+    store: Literal["compact", "full", "none"] = Field(
+        "compact", description="spectrograms.zarr: dB in steps of compact_step_db (1 byte a value), float32 "
+                               "dB, or no store")
+    compact_step_db: float = Field(0.625, gt=0, description="dB between the levels of a compact store")
+    clips_per_chunk: int = Field(64, gt=0, description="clips per Zarr chunk")
+    task_audio_s: float = Field(300.0, gt=0, description="seconds of audio per task (whole chunks)")
 
     _limits = field_validator("decibel_limits")(classmethod(lambda cls, v: _check_increasing(v, "[min, max]")))
+
+    @model_validator(mode="after")
+    def _compact_levels(self):
+        levels = (self.decibel_limits[1] - self.decibel_limits[0]) / self.compact_step_db
+        if self.store == "compact" and levels > 254:
+            raise ValueError(f"compact_step_db {self.compact_step_db} makes {levels:.0f} levels over decibel_limits "
+                             f"{list(self.decibel_limits)}; a compact store holds at most 254 (use a larger step, "
+                             "or store: full)")
+        return self
 
     @model_validator(mode="after")
     def _resolvable(self):
@@ -175,6 +192,8 @@ class CnnModelConfig(_Strict):
     overlap_fraction: float = Field(0.0, ge=0, lt=1, description="clip overlap as a fraction of the clip length")
     final_clip: Literal["extend", "full"] | None = None
     device: str = Field("auto", description="'auto' (CUDA if the worker has it), 'cpu', 'cuda', 'cuda:1', ...")
+    clips_per_task: int | None = Field(None, gt=0, description="clips per task; null: spectrogram.task_audio_s of "
+                                       "audio on CPU workers, 16x that on GPU workers")
 
     _name = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
 
@@ -288,8 +307,6 @@ class RunConfig(_Strict):
     @model_validator(mode="after")
     def _bands_below_nyquist(self):
         if self.spectrogram.sample_rate and self.ribbit:
-            from pipelines.ribbit_scores import check_species_bands
-
             params = self.spectrogram.params(self.spectrogram.sample_rate)
             check_species_bands(self.ribbit, self.spectrogram.sample_rate, params.step_samples)
         return self
@@ -337,6 +354,46 @@ def _read_text(source) -> str:
         raise ConfigError(f"configuration file not found: {source}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read the configuration file {source}: {exc}") from None
+
+
+def check_species_bands(species, sample_rate_hz: float, step_samples: int) -> None:
+    """Refuse species that cannot be measured at this sample rate and window step.
+
+    A ``signal_band`` or noise band entirely above the Nyquist frequency (``sample_rate_hz / 2``),
+    or a ``pulse_rate_range`` entirely above the Nyquist rate of the amplitude series (one value
+    per window step: ``sample_rate_hz / step_samples / 2``), would score every clip 0; a range
+    that only reaches past those limits is measured up to them, with a warning.
+
+    Parameters
+    ----------
+    species : sequence of objects with ``name``, ``signal_band``, ``noise_bands``, ``pulse_rate_range``
+    sample_rate_hz : float
+        Sample rate of the clips (Hz).
+    step_samples : int
+        Samples between consecutive spectrogram windows.
+
+    Raises
+    ------
+    ConfigError
+        Naming the species' key, e.g. ``ribbit.0.signal_band``.
+    """
+    nyquist_hz = sample_rate_hz / 2
+    frame_nyquist_hz = sample_rate_hz / step_samples / 2
+    for i, sp in enumerate(species):
+        bands = [("signal_band", sp.signal_band, nyquist_hz, f"the Nyquist frequency ({nyquist_hz:g} Hz) of "
+                  f"sample_rate {sample_rate_hz:g}")]
+        bands += [(f"noise_bands.{j}", band, nyquist_hz, f"the Nyquist frequency ({nyquist_hz:g} Hz) of "
+                   f"sample_rate {sample_rate_hz:g}") for j, band in enumerate(sp.noise_bands)]
+        bands.append(("pulse_rate_range", sp.pulse_rate_range, frame_nyquist_hz,
+                      f"the highest pulse rate ({frame_nyquist_hz:g} Hz) that windows every {step_samples} "
+                      f"samples at {sample_rate_hz:g} Hz can measure"))
+        for key, (low, high), limit, what in bands:
+            if low >= limit:
+                raise ConfigError(f"ribbit.{i}.{key}: [{low:g}, {high:g}] lies entirely above {what}; "
+                                  f"species {sp.name!r} would score 0 on every clip")
+            if high > limit:
+                logger.warning("ribbit.%d.%s: [%g, %g] reaches above %s; species %r is measured up to %g only",
+                               i, key, low, high, what, sp.name, limit)
 
 
 def _format_error(exc: ValidationError) -> str:

@@ -1,7 +1,8 @@
-"""The one place that turns the stage functions into Dask work.
+"""The one place that turns the stages into Dask work.
 
-``run_pipeline(config, client)``: inventory -> clip plan -> spectrogram chunks -> RIBBIT and CNN chunks,
-writing the output contract (``docs/pipeline.md``) under ``config.output.url``:
+``run_pipeline(config, client)``: inventory -> clip plan -> the stages (:mod:`pipelines.stages`):
+spectrograms (with RIBBIT) and one per CNN, writing the output contract (``docs/pipeline.md``)
+under ``config.output.url``:
 
     run.json, inventory.parquet, spectrograms.zarr, scores/detector=<detector>/part-*.parquet,
     detections/part-*.parquet, failures.parquet, _progress/<stage>/<range>.json
@@ -11,11 +12,10 @@ input, output folder and (from the CLI) the cluster settings; a previous run is 
 and only of the files a run writes (:mod:`pipelines.run_folder`).
 
 Resume: every task writes its outputs atomically under names derived from its clip range, then a
-marker in ``_progress/``. The marker is the truth: a task whose marker exists returns at once, so a
-task that Dask recomputes after losing a worker does no work twice. The driver drops each future
-as soon as it is done, so finished results are not kept (and not recomputed) on the workers. A rerun
-of the same configuration reuses the stored inventory (so the clip plan, and every name, is the
-same) and submits only the ranges without a marker.
+marker in ``_progress/``. The marker is the truth: a task whose marker exists returns at once. The
+driver drops each future as soon as it is done, so finished results are not kept (and not
+recomputed) on the workers. A rerun of the same configuration reuses the stored inventory (so the
+clip plan, and every name, is the same) and submits only the ranges without a marker.
 
 ``run.json`` is never left ``running`` by an error: a run that stops on an error says ``failed``
 with the message, one stopped by Ctrl-C or SIGTERM says ``interrupted``.
@@ -35,17 +35,15 @@ from importlib.metadata import PackageNotFoundError, version
 import pandas as pd
 import pyarrow as pa
 
-from opso_core.ribbit import RibbitParams
-from opso_core.spectrogram import SpectrogramParams
-from pipelines.clip_plan import chunk_ranges, plan_clips
-from pipelines.cnn_scores import describe_cnn_detector
-from pipelines.config import RunConfig
+from pipelines.clip_plan import plan_clips
+from pipelines.cnn_scores import cnn_stage, describe_cnn_detector
+from pipelines.config import RunConfig, check_species_bands
 from pipelines.inventory import inventory_files
 from pipelines.outputs import OutputLocation
 from pipelines.preflight import Preflight, check_run
 from pipelines.progress import StageProgress
 from pipelines.results import read_status
-from pipelines.ribbit_scores import check_species_bands, detector_name, score_chunk
+from pipelines.ribbit_scores import detector_name
 from pipelines.run_folder import clear_run_outputs
 from pipelines.score_tables import (
     DETECTION_SCHEMA,
@@ -54,7 +52,8 @@ from pipelines.score_tables import (
     empty_detections,
     score_schema,
 )
-from pipelines.spectrogram_store import STORE_NAME, compute_chunk, create_store
+from pipelines.spectrogram_stage import spectrogram_stage
+from pipelines.stages import run_stage_task
 from pipelines.waiting import wait_for_futures
 
 __all__ = ["FAILURE_COLUMNS", "RunSummary", "read_status", "run_pipeline"]
@@ -62,9 +61,6 @@ __all__ = ["FAILURE_COLUMNS", "RunSummary", "read_status", "run_pipeline"]
 logger = logging.getLogger(__name__)
 
 INVENTORY_BATCH_FILES = 32
-_SPEC_PROGRESS = "_progress/spectrograms"
-_RIBBIT_PROGRESS = "_progress/ribbit"
-_STAGE_ORDER = ["spectrograms", "ribbit", "cnn"]
 
 
 @dataclasses.dataclass(slots=True)
@@ -122,76 +118,6 @@ def _versions() -> dict[str, str]:
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-
-
-# ---- tasks: each returns at once when its marker exists (the marker is the truth)
-
-def _done_marker(location: OutputLocation, marker: str):
-    return location.read_json(marker) if location.exists(marker) else None
-
-
-def _finish(location: OutputLocation, marker: str, record: dict, started: float) -> dict:
-    try:
-        from distributed import get_worker
-
-        worker = get_worker().address
-    except (ImportError, ValueError):
-        worker = None
-    record.update(task_s=round(time.perf_counter() - started, 4), finished=time.time(), worker=worker)
-    location.write_json(marker, record)
-    return record
-
-
-def _spectrogram_task(clip_range, clips, location, params, sample_rate_hz, clip_duration_s, store_name, progress):
-    marker = f"{progress}/{clip_range.name}.json"
-    if (done := _done_marker(location, marker)) is not None:
-        return done["n_ok"]
-    started = time.perf_counter()
-    result = compute_chunk(clip_range, clips, location=location, params=params, sample_rate_hz=sample_rate_hz,
-                           clip_duration_s=clip_duration_s, store_name=store_name)
-    _finish(location, marker, {"n_ok": result.n_ok, "n_clips": len(clip_range),
-                               "failures": [list(f) for f in result.failures]}, started)
-    return result.n_ok
-
-
-def _ribbit_task(clip_range, clips, location, species, thresholds, _spectrograms_done=None):
-    marker = f"{_RIBBIT_PROGRESS}/{clip_range.name}.json"
-    if (done := _done_marker(location, marker)) is not None:
-        return done["detections"]
-    started = time.perf_counter()
-    detections = score_chunk(clip_range, clips, location=location, species=species, thresholds=thresholds)
-    return _finish(location, marker, {"detections": {detector_name(k): v for k, v in detections.items()}},
-                   started)["detections"]
-
-
-def _cnn_task(clip_range, clips, location, detector, _spectrograms_done=None):
-    from pipelines.cnn_scores import infer_chunk
-
-    marker = f"{_cnn_progress(detector)}/{clip_range.name}.json"
-    if (done := _done_marker(location, marker)) is not None:
-        return done
-    started = time.perf_counter()
-    result = infer_chunk(clip_range, clips, location=location, detector=detector)
-    return _finish(location, marker, {"detections": {detector.detector: result["detections"]},
-                                      "device": result["device"],
-                                      "model_load_s": result.get("model_load_s", 0.0)}, started)
-
-
-def _cnn_progress(detector) -> str:
-    return f"_progress/{detector.detector.replace(':', '-')}"
-
-
-@dataclasses.dataclass
-class _Store:
-    """One spectrogram store, the clip plan it holds and the CNN detectors that read it."""
-
-    name: str
-    progress: str
-    plan: pd.DataFrame
-    params: SpectrogramParams
-    sample_rate_hz: int
-    clip_duration_s: float
-    detectors: list = dataclasses.field(default_factory=list)
 
 
 # ---- the driver
@@ -279,29 +205,34 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
     plan = plan_clips(inventory, clip_duration=clips_cfg.duration, clip_overlap=clips_cfg.overlap,
                       final_clip=clips_cfg.final_clip)
     logger.info("%d clips of %.3g s at %d Hz", len(plan), clips_cfg.duration, sample_rate_hz)
-    stores, detectors = _plan_stores(config, location, inventory, plan, params, sample_rate_hz)
-    species = [RibbitParams(name=s.name, signal_band=s.signal_band, pulse_rate_range=s.pulse_rate_range,
-                            noise_bands=tuple(s.noise_bands), nfft=s.nfft) for s in config.ribbit]
-    thresholds = {s.name: s.threshold for s in config.ribbit}
+    gpu_workers = [a for a, w in client.scheduler_info(n_workers=-1)["workers"].items()
+                   if "GPU" in (w.get("resources") or {})]
+    stages = [spectrogram_stage(config, plan, params=params, sample_rate_hz=sample_rate_hz, location=location)]
+    detectors = [describe_cnn_detector(m, sample_rate_hz) for m in config.cnn]
+    if detectors:
+        logger.info("CNN tasks go to %s", f"{len(gpu_workers)} GPU worker(s)" if gpu_workers else "CPU workers")
+    for det in detectors:
+        det_plan = plan_clips(inventory, clip_duration=det.clip_duration_s, clip_overlap=det.overlap_s,
+                              final_clip=det.final_clip)
+        stages.append(cnn_stage(det, det_plan, input_storage_options=config.input.storage_options,
+                                task_audio_s=config.spectrogram.task_audio_s, gpu_workers=bool(gpu_workers)))
 
-    futures = _submit_tasks(client, location, stores, species, thresholds, config)
+    futures = _submit_tasks(client, location, stages, config.fingerprint())
     task_failures: list[dict] = []
     stage_s.update(_wait_for_tasks(futures, task_failures, progress, watch))
 
     # ---- collect what every task recorded, whether it ran now or in an earlier attempt
     failures = _failure_rows_from_inventory(inventory)
     n_clips_ok = 0
-    for store in stores:
-        for name in location.list(store.progress):
-            marker = location.read_json(f"{store.progress}/{name}")
-            if store.name == STORE_NAME:
-                n_clips_ok += marker["n_ok"]
-            failures += [dict(stage="spectrograms" if store.name == STORE_NAME else f"spectrograms:{store.name}",
-                              item=item, error_type=et, message=msg) for item, et, msg in marker["failures"]]
-    detections = {detector_name(s): 0 for s in thresholds} | {d.detector: 0 for d in detectors}
-    for folder in [_RIBBIT_PROGRESS] + [_cnn_progress(d) for d in detectors]:
-        for name in location.list(folder):
-            for det, n in location.read_json(f"{folder}/{name}")["detections"].items():
+    detections = {detector_name(s.name): 0 for s in config.ribbit} | {d.detector: 0 for d in detectors}
+    for stage in stages:
+        for name in location.list(stage.progress):
+            record = location.read_json(f"{stage.progress}/{name}")
+            if stage.counts_clips:
+                n_clips_ok += record["n_ok"]
+            failures += [dict(stage=stage.name, item=item, error_type=et, message=msg)
+                         for item, et, msg in record["failures"]]
+            for det, n in record["detections"].items():
                 detections[det] = detections.get(det, 0) + n
     _write_empty_tables(location, config, detectors)
     failures += task_failures
@@ -370,75 +301,30 @@ def _failure_rows_from_inventory(inventory: pd.DataFrame) -> list[dict]:
     return rows
 
 
-def _plan_stores(config, location, inventory, plan, params, sample_rate_hz):
-    """The spectrogram stores of the run (created here when new) and its CNN detectors."""
-    clips_cfg, sc = config.clips, config.spectrogram
-    main = _Store(STORE_NAME, _SPEC_PROGRESS, plan, params, sample_rate_hz, clips_cfg.duration)
-    main_key = (params, sample_rate_hz, clips_cfg.duration, clips_cfg.overlap, clips_cfg.final_clip)
-    stores, detectors = [main], []
-    for model_cfg in config.cnn:
-        det = describe_cnn_detector(model_cfg, sample_rate_hz)
-        if (det.params, det.sample_rate_hz, det.clip_duration_s, det.overlap_s, det.final_clip) == main_key:
-            det = dataclasses.replace(det, store=STORE_NAME)  # same input as the run's store: share it
-            main.detectors.append(det)
-        else:
-            det_plan = plan_clips(inventory, clip_duration=det.clip_duration_s, clip_overlap=det.overlap_s,
-                                  final_clip=det.final_clip)
-            stores.append(_Store(det.store_name, f"_progress/{det.store_name.removesuffix('.zarr')}", det_plan,
-                                 det.params, det.sample_rate_hz, det.clip_duration_s, detectors=[det]))
-        detectors.append(det)
-    for store in stores:
-        if not location.exists(f"{store.name}/.zmetadata"):
-            create_store(location, store.plan, params=store.params, sample_rate_hz=store.sample_rate_hz,
-                         clip_duration_s=store.clip_duration_s, clips_per_chunk=sc.clips_per_chunk,
-                         store_name=store.name)
-    return stores, detectors
-
-
-def _submit_tasks(client, location, stores, species, thresholds, config) -> dict:
-    """Submit every task without a marker; returns ``{future: (stage, ClipRange)}`` (the only references)."""
-    fingerprint = config.fingerprint()
-    clips_per_chunk = config.spectrogram.clips_per_chunk
-    gpu_workers = [a for a, w in client.scheduler_info(n_workers=-1)["workers"].items()
-                   if "GPU" in (w.get("resources") or {})]
-    if any(store.detectors for store in stores):
-        logger.info("CNN tasks go to %s", f"{len(gpu_workers)} GPU worker(s)" if gpu_workers else "CPU workers")
+def _submit_tasks(client, location: OutputLocation, stages, fingerprint: str) -> dict:
+    """Submit every task without a marker, one batch per stage; returns ``{future: (stage, ClipRange)}``
+    (the only references to the futures)."""
     futures: dict = {}
-    n_chunks = 0
-    ribbit_done = {n.removesuffix(".json") for n in location.list(_RIBBIT_PROGRESS)}
-    for store in stores:
-        done = {n.removesuffix(".json") for n in location.list(store.progress)}
-        cnn_done = {d.name: {n.removesuffix(".json") for n in location.list(_cnn_progress(d))}
-                    for d in store.detectors}
-        for r in chunk_ranges(len(store.plan), clips_per_chunk):
-            n_chunks += 1
-            chunk = store.plan.iloc[r.start : r.stop]
-            dep = None
-            if r.name not in done:
-                dep = client.submit(_spectrogram_task, r, chunk, location, store.params, store.sample_rate_hz,
-                                    store.clip_duration_s, store.name, store.progress,
-                                    key=f"spectrograms-{fingerprint}-{store.name}-{r.name}", retries=1)
-                futures[dep] = ("spectrograms", r)
-            if store.name == STORE_NAME and species and r.name not in ribbit_done:
-                fut = client.submit(_ribbit_task, r, chunk, location, species, thresholds, dep,
-                                    key=f"ribbit-{fingerprint}-{r.name}", retries=1)
-                futures[fut] = ("ribbit", r)
-            for det in store.detectors:
-                if r.name in cnn_done[det.name]:
-                    continue
-                fut = client.submit(_cnn_task, r, chunk, location, det, dep,
-                                    key=f"{det.detector}-{fingerprint}-{r.name}", retries=1,
-                                    resources={"GPU": 1} if gpu_workers else None)
-                futures[fut] = ("cnn", r)
-    logger.info("%d tasks to run (%d chunks in %d stores)", len(futures), n_chunks, len(stores))
+    for stage in stages:
+        done = {n.removesuffix(".json") for n in location.list(stage.progress)}
+        todo = [r for r in stage.ranges if r.name not in done]
+        if not todo:
+            continue
+        futs = client.map(run_stage_task, [stage.task] * len(todo), todo,
+                          [stage.plan.iloc[r.start : r.stop] for r in todo], [location] * len(todo),
+                          [stage.marker(r) for r in todo],
+                          key=[f"{stage.name}-{fingerprint}-{r.name}" for r in todo], retries=1,
+                          resources=stage.resources, pure=False)
+        futures.update({fut: (stage.name, r) for fut, r in zip(futs, todo, strict=True)})
+    n_ranges = sum(len(stage.ranges) for stage in stages)
+    logger.info("%d tasks to run (%d in %d stages)", len(futures), n_ranges, len(stages))
     return futures
 
 
 def _wait_for_tasks(futures: dict, task_failures: list, progress: bool, watch) -> dict:
     """Wait for the tasks (``futures`` is emptied as they finish); returns each stage's wall time (s)."""
     totals = collections.Counter(stage for stage, _ in futures.values())
-    stages = sorted(totals, key=_STAGE_ORDER.index)
-    bar = StageProgress({st: totals[st] for st in stages}, enabled=progress)
+    bar = StageProgress(dict(totals), enabled=progress)
     remaining = dict(totals)
     stage_s = {}
     t0 = time.perf_counter()

@@ -1,22 +1,31 @@
-"""Spectrograms stage: clip spectrograms into a chunked Zarr store (an xarray Dataset).
+"""Clip spectrograms, and the chunked Zarr store (an xarray Dataset) that keeps them for the user.
 
 Layout (``spectrograms.zarr``, Zarr format 2 with consolidated metadata)::
 
-    spectrogram (clip, frequency, time) float32, dB; chunks (clips_per_chunk, all, all)
+    spectrogram (clip, frequency, time), dB; chunks (clips_per_chunk, all, all)
     coords: clip, frequency (Hz), time (s from the clip start), and per clip: file, recorder,
             start_time, end_time (s from the file start), start_time_utc
-    attrs:  spectrogram parameters, sample_rate_hz, clip_duration_s, window_step_s
+    attrs:  spectrogram parameters, sample_rate_hz, clip_duration_s, window_step_s, store, precision_db
 
-The driver writes the coordinates and the metadata once (:func:`create_store`); each task computes
-one chunk-aligned :class:`~pipelines.clip_plan.ClipRange` and writes only its own chunk
-(:func:`compute_chunk`). A clip's values equal ``Spectrogram.from_audio(clip_audio, **params)``
-where ``clip_audio = Audio.from_file(file, offset=start_time, duration=clip_duration,
-sample_rate=sample_rate_hz)``, padded with silence to the clip length if the file ends first.
-Clips that cannot be read are NaN and reported as failures.
+Two encodings (``spectrogram.store``):
 
-Memory: a task holds the audio of its own clips only (``clips_per_chunk`` x clip duration at the
-native rate, plus one decoded segment per file it touches), never a whole recording: a 24 h file
-is processed in pieces of ``clips_per_chunk`` clips.
+- ``compact`` (default): one byte a value, ``code = round((dB - min_db) / step_db)`` with
+  ``step_db = spectrogram.compact_step_db`` (0.625 dB: 129 levels over the default [-100, -20] dB);
+  values are within ``step_db / 2`` of the computed dB. The array carries CF ``scale_factor`` /
+  ``add_offset`` attributes, so ``xr.open_zarr`` returns dB values directly. About 0.33x the size of
+  16-bit audio on a noisy archive (less where the noise floor is below ``decibel_limits``).
+- ``full``: float32 dB, as computed (about 1.5x the size of 16-bit audio).
+
+Clips that cannot be read are NaN (code 255 in a compact store) and reported as failures. A
+clip's values are ``Spectrogram.from_audio(clip_audio, **params)`` where ``clip_audio =
+Audio.from_file(file, offset=start_time, duration=clip_duration, sample_rate=sample_rate_hz)``,
+padded with silence to the clip length if the file ends first.
+
+The driver writes the coordinates and the metadata once (:func:`create_store`); each task writes
+only its own, chunk-aligned clip range (:func:`write_values`), so no two tasks touch one chunk.
+
+Memory: a task holds the audio of its own clips only (``clips`` x clip duration at the native
+rate, plus one decoded segment per file it touches), never a whole recording.
 """
 
 from __future__ import annotations
@@ -28,26 +37,67 @@ import logging
 import numpy as np
 import pandas as pd
 
-from opso_core.audio import _mix_to_mono, _read_frames, _sample_index, resample_samples
-from opso_core.audio_info import audio_file_info
+from opso_core.audio import load_clips
 from opso_core.spectrogram import SpectrogramParams, spectrograms_from_clips
 from opso_core.stft import window_times
 from pipelines.clip_plan import ClipRange
 from pipelines.outputs import OutputLocation
 
-__all__ = ["STORE_NAME", "ChunkResult", "clip_audio_batch", "compute_chunk", "create_store", "open_store"]
+__all__ = ["STORE_NAME", "ClipSpectrograms", "StoreEncoding", "clip_audio_batch", "clip_spectrograms",
+           "create_store", "open_store", "write_values"]
 
 logger = logging.getLogger(__name__)
 STORE_NAME = "spectrograms.zarr"
+_MISSING_CODE = 255
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class ChunkResult:
-    """What one spectrogram task did: clips written and clips that failed (with reasons)."""
+class StoreEncoding:
+    """How a store keeps dB values: ``compact`` (uint8 codes in ``step_db`` steps) or ``full`` (float32)."""
 
-    clip_range: ClipRange
-    n_ok: int
-    failures: tuple[tuple[str, str, str], ...]  # (item, error_type, message)
+    kind: str = "compact"
+    step_db: float = 0.625
+    decibel_limits: tuple[float, float] = (-100.0, -20.0)
+
+    @property
+    def precision_db(self) -> float:
+        """Largest difference (dB) between a stored value and the computed one."""
+        return self.step_db / 2 if self.kind == "compact" else 0.0
+
+    def encode(self, values: np.ndarray) -> np.ndarray:
+        """Stored form of dB ``values`` (NaN for clips that failed)."""
+        if self.kind == "full":
+            return values.astype(np.float32, copy=False)
+        lo, hi = self.decibel_limits
+        scaled = (np.clip(values, lo, hi) - np.float32(lo)) * np.float32(1 / self.step_db)
+        np.rint(scaled, out=scaled)
+        scaled[np.isnan(values)] = _MISSING_CODE
+        return scaled.astype(np.uint8)
+
+    @property
+    def fill_value(self):
+        """The stored value of a missing clip."""
+        return np.float32(np.nan) if self.kind == "full" else np.uint8(_MISSING_CODE)
+
+    def codec(self):
+        """The compressor of the store's chunks (as written in its ``.zarray``)."""
+        from numcodecs import Blosc
+
+        if self.kind == "full":
+            return Blosc("lz4", 5, Blosc.SHUFFLE)
+        return Blosc("zstd", 1, Blosc.NOSHUFFLE)  # single bytes: no shuffle (measured: smallest, and fast)
+
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ClipSpectrograms:
+    """Spectrograms of a range of clips: ``values`` (n, n_frequencies, n_times) float32 dB (NaN where the
+    clip failed), ``ok`` (n,) bool, ``frequencies`` (Hz) and failures as ``(item, error_type, message)``."""
+
+    values: np.ndarray
+    ok: np.ndarray
+    frequencies: np.ndarray
+    failures: tuple[tuple[str, str, str], ...]
 
 
 def clip_audio_batch(clips: pd.DataFrame, *, sample_rate_hz: int, clip_duration_s: float,
@@ -75,25 +125,31 @@ def clip_audio_batch(clips: pd.DataFrame, *, sample_rate_hz: int, clip_duration_
     starts_s = clips["start_time"].to_numpy()
     for file, rows in clips.groupby("file", sort=False).indices.items():
         try:
-            info = audio_file_info(file, storage_options=storage_options)
-            native = info.sample_rate_hz
-            n_native = int(round(clip_duration_s * native))
-            first = np.array([_sample_index(t, native) for t in starts_s[rows]])
-            seg_start = int(first.min())
-            seg_stop = min(int(first.max()) + n_native, info.frames)
-            # one read per file per chunk, reusing the header just read (Audio.from_file would read it again)
-            segment = _mix_to_mono(_read_frames(file, seg_start, seg_stop - seg_start, np.float32, storage_options))
-            for row, frame in zip(rows, first, strict=True):
-                piece = segment[frame - seg_start : frame - seg_start + n_native]
-                if native != sample_rate_hz:
-                    piece = resample_samples(piece, native, sample_rate_hz)
-                piece = piece[:n_out]
-                samples[row, : len(piece)] = piece
-                ok[row] = True
+            samples[rows] = load_clips(file, starts_s[rows], clip_duration_s, sample_rate_hz,
+                                       storage_options=storage_options)
+            ok[rows] = True
         except Exception as exc:  # one bad file must not lose the other files' clips
             logger.warning("could not read clips of %s: %s", file, exc)
             failures.append((str(file), type(exc).__name__, str(exc)))
     return samples, ok, failures
+
+
+def clip_spectrograms(clips: pd.DataFrame, *, params: SpectrogramParams, sample_rate_hz: int,
+                      clip_duration_s: float, storage_options=None) -> ClipSpectrograms:
+    """Read the clips' audio and compute their spectrograms (float32 dB) in one vectorised call.
+
+    ``clips`` holds plan rows (``clip``, ``file``, ``start_time``); failures name the file and the
+    global clip numbers it lost.
+    """
+    samples, ok, file_failures = clip_audio_batch(clips, sample_rate_hz=sample_rate_hz,
+                                                  clip_duration_s=clip_duration_s, storage_options=storage_options)
+    values, frequencies, _ = spectrograms_from_clips(samples, sample_rate_hz, params=params, dtype=np.float32)
+    values[~ok] = np.nan
+    failures = []
+    for file, error_type, message in file_failures:
+        idx = clips.loc[clips["file"] == file, "clip"]
+        failures.append((f"{file} clips {int(idx.min())}-{int(idx.max())}", error_type, message))
+    return ClipSpectrograms(values, ok, frequencies, tuple(failures))
 
 
 def open_store(location: OutputLocation, mode="r+", store_name: str = STORE_NAME):
@@ -104,64 +160,91 @@ def open_store(location: OutputLocation, mode="r+", store_name: str = STORE_NAME
                            storage_options=location.storage_options or None)
 
 
-def create_store(location: OutputLocation, plan: pd.DataFrame, *, params: SpectrogramParams, sample_rate_hz: int,
-                 clip_duration_s: float, clips_per_chunk: int, store_name: str = STORE_NAME) -> None:
-    """Write the store's metadata and per-clip coordinates; the values are written by the tasks."""
-    import dask.array as da
-    import xarray as xr
+_COORD_CODEC = ("lz4", 5)  # blosc settings of the coordinate arrays
+_NAT = np.iinfo(np.int64).min
 
+
+def create_store(location: OutputLocation, plan: pd.DataFrame, *, params: SpectrogramParams, sample_rate_hz: int,
+                 clip_duration_s: float, clips_per_chunk: int, encoding: StoreEncoding | None = None,
+                 store_name: str = STORE_NAME) -> None:
+    """Write the store's metadata and per-clip coordinates; the values are written by the tasks.
+
+    The layout is the one ``xarray.Dataset.to_zarr`` writes (``_ARRAY_DIMENSIONS``, CF attributes,
+    consolidated metadata), made with zarr directly: the driver needs neither xarray nor dask.
+    """
+    import zarr
+    from numcodecs import Blosc
+
+    encoding = encoding or StoreEncoding(decibel_limits=tuple(params.decibel_limits))
     n_samples = int(round(clip_duration_s * sample_rate_hz))
     n_freq, n_time = params.n_frequencies(), params.n_times(n_samples)
     n = len(plan)
-    template = da.full((n, n_freq, n_time), np.nan, dtype=np.float32,
-                       chunks=(clips_per_chunk, n_freq, n_time))
+    url = location.url_of(store_name)
+    group = zarr.open_group(url, mode="w", zarr_format=2, storage_options=location.storage_options or None)
+    coord_codec = Blosc(_COORD_CODEC[0], _COORD_CODEC[1], Blosc.SHUFFLE)
+
+    def array(name, data, dims, chunks, attrs=None, fill_value=None):
+        arr = group.create_array(name, shape=data.shape, chunks=chunks, dtype=data.dtype if data.dtype != object
+                                 else str, fill_value=fill_value, compressors=coord_codec)
+        if n or data.ndim == 1 and len(data):
+            arr[...] = data
+        arr.attrs.update({**(attrs or {}), "_ARRAY_DIMENSIONS": list(dims)})
+
+    per_clip = max(1, clips_per_chunk)
     utc = pd.to_datetime(plan["start_time_utc"], utc=True).dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
-    ds = xr.Dataset(
-        {"spectrogram": (("clip", "frequency", "time"), template)},
-        coords={
-            "clip": plan["clip"].to_numpy(np.int64),
-            "frequency": params.frequencies(sample_rate_hz),
-            "time": window_times(params, n_samples, sample_rate_hz),
-            "file": ("clip", plan["file"].to_numpy(dtype=object)),
-            "recorder": ("clip", plan["recorder"].to_numpy(dtype=object)),
-            "start_time": ("clip", plan["start_time"].to_numpy(np.float64)),
-            "end_time": ("clip", plan["end_time"].to_numpy(np.float64)),
-            "start_time_utc": ("clip", utc),
-        },
-        attrs={
-            "spectrogram_params": json.dumps(params.as_dict()),
-            "sample_rate_hz": int(sample_rate_hz),
-            "clip_duration_s": float(clip_duration_s),
-            "window_step_s": params.step_samples / sample_rate_hz,
-            "units": "dB" if params.dB_scale else "power",
-        },
-    )
-    ds["spectrogram"].attrs.update(long_name="spectrogram", units="dB")
-    ds["frequency"].attrs["units"] = "Hz"
-    ds["time"].attrs["units"] = "s (window centre, from the clip start)"
-    encoding = {k: {"chunks": (clips_per_chunk,)} for k in ("file", "recorder", "start_time", "end_time",
-                                                           "start_time_utc")}
-    encoding["start_time_utc"].update(units="nanoseconds since 1970-01-01", dtype="int64")
-    ds.to_zarr(location.url_of(store_name), mode="w", compute=False, zarr_format=2, consolidated=True,
-               encoding=encoding, storage_options=location.storage_options or None)
+    utc_ns = np.where(np.isnat(utc), _NAT, utc.view(np.int64))
+    array("clip", plan["clip"].to_numpy(np.int64), ["clip"], (max(n, 1),))
+    array("frequency", params.frequencies(sample_rate_hz), ["frequency"], (n_freq,), {"units": "Hz"}, np.nan)
+    array("time", window_times(params, n_samples, sample_rate_hz), ["time"], (max(n_time, 1),),
+          {"units": "s (window centre, from the clip start)"}, np.nan)
+    array("file", plan["file"].to_numpy(dtype=object), ["clip"], (per_clip,))
+    array("recorder", plan["recorder"].to_numpy(dtype=object), ["clip"], (per_clip,))
+    array("start_time", plan["start_time"].to_numpy(np.float64), ["clip"], (per_clip,), None, np.nan)
+    array("end_time", plan["end_time"].to_numpy(np.float64), ["clip"], (per_clip,), None, np.nan)
+    array("start_time_utc", utc_ns, ["clip"], (per_clip,),
+          {"units": "nanoseconds since 1970-01-01", "calendar": "proleptic_gregorian", "_FillValue": int(_NAT)})
+    values = group.create_array("spectrogram", shape=(n, n_freq, n_time), chunks=(per_clip, n_freq, n_time),
+                                dtype=np.float32 if encoding.kind == "full" else np.uint8,
+                                fill_value=encoding.fill_value.item() if encoding.kind != "full" else np.nan,
+                                compressors=encoding.codec())
+    attrs = {"long_name": "spectrogram", "units": "dB",
+             "coordinates": "end_time file recorder start_time start_time_utc",
+             "_ARRAY_DIMENSIONS": ["clip", "frequency", "time"]}
+    if encoding.kind == "compact":
+        attrs.update(scale_factor=float(encoding.step_db), add_offset=float(encoding.decibel_limits[0]),
+                     _FillValue=_MISSING_CODE)
+    values.attrs.update(attrs)
+    group.attrs.update({
+        "spectrogram_params": json.dumps(params.as_dict()),
+        "sample_rate_hz": int(sample_rate_hz),
+        "clip_duration_s": float(clip_duration_s),
+        "window_step_s": params.step_samples / sample_rate_hz,
+        "units": "dB" if params.dB_scale else "power",
+        "store": encoding.kind,
+        "precision_db": encoding.precision_db,
+    })
+    zarr.consolidate_metadata(group.store, zarr_format=2)
 
 
-def compute_chunk(clip_range: ClipRange, clips: pd.DataFrame, *, location: OutputLocation,
-                  params: SpectrogramParams, sample_rate_hz: int, clip_duration_s: float,
-                  store_name: str = STORE_NAME) -> ChunkResult:
-    """Compute and write the spectrograms of one chunk-aligned range of clips.
+def write_values(location: OutputLocation, clip_range: ClipRange, values: np.ndarray, *, encoding: StoreEncoding,
+                 clips_per_chunk: int, store_name: str = STORE_NAME) -> None:
+    """Write the dB ``values`` of ``clip_range`` (which starts on a chunk boundary) into the store.
 
-    ``clips`` holds the plan rows of ``clip_range`` (in order). Returns a :class:`ChunkResult`.
+    Each chunk is compressed here and written as one object under its Zarr v2 key
+    (``spectrogram/<k>.0.0``), atomically (:meth:`OutputLocation.write_bytes`); the last chunk of
+    the array is padded to the full chunk shape, as Zarr stores it.
     """
-    samples, ok, file_failures = clip_audio_batch(clips, sample_rate_hz=sample_rate_hz,
-                                                  clip_duration_s=clip_duration_s,
-                                                  storage_options=location.storage_options)
-    values, _, _ = spectrograms_from_clips(samples, sample_rate_hz, params=params, dtype=np.float32)
-    values[~ok] = np.nan
-    store = open_store(location, store_name=store_name)
-    store["spectrogram"][clip_range.start : clip_range.stop] = values
-    failures = []
-    for file, error_type, message in file_failures:
-        idx = clips.loc[clips["file"] == file, "clip"]
-        failures.append((f"{file} clips {int(idx.min())}-{int(idx.max())}", error_type, message))
-    return ChunkResult(clip_range, int(ok.sum()), tuple(failures))
+    import numcodecs
+
+    if clip_range.start % clips_per_chunk:
+        raise ValueError(f"clip range {clip_range.name} does not start on a chunk of {clips_per_chunk} clips")
+    numcodecs.blosc.use_threads = False  # a Dask worker's threads are its only threads (one per core)
+    codec = encoding.codec()
+    stored = encoding.encode(values)
+    for offset in range(0, len(stored), clips_per_chunk):
+        block = stored[offset : offset + clips_per_chunk]
+        if len(block) < clips_per_chunk:
+            pad = np.full((clips_per_chunk - len(block), *block.shape[1:]), encoding.fill_value, dtype=block.dtype)
+            block = np.concatenate([block, pad])
+        k = (clip_range.start + offset) // clips_per_chunk
+        location.write_bytes(f"{store_name}/spectrogram/{k}.0.0", codec.encode(np.ascontiguousarray(block)))

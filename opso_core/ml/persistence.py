@@ -26,8 +26,8 @@ import torch
 
 from opso_core.errors import OpsoError, OpsoValueError
 
-__all__ = ["FORMAT_NAME", "PickleNotAllowedError", "UnsafeToDescribeError", "is_opso_model_file", "load_safe",
-           "save_safe"]
+__all__ = ["FORMAT_NAME", "PickleNotAllowedError", "UnsafeToDescribeError", "from_json_value", "is_opso_model_file",
+           "load_safe", "read_description", "save_safe"]
 
 FORMAT_NAME = "opso-model"
 FORMAT_VERSION = 1
@@ -59,16 +59,42 @@ def _json_value(value, where):
                                 "store; save with pickle=True (loading then needs allow_pickle=True)")
 
 
-def _from_json(value):
+def from_json_value(value):
+    """A value of a model description as Python again (tuples and dtypes are tagged in the JSON)."""
     if isinstance(value, dict):
         if set(value) == {"__tuple__"}:
-            return tuple(_from_json(v) for v in value["__tuple__"])
+            return tuple(from_json_value(v) for v in value["__tuple__"])
         if set(value) == {"__dtype__"}:
             return np.dtype(value["__dtype__"]).type
-        return {k: _from_json(v) for k, v in value.items()}
+        return {k: from_json_value(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_from_json(v) for v in value]
+        return [from_json_value(v) for v in value]
     return value
+
+
+_from_json = from_json_value
+
+
+def read_description(source) -> dict:
+    """The JSON description (classes, preprocessor, architecture; not the weights) of a model file.
+
+    Parameters
+    ----------
+    source : path, file-like or bytes
+        A file written by :func:`save_safe`.
+
+    Raises
+    ------
+    OpsoValueError
+        Not a model in opso's safe format (for example a pickled model).
+    """
+    if isinstance(source, bytes | bytearray):
+        source = io.BytesIO(source)
+    try:
+        with zipfile.ZipFile(source) as zf:
+            return json.loads(zf.read(_JSON_NAME))
+    except (zipfile.BadZipFile, KeyError) as exc:
+        raise OpsoValueError("not a model in opso's safe format") from exc
 
 
 def describe_preprocessor(preprocessor) -> dict:

@@ -35,7 +35,7 @@ def work(tmp_path, source_archive):
 
 def write_config(work, name="run.yaml", *, input_url=None, output_url=None, **sections):
     cfg = {"input": {"url": str(input_url or work / "archive")}, "output": {"url": str(output_url or work / "out")},
-           "spectrogram": {"sample_rate": SR, "clips_per_chunk": 4}, "ribbit": [FROG],
+           "spectrogram": {"sample_rate": SR, "clips_per_chunk": 4, "task_audio_s": 8.0}, "ribbit": [FROG],
            "cluster": {"n_workers": 1, "processes": False}}
     for key, value in sections.items():
         cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value

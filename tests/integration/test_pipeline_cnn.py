@@ -64,7 +64,8 @@ def test_scores_equal_cnn_predict(cnn_archive, model_file, dask_client, tmp_path
     assert set(detections.detector) <= {"cnn:toy"}
     for cls in CLASSES:
         assert (detections["class"] == cls).sum() == (expected[cls] >= 0.5).sum()
-    assert loc.exists("spectrograms-cnn-toy.zarr/.zmetadata")
+    # the model's clips (1 s steps) differ from the run's: its input was computed from the audio, no store
+    assert not [n for n in loc.list("") if n.startswith("spectrograms-")]
     assert summary.detections["cnn:toy"] == len(detections)
 
 
@@ -100,11 +101,12 @@ def test_tasks_run_on_the_gpu_worker(cnn_archive, model_file, tmp_path):
                     break
                 time.sleep(0.2)
             assert gpu, "the GPU worker did not register"
-            summary = run_pipeline(config(cnn_archive.root, tmp_path / "out", path), client, progress=False)
+            summary = run_pipeline(config(cnn_archive.root, tmp_path / "out", path, clips_per_task=4), client,
+                                   progress=False)
             assert summary.status == "complete"
             loc = OutputLocation(str(tmp_path / "out"))
             markers = [loc.read_json(f"_progress/cnn-toy/{n}") for n in loc.list("_progress/cnn-toy")]
-            assert len(markers) == 3  # 12 clips in chunks of 4
+            assert len(markers) == 3  # 12 clips in tasks of 4
             assert {m["worker"] for m in markers} == set(gpu)
             assert {m["device"] for m in markers} == {"cpu"}
         finally:
@@ -117,10 +119,25 @@ def test_pipeline_scores_table_columns(cnn_archive, model_file, dask_client, tmp
     run_pipeline(config(cnn_archive.root, tmp_path / "out", path, activation=None, threshold={"frog": 0.0, "other": 99}),
                  dask_client, progress=False)
     loc = OutputLocation(str(tmp_path / "out"))
-    scores = loc.read_parquet("scores/detector=cnn:toy/part-000000000-000000004.parquet")
+    scores = loc.read_parquet("scores/detector=cnn:toy/part-000000000-000000012.parquet")  # one task: 12 clips
     assert list(scores.columns) == ["file", "recorder", "start_time", "end_time", "start_time_utc", "frog", "other"]
     detections = loc.read_parquet_folder("detections")
     assert set(detections["class"]) <= {"frog"}  # the impossible threshold keeps 'other' out
     assert isinstance(detections.start_time_utc.iloc[0], pd.Timestamp)
-    # the model's clips and spectrogram settings equal the run's: it reads spectrograms.zarr, no second store
-    assert not loc.exists("spectrograms-cnn-toy.zarr")
+    assert not [n for n in loc.list("") if n.startswith("spectrograms-")]
+
+
+def test_scores_do_not_depend_on_what_the_store_keeps(cnn_archive, model_file, dask_client, tmp_path):
+    """The CNN's input is computed in full precision from the audio: the same scores whether the run
+    keeps a compact store, a full one or none."""
+    path, _ = model_file
+    tables = {}
+    for store in ("compact", "full", "none"):
+        cfg = config(cnn_archive.root, tmp_path / store, path)
+        cfg = cfg.model_copy(update={"spectrogram": cfg.spectrogram.model_copy(update={"store": store})})
+        run_pipeline(cfg, dask_client, progress=False)
+        loc = OutputLocation(str(tmp_path / store))
+        tables[store] = loc.read_parquet_folder("scores/detector=cnn:toy").sort_values(["file", "start_time"])
+        assert loc.exists("spectrograms.zarr") == (store != "none")
+    pd.testing.assert_frame_equal(tables["compact"], tables["full"])
+    pd.testing.assert_frame_equal(tables["compact"], tables["none"])

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 def write_config(path, archive_root, out):
     cfg = {"input": {"url": str(archive_root)}, "output": {"url": str(out)},
            "clips": {"duration": 0.5},
-           "spectrogram": {"sample_rate": 16000, "window_samples": 256, "clips_per_chunk": 2},
+           "spectrogram": {"sample_rate": 16000, "window_samples": 256, "clips_per_chunk": 2, "task_audio_s": 1.0},
            "ribbit": [{"name": "frog12", "signal_band": [1800, 2200], "pulse_rate_range": [9, 15],
                        "threshold": 0.001}],
            "cluster": {"kind": "local", "n_workers": 2, "threads_per_worker": 1}}

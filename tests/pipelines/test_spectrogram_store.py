@@ -10,7 +10,8 @@ from opso_core.spectrogram import SpectrogramParams
 from opso_core.testing import tone
 from pipelines.clip_plan import ClipRange, plan_clips
 from pipelines.outputs import OutputLocation
-from pipelines.spectrogram_store import clip_audio_batch, compute_chunk, create_store, open_store
+from pipelines.spectrogram_stage import SpectrogramTask
+from pipelines.spectrogram_store import StoreEncoding, clip_audio_batch, create_store, open_store
 
 
 def test_clip_audio_matches_from_file(tmp_path):
@@ -40,7 +41,7 @@ def test_unreadable_file_fails_its_clips_only(tmp_path):
 
 @pytest.mark.slow
 def test_task_memory_does_not_grow_with_file_length(tmp_path):
-    """A 40-minute file (77 MB as float32) is processed in chunks of 16 clips x 2 s."""
+    """A 40-minute file (77 MB as float32) is processed in ranges of 16 clips x 2 s."""
     path = tmp_path / "long.wav"
     sr = 8000
     minutes = 40
@@ -53,15 +54,53 @@ def test_task_memory_does_not_grow_with_file_length(tmp_path):
     plan = plan_clips(inv, clip_duration=2.0)
     params = SpectrogramParams.resolve(sr)
     loc = OutputLocation(str(tmp_path / "out"))
-    create_store(loc, plan, params=params, sample_rate_hz=sr, clip_duration_s=2.0, clips_per_chunk=16)
+    encoding = StoreEncoding("full")
+    create_store(loc, plan, params=params, sample_rate_hz=sr, clip_duration_s=2.0, clips_per_chunk=16,
+                 encoding=encoding)
+    task = SpectrogramTask(params=params, sample_rate_hz=sr, clip_duration_s=2.0, input_storage_options={},
+                           encoding=encoding, clips_per_chunk=16)
     r = ClipRange(640, 656)  # clips from the middle of the file
     tracemalloc.start()
-    result = compute_chunk(r, plan.iloc[r.start : r.stop], location=loc, params=params, sample_rate_hz=sr,
-                           clip_duration_s=2.0)
+    record = task(r, plan.iloc[r.start : r.stop], loc)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert result.n_ok == 16
+    assert record["n_ok"] == 16 and record["failures"] == []
     assert peak < 25e6, f"peak {peak / 1e6:.1f} MB"  # the whole file would be 77 MB as float32
     stored = open_store(loc, mode="r")["spectrogram"][645]
     ref = Spectrogram.from_audio(Audio.from_file(path, offset=plan.start_time[645], duration=2.0))
     np.testing.assert_allclose(stored, ref.spectrogram, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["compact", "full"])
+def test_store_encodings_round_trip_through_xarray(tmp_path, kind):
+    import xarray as xr
+
+    sr = 8000
+    path = tmp_path / "a.wav"
+    rng = np.random.default_rng(1)
+    soundfile.write(path, (0.05 * rng.standard_normal(sr * 9)).astype(np.float32), sr, subtype="PCM_16")
+    inv = pd.DataFrame({"file": [str(path), str(tmp_path / "gone.wav")], "recorder": ["r", "r"],
+                        "start_time_utc": [pd.NaT, pd.NaT], "duration_s": [9.0, 2.0], "status": ["ok", "ok"]})
+    plan = plan_clips(inv, clip_duration=2.0)
+    params = SpectrogramParams.resolve(sr, window_samples=256)
+    encoding = StoreEncoding(kind, 0.625, (-100.0, -20.0))
+    loc = OutputLocation(str(tmp_path / "out"))
+    create_store(loc, plan, params=params, sample_rate_hz=sr, clip_duration_s=2.0, clips_per_chunk=2,
+                 encoding=encoding)
+    task = SpectrogramTask(params=params, sample_rate_hz=sr, clip_duration_s=2.0, input_storage_options={},
+                           encoding=encoding, clips_per_chunk=2)
+    record = task(ClipRange(0, 5), plan, loc)  # the last chunk is partial: padded as zarr stores it
+    assert record["n_ok"] == 4 and record["failures"][0][0].endswith("gone.wav clips 4-4")
+    ds = xr.open_zarr(loc.url_of("spectrograms.zarr"))
+    assert ds.attrs["store"] == kind and ds.attrs["precision_db"] == (0.3125 if kind == "compact" else 0.0)
+    for clip in range(4):
+        ref = Spectrogram.from_audio(Audio.from_file(path, offset=2.0 * clip, duration=2.0), window_samples=256)
+        got = ds.spectrogram.isel(clip=clip).values
+        if kind == "compact":
+            assert np.abs(got - ref.spectrogram).max() <= 0.3125 + 1e-4
+            assert np.isin(np.round((got + 100) / 0.625, 3) % 1, [0]).all()  # on the grid
+        else:
+            np.testing.assert_allclose(got, ref.spectrogram, atol=1e-5)
+    assert np.isnan(ds.spectrogram.isel(clip=4).values).all()  # the unreadable file's clip
+    raw = open_store(loc, mode="r")["spectrogram"]
+    assert raw.dtype == (np.uint8 if kind == "compact" else np.float32)
