@@ -332,12 +332,14 @@ class Spectrogram:
                 raise missing_dependency("matplotlib", "plot") from exc
             array = matplotlib.colormaps[colormap](array)[:, :, :3]
         else:
-            array = np.repeat(array[:, :, None], channels, axis=2)
+            array = array[:, :, None]  # one channel: resized once, then repeated
         if shape is None:
             shape = array.shape[:2]
         shape = (array.shape[0] if shape[0] is None else int(shape[0]),
                  array.shape[1] if shape[1] is None else int(shape[1]))
         array = np.clip(_resize_channels(array, shape), 0, 1)
+        if colormap is None and channels > 1:
+            array = np.repeat(array, channels, axis=2)
 
         if return_type == "pil":
             from PIL import Image

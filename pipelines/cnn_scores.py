@@ -173,8 +173,9 @@ def _device(name: str):
 
 
 def _model(detector: CnnDetector):
-    """The detector's model on this worker, loaded once per process."""
+    """The detector's model on this worker and its inference network, loaded once per process."""
     from opso_core.ml.cnn import load_model
+    from opso_core.ml.utils import inference_network
 
     device = _device(detector.device)
     key = (detector.sha256, str(device))
@@ -191,7 +192,7 @@ def _model(detector: CnnDetector):
             finally:
                 os.unlink(tmp)
             model.network.eval()
-            _MODELS[key] = model
+            _MODELS[key] = (model, inference_network(model.network, device))
         return _MODELS[key]
 
 
@@ -235,12 +236,12 @@ def infer_clips(clip_range: ClipRange, clips: pd.DataFrame, *, location: OutputL
     import torch
 
     from opso_core.ml.spectrogram_tensors import spectrograms_to_tensor
-    from opso_core.ml.utils import apply_activation_layer
+    from opso_core.ml.utils import apply_activation_layer, inference_input
 
     started = time.perf_counter()
-    model = _model(detector)
+    model, network = _model(detector)
     model_load_s = time.perf_counter() - started
-    device = next(model.network.parameters()).device
+    device = next(network.parameters()).device
     scores = np.full((len(clips), len(detector.classes)), np.nan, dtype=np.float32)
     valid = np.zeros(len(clips), dtype=bool)
     failures: dict[str, list] = {}
@@ -261,7 +262,7 @@ def infer_clips(clip_range: ClipRange, clips: pd.DataFrame, *, location: OutputL
                 continue
             t0 = time.perf_counter()
             x = spectrograms_to_tensor(spec.values[spec.ok], spec.frequencies, detector.tensor_settings, device=device)
-            logits = model.network(x)
+            logits = network(inference_input(x, device))
             scores[rows] = apply_activation_layer(logits.float(), detector.activation).cpu().numpy()
             forward_s += time.perf_counter() - t0
             valid[rows] = True

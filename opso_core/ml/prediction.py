@@ -11,7 +11,13 @@ import torch
 from opso_core.errors import OpsoValueError
 from opso_core.ml.datasets import AudioFileDataset, AudioSplittingDataset
 from opso_core.ml.safe_dataset import SafeDataset
-from opso_core.ml.utils import ACTIVATION_LAYERS, apply_activation_layer, identity
+from opso_core.ml.utils import (
+    ACTIVATION_LAYERS,
+    apply_activation_layer,
+    identity,
+    inference_input,
+    inference_network,
+)
 
 __all__ = ["inference_dataset", "predict"]
 
@@ -48,8 +54,7 @@ def predict(model, samples, batch_size=1, num_workers=0, activation_layer=None, 
     safe = SafeDataset(dataset, invalid_sample_behavior="raise" if raise_errors else "none")
     loader = torch.utils.data.DataLoader(safe, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                          collate_fn=identity, pin_memory=model.device.type == "cuda")
-    network = model.network.to(model.device)
-    network.eval()
+    network = inference_network(model.network, model.device)
     out = np.full((len(dataset), n_classes), np.nan, dtype=np.float32)
     row = 0
     batches = loader
@@ -60,7 +65,7 @@ def predict(model, samples, batch_size=1, num_workers=0, activation_layer=None, 
     for batch in batches:
         valid = [i for i, s in enumerate(batch) if s.data is not None]
         if valid:
-            tensors = torch.stack([batch[i].data for i in valid]).to(model.device)
+            tensors = inference_input(torch.stack([batch[i].data for i in valid]), model.device)
             logits = network(tensors)
             scores = apply_activation_layer(logits.float(), activation_layer).cpu().numpy()
             out[[row + i for i in valid]] = scores
