@@ -28,9 +28,13 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# Benchmarks (see benchmarks/README.md); versus_opensoundscape.py builds OpenSoundscape 0.13.2's own
+# environment under .bench/ on its first run (about 5 minutes).
 bench: $(STAMP)
+	$(PY) benchmarks/versus_opensoundscape.py --create-env
+	$(PY) benchmarks/pipeline_scaling.py
+	$(PY) benchmarks/cnn_inference_throughput.py
 	$(PY) benchmarks/spectrogram_throughput.py
-	$(PY) benchmarks/pipeline_throughput.py
 
 # Re-pin requirements/constraints.txt after changing dependencies in pyproject.toml (needs the network).
 lock:
