@@ -231,12 +231,10 @@ def infer_clips(clip_range: ClipRange, clips: pd.DataFrame, *, location: OutputL
         ``detections`` (count), ``failures`` (``[item, error_type, message]``), ``device``,
         ``model_load_s`` and ``forward_s`` (seconds in the network).
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     import torch
 
     from opso_core.ml.spectrogram_tensors import spectrograms_to_tensor
-    from opso_core.ml.utils import apply_activation_layer, inference_input
+    from opso_core.ml.utils import apply_activation_layer, inference_input, one_ahead
 
     started = time.perf_counter()
     model, network = _model(detector)
@@ -247,14 +245,10 @@ def infer_clips(clip_range: ClipRange, clips: pd.DataFrame, *, location: OutputL
     failures: dict[str, list] = {}
     forward_s = 0.0
     starts = range(0, len(clips), detector.batch_size)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="opso-cnn-prefetch") as prefetch, torch.no_grad():
-        pending = prefetch.submit(_spectrograms, detector, clips.iloc[0 : detector.batch_size],
-                                  input_storage_options) if len(clips) else None
-        for start in starts:
-            spec = pending.result()
-            following = start + detector.batch_size
-            pending = prefetch.submit(_spectrograms, detector, clips.iloc[following : following + detector.batch_size],
-                                      input_storage_options) if following < len(clips) else None
+    prepared = one_ahead((_spectrograms(detector, clips.iloc[start : start + detector.batch_size],
+                                        input_storage_options) for start in starts), name="opso-cnn-prefetch")
+    with torch.no_grad():
+        for start, spec in zip(starts, prepared, strict=True):
             for item, error_type, message in spec.failures:
                 failures.setdefault(item.split(" clips ")[0], [error_type, message, []])[2].append(item)
             rows = start + np.flatnonzero(spec.ok)

@@ -30,6 +30,7 @@ import logging
 import platform
 import re
 import time
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 
 import pandas as pd
@@ -310,11 +311,13 @@ def _submit_tasks(client, location: OutputLocation, stages, fingerprint: str) ->
         todo = [r for r in stage.ranges if r.name not in done]
         if not todo:
             continue
-        futs = client.map(run_stage_task, [stage.task] * len(todo), todo,
-                          [stage.plan.iloc[r.start : r.stop] for r in todo], [location] * len(todo),
-                          [stage.marker(r) for r in todo],
-                          key=[f"{stage.name}-{fingerprint}-{r.name}" for r in todo], retries=1,
-                          resources=stage.resources, pure=False)
+        with warnings.catch_warnings():  # each task carries its rows of the plan: a large graph is expected
+            warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
+            futs = client.map(run_stage_task, [stage.task] * len(todo), todo,
+                              [stage.plan.iloc[r.start : r.stop] for r in todo], [location] * len(todo),
+                              [stage.marker(r) for r in todo],
+                              key=[f"{stage.name}-{fingerprint}-{r.name}" for r in todo], retries=1,
+                              resources=stage.resources, pure=False)
         futures.update({fut: (stage.name, r) for fut, r in zip(futs, todo, strict=True)})
     n_ranges = sum(len(stage.ranges) for stage in stages)
     logger.info("%d tasks to run (%d in %d stages)", len(futures), n_ranges, len(stages))

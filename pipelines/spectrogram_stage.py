@@ -24,6 +24,7 @@ from pipelines.spectrogram_store import (
     StoreEncoding,
     clip_spectrograms,
     create_store,
+    write_clip_coords,
     write_values,
 )
 from pipelines.stages import Stage, task_ranges
@@ -56,6 +57,8 @@ class SpectrogramTask:
         if self.encoding is not None:
             write_values(location, clip_range, spec.values, encoding=self.encoding,
                          clips_per_chunk=self.clips_per_chunk, store_name=self.store_name)
+            write_clip_coords(location, clip_range, clips, clips_per_chunk=self.clips_per_chunk,
+                              store_name=self.store_name)
         return {"n_ok": int(spec.ok.sum()), "n_clips": len(clip_range), "failures": [list(f) for f in spec.failures],
                 "detections": detections}
 

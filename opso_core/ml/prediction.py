@@ -17,6 +17,7 @@ from opso_core.ml.utils import (
     identity,
     inference_input,
     inference_network,
+    one_ahead,
 )
 
 __all__ = ["inference_dataset", "predict"]
@@ -57,19 +58,24 @@ def predict(model, samples, batch_size=1, num_workers=0, activation_layer=None, 
     network = inference_network(model.network, model.device)
     out = np.full((len(dataset), n_classes), np.nan, dtype=np.float32)
     row = 0
-    batches = loader
+
+    def prepared(batch):  # runs in the prefetch thread: the batch stacked in the network's layout
+        valid = [i for i, s in enumerate(batch) if s.data is not None]
+        tensors = inference_input(torch.stack([batch[i].data for i in valid]), model.device) if valid else None
+        return len(batch), valid, tensors
+
+    # with num_workers=0 the next batch is loaded and preprocessed in a thread while the network runs
+    batches = one_ahead(prepared(b) for b in loader) if num_workers == 0 else (prepared(b) for b in loader)
     if progress_bar:
         from tqdm.auto import tqdm
 
-        batches = tqdm(loader, desc="predict")
-    for batch in batches:
-        valid = [i for i, s in enumerate(batch) if s.data is not None]
+        batches = tqdm(batches, desc="predict", total=len(loader))
+    for n_batch, valid, tensors in batches:
         if valid:
-            tensors = inference_input(torch.stack([batch[i].data for i in valid]), model.device)
             logits = network(tensors)
             scores = apply_activation_layer(logits.float(), activation_layer).cpu().numpy()
             out[[row + i for i in valid]] = scores
-        row += len(batch)
+        row += n_batch
         if wandb_session is not None:
             wandb_session.log({"progress": row / len(dataset)})
     invalid = set(dataset.invalid_samples) | {_file_of(s) for s in safe._invalid_samples}

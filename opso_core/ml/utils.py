@@ -11,7 +11,7 @@ import torch
 from opso_core.errors import OpsoValueError
 
 __all__ = ["BaseModule", "apply_activation_layer", "best_device", "cas_dataloader", "collate_audio_samples_to_dict",
-           "get_batch", "identity", "inference_input", "inference_network"]
+           "get_batch", "identity", "inference_input", "inference_network", "one_ahead"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,27 @@ def inference_input(x: torch.Tensor, device=None) -> torch.Tensor:
     if x.ndim == 4:
         return x.to(device=device, memory_format=torch.channels_last, non_blocking=True)
     return x.to(device=device, non_blocking=True)
+
+
+def one_ahead(items, name="opso-prefetch"):
+    """Yield the items of an iterable, producing the next one in a thread while the caller works on
+    the current one (the next batch is read and preprocessed while the network runs).
+
+    File reads, FFTs and torch operations release the GIL, so the two overlap. Exceptions raised
+    while producing an item are raised where that item would have been yielded.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    iterator = iter(items)
+    end = object()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=name) as pool:
+        pending = pool.submit(next, iterator, end)
+        while True:
+            item = pending.result()
+            if item is end:
+                return
+            pending = pool.submit(next, iterator, end)
+            yield item
 
 
 def apply_activation_layer(x, activation_layer=None):

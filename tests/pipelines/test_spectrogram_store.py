@@ -102,5 +102,10 @@ def test_store_encodings_round_trip_through_xarray(tmp_path, kind):
         else:
             np.testing.assert_allclose(got, ref.spectrogram, atol=1e-5)
     assert np.isnan(ds.spectrogram.isel(clip=4).values).all()  # the unreadable file's clip
+    # per-clip coordinates come from the task, chunk by chunk (the last chunk padded)
+    assert list(ds.file.values) == list(plan.file) and list(ds.recorder.values) == ["r"] * 5
+    np.testing.assert_array_equal(ds.start_time.values, plan.start_time.to_numpy())
+    np.testing.assert_array_equal(ds.end_time.values, plan.end_time.to_numpy())
+    assert ds.start_time_utc.isnull().all()
     raw = open_store(loc, mode="r")["spectrogram"]
     assert raw.dtype == (np.uint8 if kind == "compact" else np.float32)
