@@ -93,6 +93,11 @@ def main():
         print(f"{name:<52} {s:8.2f} {n / s:8.1f} {hours / (s / 3600):10.0f} {bare_s / s:10.2f}x")
     print(f"(in the stage's tasks, {in_network:.2f} s per worker were spent in the network: the rest is reading, "
           "spectrograms, tensors, scheduling and writing)")
+    steady_s = sum(r["task_s"] - r["model_load_s"] for r in records) / args.workers
+    print(f"{'pipeline: CNN tasks after the model is loaded':<52} {steady_s:8.2f} {n / steady_s:8.1f} "
+          f"{hours / (steady_s / 3600):10.0f} {bare_s / steady_s:10.2f}x")
+    print(f"(model load per worker, once: {sum(r['model_load_s'] for r in records) / args.workers:.2f} s; worker "
+          "start-up and torch import are in the stage's wall time but not in its tasks)")
     shutil.rmtree(work, ignore_errors=True)
 
 

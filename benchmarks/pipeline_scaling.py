@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import time
 from pathlib import Path
 
@@ -43,9 +44,10 @@ def run(archive: Path, out: Path, *, workers: int, sample_rate_hz: int, extra=No
            "cluster": {"kind": "local", "n_workers": workers, "threads_per_worker": 1}}
     cfg.update(extra or {})
     config = load_config(cfg, environ={})
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run: --overwrite's deletions are not the run's work
     started = time.perf_counter()
     with open_cluster(config.cluster) as session:
-        summary = run_pipeline(config, session.client, overwrite=True, progress=False, watch=session.check)
+        summary = run_pipeline(config, session.client, progress=False, watch=session.check)
         peaks = session.client.run(_worker_peak_rss_mb)
     wall = time.perf_counter() - started
     loc = OutputLocation(str(out))

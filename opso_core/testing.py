@@ -220,13 +220,16 @@ def make_archive(root, n_recorders=3, files_per_recorder=2, file_duration_s=30.0
                  start_time_utc=datetime.datetime(2024, 5, 1, 6, 0, tzinfo=datetime.UTC),
                  frog_calls_per_file=2, frog_pulse_rate_hz=12.0, frog_carrier_hz=2000.0,
                  frog_duration_s=3.0, other_sounds=True, noise_dBFS=-50, spacing_m=50.0,
-                 seed=0) -> SyntheticArchive:
+                 layout="line", frog_pulse_jitter=0.0, seed=0) -> SyntheticArchive:
     """Generate a multi-recorder archive of AudioMoth-style WAV files with known events.
 
-    Recorders sit on a line ``spacing_m`` apart (``rec00``, ``rec01``, ... as sub-folders), all
+    Recorders sit ``spacing_m`` apart on a line (``layout="line"``) or on a square grid filled row by
+    row (``layout="grid"``, for localization in 2-D); sub-folders ``rec00``, ``rec01``, ..., all
     recording the same consecutive files (``YYYYMMDD_HHMMSS.WAV``, UTC). Each file period holds
-    ``frog_calls_per_file`` pulsed frog calls from random positions near the array, heard by each
-    recorder after the travel delay and attenuated with distance; ``other_sounds`` adds FM sweeps
+    ``frog_calls_per_file`` pulsed frog calls from random positions near the array (on a grid: inside
+    it), heard by each recorder after the travel delay and attenuated with distance (1/r beyond 10 m);
+    ``frog_pulse_jitter`` (0-1) varies the loudness of each pulse at random, the same at every recorder,
+    as real calls vary (an exactly periodic call correlates equally well at every pulse period); ``other_sounds`` adds FM sweeps
     (bird-like) and clicks that are *not* frogs; pink noise is everywhere.
 
     Returns
@@ -235,7 +238,16 @@ def make_archive(root, n_recorders=3, files_per_recorder=2, file_duration_s=30.0
     """
     rng = np.random.default_rng(seed)
     root = Path(root)
-    positions = np.array([[i * spacing_m, 0.0, 0.0] for i in range(n_recorders)])
+    if layout == "line":
+        positions = np.array([[i * spacing_m, 0.0, 0.0] for i in range(n_recorders)])
+    elif layout == "grid":
+        cols = int(np.ceil(np.sqrt(n_recorders)))
+        positions = np.array([[(i % cols) * spacing_m, (i // cols) * spacing_m, 0.0] for i in range(n_recorders)])
+    else:
+        raise OpsoValueError(f"layout must be 'line' or 'grid', got {layout!r}")
+    if not 0 <= frog_pulse_jitter <= 1:
+        raise OpsoValueError(f"frog_pulse_jitter must be in [0, 1], got {frog_pulse_jitter}")
+    pulse_gains = {}
     recorders = pd.DataFrame({"recorder": [f"rec{i:02d}" for i in range(n_recorders)],
                               "x": positions[:, 0], "y": positions[:, 1], "z": positions[:, 2]})
     # events per file period (the same for all recorders)
@@ -246,7 +258,12 @@ def make_archive(root, n_recorders=3, files_per_recorder=2, file_duration_s=30.0
         slots = np.linspace(1.0, file_duration_s - frog_duration_s - 1.5, max(frog_calls_per_file, 1))
         for j in range(frog_calls_per_file):
             t0 = float(slots[j] + rng.uniform(-0.3, 0.3)) if frog_calls_per_file > 1 else float(slots[0])
-            src = (float(rng.uniform(0, max(spacing_m * (n_recorders - 1), 1))), float(rng.uniform(-20, 20)), 0.0)
+            if layout == "grid":
+                src = (float(rng.uniform(0, positions[:, 0].max())), float(rng.uniform(0, positions[:, 1].max())), 0.0)
+            else:
+                src = (float(rng.uniform(0, max(spacing_m * (n_recorders - 1), 1))), float(rng.uniform(-20, 20)), 0.0)
+            if frog_pulse_jitter:  # drawn only then: archives without jitter stay as they were
+                pulse_gains[eid] = 1.0 - frog_pulse_jitter * rng.uniform(0, 1, int(frog_duration_s * frog_pulse_rate_hz) + 2)
             events.append(ArchiveEvent(eid, "frog", period_start + datetime.timedelta(seconds=t0),
                                        frog_duration_s, src, frog_pulse_rate_hz, frog_carrier_hz))
             eid += 1
@@ -274,6 +291,10 @@ def make_archive(root, n_recorders=3, files_per_recorder=2, file_duration_s=30.0
                 if ev.kind == "frog":
                     sound = pulse_train(ev.pulse_rate_hz, ev.carrier_hz, ev.duration_s, sample_rate_hz,
                                         amplitude=gain)
+                    if frog_pulse_jitter:
+                        pulse = (np.arange(len(sound.samples)) / sample_rate_hz * ev.pulse_rate_hz).astype(int)
+                        sound = Audio((sound.samples * pulse_gains[ev.event_id][pulse]).astype(np.float32),
+                                      sample_rate_hz)
                 else:
                     sound = fm_sweep(3000, 6000, ev.duration_s, sample_rate_hz, amplitude=gain)
                 start = int(round((offset_s + delay_s) * sample_rate_hz))

@@ -198,6 +198,40 @@ class CnnModelConfig(_Strict):
     _name = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
 
 
+class LocalizationConfig(_Strict):
+    """The localization stage: detections of one detector's class on nearby synchronized recorders,
+    grouped by absolute time, delays by cross correlation of the raw audio, positions solved; rows
+    go to ``localizations/``. Needs ``input.recorders_table``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    detector: str = Field(description="a detector of this run: 'ribbit:<name>' or 'cnn:<name>'")
+    class_name: str = Field(alias="class", description="the detector's class to localize (RIBBIT: the species name)")
+    max_receiver_dist: float = Field(gt=0, description="metres: recorders this close to a detecting one take part")
+    min_n_receivers: int = Field(3, ge=3, description="fewest recorders (with usable delays) for an event")
+    algorithm: Literal["least_squares", "gillette", "soundfinder"] = "least_squares"
+    cc_filter: Literal["phat", "cc", "roth", "scot", "ht"] = "cc"
+    cc_threshold: float | None = Field(None, description="drop delays whose correlation maximum is below this")
+    bandpass: tuple[float, float] | None = Field(None, description="Hz before cross correlation; null: a RIBBIT "
+                                                 "species' signal_band, none for a CNN")
+    max_delay_s: float | None = Field(None, gt=0, description="largest delay searched; null: max_receiver_dist / "
+                                      "speed_of_sound")
+    residual_threshold_m: float | None = Field(1.0, gt=0, description="drop events whose RMS distance residual "
+                                               "exceeds this; null: keep all")
+    speed_of_sound: float = Field(343.0, gt=0, description="m/s")
+    events_per_task: int = Field(64, gt=0)
+
+    _band = field_validator("bandpass")(classmethod(lambda cls, v: v if v is None else _check_increasing(v, "[low, high]")))
+
+    @field_validator("detector")
+    @classmethod
+    def _detector_name(cls, v):
+        kind, sep, name = v.partition(":")
+        if not sep or kind not in ("ribbit", "cnn") or not name:
+            raise ValueError(f"{v!r} is not a detector name; use 'ribbit:<species name>' or 'cnn:<model name>'")
+        return v
+
+
 #: schemes of Dask scheduler addresses (``tcp://host:8786``)
 SCHEDULER_SCHEMES = ("tcp", "tls", "ucx", "ws", "wss", "inproc")
 #: cluster kinds started through dask-jobqueue
@@ -284,17 +318,24 @@ class RunConfig(_Strict):
     spectrogram: SpectrogramConfig = Field(default_factory=SpectrogramConfig)
     ribbit: list[RibbitSpecies] = Field(default_factory=list)
     cnn: list[CnnModelConfig] = Field(default_factory=list)
+    localization: LocalizationConfig | None = None
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _later_stages(cls, data):
-        if isinstance(data, dict):
-            for key in ("localization",):
-                if data.get(key):
-                    raise ValueError(f"the {key} stage is not available in this version of opso yet; "
-                                     f"remove the '{key}' section")
-        return data
+    @model_validator(mode="after")
+    def _localization_inputs(self):
+        loc = self.localization
+        if loc is None:
+            return self
+        if not self.input.recorders_table:
+            raise ValueError("localization needs input.recorders_table (a CSV: recorder, x, y[, z] in metres)")
+        kind, _, name = loc.detector.partition(":")
+        names = [s.name for s in self.ribbit] if kind == "ribbit" else [m.name for m in self.cnn]
+        if name not in names:
+            raise ValueError(f"localization.detector {loc.detector!r} is not a detector of this run; it has "
+                             f"{[f'ribbit:{s.name}' for s in self.ribbit] + [f'cnn:{m.name}' for m in self.cnn]}")
+        if kind == "ribbit" and loc.class_name != name:
+            raise ValueError(f"localization.class: RIBBIT detector {loc.detector!r} has the one class {name!r}")
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self):
@@ -313,7 +354,7 @@ class RunConfig(_Strict):
 
     def public_dict(self) -> dict:
         """The configuration without credentials (storage options) or cluster settings."""
-        data = self.model_dump(mode="json")
+        data = self.model_dump(mode="json", by_alias=True)
         data["input"].pop("storage_options", None)
         data["output"].pop("storage_options", None)
         for model in data.get("cnn", []):

@@ -40,6 +40,7 @@ from pipelines.clip_plan import plan_clips
 from pipelines.cnn_scores import cnn_stage, describe_cnn_detector
 from pipelines.config import RunConfig, check_species_bands
 from pipelines.inventory import inventory_files
+from pipelines.localization_stage import LOCALIZATION_SCHEMA, localization_stage
 from pipelines.outputs import OutputLocation
 from pipelines.preflight import Preflight, check_run
 from pipelines.progress import StageProgress
@@ -221,11 +222,27 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
     futures = _submit_tasks(client, location, stages, config.fingerprint())
     task_failures: list[dict] = []
     stage_s.update(_wait_for_tasks(futures, task_failures, progress, watch))
+    grouping_failures: list[dict] = []
+    if config.localization is not None:  # needs every detection: runs after the detector stages
+        if task_failures:
+            logger.warning("localization waits for a complete run: %d detector tasks failed; run again to "
+                           "finish them, then localize", len(task_failures))
+        else:
+            t0 = time.perf_counter()
+            stage, rows = localization_stage(config, location, inventory, sample_rate_hz=sample_rate_hz)
+            grouping_failures = [dict(stage=stage.name, item=item, error_type=et, message=msg)
+                                 for item, et, msg in rows]
+            stages.append(stage)
+            futures = _submit_tasks(client, location, [stage], config.fingerprint())
+            _wait_for_tasks(futures, task_failures, progress, watch)
+            stage_s[stage.name] = time.perf_counter() - t0
 
     # ---- collect what every task recorded, whether it ran now or in an earlier attempt
     failures = _failure_rows_from_inventory(inventory)
     n_clips_ok = 0
     detections = {detector_name(s.name): 0 for s in config.ribbit} | {d.detector: 0 for d in detectors}
+    if config.localization is not None:
+        detections[f"localized:{config.localization.class_name}"] = 0
     for stage in stages:
         for name in location.list(stage.progress):
             record = location.read_json(f"{stage.progress}/{name}")
@@ -236,7 +253,7 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
             for det, n in record["detections"].items():
                 detections[det] = detections.get(det, 0) + n
     _write_empty_tables(location, config, detectors)
-    failures += task_failures
+    failures += grouping_failures + task_failures
     failures_df = pd.DataFrame(failures, columns=FAILURE_COLUMNS)
     failures_df = failures_df.sort_values(["stage", "item"], kind="stable").reset_index(drop=True)
     location.write_parquet("failures.parquet", failures_df, schema=FAILURE_SCHEMA)
@@ -302,6 +319,14 @@ def _failure_rows_from_inventory(inventory: pd.DataFrame) -> list[dict]:
     return rows
 
 
+def _cpu_workers(client) -> list[str] | None:
+    """Addresses of the workers without the ``GPU`` resource; None when every worker is a CPU one
+    (no restriction needed) or none is (nowhere else to run)."""
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    cpu = [a for a, w in workers.items() if "GPU" not in (w.get("resources") or {})]
+    return cpu if cpu and len(cpu) < len(workers) else None
+
+
 def _submit_tasks(client, location: OutputLocation, stages, fingerprint: str) -> dict:
     """Submit every task without a marker, one batch per stage; returns ``{future: (stage, ClipRange)}``
     (the only references to the futures)."""
@@ -317,7 +342,8 @@ def _submit_tasks(client, location: OutputLocation, stages, fingerprint: str) ->
                               [stage.plan.iloc[r.start : r.stop] for r in todo], [location] * len(todo),
                               [stage.marker(r) for r in todo],
                               key=[f"{stage.name}-{fingerprint}-{r.name}" for r in todo], retries=1,
-                              resources=stage.resources, pure=False)
+                              resources=stage.resources, pure=False,
+                              workers=_cpu_workers(client) if stage.cpu_only else None)
         futures.update({fut: (stage.name, r) for fut, r in zip(futs, todo, strict=True)})
     n_ranges = sum(len(stage.ranges) for stage in stages)
     logger.info("%d tasks to run (%d in %d stages)", len(futures), n_ranges, len(stages))
@@ -370,3 +396,6 @@ def _write_empty_tables(location: OutputLocation, config: RunConfig, detectors) 
     if not location.list("detections"):
         location.write_parquet(f"detections/part-none-{empty_range}.parquet", empty_detections(),
                                schema=DETECTION_SCHEMA)
+    if config.localization is not None and not location.list("localizations"):
+        location.write_parquet(f"localizations/part-{empty_range}.parquet",
+                               LOCALIZATION_SCHEMA.empty_table().to_pandas(), schema=LOCALIZATION_SCHEMA)

@@ -118,5 +118,9 @@ def check_run(config: RunConfig, *, cluster_kind: str | None = None, overwrite: 
 
         for model in config.cnn:
             describe_cnn_detector(model, config.spectrogram.sample_rate)
+    if config.localization is not None:
+        from pipelines.localization_stage import check_localization
+
+        check_localization(config)
     logger.info("checks passed: %d input files; output %s (%s)", len(files), location.url, start)
     return Preflight(tuple(files), start, previous, kind)

@@ -44,6 +44,8 @@ class Stage:
         Dask resources each task needs (``{"GPU": 1}``).
     counts_clips : bool
         Its records' ``n_ok`` are the run's analysed clips (the spectrogram stage).
+    cpu_only : bool
+        Its tasks run only on workers without the ``GPU`` resource (when there are any).
     """
 
     name: str
@@ -52,6 +54,7 @@ class Stage:
     task: object
     resources: dict | None = None
     counts_clips: bool = False
+    cpu_only: bool = False
 
     @property
     def progress(self) -> str:

@@ -1,0 +1,291 @@
+"""The localization stage: where the sounds a detector found on several recorders came from.
+
+Runs after the detector stages, on CPU workers only (never the GPU-tagged ones), on the run's own
+detections of ``localization.detector`` / ``localization.class``:
+
+1. **Events** (the driver, :func:`candidate_events`): every detection is a reference once; the
+   detections of the same class on recorders within ``max_receiver_dist`` metres whose clips overlap
+   it in absolute (UTC) time join it, and with at least ``min_n_receivers`` recorders they form one
+   candidate event (OpenSoundscape's ``SynchronizedRecorderArray`` grouping, on UTC times, so files
+   need not start together). Recordings are taken to be synchronized.
+2. **One task per ``events_per_task`` events** (:class:`LocalizationTask`): the reference recorder's
+   audio over its clip, and every other recorder's over the same UTC span widened by ``max_delay_s``,
+   are read with seeks, band-passed, and cross-correlated (``cc_filter``); delays below
+   ``cc_threshold`` are dropped; the position is solved (``algorithm``) and kept when its RMS distance
+   residual is at most ``residual_threshold_m``. Rows go to ``localizations/part-<range>.parquet``.
+
+Detections without an absolute start time (files whose start is unknown) cannot be grouped; their
+files are listed in ``failures.parquet``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from pipelines.clip_plan import ClipRange
+from pipelines.config import LocalizationConfig, RunConfig
+from pipelines.errors import ConfigError
+from pipelines.outputs import OutputLocation
+from pipelines.stages import Stage, task_ranges
+
+__all__ = ["LOCALIZATION_SCHEMA", "LocalizationTask", "candidate_events", "check_localization",
+           "localization_stage", "read_recorders_table"]
+
+logger = logging.getLogger(__name__)
+
+STAGE_NAME = "localization"
+#: ``localizations/`` rows (the output contract); z is NaN for 2-D arrays.
+LOCALIZATION_SCHEMA = pa.schema([
+    pa.field("detector", pa.string()), pa.field("class", pa.string()), pa.field("event_id", pa.string()),
+    pa.field("start_time_utc", pa.timestamp("us", tz="UTC")), pa.field("duration_s", pa.float64()),
+    pa.field("x", pa.float64()), pa.field("y", pa.float64()), pa.field("z", pa.float64()),
+    pa.field("residual_rms", pa.float64()), pa.field("n_receivers", pa.int64()),
+    pa.field("reference_file", pa.string()), pa.field("receivers", pa.list_(pa.string())),
+    pa.field("tdoas", pa.list_(pa.float64())), pa.field("cc_maxs", pa.list_(pa.float64())),
+])
+
+
+def read_recorders_table(url: str, storage_options=None) -> pd.DataFrame:
+    """The recorders' positions: a CSV with columns ``recorder, x, y`` and optionally ``z`` (metres).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by recorder (str), columns ``x, y`` or ``x, y, z`` (float).
+
+    Raises
+    ------
+    ConfigError
+        Unreadable, a column missing, a value not a number, or a recorder listed twice.
+    """
+    from opso_core.storage import open_binary
+
+    try:
+        with open_binary(url, storage_options) as f:
+            table = pd.read_csv(f, dtype={"recorder": str})
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise ConfigError(f"input.recorders_table: cannot read {url}: {exc}") from None
+    table.columns = [str(c).strip() for c in table.columns]
+    missing = [c for c in ("recorder", "x", "y") if c not in table.columns]
+    if missing:
+        raise ConfigError(f"input.recorders_table {url} lacks the columns {missing}; it needs recorder, x, y[, z] "
+                          "(metres)")
+    dims = ["x", "y", "z"] if "z" in table.columns else ["x", "y"]
+    positions = table[dims].apply(pd.to_numeric, errors="coerce")
+    if positions.isna().any().any():
+        bad = table.loc[positions.isna().any(axis=1), "recorder"].tolist()
+        raise ConfigError(f"input.recorders_table {url}: positions of {bad[:5]} are not numbers")
+    repeated = sorted(set(table.recorder[table.recorder.duplicated()]))
+    if repeated:
+        raise ConfigError(f"input.recorders_table {url}: recorders listed more than once: {repeated[:5]}")
+    positions.index = table["recorder"].astype(str)
+    return positions.astype(float)
+
+
+def check_localization(config: RunConfig) -> None:
+    """The checks of the localization settings that need no cluster: the recorders table is readable
+    and well formed, and a CNN detector's class is one of its model's classes.
+
+    Raises
+    ------
+    ConfigError
+    """
+    cfg = config.localization
+    read_recorders_table(config.input.recorders_table, config.input.storage_options)
+    kind, _, name = cfg.detector.partition(":")
+    if kind == "cnn":
+        from pipelines.cnn_scores import describe_cnn_detector
+
+        model = next(m for m in config.cnn if m.name == name)
+        classes = describe_cnn_detector(model, config.spectrogram.sample_rate).classes
+        if cfg.class_name not in classes:
+            raise ConfigError(f"localization.class {cfg.class_name!r} is not a class of model {name!r}: {list(classes)}")
+
+
+def candidate_events(detections: pd.DataFrame, recorders: pd.DataFrame, inventory: pd.DataFrame,
+                     cfg: LocalizationConfig) -> tuple[pd.DataFrame, list[list[str]]]:
+    """Group detections into candidate events (see the module docstring).
+
+    Parameters
+    ----------
+    detections : pandas.DataFrame
+        The run's detections of the stage's detector and class (``file, recorder, start_time,
+        end_time, start_time_utc``).
+    recorders : pandas.DataFrame
+        :func:`read_recorders_table`.
+    inventory : pandas.DataFrame
+        The run's inventory (file durations).
+    cfg : LocalizationConfig
+
+    Returns
+    -------
+    (pandas.DataFrame, list)
+        One row per event, in a deterministic order: ``event_id, start_time_utc, duration_s,
+        recorders, files, offsets_s`` (the reference first; ``offsets_s`` is where the event's UTC
+        span starts in each file, seconds); and failure rows ``[item, error_type, message]``.
+    """
+    failures = []
+    no_time = detections["start_time_utc"].isna()
+    for file in sorted(detections.loc[no_time, "file"].unique()):
+        failures.append([file, "NoStartTime", "detections of this file have no absolute time (the file's start "
+                         "is unknown), so they cannot be grouped with other recorders' for localization"])
+    unknown = sorted(set(detections["recorder"]) - set(recorders.index))
+    for recorder in unknown:
+        failures.append([recorder, "UnknownRecorder", "the recorder is not in input.recorders_table; its "
+                         "detections are not localized"])
+    dets = detections[~no_time & detections["recorder"].isin(recorders.index)].copy()
+    columns = ["event_id", "start_time_utc", "duration_s", "recorders", "files", "offsets_s"]
+    if dets.empty:
+        return pd.DataFrame(columns=columns), failures
+    epoch = pd.Timestamp("1970-01-01", tz="UTC")
+    dets["utc_s"] = (pd.to_datetime(dets["start_time_utc"], utc=True) - epoch).dt.total_seconds()
+    dets["file_start_s"] = dets["utc_s"] - dets["start_time"]
+    dets["duration_s"] = dets["end_time"] - dets["start_time"]
+    durations = inventory.set_index("file")["duration_s"]
+    dets["file_duration_s"] = dets["file"].map(durations).astype(float)
+    dets = dets.sort_values(["utc_s", "recorder", "file"], kind="stable").reset_index(drop=True)
+    coords = recorders.to_numpy()
+    index = {r: i for i, r in enumerate(recorders.index)}
+    rows = []
+    utc = dets["utc_s"].to_numpy()
+    for ref in dets.itertuples():
+        ref_pos = coords[index[ref.recorder]]
+        window = dets[(np.abs(utc - ref.utc_s) < ref.duration_s) & (dets["recorder"] != ref.recorder)]
+        members = {}
+        for other in window.itertuples():
+            if np.linalg.norm(coords[index[other.recorder]] - ref_pos) > cfg.max_receiver_dist:
+                continue
+            offset = ref.utc_s - other.file_start_s
+            if offset < 0 or offset + ref.duration_s > other.file_duration_s + 1e-6:
+                continue  # the event's span is not inside that file
+            best = members.get(other.recorder)
+            if best is None or abs(other.utc_s - ref.utc_s) < abs(best[2] - ref.utc_s):
+                members[other.recorder] = (other.file, offset, other.utc_s)
+        if len(members) + 1 < cfg.min_n_receivers:
+            continue
+        names = sorted(members)
+        stamp = pd.Timestamp(ref.utc_s, unit="s", tz="UTC")
+        rows.append({"event_id": f"{cfg.class_name}-{stamp.strftime('%Y%m%dT%H%M%S.%f')}-{ref.recorder}",
+                     "start_time_utc": stamp, "duration_s": float(ref.duration_s),
+                     "recorders": [ref.recorder, *names], "files": [ref.file, *(members[n][0] for n in names)],
+                     "offsets_s": [float(ref.start_time), *(float(members[n][1]) for n in names)]})
+    return pd.DataFrame(rows, columns=columns), failures
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalizationTask:
+    """What one localization task does (picklable): localize a range of candidate events."""
+
+    detector: str
+    class_name: str
+    positions: tuple[tuple[str, tuple[float, ...]], ...]  # recorder -> (x, y[, z]) metres
+    sample_rate_hz: int
+    input_storage_options: dict
+    algorithm: str
+    cc_filter: str
+    cc_threshold: float | None
+    bandpass: tuple[float, float] | None
+    max_delay_s: float
+    residual_threshold_m: float | None
+    speed_of_sound: float
+    min_n_receivers: int
+
+    def __call__(self, clip_range: ClipRange, events: pd.DataFrame, location: OutputLocation) -> dict:
+        positions = dict(self.positions)
+        rows, failures = [], []
+        for event in events.itertuples(index=False):
+            try:
+                row = self._localize(event, positions)
+            except (OSError, ValueError) as exc:
+                failures.append([event.event_id, type(exc).__name__, str(exc)])
+                continue
+            if row is not None:
+                rows.append(row)
+        table = pd.DataFrame(rows, columns=LOCALIZATION_SCHEMA.names)
+        location.write_parquet(f"localizations/part-{clip_range.name}.parquet", table, schema=LOCALIZATION_SCHEMA)
+        return {"n_clips": len(clip_range), "n_ok": len(rows), "failures": failures,
+                "detections": {f"localized:{self.class_name}": len(rows)}}
+
+    def _segment(self, file, offset_s, duration_s):
+        from opso_core.audio import Audio
+
+        audio = Audio.from_file(file, offset=offset_s, duration=duration_s, sample_rate=self.sample_rate_hz,
+                                out_of_bounds_mode="ignore", storage_options=self.input_storage_options or None)
+        if self.bandpass is not None:
+            high = min(self.bandpass[1], 0.49 * audio.sample_rate)
+            audio = audio.bandpass(self.bandpass[0], high, order=9)
+        return audio.samples
+
+    def _localize(self, event, positions) -> dict | None:
+        from opso_core.localization import (
+            InsufficientReceiversError,
+            calculate_tdoa_residuals,
+            delay_between,
+            localize,
+        )
+
+        pad = self.max_delay_s
+        reference = self._segment(event.files[0], event.offsets_s[0], event.duration_s)
+        tdoas, cc_maxs = [0.0], [np.nan]
+        for file, offset in zip(event.files[1:], event.offsets_s[1:], strict=True):
+            start = max(0.0, offset - pad)
+            other = self._segment(file, start, event.duration_s + (offset - start) + pad)
+            delay, cc_max = delay_between(other, reference, self.sample_rate_hz, offset_s=start - offset,
+                                          cc_filter=self.cc_filter, max_delay=pad)
+            tdoas.append(delay)
+            cc_maxs.append(cc_max)
+        tdoas, cc_maxs = np.asarray(tdoas), np.asarray(cc_maxs)
+        used = np.ones(len(tdoas), dtype=bool)
+        if self.cc_threshold is not None:
+            used[1:] = cc_maxs[1:] >= self.cc_threshold
+        if used.sum() < self.min_n_receivers:
+            return None
+        receivers = [r for r, u in zip(event.recorders, used, strict=True) if u]
+        coords = np.array([positions[r] for r in receivers])
+        try:
+            estimate = localize(coords, tdoas[used], self.algorithm, speed_of_sound=self.speed_of_sound)
+        except InsufficientReceiversError:
+            return None
+        residuals = calculate_tdoa_residuals(coords, tdoas[used], estimate, self.speed_of_sound)
+        rms = float(np.sqrt(np.mean(residuals**2)))
+        if not np.all(np.isfinite(estimate)) or (self.residual_threshold_m is not None and rms > self.residual_threshold_m):
+            return None
+        return {"detector": self.detector, "class": self.class_name, "event_id": event.event_id,
+                "start_time_utc": event.start_time_utc, "duration_s": event.duration_s,
+                "x": float(estimate[0]), "y": float(estimate[1]),
+                "z": float(estimate[2]) if len(estimate) > 2 else np.nan, "residual_rms": rms,
+                "n_receivers": int(used.sum()), "reference_file": event.files[0], "receivers": receivers,
+                "tdoas": tdoas[used].tolist(), "cc_maxs": cc_maxs[used].tolist()}
+
+
+def localization_stage(config: RunConfig, location: OutputLocation, inventory: pd.DataFrame, *,
+                       sample_rate_hz: int) -> tuple[Stage, list[list[str]]]:
+    """The localization stage of a run whose detector stages have finished, and the grouping's
+    failure rows (``[item, error_type, message]``)."""
+    from pipelines.results import read_detections
+
+    cfg = config.localization
+    recorders = read_recorders_table(config.input.recorders_table, config.input.storage_options)
+    detections = read_detections(location.url, location.storage_options)
+    detections = detections[(detections["detector"] == cfg.detector) & (detections["class"] == cfg.class_name)]
+    events, failures = candidate_events(detections, recorders, inventory, cfg)
+    logger.info("localization: %d candidate events from %d detections", len(events), len(detections))
+    bandpass = cfg.bandpass
+    if bandpass is None and cfg.detector.startswith("ribbit:"):
+        species = next(s for s in config.ribbit if f"ribbit:{s.name}" == cfg.detector)
+        bandpass = tuple(species.signal_band)
+    max_delay = cfg.max_delay_s if cfg.max_delay_s is not None else cfg.max_receiver_dist / cfg.speed_of_sound
+    task = LocalizationTask(
+        detector=cfg.detector, class_name=cfg.class_name,
+        positions=tuple((r, tuple(map(float, p))) for r, p in zip(recorders.index, recorders.to_numpy(), strict=True)),
+        sample_rate_hz=sample_rate_hz, input_storage_options=dict(config.input.storage_options),
+        algorithm=cfg.algorithm, cc_filter=cfg.cc_filter, cc_threshold=cfg.cc_threshold,
+        bandpass=None if bandpass is None else (float(bandpass[0]), float(bandpass[1])), max_delay_s=float(max_delay),
+        residual_threshold_m=cfg.residual_threshold_m, speed_of_sound=cfg.speed_of_sound,
+        min_n_receivers=cfg.min_n_receivers)
+    return Stage(STAGE_NAME, events, task_ranges(len(events), cfg.events_per_task), task, cpu_only=True), failures

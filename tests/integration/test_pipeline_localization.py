@@ -1,0 +1,126 @@
+"""End to end: a synthetic 3 x 3 recorder grid (sources at known positions, delays by distance /
+speed of sound, 1/r attenuation, pink noise) through `run_pipeline` with RIBBIT + localization."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from opso_core.testing import make_archive
+from pipelines.config import load_config
+from pipelines.graph import run_pipeline
+from pipelines.localization_stage import LOCALIZATION_SCHEMA
+
+SR = 16000
+FROG = {"name": "frog", "signal_band": [1500, 2500], "pulse_rate_range": [9, 15],
+        "noise_bands": [[300, 1000], [3000, 3500]], "threshold": 0.004}
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    root = tmp_path_factory.mktemp("grid")
+    archive = make_archive(root / "audio", n_recorders=9, files_per_recorder=2, file_duration_s=30.0,
+                           sample_rate_hz=SR, frog_calls_per_file=4, spacing_m=40.0, layout="grid",
+                           frog_pulse_jitter=0.8, other_sounds=False, seed=3)
+    table = root / "recorders.csv"
+    archive.recorders[["recorder", "x", "y"]].to_csv(table, index=False)
+    return archive, table
+
+
+def config_for(archive, table, out, **localization):
+    return load_config({
+        "input": {"url": str(archive.root), "recorders_table": str(table)},
+        "output": {"url": str(out)}, "clips": {"duration": 2.0},
+        "spectrogram": {"sample_rate": SR, "clips_per_chunk": 16, "store": "none"},
+        "ribbit": [FROG],
+        "localization": {"detector": "ribbit:frog", "class": "frog", "max_receiver_dist": 60.0, **localization},
+    }, environ={})
+
+
+def source_errors(localizations: pd.DataFrame, events: pd.DataFrame) -> np.ndarray:
+    """Distance (m) from each localized event to the source of the call sounding in its span."""
+    calls = events[events.kind == "frog"].drop_duplicates("event_id")
+    errors = []
+    for row in localizations.itertuples():
+        start = row.start_time_utc.tz_convert("UTC").tz_localize(None)
+        during = calls[(calls.time_utc.dt.tz_localize(None) < start + pd.Timedelta(seconds=row.duration_s))
+                       & (calls.time_utc.dt.tz_localize(None) + pd.Timedelta(seconds=3.0) > start)]
+        assert len(during) == 1, f"{row.event_id} overlaps {len(during)} calls"
+        truth = during.iloc[0]
+        errors.append(np.hypot(row.x - truth.source_x, row.y - truth.source_y))
+    return np.asarray(errors)
+
+
+@pytest.mark.slow
+def test_localizes_calls_on_a_grid(grid, tmp_path, dask_client):
+    archive, table = grid
+    config = config_for(archive, table, tmp_path / "run")
+    summary = run_pipeline(config, dask_client, progress=False)
+    assert summary.status == "complete"
+    result = pd.read_parquet(tmp_path / "run" / "localizations")
+    assert list(result.columns) == LOCALIZATION_SCHEMA.names
+    assert len(result) >= 16  # 8 calls, each heard by several references
+    assert summary.detections["localized:frog"] == len(result)
+    errors = source_errors(result, archive.events)
+    print(f"localized {len(result)} events: median error {np.median(errors):.3f} m, "
+          f"90th percentile {np.percentile(errors, 90):.3f} m")
+    assert np.median(errors) <= 0.3
+    assert np.percentile(errors, 90) <= 1.0
+    assert (result.residual_rms <= 1.0).all() and (result.n_receivers >= 3).all()
+    assert result.z.isna().all()  # a 2-D table gives 2-D positions
+    for row in result.itertuples():
+        assert row.tdoas[0] == 0.0 and len(row.receivers) == row.n_receivers == len(row.tdoas)
+
+    # a rerun of the same configuration finds every marker and leaves the table as it was
+    again = run_pipeline(config, dask_client, progress=False)
+    assert again.status == "complete"
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "run" / "localizations"), result)
+
+
+def test_localization_needs_its_inputs(grid, tmp_path):
+    from pipelines.errors import ConfigError
+
+    archive, table = grid
+    with pytest.raises(ConfigError, match="recorders_table"):
+        load_config({"input": {"url": str(archive.root)}, "output": {"url": str(tmp_path)}, "ribbit": [FROG],
+                     "localization": {"detector": "ribbit:frog", "class": "frog", "max_receiver_dist": 60}},
+                    environ={})
+    with pytest.raises(ConfigError, match="not a detector of this run"):
+        config_for(archive, table, tmp_path, detector="ribbit:toad")
+    with pytest.raises(ConfigError, match="one class"):
+        config_for(archive, table, tmp_path, **{"class": "toad"})
+
+
+@pytest.mark.slow
+@pytest.mark.s3
+def test_localization_on_s3_equals_local(grid, tmp_path, dask_client, s3_storage_options):
+    import s3fs
+
+    archive, table = grid
+    local = run_pipeline(config_for(archive, table, tmp_path / "local"), dask_client, progress=False)
+    assert local.status == "complete"
+    fs = s3fs.S3FileSystem(**s3_storage_options)
+    fs.mkdir("opso-loc")
+    fs.put(str(archive.root) + "/", "opso-loc/audio/", recursive=True)
+    fs.put(str(table), "opso-loc/recorders.csv")
+    config = load_config({
+        "input": {"url": "s3://opso-loc/audio", "recorders_table": "s3://opso-loc/recorders.csv",
+                  "storage_options": s3_storage_options},
+        "output": {"url": "s3://opso-loc/run", "storage_options": s3_storage_options},
+        "clips": {"duration": 2.0}, "spectrogram": {"sample_rate": SR, "clips_per_chunk": 16, "store": "none"},
+        "ribbit": [FROG],
+        "localization": {"detector": "ribbit:frog", "class": "frog", "max_receiver_dist": 60.0},
+    }, environ={})
+    remote = run_pipeline(config, dask_client, progress=False)
+    assert remote.status == "complete"
+    from pipelines.outputs import OutputLocation
+
+    got = OutputLocation("s3://opso-loc/run", s3_storage_options).read_parquet_folder("localizations")
+    want = pd.read_parquet(tmp_path / "local" / "localizations")
+    key = ["event_id"]
+    got, want = (t.sort_values(key).reset_index(drop=True) for t in (got, want))
+    # the same events and positions; file names differ only by their location
+    assert list(got.event_id) == list(want.event_id)
+    np.testing.assert_allclose(got[["x", "y", "residual_rms"]], want[["x", "y", "residual_rms"]], atol=1e-9)
+    assert got.reference_file.str.startswith("s3://opso-loc/audio/").all()
