@@ -124,3 +124,44 @@ def test_localization_on_s3_equals_local(grid, tmp_path, dask_client, s3_storage
     assert list(got.event_id) == list(want.event_id)
     np.testing.assert_allclose(got[["x", "y", "residual_rms"]], want[["x", "y", "residual_rms"]], atol=1e-9)
     assert got.reference_file.str.startswith("s3://opso-loc/audio/").all()
+
+
+@pytest.mark.slow
+def test_killed_localization_resumes_to_the_same_table(grid, tmp_path, dask_client):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    archive, table = grid
+    reference = config_for(archive, table, tmp_path / "a", events_per_task=1)
+    run_pipeline(reference, dask_client, progress=False)
+    want = pd.read_parquet(tmp_path / "a" / "localizations").sort_values("event_id").reset_index(drop=True)
+
+    data = reference.model_dump(mode="json", by_alias=True)
+    data["output"]["url"] = str(tmp_path / "b")
+    data["cluster"] = {"kind": "local", "n_workers": 2, "threads_per_worker": 1}
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(data))
+    markers = tmp_path / "b" / "_progress" / "localization"
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "-q", "run", str(tmp_path / "b.yaml"),
+                             "--no-progress"], env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if markers.exists() and len(list(markers.iterdir())) >= 5:
+                break
+            time.sleep(0.005)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done_at_kill = len(list(markers.iterdir())) if markers.exists() else 0
+    assert 0 < done_at_kill < len(want), f"not interrupted part-way ({done_at_kill} of {len(want)} events)"
+
+    resumed = run_pipeline(load_config(tmp_path / "b.yaml", environ={}), dask_client, progress=False)
+    assert resumed.status == "complete"
+    got = pd.read_parquet(tmp_path / "b" / "localizations").sort_values("event_id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, want)
