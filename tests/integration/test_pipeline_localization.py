@@ -165,3 +165,40 @@ def test_killed_localization_resumes_to_the_same_table(grid, tmp_path, dask_clie
     assert resumed.status == "complete"
     got = pd.read_parquet(tmp_path / "b" / "localizations").sort_values("event_id").reset_index(drop=True)
     pd.testing.assert_frame_equal(got, want)
+
+
+@pytest.mark.slow
+def test_localization_tasks_stay_off_gpu_workers(grid, tmp_path):
+    """A LocalCluster worker plus one started with --resources GPU=1: localization runs on the first only."""
+    import subprocess
+    import sys
+    import time
+
+    from distributed import Client, LocalCluster
+
+    from pipelines.outputs import OutputLocation
+
+    archive, table = grid
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        proc = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", cluster.scheduler_address,
+                                 "--nthreads", "1", "--resources", "GPU=1", "--no-dashboard", "--name", "gpu-stand-in"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            gpu = []
+            while time.monotonic() < deadline and not gpu:
+                workers = client.scheduler_info()["workers"]
+                gpu = [a for a, w in workers.items() if (w.get("resources") or {}).get("GPU")]
+                time.sleep(0.2)
+            assert gpu, "the GPU worker did not register"
+            summary = run_pipeline(config_for(archive, table, tmp_path / "out", events_per_task=8), client,
+                                   progress=False)
+            assert summary.status == "complete" and summary.detections["localized:frog"] > 0
+            loc = OutputLocation(str(tmp_path / "out"))
+            workers_used = {loc.read_json(f"_progress/localization/{n}")["worker"]
+                            for n in loc.list("_progress/localization")}
+            assert workers_used and not workers_used & set(gpu)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
