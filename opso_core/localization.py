@@ -402,7 +402,7 @@ class SpatialEvent:
                 other = other.bandpass(band[0], band[1], order=9)
             delay, cc_max = delay_between(other.samples, reference.samples, reference.sample_rate,
                                           offset_s=start - self.start_time, cc_filter=cc_filter,
-                                          max_delay=max_delay)
+                                          max_delay=max_delay, band_hz=band)
             tdoas.append(delay)
             cc_maxs.append(cc_max)
         from opso_core.signal_processing import gcc
@@ -467,7 +467,7 @@ class SpatialEvent:
         return self.residual_rms
 
 
-def delay_between(signal, reference, sample_rate, offset_s=0.0, cc_filter="phat", max_delay=None):
+def delay_between(signal, reference, sample_rate, offset_s=0.0, cc_filter="phat", max_delay=None, band_hz=None):
     """Delay (s) of a sound in ``signal`` relative to ``reference``, and the correlation maximum.
 
     ``signal`` starts ``offset_s`` seconds after ``reference`` (negative: before); the returned
@@ -483,14 +483,19 @@ def delay_between(signal, reference, sample_rate, offset_s=0.0, cc_filter="phat"
     cc_filter : str
         See :func:`opso_core.signal_processing.gcc`.
     max_delay : float or None
+    band_hz : (float, float) or None
+        With a weighting other than ``cc``, frequency bins outside this band (Hz) are left out of
+        the correlation (:func:`opso_core.signal_processing.band_limited_gcc`): PHAT would otherwise
+        give the noise outside a call's band as much weight as the call.
 
     Returns
     -------
     (float, float)
     """
-    from opso_core.signal_processing import gcc
+    from opso_core.signal_processing import band_limited_gcc
 
-    cc = gcc(signal, reference, cc_filter=cc_filter)
+    band = band_hz if cc_filter != "cc" else None  # plain cc: the band-passed audio already weights by power
+    cc = band_limited_gcc(signal, reference, cc_filter=cc_filter, band_hz=band, sample_rate=sample_rate)
     lags = np.arange(-(len(reference) - 1), len(signal))  # gcc's layout, as scipy.signal.correlate's
     delays = lags / float(sample_rate) + offset_s
     if max_delay is not None:

@@ -14,6 +14,7 @@ from opso_core.utils import inrange
 
 __all__ = [
     "GCC_FILTERS",
+    "band_limited_gcc",
     "cwt_peaks",
     "detect_peak_sequence_cwt",
     "find_accel_sequences",
@@ -51,6 +52,32 @@ def gcc(x, y, cc_filter="phat", epsilon=0.001, radius=None):
         layout of ``scipy.signal.correlate(x, y, mode="full")``. A peak at lag ``k > 0`` means
         ``x`` lags ``y`` by ``k`` samples.
     """
+    return band_limited_gcc(x, y, cc_filter=cc_filter, epsilon=epsilon)
+
+
+def band_limited_gcc(x, y, cc_filter="phat", epsilon=0.001, band_hz=None, sample_rate=1):
+    """:func:`gcc`, optionally with every frequency bin outside ``band_hz`` set to zero.
+
+    The weightings other than ``cc`` divide each bin by its own magnitude, so band-passing the
+    signals first does not keep out-of-band noise from the result: PHAT gives every bin equal weight.
+    Zeroing the bins outside the band of the sound does.
+
+    Parameters
+    ----------
+    x, y : array-like, shape (n,) and (m,)
+    cc_filter : str
+        See :func:`gcc`.
+    epsilon : float
+    band_hz : (float, float) or None
+        Frequencies kept, Hz (None: all, which is :func:`gcc`).
+    sample_rate : float
+        Of both signals, Hz (needed with ``band_hz``).
+
+    Returns
+    -------
+    numpy.ndarray, shape (n + m - 1,)
+        In :func:`gcc`'s layout.
+    """
     if cc_filter not in GCC_FILTERS:
         raise OpsoValueError(f"cc_filter must be one of {GCC_FILTERS}, got {cc_filter!r}")
     import scipy.fft  # here: keeps ``import opso_core`` light
@@ -81,7 +108,14 @@ def gcc(x, y, cc_filter="phat", epsilon=0.001, radius=None):
         phi = gamma_sq / (np.abs(Gxy) * np.abs(1 - gamma_sq) + epsilon)
     else:
         phi = 1.0
-    circular = scipy.fft.irfft(Gxy * phi, n_fft)  # lag k at index k mod n_fft
+    weighted = Gxy * phi
+    if band_hz is not None:
+        low, high = band_hz
+        if not low < high:
+            raise OpsoValueError(f"band_hz must be [low, high] with low < high, got {band_hz}")
+        freqs = np.arange(len(weighted)) * (float(sample_rate) / n_fft)
+        weighted[(freqs < low) | (freqs > high)] = 0
+    circular = scipy.fft.irfft(weighted, n_fft)  # lag k at index k mod n_fft
     return np.concatenate((circular[n_fft - (m - 1):], circular[:n])) if m > 1 else circular[:n].copy()
 
 

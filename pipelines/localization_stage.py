@@ -236,7 +236,7 @@ class LocalizationTask:
             start = max(0.0, offset - pad)
             other = self._segment(file, start, event.duration_s + (offset - start) + pad)
             delay, cc_max = delay_between(other, reference, self.sample_rate_hz, offset_s=start - offset,
-                                          cc_filter=self.cc_filter, max_delay=pad)
+                                          cc_filter=self.cc_filter, max_delay=pad, band_hz=self.bandpass)
             tdoas.append(delay)
             cc_maxs.append(cc_max)
         tdoas, cc_maxs = np.asarray(tdoas), np.asarray(cc_maxs)

@@ -127,3 +127,24 @@ def test_get_ones_sequences():
     assert _get_ones_sequences(np.array([1, 1, 1, 0, 1, 1, 0, 1])) == ([0, 4, 7], [3, 2, 1])
     with pytest.raises(OpsoValueError):
         _get_ones_sequences([0, 2])
+
+
+def test_band_limited_gcc_keeps_out_of_band_noise_out_of_phat():
+    from opso_core.signal_processing import band_limited_gcc
+
+    sr, n, delay = 16000, 8000, 37
+    sos = scipy.signal.butter(8, [1500, 2500], btype="bandpass", fs=sr, output="sos")
+    lags = scipy.signal.correlation_lags(n, n)
+    found = {"phat": 0, "phat in band": 0}
+    for seed in range(10):
+        rng = np.random.default_rng(seed)
+        call = scipy.signal.sosfilt(sos, rng.standard_normal(n + delay))
+        ref = call[delay:] + 1.0 * rng.standard_normal(n)  # white noise, loud outside the call's band
+        sig = call[:n] + 1.0 * rng.standard_normal(n)  # the call arrives 37 samples later here
+        found["phat"] += lags[np.argmax(gcc(sig, ref, "phat"))] == delay
+        found["phat in band"] += lags[np.argmax(band_limited_gcc(sig, ref, "phat", band_hz=(1500, 2500),
+                                                                 sample_rate=sr))] == delay
+        np.testing.assert_allclose(band_limited_gcc(sig, ref, "cc"), gcc(sig, ref, "cc"))
+    assert found["phat in band"] == 10 and found["phat"] <= 7  # measured: 10 and 6
+    with pytest.raises(OpsoValueError):
+        band_limited_gcc(ref, ref, "phat", band_hz=(2500, 1500), sample_rate=sr)
