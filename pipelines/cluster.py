@@ -306,7 +306,11 @@ def open_cluster(settings: ClusterConfig, kind: str | None = None):
         with cluster, client:
             if interrupted:
                 raise KeyboardInterrupt
-            yield ClusterSession(client, kind, settings, cluster)
+            try:
+                yield ClusterSession(client, kind, settings, cluster)
+            except KeyboardInterrupt:
+                _quiet_workers(client)  # closing now makes workers log about the scheduler going away
+                raise
     elif kind in JOBQUEUE_KINDS:
         log = _SubmissionLog()
         cluster_cls = _jobqueue_class(kind)
@@ -324,6 +328,19 @@ def open_cluster(settings: ClusterConfig, kind: str | None = None):
             raise ClusterError(f"cannot reach the Dask scheduler at {kind}: {exc}") from None
         with client:
             yield ClusterSession(client, kind, settings)
+
+
+def _quiet_worker_logs() -> None:
+    for name in ("distributed", "tornado", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def _quiet_workers(client) -> None:
+    """Raise the workers' log level before an interrupted run closes its local cluster."""
+    try:
+        client.run(_quiet_worker_logs)
+    except Exception as exc:  # best effort: the cluster is being closed anyway
+        logger.debug("could not quiet the workers' logs: %s", exc)
 
 
 def _cpu_count() -> int:

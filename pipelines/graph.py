@@ -234,7 +234,7 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
                                  for item, et, msg in rows]
             stages.append(stage)
             futures = _submit_tasks(client, location, [stage], config.fingerprint())
-            _wait_for_tasks(futures, task_failures, progress, watch)
+            _wait_for_tasks(futures, task_failures, progress, _retagging(watch, client))
             stage_s[stage.name] = time.perf_counter() - t0
 
     # ---- collect what every task recorded, whether it ran now or in an earlier attempt
@@ -319,12 +319,38 @@ def _failure_rows_from_inventory(inventory: pd.DataFrame) -> list[dict]:
     return rows
 
 
-def _cpu_workers(client) -> list[str] | None:
-    """Addresses of the workers without the ``GPU`` resource; None when every worker is a CPU one
-    (no restriction needed) or none is (nowhere else to run)."""
+#: Dask resource opso gives the workers without ``GPU`` when a stage must stay off GPU workers
+CPU_RESOURCE = "opso-cpu"
+
+
+async def _tag_cpu_worker(dask_worker) -> None:
+    await dask_worker.set_resources(**{CPU_RESOURCE: dask_worker.state.nthreads})
+
+
+def _cpu_only_resources(client) -> dict | None:
+    """Resources that keep a task off GPU workers: when the cluster has workers with and without the
+    ``GPU`` resource, the others are given ``opso-cpu`` (one per thread) and ``{"opso-cpu": 1}`` is
+    returned; None when no restriction is needed (no GPU worker) or possible (only GPU workers)."""
     workers = client.scheduler_info(n_workers=-1)["workers"]
     cpu = [a for a, w in workers.items() if "GPU" not in (w.get("resources") or {})]
-    return cpu if cpu and len(cpu) < len(workers) else None
+    if not cpu or len(cpu) == len(workers):
+        return None
+    client.run(_tag_cpu_worker, workers=cpu)
+    return {CPU_RESOURCE: 1}
+
+
+def _retagging(watch, client, every_s: float = 10.0):
+    """``watch``, plus: every ``every_s`` seconds give CPU workers that joined or restarted since the
+    tasks were submitted their ``opso-cpu`` resource, so CPU-only tasks never wait for a tag."""
+    last = [time.monotonic()]
+
+    def check():
+        watch()
+        if time.monotonic() - last[0] >= every_s:
+            last[0] = time.monotonic()
+            _cpu_only_resources(client)
+
+    return check
 
 
 def _submit_tasks(client, location: OutputLocation, stages, fingerprint: str) -> dict:
@@ -342,8 +368,8 @@ def _submit_tasks(client, location: OutputLocation, stages, fingerprint: str) ->
                               [stage.plan.iloc[r.start : r.stop] for r in todo], [location] * len(todo),
                               [stage.marker(r) for r in todo],
                               key=[f"{stage.name}-{fingerprint}-{r.name}" for r in todo], retries=1,
-                              resources=stage.resources, pure=False,
-                              workers=_cpu_workers(client) if stage.cpu_only else None)
+                              resources=_cpu_only_resources(client) if stage.cpu_only else stage.resources,
+                              pure=False)
         futures.update({fut: (stage.name, r) for fut, r in zip(futs, todo, strict=True)})
     n_ranges = sum(len(stage.ranges) for stage in stages)
     logger.info("%d tasks to run (%d in %d stages)", len(futures), n_ranges, len(stages))
