@@ -21,6 +21,7 @@ __all__ = [
     "MixdownWarning",
     "OutOfBoundsWarning",
     "ParseError",
+    "PreprocessingError",
 ]
 
 
@@ -62,6 +63,13 @@ class GetDurationError(OpsoValueError):
 
 class ParseError(OpsoValueError):
     """A string (file name, metadata comment, timestamp) could not be parsed."""
+
+
+class PreprocessingError(OpsoError):
+    """A sample could not be preprocessed; the cause is chained (``raise ... from``).
+
+    Also importable as ``opso_core.preprocess.utils.PreprocessingError`` (OpenSoundscape's place).
+    """
 
 
 class MissingDependencyError(OpsoError, ImportError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from opso_core.errors import missing_dependency
+from opso_core.errors import PreprocessingError, missing_dependency
 
 __all__ = ["wandb_table"]
 
@@ -29,7 +29,6 @@ def wandb_table(dataset, n=None, classes_to_extract=(), random_state=None, raise
         import wandb
     except ImportError as exc:
         raise missing_dependency("wandb", "wandb") from exc
-    from opso_core.preprocess.utils import PreprocessingError
 
     if n is not None and n < len(dataset):
         dataset = dataset.sample(n=n, random_state=random_state)

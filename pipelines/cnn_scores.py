@@ -110,7 +110,7 @@ def describe_cnn_detector(cfg: CnnModelConfig, run_sample_rate_hz: int | None) -
         The file is missing or pickled, its preprocessing has steps the stage cannot reproduce,
         or the thresholds do not match its classes.
     """
-    from opso_core.ml.persistence import from_json_value as _from_json
+    from opso_core.ml.persistence import from_json_value
     from opso_core.ml.spectrogram_tensors import TensorSettings
 
     data = _read_model_file(cfg.model, cfg.storage_options)
@@ -123,26 +123,26 @@ def describe_cnn_detector(cfg: CnnModelConfig, run_sample_rate_hz: int | None) -
     if unsupported:
         raise ConfigError(f"cnn.{cfg.name}: the model's preprocessing has steps the pipeline cannot reproduce: "
                           f"{unsupported}")
-    init = _from_json(pre["init"])
-    load = _from_json(actions.get("load_audio", {}).get("params", {}))
+    init = from_json_value(pre["init"])
+    load = from_json_value(actions.get("load_audio", {}).get("params", {}))
     sample_rate = load.get("sample_rate") or run_sample_rate_hz
     rate_known = sample_rate is not None
     sample_rate = int(sample_rate or _PROVISIONAL_SAMPLE_RATE_HZ)
-    to_spec = _from_json(actions["to_spec"]["params"]) if "to_spec" in actions else {}
+    to_spec = from_json_value(actions["to_spec"]["params"]) if "to_spec" in actions else {}
     params = SpectrogramParams.resolve(sample_rate, **to_spec)
     bandpass = None
     if "bandpass" in actions:
-        bp = _from_json(actions["bandpass"]["params"])
+        bp = from_json_value(actions["bandpass"]["params"])
         if rate_known and not bp.get("out_of_bounds_ok", True) and (bp["min_f"] < 0 or bp["max_f"] > sample_rate / 2):
             raise ConfigError(
                 f"cnn.{cfg.name}: the model bandpasses {bp['min_f']}-{bp['max_f']} Hz with out_of_bounds_ok=False, "
                 f"but clips at {sample_rate} Hz reach only {sample_rate / 2} Hz; every sample would fail "
                 "(set spectrogram.sample_rate higher, or the model's bandpass)")
         bandpass = (float(bp["min_f"]), float(bp["max_f"]))
-    to_tensor = _from_json(actions.get("to_tensor", {}).get("params", {}))
+    to_tensor = from_json_value(actions.get("to_tensor", {}).get("params", {}))
     rescale = None
     if "rescale" in actions:
-        rp = _from_json(actions["rescale"]["params"])
+        rp = from_json_value(actions["rescale"]["params"])
         rescale = (float(rp.get("input_mean", 0.5)), float(rp.get("input_std", 0.5)))
     settings = TensorSettings(decibel_limits=tuple(params.decibel_limits), bandpass_hz=bandpass,
                               out_shape=tuple(init["out_shape"]), invert=bool(to_tensor.get("invert", False)),

@@ -6,13 +6,9 @@ import inspect
 
 import numpy as np
 
-from opso_core.errors import OpsoError
+from opso_core.errors import PreprocessingError
 
 __all__ = ["PreprocessingError", "get_args", "get_reqd_args", "show_tensor", "show_tensor_grid"]
-
-
-class PreprocessingError(OpsoError):
-    """A sample could not be preprocessed; the cause is chained (``raise ... from``)."""
 
 
 def get_args(func) -> dict:
