@@ -240,3 +240,34 @@ def marker_watch():
     for watch in watches:
         if watch._thread.is_alive():
             watch.stop()
+
+
+def run_cli_until_markers(config_path, markers, n_markers: int, timeout_s: float = 120) -> int:
+    """Start ``opso run config_path`` in its own session and SIGKILL it (driver and local cluster) once
+    ``markers`` (a ``_progress/<stage>`` folder) holds ``n_markers`` files, it ends, or ``timeout_s``
+    passes. Returns the number of markers there after the kill."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "-q", "run", str(config_path), "--no-progress"],
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if markers.exists() and len(list(markers.iterdir())) >= n_markers:
+                break
+            time.sleep(0.005)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return len(list(markers.iterdir())) if markers.exists() else 0
+
+
+@pytest.fixture(scope="session")
+def kill_run_at_markers():
+    """:func:`run_cli_until_markers`."""
+    return run_cli_until_markers

@@ -127,13 +127,7 @@ def test_localization_on_s3_equals_local(grid, tmp_path, dask_client, s3_storage
 
 
 @pytest.mark.slow
-def test_killed_localization_resumes_to_the_same_table(grid, tmp_path, dask_client):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
+def test_killed_localization_resumes_to_the_same_table(grid, tmp_path, dask_client, kill_run_at_markers):
     import yaml
 
     archive, table = grid
@@ -145,20 +139,8 @@ def test_killed_localization_resumes_to_the_same_table(grid, tmp_path, dask_clie
     data["output"]["url"] = str(tmp_path / "b")
     data["cluster"] = {"kind": "local", "n_workers": 2, "threads_per_worker": 1}
     (tmp_path / "b.yaml").write_text(yaml.safe_dump(data))
-    markers = tmp_path / "b" / "_progress" / "localization"
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "-q", "run", str(tmp_path / "b.yaml"),
-                             "--no-progress"], env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if markers.exists() and len(list(markers.iterdir())) >= 5:
-                break
-            time.sleep(0.005)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    done_at_kill = len(list(markers.iterdir())) if markers.exists() else 0
+    done_at_kill = kill_run_at_markers(tmp_path / "b.yaml", tmp_path / "b" / "_progress" / "localization", 5,
+                                       timeout_s=180)
     assert 0 < done_at_kill < len(want), f"not interrupted part-way ({done_at_kill} of {len(want)} events)"
 
     resumed = run_pipeline(load_config(tmp_path / "b.yaml", environ={}), dask_client, progress=False)

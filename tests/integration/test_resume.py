@@ -3,12 +3,6 @@ compare every table with an uninterrupted run: no duplicated and no missing rows
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -33,26 +27,13 @@ def write_config(path, archive_root, out):
     return load_config(path, environ={})
 
 
-def test_interrupted_run_resumes_to_identical_tables(archive, dask_client, tmp_path, run_tables):
+def test_interrupted_run_resumes_to_identical_tables(archive, dask_client, tmp_path, run_tables,
+                                                     kill_run_at_markers):
     reference = write_config(tmp_path / "a.yaml", archive.root, tmp_path / "a")
     run_pipeline(reference, dask_client, progress=False)
 
     interrupted = write_config(tmp_path / "b.yaml", archive.root, tmp_path / "b")
-    markers = tmp_path / "b" / "_progress" / "spectrograms"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "-q", "run", str(tmp_path / "b.yaml"),
-                             "--no-progress"], env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if markers.exists() and len(list(markers.iterdir())) >= 5:
-                break
-            time.sleep(0.005)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    done_at_kill = len(list(markers.iterdir())) if markers.exists() else 0
+    done_at_kill = kill_run_at_markers(tmp_path / "b.yaml", tmp_path / "b" / "_progress" / "spectrograms", 5)
     total_chunks = -(-reference_clip_count(tmp_path / "a") // 2)
     assert 0 < done_at_kill < total_chunks, f"the run was not interrupted part-way ({done_at_kill}/{total_chunks})"
     assert OutputLocation(str(tmp_path / "b")).read_json("run.json")["status"] == "running"
