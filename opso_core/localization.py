@@ -37,6 +37,7 @@ __all__ = [
     "calc_speed_of_sound",
     "calculate_tdoa_residuals",
     "delay_between",
+    "delay_from_file",
     "gillette_localize",
     "least_squares_localize",
     "localize",
@@ -393,16 +394,8 @@ class SpatialEvent:
             reference = reference.bandpass(band[0], band[1], order=9)
         tdoas, cc_maxs = [0.0], []
         for path in self.receiver_files[1:]:
-            pad = 0.0 if max_delay is None else float(max_delay)
-            start = max(0.0, self.start_time - pad)
-            duration = None if self.duration is None else self.duration + (self.start_time - start) + pad
-            other = Audio.from_file(path, offset=start, duration=duration, out_of_bounds_mode="ignore",
-                                    sample_rate=reference.sample_rate)
-            if band is not None:
-                other = other.bandpass(band[0], band[1], order=9)
-            delay, cc_max = delay_between(other.samples, reference.samples, reference.sample_rate,
-                                          offset_s=start - self.start_time, cc_filter=cc_filter,
-                                          max_delay=max_delay, band_hz=band)
+            delay, cc_max = delay_from_file(reference, path, self.start_time, self.duration, cc_filter=cc_filter,
+                                            max_delay=max_delay, bandpass_range=band)
             tdoas.append(delay)
             cc_maxs.append(cc_max)
         from opso_core.signal_processing import gcc
@@ -465,6 +458,49 @@ class SpatialEvent:
         residuals = self.calculate_distance_residuals(speed_of_sound)
         self.residual_rms = float(np.sqrt(np.mean(residuals**2)))
         return self.residual_rms
+
+
+def delay_from_file(reference, path, offset_s, duration_s, *, cc_filter="phat", max_delay=None, bandpass_range=None,
+                    storage_options=None):
+    """Delay (s) of ``reference``'s sound in another synchronized recording, and the correlation maximum.
+
+    ``path``'s audio is read from ``offset_s`` (where ``reference`` starts, in that file's time) for
+    ``duration_s``, widened by ``max_delay`` at both ends so that a sound delayed by up to
+    ``max_delay`` lies whole in it, resampled to ``reference``'s rate, band-passed like it (order 9),
+    and cross-correlated with it (:func:`delay_between`).
+
+    Parameters
+    ----------
+    reference : Audio
+        The reference receiver's audio (already band-passed if ``bandpass_range`` is given).
+    path : str
+        Local path or fsspec URL of the other receiver's recording.
+    offset_s : float
+        Seconds from the start of ``path``.
+    duration_s : float or None
+        Seconds (None: to the end of the file).
+    cc_filter : str
+    max_delay : float or None
+        Seconds.
+    bandpass_range : (float, float) or None
+        Hz.
+    storage_options : dict, optional
+
+    Returns
+    -------
+    (float, float)
+    """
+    from opso_core.audio import Audio
+
+    pad = 0.0 if max_delay is None else float(max_delay)
+    start = max(0.0, offset_s - pad)
+    duration = None if duration_s is None else duration_s + (offset_s - start) + pad
+    other = Audio.from_file(path, offset=start, duration=duration, out_of_bounds_mode="ignore",
+                            sample_rate=reference.sample_rate, storage_options=storage_options)
+    if bandpass_range is not None:
+        other = other.bandpass(bandpass_range[0], bandpass_range[1], order=9)
+    return delay_between(other.samples, reference.samples, reference.sample_rate, offset_s=start - offset_s,
+                         cc_filter=cc_filter, max_delay=max_delay, band_hz=bandpass_range)
 
 
 def delay_between(signal, reference, sample_rate, offset_s=0.0, cc_filter="phat", max_delay=None, band_hz=None):

@@ -211,32 +211,29 @@ class LocalizationTask:
         return {"n_clips": len(clip_range), "n_ok": len(rows), "failures": failures,
                 "detections": {f"localized:{self.class_name}": len(rows)}}
 
-    def _segment(self, file, offset_s, duration_s):
-        from opso_core.audio import Audio
-
-        audio = Audio.from_file(file, offset=offset_s, duration=duration_s, sample_rate=self.sample_rate_hz,
-                                out_of_bounds_mode="ignore", storage_options=self.input_storage_options or None)
-        if self.bandpass is not None:
-            high = min(self.bandpass[1], 0.49 * audio.sample_rate)
-            audio = audio.bandpass(self.bandpass[0], high, order=9)
-        return audio.samples
-
     def _localize(self, event, positions) -> dict | None:
+        from opso_core.audio import Audio
         from opso_core.localization import (
             InsufficientReceiversError,
             calculate_tdoa_residuals,
-            delay_between,
+            delay_from_file,
             localize,
         )
 
-        pad = self.max_delay_s
-        reference = self._segment(event.files[0], event.offsets_s[0], event.duration_s)
+        options = self.input_storage_options or None
+        band = None
+        if self.bandpass is not None:
+            band = (self.bandpass[0], min(self.bandpass[1], 0.49 * self.sample_rate_hz))
+        reference = Audio.from_file(event.files[0], offset=event.offsets_s[0], duration=event.duration_s,
+                                    sample_rate=self.sample_rate_hz, out_of_bounds_mode="ignore",
+                                    storage_options=options)
+        if band is not None:
+            reference = reference.bandpass(band[0], band[1], order=9)
         tdoas, cc_maxs = [0.0], [np.nan]
         for file, offset in zip(event.files[1:], event.offsets_s[1:], strict=True):
-            start = max(0.0, offset - pad)
-            other = self._segment(file, start, event.duration_s + (offset - start) + pad)
-            delay, cc_max = delay_between(other, reference, self.sample_rate_hz, offset_s=start - offset,
-                                          cc_filter=self.cc_filter, max_delay=pad, band_hz=self.bandpass)
+            delay, cc_max = delay_from_file(reference, file, offset, event.duration_s, cc_filter=self.cc_filter,
+                                            max_delay=self.max_delay_s, bandpass_range=band,
+                                            storage_options=options)
             tdoas.append(delay)
             cc_maxs.append(cc_max)
         tdoas, cc_maxs = np.asarray(tdoas), np.asarray(cc_maxs)
