@@ -207,8 +207,7 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
     plan = plan_clips(inventory, clip_duration=clips_cfg.duration, clip_overlap=clips_cfg.overlap,
                       final_clip=clips_cfg.final_clip)
     logger.info("%d clips of %.3g s at %d Hz", len(plan), clips_cfg.duration, sample_rate_hz)
-    gpu_workers = [a for a, w in client.scheduler_info(n_workers=-1)["workers"].items()
-                   if "GPU" in (w.get("resources") or {})]
+    gpu_workers, _ = _workers_by_kind(client)
     stages = [spectrogram_stage(config, plan, params=params, sample_rate_hz=sample_rate_hz, location=location)]
     detectors = [describe_cnn_detector(m, sample_rate_hz) for m in config.cnn]
     if detectors:
@@ -319,6 +318,13 @@ def _failure_rows_from_inventory(inventory: pd.DataFrame) -> list[dict]:
     return rows
 
 
+def _workers_by_kind(client) -> tuple[list[str], list[str]]:
+    """Addresses of the workers with the ``GPU`` resource and of the others."""
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    gpu = [a for a, w in workers.items() if "GPU" in (w.get("resources") or {})]
+    return gpu, [a for a in workers if a not in gpu]
+
+
 #: Dask resource opso gives the workers without ``GPU`` when a stage must stay off GPU workers
 CPU_RESOURCE = "opso-cpu"
 
@@ -331,9 +337,8 @@ def _cpu_only_resources(client) -> dict | None:
     """Resources that keep a task off GPU workers: when the cluster has workers with and without the
     ``GPU`` resource, the others are given ``opso-cpu`` (one per thread) and ``{"opso-cpu": 1}`` is
     returned; None when no restriction is needed (no GPU worker) or possible (only GPU workers)."""
-    workers = client.scheduler_info(n_workers=-1)["workers"]
-    cpu = [a for a, w in workers.items() if "GPU" not in (w.get("resources") or {})]
-    if not cpu or len(cpu) == len(workers):
+    gpu, cpu = _workers_by_kind(client)
+    if not cpu or not gpu:
         return None
     client.run(_tag_cpu_worker, workers=cpu)
     return {CPU_RESOURCE: 1}

@@ -184,27 +184,40 @@ def _clip_coord_values(clips: pd.DataFrame) -> dict[str, np.ndarray]:
             "start_time_utc": np.where(np.isnat(utc), _NAT, utc.view(np.int64))}
 
 
+def _write_chunks(location: OutputLocation, clip_range: ClipRange, stored: np.ndarray, key, *, clips_per_chunk: int,
+                  fill, compressor, filters=()) -> None:
+    """Write ``stored`` (rows of ``clip_range``, which starts on a chunk boundary) as Zarr v2 chunks along
+    the clip axis: chunk ``k`` goes to ``key(k)``, encoded by ``filters`` then ``compressor``, one object
+    written atomically (:meth:`OutputLocation.write_bytes`); the last chunk of an array is padded with
+    ``fill`` to the full chunk shape, as Zarr stores it."""
+    import numcodecs
+
+    if clip_range.start % clips_per_chunk:
+        raise ValueError(f"clip range {clip_range.name} does not start on a chunk of {clips_per_chunk} clips")
+    numcodecs.blosc.use_threads = False  # a Dask worker's threads are its only threads (one per core)
+    for offset in range(0, len(stored), clips_per_chunk):
+        block = stored[offset : offset + clips_per_chunk]
+        if len(block) < clips_per_chunk:
+            pad = np.full((clips_per_chunk - len(block), *block.shape[1:]), fill, dtype=block.dtype)
+            block = np.concatenate([block, pad])
+        raw = np.ascontiguousarray(block)
+        for f in filters:
+            raw = f.encode(raw)
+        location.write_bytes(key((clip_range.start + offset) // clips_per_chunk), compressor.encode(raw))
+
+
 def write_clip_coords(location: OutputLocation, clip_range: ClipRange, clips: pd.DataFrame, *,
                       clips_per_chunk: int, store_name: str = STORE_NAME) -> None:
     """Write the per-clip coordinates (``file, recorder, start_time, end_time, start_time_utc``) of
-    ``clip_range`` (chunk-aligned; ``clips`` its rows of the plan) as Zarr v2 chunks, each one
-    object written atomically; the last chunk of an array is padded to the full chunk length."""
+    ``clip_range`` (chunk-aligned; ``clips`` its rows of the plan) as Zarr v2 chunks (``<name>/<k>``)."""
     import numcodecs
 
-    numcodecs.blosc.use_threads = False
     compressor = numcodecs.Blosc(_COORD_CODEC[0], _COORD_CODEC[1], numcodecs.Blosc.SHUFFLE)
-    text = numcodecs.VLenUTF8()
-    if clip_range.start % clips_per_chunk:
-        raise ValueError(f"clip range {clip_range.name} does not start on a chunk of {clips_per_chunk} clips")
     for name, values in _clip_coord_values(clips).items():
-        fill = "" if values.dtype == object else _CLIP_COORDS[name][1]
-        for offset in range(0, len(values), clips_per_chunk):
-            block = values[offset : offset + clips_per_chunk]
-            if len(block) < clips_per_chunk:
-                block = np.concatenate([block, np.full(clips_per_chunk - len(block), fill, dtype=block.dtype)])
-            raw = text.encode(block) if block.dtype == object else np.ascontiguousarray(block)
-            k = (clip_range.start + offset) // clips_per_chunk
-            location.write_bytes(f"{store_name}/{name}/{k}", compressor.encode(raw))
+        text = values.dtype == object
+        _write_chunks(location, clip_range, values, lambda k, name=name: f"{store_name}/{name}/{k}",
+                      clips_per_chunk=clips_per_chunk, fill="" if text else _CLIP_COORDS[name][1],
+                      compressor=compressor, filters=(numcodecs.VLenUTF8(),) if text else ())
 
 
 def create_store(location: OutputLocation, plan: pd.DataFrame, *, params: SpectrogramParams, sample_rate_hz: int,
@@ -229,7 +242,7 @@ def create_store(location: OutputLocation, plan: pd.DataFrame, *, params: Spectr
     def array(name, data, dims, chunks, attrs=None, fill_value=None):
         arr = group.create_array(name, shape=data.shape, chunks=chunks, dtype=data.dtype if data.dtype != object
                                  else str, fill_value=fill_value, compressors=coord_codec)
-        if n or data.ndim == 1 and len(data):
+        if len(data):
             arr[...] = data
         arr.attrs.update({**(attrs or {}), "_ARRAY_DIMENSIONS": list(dims)})
 
@@ -269,23 +282,7 @@ def create_store(location: OutputLocation, plan: pd.DataFrame, *, params: Spectr
 
 def write_values(location: OutputLocation, clip_range: ClipRange, values: np.ndarray, *, encoding: StoreEncoding,
                  clips_per_chunk: int, store_name: str = STORE_NAME) -> None:
-    """Write the dB ``values`` of ``clip_range`` (which starts on a chunk boundary) into the store.
-
-    Each chunk is compressed here and written as one object under its Zarr v2 key
-    (``spectrogram/<k>.0.0``), atomically (:meth:`OutputLocation.write_bytes`); the last chunk of
-    the array is padded to the full chunk shape, as Zarr stores it.
-    """
-    import numcodecs
-
-    if clip_range.start % clips_per_chunk:
-        raise ValueError(f"clip range {clip_range.name} does not start on a chunk of {clips_per_chunk} clips")
-    numcodecs.blosc.use_threads = False  # a Dask worker's threads are its only threads (one per core)
-    codec = encoding.codec()
-    stored = encoding.encode(values)
-    for offset in range(0, len(stored), clips_per_chunk):
-        block = stored[offset : offset + clips_per_chunk]
-        if len(block) < clips_per_chunk:
-            pad = np.full((clips_per_chunk - len(block), *block.shape[1:]), encoding.fill_value, dtype=block.dtype)
-            block = np.concatenate([block, pad])
-        k = (clip_range.start + offset) // clips_per_chunk
-        location.write_bytes(f"{store_name}/spectrogram/{k}.0.0", codec.encode(np.ascontiguousarray(block)))
+    """Write the dB ``values`` of ``clip_range`` (which starts on a chunk boundary) into the store:
+    each chunk compressed here and written as one object under its Zarr v2 key (``spectrogram/<k>.0.0``)."""
+    _write_chunks(location, clip_range, encoding.encode(values), lambda k: f"{store_name}/spectrogram/{k}.0.0",
+                  clips_per_chunk=clips_per_chunk, fill=encoding.fill_value, compressor=encoding.codec())
