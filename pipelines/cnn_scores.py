@@ -173,7 +173,7 @@ def _device(name: str):
 
 
 def _model(detector: CnnDetector):
-    """The detector's model on this worker and its inference network, loaded once per process."""
+    """The detector's network on this worker, in its inference form, loaded once per process."""
     from opso_core.ml.cnn import load_model
     from opso_core.ml.utils import inference_network
 
@@ -191,8 +191,7 @@ def _model(detector: CnnDetector):
                 model = load_model(tmp, device=device)
             finally:
                 os.unlink(tmp)
-            model.network.eval()
-            _MODELS[key] = (model, inference_network(model.network, device))
+            _MODELS[key] = inference_network(model.network, device)  # a copy: the loaded model is not kept
         return _MODELS[key]
 
 
@@ -237,7 +236,7 @@ def infer_clips(clip_range: ClipRange, clips: pd.DataFrame, *, location: OutputL
     from opso_core.ml.utils import apply_activation_layer, inference_input, one_ahead
 
     started = time.perf_counter()
-    model, network = _model(detector)
+    network = _model(detector)
     model_load_s = time.perf_counter() - started
     device = next(network.parameters()).device
     scores = np.full((len(clips), len(detector.classes)), np.nan, dtype=np.float32)
