@@ -151,15 +151,19 @@ def candidate_events(detections: pd.DataFrame, recorders: pd.DataFrame, inventor
     dets = dets.sort_values(["utc_s", "recorder", "file"], kind="stable").reset_index(drop=True)
     coords = recorders.to_numpy()
     index = {r: i for i, r in enumerate(recorders.index)}
+    near = np.linalg.norm(coords[:, None, :] - coords[None, :, :], axis=-1) <= cfg.max_receiver_dist
     rows = []
-    utc = dets["utc_s"].to_numpy()
-    for ref in dets.itertuples():
-        ref_pos = coords[index[ref.recorder]]
-        window = dets[(np.abs(utc - ref.utc_s) < ref.duration_s) & (dets["recorder"] != ref.recorder)]
+    utc = dets["utc_s"].to_numpy()  # sorted: each reference's window is a slice
+    rec = dets["recorder"].map(index).to_numpy()
+    records = list(dets.itertuples())
+    for i, ref in enumerate(records):
+        lo = np.searchsorted(utc, ref.utc_s - ref.duration_s, side="right")  # utc within +-duration
+        hi = np.searchsorted(utc, ref.utc_s + ref.duration_s, side="left")
         members = {}
-        for other in window.itertuples():
-            if np.linalg.norm(coords[index[other.recorder]] - ref_pos) > cfg.max_receiver_dist:
+        for j in range(lo, hi):
+            if rec[j] == rec[i] or not near[rec[i], rec[j]]:
                 continue
+            other = records[j]
             offset = ref.utc_s - other.file_start_s
             if offset < 0 or offset + ref.duration_s > other.file_duration_s + 1e-6:
                 continue  # the event's span is not inside that file
