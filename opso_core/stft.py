@@ -221,8 +221,10 @@ def _frame_blocks(n_clips: int, n_times: int, values_per_frame: int):
 
 
 @lru_cache(maxsize=32)
-def _transform_constants(params: SpectrogramParams, sample_rate: float):
-    """Window, window spectrum (at its non-negligible bins), those bins and the per-bin power scale."""
+def transform_constants(params: SpectrogramParams, sample_rate: float):
+    """Window ``(window_samples,)``, the window's rFFT at its non-negligible bins, those bins' indices, and
+    the per-bin power scale ``(n_frequencies,)`` (scipy's one-sided "spectrum"/"density" scaling), all
+    float64 numpy arrays (cached; do not modify)."""
     win, win_spectrum, win_bins = _window_and_spectrum(params.window_type, params.window_samples, params.nfft)
     return win, win_spectrum, win_bins, _one_sided_scale(params, sample_rate, win)
 
@@ -250,7 +252,7 @@ def _block_power(frames: np.ndarray, params: SpectrogramParams, sample_rate, wor
     float64. The transform runs in float64 whatever the audio's precision: float32 FFTs would put
     rounding noise of ~1e-3 dB into bins 60 dB below a frame's loudest. With a ``workspace`` the
     result is a view of its buffer (valid until the next block)."""
-    win, win_spectrum, win_bins, scale = _transform_constants(params, float(sample_rate))
+    win, win_spectrum, win_bins, scale = transform_constants(params, float(sample_rate))
     shape = frames.shape[:-1]
     n_rows = int(np.prod(shape))
     # detrend="constant" (as scipy): FFT(w * (x - mean)) = FFT(w * x) - mean * FFT(w), and FFT(w) is

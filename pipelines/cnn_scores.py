@@ -69,6 +69,7 @@ class CnnDetector:
     params: SpectrogramParams
     tensor_settings: object  # opso_core.ml.spectrogram_tensors.TensorSettings
     clips_per_task: int | None = None
+    prepare_threads: int | None = None
 
     @property
     def detector(self) -> str:
@@ -161,7 +162,8 @@ def describe_cnn_detector(cfg: CnnModelConfig, run_sample_rate_hz: int | None) -
                        thresholds=thresholds, batch_size=cfg.batch_size, device=cfg.device,
                        clip_duration_s=duration, overlap_s=cfg.overlap_fraction * duration,
                        final_clip=cfg.final_clip, sample_rate_hz=sample_rate, params=params,
-                       tensor_settings=settings, clips_per_task=cfg.clips_per_task)
+                       tensor_settings=settings, clips_per_task=cfg.clips_per_task,
+                       prepare_threads=cfg.prepare_threads)
 
 
 def _device(name: str):
@@ -205,24 +207,50 @@ class CnnTask:
     def __call__(self, clip_range: ClipRange, clips: pd.DataFrame, location: OutputLocation) -> dict:
         result = infer_clips(clip_range, clips, location=location, detector=self.detector,
                              input_storage_options=self.input_storage_options)
-        return {"n_clips": len(clip_range), "failures": result["failures"],
+        return {"n_clips": len(clip_range), "n_ok": result["n_ok"], "failures": result["failures"],
                 "detections": {self.detector.detector: result["detections"]}, "device": result["device"],
-                "model_load_s": result["model_load_s"], "forward_s": result["forward_s"]}
+                "model_load_s": result["model_load_s"], "forward_s": result["forward_s"],
+                "prepare_threads": result["prepare_threads"]}
 
 
-def _spectrograms(detector: CnnDetector, clips: pd.DataFrame, storage_options):
-    from pipelines.spectrogram_store import clip_spectrograms
+@dataclasses.dataclass(frozen=True)
+class _Batch:
+    """One batch as the prepare threads leave it: the clips' dB spectrograms (CPU device), or the audio
+    of its good clips in pinned memory (GPU: the spectrograms are computed there), the ``ok`` mask and
+    failures."""
 
-    return clip_spectrograms(clips, params=detector.params, sample_rate_hz=detector.sample_rate_hz,
-                             clip_duration_s=detector.clip_duration_s, storage_options=storage_options)
+    values: np.ndarray | None
+    samples: object  # torch.Tensor (n_ok, n_samples) or None
+    ok: np.ndarray
+    failures: tuple
+
+
+def _prepare(detector: CnnDetector, clips: pd.DataFrame, storage_options, audio_only: bool) -> _Batch:
+    from pipelines.spectrogram_store import clip_audio_batch, clip_failures, clip_spectrograms
+
+    if not audio_only:
+        spec = clip_spectrograms(clips, params=detector.params, sample_rate_hz=detector.sample_rate_hz,
+                                 clip_duration_s=detector.clip_duration_s, storage_options=storage_options)
+        return _Batch(spec.values, None, spec.ok, spec.failures)
+    import torch
+
+    samples, ok, file_failures = clip_audio_batch(clips, sample_rate_hz=detector.sample_rate_hz,
+                                                  clip_duration_s=detector.clip_duration_s,
+                                                  storage_options=storage_options)
+    # the good clips' audio in page-locked memory, so the copy to the GPU does not block the network
+    good = torch.from_numpy(samples[ok])
+    return _Batch(None, good.pin_memory() if torch.cuda.is_available() else good, ok,
+                  clip_failures(clips, file_failures))
 
 
 def infer_clips(clip_range: ClipRange, clips: pd.DataFrame, *, location: OutputLocation, detector: CnnDetector,
                 input_storage_options=None) -> dict:
     """Score a range of clips with the detector's model and write its score and detection tables.
 
-    Batches of ``batch_size`` clips are read and transformed in a thread while the network runs on
-    the previous batch.
+    The next batches of ``batch_size`` clips are prepared in :func:`prepare_threads` threads while the
+    network runs: on a CPU device they are read and turned into spectrograms there; on a CUDA device
+    the threads only read audio and the spectrograms are computed on the GPU
+    (:func:`opso_core.ml.spectrogram_tensors.spectrograms_on_device`, the same numbers to ~1e-5 dB).
 
     Returns
     -------
@@ -232,8 +260,8 @@ def infer_clips(clip_range: ClipRange, clips: pd.DataFrame, *, location: OutputL
     """
     import torch
 
-    from opso_core.ml.spectrogram_tensors import spectrograms_to_tensor
-    from opso_core.ml.utils import apply_activation_layer, inference_input, one_ahead
+    from opso_core.ml.spectrogram_tensors import spectrograms_on_device, spectrograms_to_tensor
+    from opso_core.ml.utils import apply_activation_layer, inference_input, prefetched
 
     started = time.perf_counter()
     network = _model(detector)
@@ -242,23 +270,38 @@ def infer_clips(clip_range: ClipRange, clips: pd.DataFrame, *, location: OutputL
     scores = np.full((len(clips), len(detector.classes)), np.nan, dtype=np.float32)
     valid = np.zeros(len(clips), dtype=bool)
     failures: dict[str, list] = {}
-    forward_s = 0.0
     starts = range(0, len(clips), detector.batch_size)
-    prepared = one_ahead((_spectrograms(detector, clips.iloc[start : start + detector.batch_size],
-                                        input_storage_options) for start in starts), name="opso-cnn-prefetch")
+    threads = prepare_threads(detector.prepare_threads, device)
+    on_device = device.type == "cuda"  # spectrograms where the network runs: the CPU threads only read audio
+    frequencies = detector.params.frequencies(detector.sample_rate_hz)
+    prepared = iter(prefetched(lambda start: _prepare(detector, clips.iloc[start : start + detector.batch_size],
+                                                      input_storage_options, audio_only=on_device),
+                               starts, threads=threads, name="opso-cnn-prepare"))
+    outputs = []  # (rows, scores on the device): copied back once, so the GPU is never waited for per batch
+    wait_s = 0.0
+    loop_started = time.perf_counter()
     with torch.no_grad():
-        for start, spec in zip(starts, prepared, strict=True):
-            for item, error_type, message in spec.failures:
+        for start in starts:
+            t0 = time.perf_counter()
+            batch = next(prepared)
+            wait_s += time.perf_counter() - t0
+            for item, error_type, message in batch.failures:
                 failures.setdefault(item.split(" clips ")[0], [error_type, message, []])[2].append(item)
-            rows = start + np.flatnonzero(spec.ok)
+            rows = start + np.flatnonzero(batch.ok)
             if not len(rows):
                 continue
-            t0 = time.perf_counter()
-            x = spectrograms_to_tensor(spec.values[spec.ok], spec.frequencies, detector.tensor_settings, device=device)
+            if on_device:
+                values = spectrograms_on_device(batch.samples.to(device, non_blocking=True), detector.sample_rate_hz,
+                                                detector.params)
+            else:
+                values = batch.values[batch.ok]
+            x = spectrograms_to_tensor(values, frequencies, detector.tensor_settings, device=device)
             logits = network(inference_input(x, device))
-            scores[rows] = apply_activation_layer(logits.float(), detector.activation).cpu().numpy()
-            forward_s += time.perf_counter() - t0
+            outputs.append((rows, apply_activation_layer(logits.float(), detector.activation)))
+        for rows, batch_scores in outputs:
+            scores[rows] = batch_scores.cpu().numpy()
             valid[rows] = True
+    forward_s = time.perf_counter() - loop_started - wait_s
     ids = clips[ID_COLUMNS].reset_index(drop=True)
     table = pd.concat([ids, pd.DataFrame(scores, columns=list(detector.classes))], axis=1)[valid].reset_index(drop=True)
     detections = pd.concat([detections_of(table, detector.detector, cls, threshold)
@@ -270,8 +313,31 @@ def infer_clips(clip_range: ClipRange, clips: pd.DataFrame, *, location: OutputL
                            schema=score_schema(detector.classes, pa.float32()))
     file_failures = [[_merge_items(file, items), error_type, message]
                      for file, (error_type, message, items) in failures.items()]
-    return {"detections": len(detections), "failures": file_failures, "device": str(device),
-            "model_load_s": model_load_s, "forward_s": round(forward_s, 4)}
+    return {"detections": len(detections), "n_ok": int(valid.sum()), "failures": file_failures, "device": str(device),
+            "model_load_s": model_load_s, "forward_s": round(forward_s, 4), "prepare_threads": threads}
+
+
+#: most threads that read audio for a GPU's batches by default (on an H200, 1, 4 and 8 gave the same
+#: throughput once spectrograms moved to the GPU; benchmarks/README.md)
+MAX_DEFAULT_PREPARE_THREADS = 4
+
+
+def prepare_threads(configured: int | None, device) -> int:
+    """Threads that read audio and compute spectrograms for the next batches while the network runs.
+
+    ``configured`` (the ``cnn`` entry's ``prepare_threads``) wins; by default one on a CPU device
+    (the worker's threads are its cores, and the network uses them), and on a GPU the cores this
+    process may use, less the one that drives the GPU, up to :data:`MAX_DEFAULT_PREPARE_THREADS`.
+    """
+    if configured:
+        return int(configured)
+    if getattr(device, "type", str(device)) == "cpu":
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(MAX_DEFAULT_PREPARE_THREADS, cores - 1))
 
 
 def _merge_items(file: str, items: list[str]) -> str:
@@ -280,19 +346,24 @@ def _merge_items(file: str, items: list[str]) -> str:
     return f"{file} clips {min(numbers)}-{max(numbers)}"
 
 
+#: a GPU worker's task covers this many times ``spectrogram.task_audio_s`` of audio (H200, ResNet18,
+#: 224x224: 16x gave 0.3 s of GPU work per task; benchmarks/README.md)
+GPU_TASK_FACTOR = 64
+
+
 def cnn_stage(detector: CnnDetector, plan: pd.DataFrame, *, input_storage_options: dict, task_audio_s: float,
               gpu_workers: bool):
     """The stage of one CNN detector over its own clip plan.
 
     A task covers ``clips_per_task`` clips (the ``cnn`` entry's), or by default ``task_audio_s``
-    seconds of audio on CPU workers and 16 times that on GPU workers (a few thousand clips: about a
-    second of work for a ResNet on a data-centre GPU, so per-task overhead stays small), rounded
-    to whole batches.
+    seconds of audio on CPU workers and :data:`GPU_TASK_FACTOR` times that on GPU workers (about ten
+    thousand 2 s clips: more than a second of GPU work for a ResNet18 on an H200, so per-task overhead
+    stays small), rounded to whole batches.
     """
     from pipelines.stages import Stage, task_ranges
 
     step_s = detector.clip_duration_s - detector.overlap_s
-    per_task = detector.clips_per_task or max(1, round(task_audio_s / step_s)) * (16 if gpu_workers else 1)
+    per_task = detector.clips_per_task or max(1, round(task_audio_s / step_s)) * (GPU_TASK_FACTOR if gpu_workers else 1)
     ranges = task_ranges(len(plan), per_task, align=detector.batch_size)
     return Stage(detector.detector, plan, ranges, CnnTask(detector, dict(input_storage_options)),
                  resources={"GPU": 1} if gpu_workers else None)

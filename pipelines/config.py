@@ -193,7 +193,10 @@ class CnnModelConfig(_Strict):
     final_clip: Literal["extend", "full"] | None = None
     device: str = Field("auto", description="'auto' (CUDA if the worker has it), 'cpu', 'cuda', 'cuda:1', ...")
     clips_per_task: int | None = Field(None, gt=0, description="clips per task; null: spectrogram.task_audio_s of "
-                                       "audio on CPU workers, 16x that on GPU workers")
+                                       "audio on CPU workers, 64x that on GPU workers")
+    prepare_threads: int | None = Field(None, gt=0, description="threads that read and transform the next batches "
+                                        "while the network runs; null: 1 on a CPU device, on a GPU the worker's "
+                                        "usable cores less one, at most 8")
 
     _name = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
 
@@ -335,6 +338,13 @@ class RunConfig(_Strict):
                              f"{[f'ribbit:{s.name}' for s in self.ribbit] + [f'cnn:{m.name}' for m in self.cnn]}")
         if kind == "ribbit" and loc.class_name != name:
             raise ValueError(f"localization.class: RIBBIT detector {loc.detector!r} has the one class {name!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _something_to_do(self):
+        if not self.ribbit and not self.cnn and self.spectrogram.store == "none":
+            raise ValueError("nothing to compute: add ribbit species or a cnn model, or keep spectrograms "
+                             "(spectrogram.store: compact or full)")
         return self
 
     @model_validator(mode="after")

@@ -208,15 +208,23 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
                       final_clip=clips_cfg.final_clip)
     logger.info("%d clips of %.3g s at %d Hz", len(plan), clips_cfg.duration, sample_rate_hz)
     gpu_workers, _ = _workers_by_kind(client)
-    stages = [spectrogram_stage(config, plan, params=params, sample_rate_hz=sample_rate_hz, location=location)]
+    stages = []
+    if config.ribbit or config.spectrogram.store != "none":
+        stages.append(spectrogram_stage(config, plan, params=params, sample_rate_hz=sample_rate_hz, location=location))
+    else:  # nothing would use the spectrograms: the CNN stages compute their own input from the audio
+        logger.info("no spectrogram stage: no RIBBIT species and spectrogram.store is 'none'")
     detectors = [describe_cnn_detector(m, sample_rate_hz) for m in config.cnn]
     if detectors:
         logger.info("CNN tasks go to %s", f"{len(gpu_workers)} GPU worker(s)" if gpu_workers else "CPU workers")
     for det in detectors:
         det_plan = plan_clips(inventory, clip_duration=det.clip_duration_s, clip_overlap=det.overlap_s,
                               final_clip=det.final_clip)
-        stages.append(cnn_stage(det, det_plan, input_storage_options=config.input.storage_options,
-                                task_audio_s=config.spectrogram.task_audio_s, gpu_workers=bool(gpu_workers)))
+        stage = cnn_stage(det, det_plan, input_storage_options=config.input.storage_options,
+                          task_audio_s=config.spectrogram.task_audio_s, gpu_workers=bool(gpu_workers))
+        if not stages:  # without a spectrogram stage the first CNN's clips are the run's clips
+            stage = dataclasses.replace(stage, counts_clips=True)
+        stages.append(stage)
+    plan = next(stage.plan for stage in stages if stage.counts_clips)
 
     futures = _submit_tasks(client, location, stages, config.fingerprint())
     task_failures: list[dict] = []

@@ -147,11 +147,17 @@ def clip_spectrograms(clips: pd.DataFrame, *, params: SpectrogramParams, sample_
                                                   clip_duration_s=clip_duration_s, storage_options=storage_options)
     values, frequencies, _ = spectrograms_from_clips(samples, sample_rate_hz, params=params, dtype=np.float32)
     values[~ok] = np.nan
+    return ClipSpectrograms(values, ok, frequencies, clip_failures(clips, file_failures))
+
+
+def clip_failures(clips: pd.DataFrame, file_failures) -> tuple[tuple[str, str, str], ...]:
+    """``(file, error_type, message)`` of :func:`clip_audio_batch` as ``("<file> clips a-b", error_type,
+    message)``, naming the global clip numbers (``clips["clip"]``) each file lost."""
     failures = []
     for file, error_type, message in file_failures:
         idx = clips.loc[clips["file"] == file, "clip"]
         failures.append((f"{file} clips {int(idx.min())}-{int(idx.max())}", error_type, message))
-    return ClipSpectrograms(values, ok, frequencies, tuple(failures))
+    return tuple(failures)
 
 
 def open_store(location: OutputLocation, mode="r+", store_name: str = STORE_NAME):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 from opso_core.errors import OpsoValueError
 
 __all__ = ["BaseModule", "apply_activation_layer", "best_device", "cas_dataloader", "collate_audio_samples_to_dict",
-           "get_batch", "identity", "inference_input", "inference_network", "one_ahead"]
+           "get_batch", "identity", "inference_input", "inference_network", "one_ahead", "prefetched"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,33 @@ def one_ahead(items, name="opso-prefetch"):
                 return
             pending = pool.submit(next, iterator, end)
             yield item
+
+
+def prefetched(function, arguments, *, threads=1, name="opso-prefetch"):
+    """Yield ``function(a)`` for each ``a`` of ``arguments``, in order, computed ahead in ``threads`` threads.
+
+    While the caller works on one result, up to ``threads`` of the next are being computed (the
+    batches a GPU waits for, prepared on several CPU cores: reading, FFTs and torch operations
+    release the GIL). At most ``threads + 1`` results are held at once. An exception raised for an
+    item is raised where that item would have been yielded; closing the generator early cancels
+    what has not started.
+    """
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    if int(threads) < 1:
+        raise OpsoValueError(f"threads must be at least 1, got {threads!r}")
+    iterator = iter(arguments)
+    pool = ThreadPoolExecutor(max_workers=int(threads), thread_name_prefix=name)
+    try:
+        pending = deque(pool.submit(function, a) for a in itertools.islice(iterator, int(threads) + 1))
+        while pending:
+            result = pending.popleft().result()
+            for a in itertools.islice(iterator, 1):
+                pending.append(pool.submit(function, a))
+            yield result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def apply_activation_layer(x, activation_layer=None):

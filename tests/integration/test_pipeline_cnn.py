@@ -108,7 +108,7 @@ def test_tasks_run_on_the_gpu_worker(cnn_archive, model_file, tmp_path):
             markers = [loc.read_json(f"_progress/cnn-toy/{n}") for n in loc.list("_progress/cnn-toy")]
             assert len(markers) == 3  # 12 clips in tasks of 4
             assert {m["worker"] for m in markers} == set(gpu)
-            assert {m["device"] for m in markers} == {"cpu"}
+            assert {m["device"] for m in markers} == {"cuda:0" if torch.cuda.is_available() else "cpu"}
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -135,9 +135,14 @@ def test_scores_do_not_depend_on_what_the_store_keeps(cnn_archive, model_file, d
     for store in ("compact", "full", "none"):
         cfg = config(cnn_archive.root, tmp_path / store, path)
         cfg = cfg.model_copy(update={"spectrogram": cfg.spectrogram.model_copy(update={"store": store})})
-        run_pipeline(cfg, dask_client, progress=False)
+        summary = run_pipeline(cfg, dask_client, progress=False)
         loc = OutputLocation(str(tmp_path / store))
         tables[store] = loc.read_parquet_folder("scores/detector=cnn:toy").sort_values(["file", "start_time"])
         assert loc.exists("spectrograms.zarr") == (store != "none")
+        # with no store and no RIBBIT nothing uses spectrograms of the run's clips: no such stage
+        assert bool(loc.list("_progress/spectrograms")) == (store != "none")
+        assert summary.n_clips_failed == 0
+        if store == "none":  # the CNN's clips (2 s every 2 s of two 12 s files) are the run's clips
+            assert summary.n_clips == len(tables[store]) == 12
     pd.testing.assert_frame_equal(tables["compact"], tables["full"])
     pd.testing.assert_frame_equal(tables["compact"], tables["none"])

@@ -143,3 +143,9 @@ def test_cli_reports_config_errors_before_any_work(tmp_path, capsys):
     assert main(["run", str(path)]) == 2
     assert "clips.duraton: unknown key" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_run_with_nothing_to_compute_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="nothing to compute"):
+        load_config({"input": {"url": str(tmp_path)}, "output": {"url": str(tmp_path / "out")},
+                     "spectrogram": {"store": "none"}}, environ={})

@@ -208,3 +208,29 @@ def test_bad_files_get_nan_scores_and_are_logged(trained, labelled_files, tmp_pa
                                         invalid_samples_log=tmp_path / "bad.log")
     assert np.isfinite(scores.iloc[0]).all() and scores.iloc[1].isna().all()
     assert invalid == {str(bad)} and str(bad) in (tmp_path / "bad.log").read_text()
+
+
+@pytest.mark.parametrize("settings", [{}, {"window_samples": 400, "overlap_samples": 100, "fft_size": 1024,
+                                           "window_type": "hamming"},
+                                      {"scaling": "density", "decibel_limits": (-150, 0)}, {"dB_scale": False}])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device (none is visible)")])])
+def test_spectrograms_on_device_equal_spectrogram_batch(settings, device):
+    """The torch transform (used on GPU workers) gives the numpy path's values: 1e-4 dB, or 1e-6 relative power."""
+    from opso_core.ml.spectrogram_tensors import spectrograms_on_device
+    from opso_core.stft import SpectrogramParams, spectrogram_batch
+
+    rng = np.random.default_rng(7)
+    params = SpectrogramParams.resolve(22050, **settings)
+    x = (rng.standard_normal((5, 30000)) * np.linspace(0.001, 0.3, 30000)).astype(np.float32)
+    expected = spectrogram_batch(x, 22050, params, dtype=np.float32)[0]
+    got = spectrograms_on_device(x, 22050, params, device=device).cpu().numpy()
+    assert got.shape == expected.shape == (5, params.n_frequencies(), params.n_times(30000))
+    assert got.dtype == np.float32
+    if params.dB_scale:
+        assert np.abs(got - expected).max() < 1e-4
+        assert got.min() >= params.decibel_limits[0] and got.max() <= params.decibel_limits[1]
+    else:
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+    with pytest.raises(OpsoValueError, match="shorter than one spectrogram window"):
+        spectrograms_on_device(x[:, :100], 22050, params)
