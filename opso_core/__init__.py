@@ -4,7 +4,6 @@
 Heavy parts (torch) load only when first used: ``import opso_core`` stays fast.
 """
 
-from __future__ import annotations
 
 import importlib
 from typing import Any

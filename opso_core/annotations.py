@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from opso_core.errors import OpsoTypeError, OpsoValueError
+from opso_core.errors import OpsoAssertionError, OpsoTypeError, OpsoValueError
 from opso_core.utils import generate_clip_times_df, make_clip_df
 
 __all__ = ["BoxedAnnotations", "categorical_to_one_hot", "diff", "one_hot_labels_on_time_interval",
@@ -41,11 +41,16 @@ class BoxedAnnotations:
             raise OpsoTypeError(f"df must be a pandas DataFrame, got {type(df).__name__}")
         missing = {"annotation", "start_time", "end_time"} - set(df.columns)
         if missing:
-            raise OpsoValueError(f"annotation table lacks columns {sorted(missing)}")
+            raise OpsoAssertionError(f"annotation table lacks columns {sorted(missing)}")
         df = df.copy()
         for col in ("file", "low_f", "high_f"):
             if col not in df.columns:
                 df[col] = np.nan
+        if not pd.api.types.is_object_dtype(df["annotation"]):
+            # labels as Python objects, None where missing, as pandas < 3 made ["a", None] (pandas 3 makes
+            # it a string column whose missing value is NaN); Raven tables keep NaN, as in 0.9.0
+            labels = df["annotation"].astype(object)
+            df["annotation"] = labels.where(labels.notna(), None)
         self.df = df[_CORE + [c for c in df.columns if c not in _CORE]].reset_index(drop=True)
 
     def __repr__(self):
@@ -87,6 +92,7 @@ class BoxedAnnotations:
             if missing:
                 raise OpsoValueError(f"{path} is not a Raven selection table: no columns {sorted(missing)}")
             df = df.rename(columns=_RAVEN_COLUMNS)
+            df["annotation"] = df["annotation"].astype(object)  # missing labels stay NaN
             df["file"] = audio_files[i] if audio_files is not None else np.nan
             extras = [c for c in df.columns if c not in _CORE]
             if keep_extra_columns is False or keep_extra_columns is None:
@@ -99,19 +105,41 @@ class BoxedAnnotations:
         return cls(pd.concat(frames, ignore_index=True))
 
     def to_raven_files(self, save_dir):
-        """Write one Raven table per audio file (``<stem>.Table.1.selections.txt``) into ``save_dir``."""
+        """Write one Raven selection table per audio file into ``save_dir`` (created if missing).
+
+        Files are named ``<audio file stem>.selections.txt`` (``unspecified_audio.selections.txt`` for
+        annotations without a file), as OpenSoundscape 0.9.0 names them; tab-separated, with Raven's
+        ``Selection``, ``View``, ``Channel``, ``Begin Time (s)``, ``End Time (s)``, ``Low Freq (Hz)``,
+        ``High Freq (Hz)`` columns, then ``annotation`` and any other columns of ``df``.
+
+        Returns
+        -------
+        list of pathlib.Path
+            The files written.
+        """
         save_dir = Path(save_dir)
         save_dir.mkdir(parents=True, exist_ok=True)
-        if self.df["file"].isna().any():
-            raise OpsoValueError("every annotation needs a 'file' to name its Raven table")
+        files = self.df["file"]
+        named = files.dropna().unique()
+        stems = [Path(str(f)).stem for f in named]
+        repeated = sorted({s for s in stems if stems.count(s) > 1})
+        if repeated or "unspecified_audio" in stems and files.isna().any():
+            raise OpsoValueError(f"audio files in different folders share the names {repeated or ['unspecified_audio']}; "
+                                 "their tables would overwrite each other: subset .df and save each part "
+                                 "to its own folder")
+        extra = [c for c in self.df.columns if c not in _CORE]
         written = []
-        for file, group in self.df.groupby("file", sort=False):
+        for file, group in self.df.groupby(files.fillna("\0unspecified"), sort=False):
             table = pd.DataFrame({
                 "Selection": np.arange(1, len(group) + 1), "View": "Spectrogram 1", "Channel": 1,
                 "Begin Time (s)": group["start_time"].to_numpy(), "End Time (s)": group["end_time"].to_numpy(),
                 "Low Freq (Hz)": group["low_f"].to_numpy(), "High Freq (Hz)": group["high_f"].to_numpy(),
                 "annotation": group["annotation"].to_numpy()})
-            path = save_dir / f"{Path(str(file)).stem}.Table.1.selections.txt"
+            for col in extra:
+                if col not in table.columns:
+                    table[col] = group[col].to_numpy()
+            stem = "unspecified_audio" if file == "\0unspecified" else Path(str(file)).stem
+            path = save_dir / f"{stem}.selections.txt"
             table.to_csv(path, sep="\t", index=False)
             written.append(path)
         return written

@@ -37,7 +37,9 @@ from opso_core.errors import (
     AudioReadError,
     MissingDependencyError,
     MixdownWarning,
+    OpsoAssertionError,
     OpsoTypeError,
+    OpsoTypeValueError,
     OpsoValueError,
     OutOfBoundsWarning,
     ParseError,
@@ -166,7 +168,7 @@ def generate_opso_metadata_str(metadata_dictionary: dict, version="v0.1") -> str
 
     metadata = dict(metadata_dictionary)
     metadata["opso_metadata_version"] = version
-    metadata["opensoundscape_version"] = f"opso {__version__}"
+    metadata["opso_core_version"] = __version__
     return _OPSO_METADATA_PREFIX + json.dumps(_json_safe(metadata))
 
 
@@ -189,8 +191,10 @@ def parse_opso_metadata(comment_string: str) -> dict:
 
 
 def _metadata_from_info(info: AudioFileInfo) -> dict:
-    """Metadata dictionary for a file: tags, header facts, parsed AudioMoth or opso fields."""
+    """Metadata dictionary for a file: tags, header facts, parsed AudioMoth or opso fields (no
+    ``filesize``, as in OpenSoundscape 0.9.0: it would not describe a saved copy)."""
     metadata = info.soundfile_metadata()
+    metadata.pop("filesize")
     comment = metadata.get("comment") or ""
     if comment.startswith(_OPSO_METADATA_PREFIX):
         try:
@@ -200,7 +204,7 @@ def _metadata_from_info(info: AudioFileInfo) -> dict:
                           stacklevel=3)
         else:
             header_facts = {k: metadata[k] for k in ("samplerate", "frames", "format", "subtype",
-                                                     "sections", "duration", "filesize")}
+                                                     "sections", "duration")}
             metadata = {**saved, **header_facts}
     elif "AudioMoth" in (metadata.get("artist") or "") or (
             comment.startswith("Recorded at") and "AudioMoth" in comment):
@@ -238,7 +242,7 @@ class Audio:
 
     def __init__(self, samples, sample_rate, resample_type=DEFAULT_RESAMPLE_TYPE, metadata=None):
         if not isinstance(samples, np.ndarray | list | tuple):
-            raise OpsoTypeError(
+            raise OpsoTypeValueError(
                 f"Audio samples must be a numpy array or list of numbers, got {type(samples).__name__}"
             )
         arr = np.asarray(samples)
@@ -248,11 +252,11 @@ class Audio:
                 "Use load_channels_as_audio() for multi-channel files."
             )
         if not (np.issubdtype(arr.dtype, np.number) or arr.size == 0) or np.iscomplexobj(arr):
-            raise OpsoTypeError(f"Audio samples must be real numbers, got dtype {arr.dtype}")
+            raise OpsoTypeValueError(f"Audio samples must be real numbers, got dtype {arr.dtype}")
         if not isinstance(samples, np.ndarray) or not np.issubdtype(arr.dtype, np.floating):
             arr = arr.astype(np.float32)  # lists and integer PCM become float32, as in OpenSoundscape
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, int | float | np.number):
-            raise OpsoTypeError(
+            raise OpsoTypeValueError(
                 f"sample_rate must be a number of samples per second, got {sample_rate!r}"
             )
         if not math.isfinite(sample_rate) or sample_rate <= 0 or int(sample_rate) != sample_rate:
@@ -260,16 +264,20 @@ class Audio:
         if resample_type not in RESAMPLE_TYPES:
             raise OpsoValueError(f"resample_type must be one of {RESAMPLE_TYPES}, got {resample_type!r}")
         if metadata is not None and not isinstance(metadata, dict):
-            raise OpsoTypeError(f"metadata must be a dict or None, got {type(metadata).__name__}")
+            raise OpsoTypeValueError(f"metadata must be a dict or None, got {type(metadata).__name__}")
         object.__setattr__(self, "samples", arr)
         object.__setattr__(self, "sample_rate", int(sample_rate))
         object.__setattr__(self, "resample_type", resample_type)
         object.__setattr__(self, "metadata", metadata)
 
     def __setattr__(self, name, value):
-        raise AttributeError(
-            f"Audio objects are immutable; methods return new objects (cannot set {name!r})"
-        )
+        """Attributes can be set, as in OpenSoundscape 0.9.0 (``audio.metadata = {...}``), and are checked
+        as the constructor checks them. Methods never modify an object: they return new ones."""
+        if name not in self.__slots__:
+            raise AttributeError(f"Audio has no attribute {name!r}; its attributes are {self.__slots__}")
+        fields = {key: getattr(self, key) for key in self.__slots__}
+        fields[name] = value
+        object.__setattr__(self, name, getattr(self.__class__(**fields), name))
 
     def __reduce__(self):
         return (self.__class__, (self.samples, self.sample_rate, self.resample_type, self.metadata))
@@ -278,7 +286,7 @@ class Audio:
         """Copy of this object with some of its fields replaced."""
         unknown = set(kwargs) - set(self.__slots__)
         if unknown:
-            raise OpsoValueError(f"_spawn takes only {self.__slots__}, got {sorted(unknown)}")
+            raise OpsoAssertionError(f"_spawn takes only {self.__slots__}, got {sorted(unknown)}")
         fields = {key: getattr(self, key) for key in self.__slots__}
         fields.update(kwargs)
         return self.__class__(**fields)
@@ -442,13 +450,13 @@ class Audio:
             if offset is not None:
                 raise OpsoValueError("give either start_timestamp or offset, not both")
             if not isinstance(start_timestamp, datetime.datetime) or start_timestamp.tzinfo is None:
-                raise OpsoValueError("start_timestamp must be a time-zone-aware datetime.datetime")
+                raise OpsoAssertionError("start_timestamp must be a time-zone-aware datetime.datetime")
             recording_start = (metadata or _metadata_from_info(info)).get("recording_start_time")
             if not isinstance(recording_start, datetime.datetime):
                 try:
                     recording_start = audiomoth_start_time(path, to_utc=True)
                 except ParseError as exc:
-                    raise OpsoValueError(
+                    raise OpsoAssertionError(
                         f"{path}: no recording start time in the metadata (AudioMoth comment) or "
                         "the file name, so start_timestamp cannot be used; pass offset instead"
                     ) from exc
@@ -517,9 +525,9 @@ class Audio:
         return cls(samples, native_hz, resample_type=resample_type)
 
     @classmethod
-    def from_url(cls, url, sample_rate=None, resample_type=DEFAULT_RESAMPLE_TYPE,
-                 storage_options=None) -> Audio:
-        """Load audio from a URL (any fsspec protocol: http(s), s3, gs, ...)."""
+    def from_url(cls, url, sample_rate=None, resample_type="kaiser_fast", storage_options=None) -> Audio:
+        """Load audio from a URL (any fsspec protocol: http(s), s3, gs, ...); ``resample_type`` defaults
+        to ``"kaiser_fast"`` as in OpenSoundscape 0.9.0 (``from_file``'s default is ``"soxr_hq"``)."""
         return cls.from_file(url, sample_rate=sample_rate, resample_type=resample_type,
                              storage_options=storage_options)
 

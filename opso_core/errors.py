@@ -11,10 +11,15 @@ __all__ = [
     "AudioFormatError",
     "AudioOutOfBoundsError",
     "AudioReadError",
+    "DimensionError",
     "GetDurationError",
     "MissingDependencyError",
     "OpsoError",
+    "OpsoAssertionError",
+    "OpsoIndexError",
+    "OpsoTypeAssertionError",
     "OpsoTypeError",
+    "OpsoTypeValueError",
     "OpsoValueError",
     "TruncatedAudioError",
     "TruncatedAudioWarning",
@@ -35,6 +40,28 @@ class OpsoValueError(OpsoError, ValueError):
 
 class OpsoTypeError(OpsoError, TypeError):
     """An argument has the wrong type."""
+
+
+class OpsoAssertionError(OpsoValueError, AssertionError):
+    """An argument has an invalid value, where OpenSoundscape 0.9.0 checked it with ``assert``: ported
+    ``except AssertionError`` clauses keep working, ``except ValueError`` works too."""
+
+
+class OpsoTypeValueError(OpsoTypeError, ValueError):
+    """An argument has the wrong type, where OpenSoundscape 0.9.0 raised ``ValueError``."""
+
+
+class OpsoTypeAssertionError(OpsoTypeError, AssertionError):
+    """An argument has the wrong type, where OpenSoundscape 0.9.0 checked it with ``assert``."""
+
+
+class DimensionError(OpsoValueError, TypeError):
+    """An array has the wrong number of dimensions or a shape that does not match, where OpenSoundscape
+    0.9.0 raised ``TypeError``; also a ``ValueError``."""
+
+
+class OpsoIndexError(OpsoError, IndexError):
+    """An index (channel, sample, position) is out of range."""
 
 
 class AudioOutOfBoundsError(OpsoValueError):

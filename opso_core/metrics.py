@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from opso_core.errors import OpsoValueError
+from opso_core.errors import OpsoAssertionError, OpsoValueError
 
 __all__ = ["average_precision", "multi_target_metrics", "predict_multi_target_labels",
            "predict_single_target_labels", "roc_auc", "single_target_metrics"]
@@ -59,7 +59,8 @@ def predict_multi_target_labels(scores, threshold):
         raise OpsoValueError(f"scores must be 2-d (samples, classes), got shape {arr.shape}")
     thr = np.asarray(threshold, dtype=float)
     if thr.ndim > 1 or (thr.ndim == 1 and len(thr) not in (1, arr.shape[1])):
-        raise OpsoValueError("threshold must be one number or one number per class")
+        raise OpsoAssertionError(f"threshold must be one number or one number per class ({arr.shape[1]}), "
+                                 f"got {len(thr)}")
     return _like((arr >= thr).astype(int), kind, scores)
 
 
@@ -162,7 +163,9 @@ def single_target_metrics(targets, scores):
     -------
     dict
         ``confusion_matrix`` (n_classes x n_classes, rows = true class), ``precision``, ``recall``,
-        ``f1``, ``jaccard`` (macro averages over classes), ``hamming_loss`` and ``accuracy``.
+        ``f1``, ``jaccard`` (macro averages over classes, as 0.9.0's documentation of ``CNN.eval``
+        describes them; 0.9.0's code reported the second class's precision, recall and f1 only),
+        ``hamming_loss`` and ``accuracy``.
     """
     t, s = _check(targets, scores)
     if t.sum(axis=1).max() > 1:

@@ -15,7 +15,8 @@ import warnings
 
 import numpy as np
 
-from opso_core.errors import OpsoTypeError, OpsoValueError, missing_dependency
+from opso_core.errors import DimensionError, OpsoTypeError, OpsoValueError, missing_dependency
+from opso_core.image_resize import resize_image
 from opso_core.mel import mel_filter_bank, mel_frequencies
 from opso_core.stft import (
     SpectrogramParams,
@@ -41,21 +42,6 @@ def nearest_range(axis: np.ndarray, low, high) -> slice:
     lo = int(np.abs(axis - low).argmin())
     hi = int(np.abs(axis - high).argmin())
     return slice(lo, hi + 1)
-
-
-def _resize_channels(array: np.ndarray, shape) -> np.ndarray:
-    """Resize an (h, w, c) float array to ``shape`` (h, w) with antialiased bilinear interpolation."""
-    from PIL import Image
-
-    height, width = shape
-    if (height, width) == array.shape[:2]:
-        return array.astype(np.float32)
-    channels = [
-        np.asarray(Image.fromarray(np.ascontiguousarray(array[:, :, c], dtype=np.float32), mode="F")
-                   .resize((width, height), resample=Image.Resampling.BILINEAR))
-        for c in range(array.shape[2])
-    ]
-    return np.stack(channels, axis=-1)
 
 
 class Spectrogram:
@@ -88,14 +74,14 @@ class Spectrogram:
             if not isinstance(value, np.ndarray):
                 raise OpsoTypeError(f"{name} must be a numpy array, got {type(value).__name__}")
             if value.ndim != ndim:
-                raise OpsoValueError(f"{name} must be {ndim}-d, got shape {value.shape}")
+                raise DimensionError(f"{name} must be {ndim}-d, got shape {value.shape}")
         if spectrogram.shape != (frequencies.shape[0], times.shape[0]):
-            raise OpsoValueError(
+            raise DimensionError(
                 f"shape mismatch: spectrogram {spectrogram.shape}, frequencies "
                 f"{frequencies.shape}, times {times.shape} (need (n_frequencies, n_times))"
             )
         if decibel_limits is None or len(decibel_limits) != 2:
-            raise OpsoValueError(f"decibel_limits must be (min_db, max_db), got {decibel_limits!r}")
+            raise DimensionError(f"decibel_limits must be (min_db, max_db), got {decibel_limits!r}")
         set_ = object.__setattr__
         set_(self, "spectrogram", spectrogram)
         set_(self, "frequencies", frequencies)
@@ -337,14 +323,15 @@ class Spectrogram:
             shape = array.shape[:2]
         shape = (array.shape[0] if shape[0] is None else int(shape[0]),
                  array.shape[1] if shape[1] is None else int(shape[1]))
-        array = np.clip(_resize_channels(array, shape), 0, 1)
+        if tuple(shape) != array.shape[:2]:  # as 0.9.0's skimage.transform.resize (opso_core.image_resize)
+            array = resize_image(array, shape)
         if colormap is None and channels > 1:
             array = np.repeat(array, channels, axis=2)
 
         if return_type == "pil":
             from PIL import Image
 
-            pixels = np.round(array * 255).astype(np.uint8)
+            pixels = (array * 255).astype(np.uint8)  # truncated, as 0.9.0's np.uint8(array * 255)
             return Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels)
         chw = np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32)
         if return_type == "np":

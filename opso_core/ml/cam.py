@@ -204,7 +204,7 @@ def generate_cams(model, samples, method="gradcam", classes=None, target_layers=
     out = []
     for start in range(0, len(safe), batch_size):
         batch = [safe[i] for i in range(start, min(start + batch_size, len(safe)))]
-        good = [s for s in batch if s.data is not None]
+        good = [s for s in batch if s is not None and s.data is not None]
         if not good:
             out.extend(batch)
             continue

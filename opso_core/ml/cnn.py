@@ -54,6 +54,20 @@ class CNN(BaseModule):
 
     name = "CNN"
 
+    @property
+    def device(self) -> torch.device:
+        """Where the network runs; assign a ``torch.device`` or a string (``model.device = "cuda:0"``)."""
+        if "_device" not in self.__dict__:  # unpickled from a version that stored a plain attribute
+            self.device = self.__dict__.pop("device", None) or best_device()
+        return self._device
+
+    @device.setter
+    def device(self, value):
+        try:
+            self._device = torch.device(value)
+        except (RuntimeError, TypeError) as exc:
+            raise OpsoValueError(f"not a torch device: {value!r} (use e.g. 'cpu', 'cuda', 'cuda:1', 'mps')") from exc
+
     def __init__(self, architecture, classes, sample_duration, single_target=False,
                  preprocessor_class=SpectrogramPreprocessor, sample_shape=(224, 224, 3)):
         classes = list(classes)
@@ -247,16 +261,19 @@ class CNN(BaseModule):
 
     # ------------------------------------------------------------------ persistence
 
-    def save(self, path, save_train_loader=False, save_hooks=False, pickle=False):
+    def save(self, path, save_train_loader=False, save_hooks=False, as_torch_dict=False, *, pickle=False):
         """Save the model.
 
         The default file holds a JSON description and the weights; :func:`load_model` rebuilds the
-        model from it without unpickling anything. ``pickle=True`` saves the whole object with
-        ``torch.save`` (any custom architecture or action; loading needs ``allow_pickle=True``).
-        ``save_train_loader`` and ``save_hooks`` are accepted for compatibility: neither loaders nor
-        hooks are ever saved.
+        model from it without unpickling anything. ``as_torch_dict=True`` writes
+        :meth:`save_torch_dict`'s dictionary instead (as OpenSoundscape 0.9.0). ``pickle=True`` saves
+        the whole object with ``torch.save`` (any custom architecture or action; loading needs
+        ``allow_pickle=True``). ``save_train_loader`` and ``save_hooks`` are accepted for
+        compatibility: neither loaders nor hooks are ever saved.
         """
-        if pickle:
+        if as_torch_dict:
+            self.save_torch_dict(path)
+        elif pickle:
             state = {k: v for k, v in self.__dict__.items() if k not in ("opt_net", "scheduler")}
             clone = object.__new__(type(self))
             clone.__dict__.update(state)
@@ -369,18 +386,33 @@ def load_model(path, device=None, *, allow_pickle=False):
 
 
 def load_outdated_model(path, architecture, sample_duration, model_class=CNN, device=None, *, allow_pickle=False):
-    """Load weights and classes from a model file of an older OpenSoundscape (a dict with
-    ``model_state_dict``/``classes``, or a pickled model object).
+    """Load a model saved by OpenSoundscape 0.4.x-0.6.0: a dict with ``model_state_dict`` and ``classes``
+    (or ``labels_yaml``), weights named as those versions named them.
+
+    As in 0.9.0, keys are renamed to torchvision's (``feature.`` prefix dropped, ``classifier.`` ->
+    ``fc.``) and loaded with ``strict=False``; keys that still do not match are logged (warning).
+    A model without ``single_target`` is single-target (0.4.x). The file is read with torch's
+    weights-only unpickler (tensors and plain containers); anything else needs ``allow_pickle=True``.
+    Check afterwards that ``model.preprocessor`` matches the settings the model was trained with.
 
     Parameters
     ----------
+    path : str or path-like
     architecture : str or torch.nn.Module or None
-        The network to load the weights into (None for classes that build their own, e.g. InceptionV3).
+        The network to load the weights into: a registered name (built without pretrained
+        weights), a module, or None for classes that build their own (e.g. InceptionV3).
     sample_duration : float
+        Seconds.
     model_class : type
-    device : str, optional
+        Normally :class:`CNN`.
+    device : str or torch.device, optional
+        Default: CUDA if available, else the CPU.
     allow_pickle : bool
         Needed when the file holds more than tensors and plain containers.
+
+    Returns
+    -------
+    CNN
     """
     try:
         contents = torch.load(path, map_location="cpu", weights_only=True)
@@ -389,23 +421,50 @@ def load_outdated_model(path, architecture, sample_duration, model_class=CNN, de
             raise PickleNotAllowedError(f"{path} needs full unpickling (it holds objects, not just tensors); "
                                         "pass allow_pickle=True if you trust the file") from exc
         contents = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(contents, dict):
-        state = contents.get("model_state_dict") or contents.get("state_dict") or contents.get("weights")
-        classes = contents.get("classes")
-        single_target = bool(contents.get("single_target", False))
+    if not isinstance(contents, dict):
+        raise OpsoValueError(f"{path} holds a complete model object, not a dictionary of weights; "
+                             "use load_model() instead")
+    state = contents.get("model_state_dict")
+    if state is None:
+        state = contents.get("state_dict", contents.get("weights"))
+    if "classes" in contents:
+        classes = list(contents["classes"])
+    elif "labels_yaml" in contents:
+        classes = _classes_from_labels_yaml(contents["labels_yaml"])
     else:
-        state = contents.network.state_dict() if hasattr(contents, "network") else contents.state_dict()
-        classes = getattr(contents, "classes", None)
-        single_target = bool(getattr(contents, "single_target", False))
-    if state is None or classes is None:
-        raise OpsoValueError(f"{path} does not hold weights and classes in a known layout")
+        raise OpsoValueError(f"{path}: could not get a list of classes from the saved model")
+    if state is None:
+        raise OpsoValueError(f"{path} holds no 'model_state_dict'")
     if architecture is None:
-        model = model_class(classes, sample_duration, single_target=single_target, weights=None)
+        model = model_class(classes=classes, sample_duration=sample_duration, weights=None)
     else:
-        model = model_class(architecture, classes, sample_duration, single_target=single_target)
-    model.network.load_state_dict(state)
+        if isinstance(architecture, str):  # the weights come from the file: no pretrained download
+            architecture = cnn_architectures.build_architecture(architecture, num_classes=len(classes), weights=None)
+        model = model_class(architecture, classes, sample_duration)
+    state = {k.replace("classifier.", "fc.").replace("feature.", ""): v for k, v in state.items()}
+    mismatched = model.network.load_state_dict(state, strict=False)
+    if mismatched.missing_keys or mismatched.unexpected_keys:
+        logger.warning("%s: weights not loaded into the network: missing %s, unexpected %s", path,
+                       mismatched.missing_keys, mismatched.unexpected_keys)
+    model.single_target = bool(contents.get("single_target", True))
     model.device = torch.device(device) if device is not None else best_device()
+    warnings.warn("After loading a model, you still need to ensure that your preprocessing "
+                  "(model.preprocessor) matches the settings used to create the original model.", stacklevel=2)
     return model
+
+
+def _classes_from_labels_yaml(text: str) -> list:
+    """Class names of an OpenSoundscape 0.4.x ``labels_yaml`` entry (a mapping index -> class name)."""
+    try:
+        import yaml
+
+        mapping = yaml.safe_load(text)
+    except ImportError:  # the plain "0: name" lines those versions wrote
+        mapping = dict(line.split(":", 1) for line in str(text).splitlines() if ":" in line)
+        mapping = {k.strip(): v.strip() for k, v in mapping.items()}
+    if not isinstance(mapping, dict):
+        raise OpsoValueError("labels_yaml is not a mapping of index to class name")
+    return [str(v) for v in mapping.values()]
 
 
 def use_resample_loss(model):

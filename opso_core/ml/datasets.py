@@ -46,10 +46,6 @@ class AudioFileDataset(torch.utils.data.Dataset):
         if isinstance(df.index, pd.MultiIndex):
             if df.index.nlevels != 3:
                 raise OpsoValueError("a MultiIndex must have the levels (file, start_time, end_time)")
-            starts = df.index.get_level_values(1).to_numpy(dtype=float)
-            if np.isnan(starts).any():
-                raise OpsoValueError("some clips have NaN start times (files whose duration could not be read); "
-                                     "drop them first, e.g. df = df[~df.index.get_level_values(1).isna()]")
         self.label_df = df
         self.preprocessor = preprocessor
         self.bypass_augmentations = bypass_augmentations
@@ -88,7 +84,8 @@ class AudioSplittingDataset(AudioFileDataset):
     """Clips of ``preprocessor.sample_duration`` seconds split from whole files.
 
     File labels (if ``samples`` is a labelled DataFrame indexed by file) are copied to each clip.
-    Files whose duration cannot be read are left out and listed in ``invalid_samples``.
+    A file whose duration cannot be read keeps one row with NaN ``start_time``/``end_time`` (as in
+    OpenSoundscape 0.9.0: ``predict`` gives it NaN scores) and is listed in ``invalid_samples``.
 
     Parameters
     ----------
@@ -110,8 +107,5 @@ class AudioSplittingDataset(AudioFileDataset):
                                         clip_duration=preprocessor.sample_duration,
                                         clip_overlap=overlap_fraction * preprocessor.sample_duration,
                                         final_clip=final_clip, return_invalid_samples=True)
-        if invalid:
-            keep = ~clip_df.index.get_level_values("file").isin(list(invalid))
-            clip_df = clip_df[keep]
         super().__init__(clip_df, preprocessor, bypass_augmentations=bypass_augmentations)
         self.invalid_samples = set(invalid)

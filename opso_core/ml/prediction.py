@@ -60,7 +60,7 @@ def predict(model, samples, batch_size=1, num_workers=0, activation_layer=None, 
     row = 0
 
     def prepared(batch):  # runs in the prefetch thread: the batch stacked in the network's layout
-        valid = [i for i, s in enumerate(batch) if s.data is not None]
+        valid = [i for i, s in enumerate(batch) if s is not None and s.data is not None]
         tensors = inference_input(torch.stack([batch[i].data for i in valid]), model.device) if valid else None
         return len(batch), valid, tensors
 

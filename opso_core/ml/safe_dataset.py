@@ -2,8 +2,8 @@
 
 Based on the idea of nonechucks' SafeDataset. With ``invalid_sample_behavior="substitute"`` a failed
 sample is replaced by the next good one (fine for training; never for prediction, where it would
-silently score the wrong clip); ``"none"`` returns the sample with ``data=None`` and the exception
-in ``preprocessing_exception`` (prediction gives it NaN scores); ``"raise"`` re-raises.
+silently score the wrong clip); ``"none"`` returns ``None`` for it, as OpenSoundscape 0.9.0 does
+(prediction gives it NaN scores; the failed samples are in ``_invalid_samples``); ``"raise"`` re-raises.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import logging
 import warnings
 
 from opso_core.errors import OpsoValueError
-from opso_core.sample import AudioSample
 
 __all__ = ["SafeDataset"]
 
@@ -83,11 +82,7 @@ class SafeDataset:
         if sample is not None:
             return sample
         if self.invalid_sample_behavior == "none":
-            label_df = getattr(self.dataset, "label_df", None)
-            failed = AudioSample.from_series(label_df.iloc[index]) if label_df is not None else AudioSample(None)
-            failed.data = None
-            failed.preprocessing_exception = exc
-            return failed
+            return None
         # substitute: the next index that works (at most one pass over the dataset)
         for offset in range(1, len(self.dataset)):
             candidate = (index + offset) % len(self.dataset)

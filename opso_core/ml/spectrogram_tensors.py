@@ -3,10 +3,10 @@
 For inference over stored spectrograms (the pipeline's CNN stage): a batch of dB values
 ``(n, n_frequencies, n_times)`` goes through the non-augmentation steps after ``to_spec`` — the
 ``bandpass`` row selection, ``to_tensor`` (map ``decibel_limits`` to [0, 1], low frequencies at the
-bottom, optional inversion and colormap, bilinear antialiased resize to ``(height, width)``) and
-``rescale`` (``(x - mean) / std``) — as tensor operations on any device. The result equals
-``SpectrogramPreprocessor.forward(..., bypass_augmentations=True).data`` for each clip to about
-1e-5 (the resize is torch's antialiased bilinear instead of PIL's).
+bottom, optional inversion and colormap, the resize to ``(height, width)`` as matrices of
+:mod:`opso_core.image_resize`) and ``rescale`` (``(x - mean) / std``) — as tensor operations on any
+device. The result equals ``SpectrogramPreprocessor.forward(..., bypass_augmentations=True).data``
+for each clip to float32 rounding.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import functools
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from opso_core.errors import OpsoValueError
+from opso_core.image_resize import resize_matrix
 from opso_core.spectrogram import nearest_range
 from opso_core.stft import SpectrogramParams, transform_constants
 
@@ -56,6 +56,12 @@ class TensorSettings:
 
 
 _DB_PER_NEPER = 10.0 / np.log(10.0)
+
+
+@functools.lru_cache(maxsize=32)
+def _resize_tensor(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
+    """:func:`opso_core.image_resize.resize_matrix` as a float32 tensor on ``device`` (copied there once)."""
+    return torch.tensor(resize_matrix(n_in, n_out), dtype=torch.float32, device=device)
 
 
 @functools.lru_cache(maxsize=16)
@@ -147,8 +153,10 @@ def spectrograms_to_tensor(values, frequencies, settings: TensorSettings, device
         x = lut[index].permute(0, 3, 1, 2)  # (n, 3, h, w)
     else:
         x = x[:, None]  # one channel now; copied to `channels` after the resize
-    if tuple(x.shape[-2:]) != (height, width):
-        x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+    if tuple(x.shape[-2:]) != (height, width):  # 0.9.0's skimage resize, as Spectrogram.to_image does it
+        rows = _resize_tensor(x.shape[-2], height, x.device)
+        cols = _resize_tensor(x.shape[-1], width, x.device)
+        x = torch.matmul(torch.matmul(rows, x), cols.T)
     x = x.clamp(0, 1)
     if settings.colormap is None:
         x = x.expand(-1, channels, -1, -1)

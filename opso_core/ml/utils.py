@@ -24,6 +24,9 @@ class BaseModule:
 
     name = "BaseModule"
 
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
 
 def identity(x):
     """Return ``x`` (a DataLoader ``collate_fn`` that keeps the list of samples)."""

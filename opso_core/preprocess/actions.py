@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from opso_core.audio import Audio, mix
-from opso_core.errors import OpsoValueError
+from opso_core.errors import OpsoAssertionError, OpsoValueError
 from opso_core.preprocess import tensor_augment as tensaug
 from opso_core.preprocess.utils import PreprocessingError, get_args, get_reqd_args
 from opso_core.sample import AudioSample
@@ -41,14 +41,14 @@ class BaseAction:
     def __repr__(self):
         return f"{'## Bypassed ## ' if self.bypass else ''}{'Augmentation ' if self.is_augmentation else ''}Action"
 
-    def go(self, sample, **kwargs):
-        """Transform ``sample`` in place (subclasses override)."""
+    def go(self, x, **kwargs):
+        """Transform ``x`` (an :class:`~opso_core.sample.AudioSample`) in place (subclasses override)."""
 
     def set(self, **kwargs):
         """Change parameters; only names already in ``params`` are accepted."""
         unknown = set(kwargs) - set(self.params.index)
         if unknown:
-            raise OpsoValueError(f"unexpected parameters {sorted(unknown)}; this action's parameters and "
+            raise OpsoAssertionError(f"unexpected parameters {sorted(unknown)}; this action's parameters and "
                                  f"current values are:\n{self.params}")
         for key, value in kwargs.items():
             self.params[key] = value
@@ -75,7 +75,7 @@ class Action(BaseAction):
         self.set(**kwargs)
         missing = set(get_reqd_args(fn)[1:]) - set(kwargs)
         if missing:
-            raise OpsoValueError(f"these required arguments of {getattr(fn, '__name__', fn)} were not given: "
+            raise OpsoAssertionError(f"these required arguments of {getattr(fn, '__name__', fn)} were not given: "
                                  f"{sorted(missing)}")
 
     def __repr__(self):
@@ -275,19 +275,19 @@ def overlay(sample, overlay_df, update_labels, overlay_class=None, overlay_prob=
         Weight of the overlay in (0, 1), or a range to draw it from.
     """
     if not (overlay_class in ("different", None) or overlay_class in overlay_df.columns):
-        raise OpsoValueError(f"overlay_class must be 'different', None or a column of overlay_df; got {overlay_class!r}")
+        raise OpsoAssertionError(f"overlay_class must be 'different', None or a column of overlay_df; got {overlay_class!r}")
     if not 0 <= overlay_prob <= 1:
-        raise OpsoValueError(f"overlay_prob must be in [0, 1], got {overlay_prob}")
+        raise OpsoAssertionError(f"overlay_prob must be in [0, 1], got {overlay_prob}")
     weights = list(overlay_weight) if np.ndim(overlay_weight) > 0 else [overlay_weight]
     if len(weights) not in (1, 2) or not all(0 < w < 1 for w in weights) or (len(weights) == 2 and weights[1] <= weights[0]):
-        raise OpsoValueError(f"overlay_weight must be in (0, 1) or an increasing (min, max) pair in it; got {overlay_weight!r}")
+        raise OpsoAssertionError(f"overlay_weight must be in (0, 1) or an increasing (min, max) pair in it; got {overlay_weight!r}")
     if overlay_class is not None:
         if len(overlay_df.columns) == 0:
-            raise OpsoValueError("overlay_df must have label columns when overlay_class is given")
+            raise OpsoAssertionError("overlay_df must have label columns when overlay_class is given")
         if overlay_class != "different" and overlay_df[overlay_class].sum() == 0:
-            raise OpsoValueError(f"overlay_df has no positive labels for class {overlay_class!r}")
+            raise OpsoAssertionError(f"overlay_df has no positive labels for class {overlay_class!r}")
     if len(overlay_df.columns) > 0 and sample.labels is not None and list(overlay_df.columns) != list(sample.labels.index):
-        raise OpsoValueError("overlay_df must have the same class columns as the sample's labels, or none")
+        raise OpsoAssertionError("overlay_df must have the same class columns as the sample's labels, or none")
 
     performed = 0
     while overlay_prob > np.random.uniform() and performed < max_overlay_num:

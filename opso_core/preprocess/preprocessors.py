@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from opso_core.errors import OpsoTypeError, OpsoValueError
+from opso_core.errors import (
+    OpsoAssertionError,
+    OpsoTypeAssertionError,
+    OpsoTypeError,
+    OpsoValueError,
+)
 from opso_core.preprocess import actions
 from opso_core.preprocess.actions import (
     Action,
@@ -47,7 +52,7 @@ class BasePreprocessor:
         if after_key is not None and before_key is not None:
             raise OpsoValueError("give after_key or before_key, not both")
         if action_index in self.pipeline.index:
-            raise OpsoValueError(f"an action named {action_index!r} is already in the pipeline; choose another name")
+            raise OpsoAssertionError(f"an action named {action_index!r} is already in the pipeline; choose another name")
         if not isinstance(action, BaseAction):
             raise OpsoTypeError(f"action must be a BaseAction, got {type(action).__name__}")
         keys = list(self.pipeline.index)
@@ -92,7 +97,7 @@ class BasePreprocessor:
             Any failure of an action, with the cause chained.
         """
         if break_on_key is not None and break_on_key not in self.pipeline.index:
-            raise OpsoValueError(f"break_on_key {break_on_key!r} is not an action of the pipeline")
+            raise OpsoAssertionError(f"break_on_key {break_on_key!r} is not an action of the pipeline")
         sample = self._generate_sample(sample)
         if trace:
             sample.trace = pd.Series(index=self.pipeline.index, dtype=object)
@@ -125,7 +130,7 @@ class BasePreprocessor:
         if isinstance(sample, str | Path):
             sample = AudioSample(sample)
         elif not isinstance(sample, AudioSample):
-            raise OpsoTypeError(f"sample must be an AudioSample or a file path, got {type(sample).__name__}")
+            raise OpsoTypeAssertionError(f"sample must be an AudioSample or a file path, got {type(sample).__name__}")
         sample.preprocessor = self
         sample.target_duration = self.sample_duration
         return sample

@@ -6,7 +6,7 @@ import inspect
 
 import numpy as np
 
-from opso_core.errors import PreprocessingError
+from opso_core.errors import OpsoIndexError, PreprocessingError
 
 __all__ = ["PreprocessingError", "get_args", "get_reqd_args", "show_tensor", "show_tensor_grid"]
 
@@ -28,7 +28,9 @@ def _to_image(tensor, channel=None, transform_from_zero_centered=True, invert=Tr
     if transform_from_zero_centered:
         arr = arr / 2 + 0.5
     if channel is not None:
-        arr = arr[channel : channel + 1]
+        if not -arr.shape[0] <= channel < arr.shape[0]:
+            raise OpsoIndexError(f"channel {channel} does not exist: the tensor has {arr.shape[0]} channel(s)")
+        arr = arr[channel : channel + 1] if channel != -1 else arr[-1:]
     arr = np.clip(np.transpose(arr, (1, 2, 0)), 0, 1)
     if arr.shape[-1] == 1:
         arr = arr[:, :, 0]

@@ -73,12 +73,12 @@ def test_one_hot_clip_labels_with_file_durations(tmp_path):
 
 def test_raven_round_trip(tmp_path, boxes):
     written = boxes.subset(["frog", "bird"]).to_raven_files(tmp_path)
-    assert sorted(p.name for p in written) == ["a.Table.1.selections.txt", "b.Table.1.selections.txt"]
-    back = BoxedAnnotations.from_raven_files([tmp_path / "a.Table.1.selections.txt"], audio_files=["a.wav"])
+    assert sorted(p.name for p in written) == ["a.selections.txt", "b.selections.txt"]
+    back = BoxedAnnotations.from_raven_files([tmp_path / "a.selections.txt"], audio_files=["a.wav"])
     assert list(back.df.annotation) == ["frog", "bird", "frog"]
     assert back.df.start_time.tolist() == [0.5, 2.0, 6.0] and back.df.file.unique().tolist() == ["a.wav"]
     assert {"Selection", "View", "Channel"} <= set(back.df.columns)
-    core = BoxedAnnotations.from_raven_files([tmp_path / "a.Table.1.selections.txt"], keep_extra_columns=False)
+    core = BoxedAnnotations.from_raven_files([tmp_path / "a.selections.txt"], keep_extra_columns=False)
     assert list(core.df.columns) == ["file", "annotation", "start_time", "end_time", "low_f", "high_f"]
 
 

@@ -55,10 +55,19 @@ class TestConstruction:
         assert a.samples.dtype == np.float32 and a.sample_rate == 4 and a.duration == 0.75
         assert repr(a) == "<Audio(samples=(3,), sample_rate=4)>"
 
-    def test_immutable(self):
+    def test_attributes_can_be_set_and_are_checked(self):
+        """As in OpenSoundscape 0.9.0 attributes can be assigned; opso checks them like the constructor."""
         a = Audio(np.zeros(4), 4)
-        with pytest.raises(AttributeError, match="immutable"):
-            a.sample_rate = 8
+        a.metadata = {"duration": 1.0}
+        a.sample_rate = 8
+        assert a.metadata == {"duration": 1.0} and a.sample_rate == 8 and a.duration == 0.5
+        with pytest.raises(OpsoValueError, match="positive whole number"):
+            a.sample_rate = 0
+        with pytest.raises(ValueError):  # 0.9.0's error type
+            a.samples = "abc"
+        with pytest.raises(AttributeError, match="no attribute"):
+            a.rate = 8
+        assert a.sample_rate == 8
 
     @pytest.mark.parametrize(("samples", "sr", "err"), [
         ("abc", 8000, OpsoTypeError), (np.zeros((2, 10)), 8000, OpsoValueError),

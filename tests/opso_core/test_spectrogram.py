@@ -290,3 +290,17 @@ def test_values_are_float32_for_float32_audio_and_float64_for_float64(noisy_tone
     spec64 = Spectrogram.from_audio(as64)
     assert spec64.spectrogram.dtype == np.float64
     np.testing.assert_allclose(spec64.spectrogram, Spectrogram.from_audio(noisy_tone).spectrogram, atol=DB_ATOL)
+
+
+def test_resize_matrix_small_cases():
+    from opso_core.image_resize import resize_image, resize_matrix
+
+    np.testing.assert_array_equal(resize_matrix(5, 5), np.eye(5))
+    # upsampling 2 -> 4: samples at -0.25, 0.25, 0.75, 1.25, mirrored about the edge samples
+    np.testing.assert_allclose(resize_matrix(2, 4) @ np.array([0.0, 1.0]), [0.25, 0.25, 0.75, 0.75])
+    for n_in, n_out in [(257, 224), (171, 224), (513, 100), (1, 3), (7, 1)]:
+        m = resize_matrix(n_in, n_out)
+        assert m.shape == (n_out, n_in) and (m >= 0).all()
+        np.testing.assert_allclose(m.sum(axis=1), 1.0)
+    image = np.full((30, 40, 2), 0.3)
+    np.testing.assert_allclose(resize_image(image, (7, 90)), 0.3)

@@ -126,9 +126,34 @@ def test_weights_and_torch_dict(trained, labelled_files, tmp_path):
     pd.testing.assert_frame_equal(model.predict(files), rebuilt.predict(files))
     torch.save({"model_state_dict": model.network.state_dict(), "classes": model.classes, "single_target": True},
                tmp_path / "old.tar")
-    old = load_outdated_model(tmp_path / "old.tar", ca.resnet18(2, weights=None), 2.0)
+    with pytest.warns(UserWarning, match="preprocessing"):
+        old = load_outdated_model(tmp_path / "old.tar", ca.resnet18(2, weights=None), 2.0)
     old.preprocessor.out_shape = SHAPE
     pd.testing.assert_frame_equal(model.predict(files), old.predict(files))
+
+
+def test_load_outdated_model_renames_old_keys(tmp_path, caplog):
+    """OpenSoundscape 0.4.x-0.6.0 saved a ResNet18 as 'feature.<torchvision key>' and 'classifier.<key>',
+    with classes in 'labels_yaml' and no 'single_target'; 0.9.0's load_outdated_model renames them."""
+    torch.manual_seed(1)
+    source = ca.resnet18(2, weights=None)
+    old_state = {(f"classifier.{k[3:]}" if k.startswith("fc.") else f"feature.{k}"): v
+                 for k, v in source.state_dict().items()}
+    torch.save({"model_state_dict": old_state, "labels_yaml": "0: absent\n1: present\n"}, tmp_path / "old.model")
+    with pytest.warns(UserWarning, match="preprocessing"):
+        model = load_outdated_model(tmp_path / "old.model", "resnet18", 2.0, device="cpu")
+    assert model.classes == ["absent", "present"] and model.single_target
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.network.state_dict()[key], value), key
+    assert "not loaded" not in caplog.text
+    torch.save({"model_state_dict": {"feature.extra.weight": torch.zeros(1), **old_state}, "classes": ["a", "b"],
+                "single_target": False}, tmp_path / "extra.model")
+    with pytest.warns(UserWarning, match="preprocessing"):
+        extra = load_outdated_model(tmp_path / "extra.model", "resnet18", 2.0, device="cpu")
+    assert not extra.single_target and "unexpected ['extra.weight']" in caplog.text
+    torch.save(source, tmp_path / "object.model")
+    with pytest.raises(PickleNotAllowedError):
+        load_outdated_model(tmp_path / "object.model", "resnet18", 2.0)
 
 
 def test_multi_target_eval_is_map(labelled_files):

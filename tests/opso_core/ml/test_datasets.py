@@ -67,7 +67,7 @@ def test_safe_dataset_behaviours(labelled_files, pre, tmp_path):
     assert sub._invalid_indices == {2} and sub._invalid_samples == {str(bad)}
     none = SafeDataset(ds, "none", eager_eval=True)
     assert none.is_index_built and none._valid_indices == {0, 1} and none.num_samples_examined == 3
-    assert none[2].data is None and isinstance(none[2].preprocessing_exception, PreprocessingError)
+    assert none[2] is None and none[0] is not None  # as OpenSoundscape 0.9.0
     with pytest.warns(UserWarning, match="1 samples failed"):
         assert none.report(log=tmp_path / "log.txt") == {str(bad)}
     assert str(bad) in (tmp_path / "log.txt").read_text()

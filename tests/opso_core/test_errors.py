@@ -1,0 +1,61 @@
+"""opso's errors are also the built-ins OpenSoundscape 0.9.0 raised, so ported `except` clauses still catch them."""
+
+import numpy as np
+import pytest
+import torch
+
+import opso_core
+from opso_core import Audio, Spectrogram
+from opso_core.errors import (
+    DimensionError,
+    OpsoAssertionError,
+    OpsoError,
+    OpsoIndexError,
+    OpsoTypeAssertionError,
+    OpsoTypeValueError,
+)
+from opso_core.metrics import predict_multi_target_labels
+from opso_core.preprocess import actions
+from opso_core.preprocess.preprocessors import SpectrogramPreprocessor
+from opso_core.preprocess.utils import show_tensor
+
+
+@pytest.mark.parametrize(("cls", "builtins"), [
+    (OpsoAssertionError, (ValueError, AssertionError)), (OpsoTypeAssertionError, (TypeError, AssertionError)),
+    (OpsoTypeValueError, (TypeError, ValueError)), (DimensionError, (ValueError, TypeError)),
+    (OpsoIndexError, (IndexError,))])
+def test_classes_are_their_builtins(cls, builtins):
+    error = cls("message")
+    assert isinstance(error, OpsoError) and all(isinstance(error, b) for b in builtins)
+
+
+def test_call_sites_raise_what_0_9_0_raised():
+    with pytest.raises(AssertionError, match="unexpected parameters"):
+        actions.Action(actions.scale_tensor, not_a_param=0)
+    pre = SpectrogramPreprocessor(2.0)
+    with pytest.raises(AssertionError, match="already in the pipeline"):  # the seed's chapter 9 example
+        pre.insert_action("to_tensor", actions.Action(actions.tensor_add_noise, std=0.01), after_key="to_spec")
+    with pytest.raises(AssertionError):
+        pre.forward(3.5)
+    with pytest.raises(TypeError, match="must be 2-d"):
+        Spectrogram(np.zeros(5), np.zeros(5), np.zeros(5), (-100, -20))
+    with pytest.raises(TypeError, match="shape mismatch"):
+        Spectrogram(np.zeros((5, 10)), np.zeros(5), np.zeros(7), (-100, -20))
+    with pytest.raises(ValueError):
+        Audio("file.wav", 22050)
+    with pytest.raises(ValueError):
+        Audio(np.zeros(10), "fail")
+    with pytest.raises(AssertionError):
+        Audio(np.zeros(10), 10)._spawn(b=1)
+    with pytest.raises(AssertionError):
+        predict_multi_target_labels(torch.zeros(2, 3), threshold=[0.5, 0])
+    with pytest.raises(IndexError, match="channel 2"):
+        show_tensor(torch.zeros(1, 8, 8), channel=2)
+
+
+def test_lazy_submodules_are_modules():
+    """`from opso_core import annotations` is the module (a `from __future__ import annotations` in the
+    package's __init__ once made it the __future__ feature object)."""
+    from opso_core import annotations
+
+    assert annotations is opso_core.annotations and hasattr(annotations, "categorical_to_one_hot")

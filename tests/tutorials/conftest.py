@@ -1,0 +1,87 @@
+"""Data for the seed's tutorials, made locally in place of the downloads the tutorials start with."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile
+
+from opso_core.testing import noise, pulse_train
+
+#: the file names the tutorials use literally (the rest are made up in the same style)
+WOODCOCK_FILES = ["d4c40b6066b489518f8da83af1ee4984", "e84a4b60a4f2d049d73162ee99a7ead8",
+                  "79678c979ebb880d5ed6d56f26ba69ff", "49890077267b569e142440fa39b3041c",
+                  "0c453a87185d8c7ce05c5c5ac5d525dc", "01c5d0c90bd4652f308fd9c73feb1bf5",
+                  "a1b2c3d4e5f60718293a4b5c6d7e8f90", "b2c3d4e5f60718293a4b5c6d7e8f9011",
+                  "c3d4e5f60718293a4b5c6d7e8f901122", "d4e5f60718293a4b5c6d7e8f90112233"]
+WOODCOCK_PRESENT = [1, 0, 1, 1, 1, 1, 0, 0, 1, 0]
+
+
+def _clip(present: bool, seed: int, duration_s: float = 2.0, sample_rate_hz: int = 44100) -> np.ndarray:
+    """A woodcock-like 'peent' (a buzzy 3 kHz call at 20 Hz pulses) in pink noise, or the noise alone."""
+    samples = noise(duration_s, sample_rate_hz, dBFS=-35, seed=seed).samples
+    if present:
+        call = pulse_train(20, 3000, 0.3, sample_rate_hz, amplitude=0.3).samples
+        start = int(0.5 * sample_rate_hz)
+        samples[start : start + len(call)] += call
+    return samples.astype(np.float32)
+
+
+@pytest.fixture()
+def woodcock_labeled_data(tmp_path, monkeypatch):
+    """``./woodcock_labeled_data`` as chapter 9 downloads it: 2 s clips at 44.1 kHz, ``one_hot_labels.csv``
+    (file, present, absent) and a long ``field_data/60s_field_data_sample_1.wav``; the working
+    directory is the folder that holds it."""
+    folder = tmp_path / "woodcock_labeled_data"
+    (folder / "field_data").mkdir(parents=True)
+    for i, (name, present) in enumerate(zip(WOODCOCK_FILES, WOODCOCK_PRESENT, strict=True)):
+        soundfile.write(folder / f"{name}.wav", _clip(bool(present), seed=i), 44100)
+    pd.DataFrame({"file": [f"{n}.wav" for n in WOODCOCK_FILES], "present": WOODCOCK_PRESENT,
+                  "absent": [1 - p for p in WOODCOCK_PRESENT]}).to_csv(folder / "one_hot_labels.csv", index=False)
+    pd.DataFrame({"filename": [f"{n}.wav" for n in WOODCOCK_FILES],  # chapter 8's table (from Specky)
+                  "woodcock": ["present" if p else "absent" for p in WOODCOCK_PRESENT],
+                  "sound_type": ["song" if p else "na" for p in WOODCOCK_PRESENT]}).to_csv(
+        folder / "woodcock_labels.csv", index=False)
+    for k in (1, 2):  # 20 s each (the tutorial's are 60 s)
+        long = np.concatenate([_clip(i % 3 == 0, seed=100 * k + i) for i in range(10)])
+        soundfile.write(folder / "field_data" / f"60s_field_data_sample_{k}.wav", long, 44100)
+    monkeypatch.chdir(tmp_path)
+    return folder
+
+
+@pytest.fixture()
+def offline_pretrained_resnet18(tmp_path, monkeypatch):
+    """``$TORCH_HOME`` holding a ResNet18 weight file under torchvision's name for its ImageNet weights, so
+    ``CNN('resnet18', ...)`` (pretrained by default) builds offline: the file is read from the cache
+    without a download. Its weights are random (seeded): these tests check the code paths, not skill."""
+    import torch
+    import torchvision
+
+    home = tmp_path / "torch_home"
+    checkpoints = home / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.manual_seed(0)
+    url = torchvision.models.ResNet18_Weights.DEFAULT.url
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), checkpoints / url.rsplit("/", 1)[1])
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    return home
+
+
+@pytest.fixture()
+def sklearn_train_test_split(monkeypatch):
+    """A stand-in for ``sklearn.model_selection.train_test_split`` (scikit-learn is not a dependency of
+    opso): a seeded random split of a DataFrame's rows, as the tutorials use it."""
+    import sys
+    import types
+
+    def train_test_split(df, test_size=0.25, random_state=None):
+        test = df.sample(frac=test_size, random_state=random_state)
+        return df.drop(test.index), test
+
+    model_selection = types.ModuleType("sklearn.model_selection")
+    model_selection.train_test_split = train_test_split
+    sklearn = types.ModuleType("sklearn")
+    sklearn.model_selection = model_selection
+    monkeypatch.setitem(sys.modules, "sklearn", sklearn)
+    monkeypatch.setitem(sys.modules, "sklearn.model_selection", model_selection)
