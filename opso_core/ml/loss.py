@@ -71,9 +71,14 @@ class ResampleLoss(nn.Module):
         Number of positive training samples per class (all > 0).
     reduction : {"mean", "sum", "none"}
     loss_weight : float
+    train_num : int, optional
+        Number of training samples, for the logits' initial bias ``-log(train_num / class_freq - 1)``.
+        Default: ``class_freq.sum()``, as OpenSoundscape 0.9.0 (right for single-target labels; for one
+        class, or a class present in every sample, 0.9.0's bias is infinite and the loss NaN). CNN
+        training passes the real number; a class in every sample gets the bias of 1 - 1e-6 of them.
     """
 
-    def __init__(self, class_freq, reduction="mean", loss_weight=1.0):
+    def __init__(self, class_freq, reduction="mean", loss_weight=1.0, *, train_num=None):
         super().__init__()
         class_freq = torch.as_tensor(class_freq).float()
         if (class_freq <= 0).any():
@@ -85,8 +90,9 @@ class ResampleLoss(nn.Module):
         self.neg_scale = 0.2
         init_bias = 0.05
         self.register_buffer("class_freq", class_freq)
-        train_num = class_freq.sum()
-        self.register_buffer("init_bias", -torch.log(train_num / class_freq - 1) * init_bias / self.neg_scale)
+        train_num = class_freq.sum() if train_num is None else torch.as_tensor(float(train_num))
+        odds = (train_num / class_freq - 1).clamp_min(1e-6)  # 0 when a class is in every sample
+        self.register_buffer("init_bias", -torch.log(odds) * init_bias / self.neg_scale)
         self.register_buffer("freq_inv", 1.0 / class_freq)
 
     def forward(self, cls_score, label, weight=None, reduction_override=None):

@@ -88,8 +88,8 @@ def train(model, train_df, validation_df=None, epochs=1, batch_size=1, num_worke
     """Train ``model`` (a :class:`~opso_core.ml.cnn.CNN`); see ``CNN.train`` for the arguments."""
     _check_labels(model, train_df, "train_df")
     _check_labels(model, validation_df, "validation_df")
-    if epochs < 1 or batch_size < 1:
-        raise OpsoValueError("epochs and batch_size must be >= 1")
+    if epochs < 0 or batch_size < 1:  # epochs=0 sets the model up for training and returns (as 0.9.0)
+        raise OpsoValueError(f"epochs must be >= 0 and batch_size >= 1, got {epochs} and {batch_size}")
     save_path = Path(save_path)
     save_path.mkdir(parents=True, exist_ok=True)
     model.log_interval = max(1, int(log_interval))
@@ -98,7 +98,8 @@ def train(model, train_df, validation_df=None, epochs=1, batch_size=1, num_worke
     from opso_core.ml.loss import ResampleLoss
 
     if getattr(model, "loss_cls", None) is ResampleLoss:
-        model.loss_fn = ResampleLoss(torch.as_tensor(train_df.to_numpy().sum(axis=0), dtype=torch.float32))
+        model.loss_fn = ResampleLoss(torch.as_tensor(train_df.to_numpy().sum(axis=0), dtype=torch.float32),
+                                     train_num=len(train_df))
     model.network.to(model.device)
     if hasattr(model.loss_fn, "to"):
         model.loss_fn.to(model.device)

@@ -119,3 +119,18 @@ def test_prefetched_raises_at_the_failing_item_and_rejects_zero_threads():
     with pytest.raises(OpsoValueError, match="at least 1"):
         list(prefetched(f, range(3), threads=0))
 
+
+
+def test_resample_loss_with_one_class_is_finite():
+    """0.9.0's initial bias -log(sum(class_freq) / class_freq - 1) is infinite for one class (NaN loss);
+    with the number of training samples it is the paper's finite bias."""
+    from opso_core.ml.loss import ResampleLoss
+
+    labels = torch.tensor([[1.0], [0.0], [1.0], [1.0]])
+    logits = torch.tensor([[0.3], [-0.2], [1.0], [0.1]])
+    loss = ResampleLoss(torch.tensor([3.0]), train_num=4)
+    assert torch.isfinite(loss.init_bias).all() and torch.isfinite(loss(logits, labels))
+    np.testing.assert_allclose(loss.init_bias.numpy(), [-np.log(4 / 3 - 1) * 0.05 / 0.2], rtol=1e-6)
+    assert torch.isfinite(ResampleLoss(torch.tensor([3.0]))(logits, labels))  # 0.9.0's default: clamped
+    two = ResampleLoss(torch.tensor([3.0, 1.0]))  # single-target counts: the sum is the sample count
+    np.testing.assert_allclose(two.init_bias.numpy(), -np.log(np.array([4 / 3, 4.0]) - 1) * 0.25, rtol=1e-6)
