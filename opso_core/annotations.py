@@ -76,6 +76,8 @@ class BoxedAnnotations:
         if isinstance(raven_paths, str | Path):
             raven_paths = [raven_paths]
         raven_paths = list(raven_paths)
+        if audio_files is not None:
+            audio_files = [audio_files] if isinstance(audio_files, str | Path) else list(audio_files)  # Series too
         if audio_files is not None and len(audio_files) != len(raven_paths):
             raise OpsoValueError(f"{len(audio_files)} audio_files for {len(raven_paths)} raven_paths")
         frames = []
@@ -200,7 +202,9 @@ class BoxedAnnotations:
         elif not isinstance(conversion_table, dict):
             raise OpsoTypeError("conversion_table must be a dict or a DataFrame")
         df = self.df.copy()
-        df["annotation"] = df["annotation"].map(lambda a: conversion_table.get(a, a))
+        # built as Python objects so None and NaN stay what they were (pandas 3 would infer a string column)
+        df["annotation"] = pd.Series([conversion_table.get(a, a) for a in df["annotation"]], index=df.index,
+                                     dtype=object)
         return BoxedAnnotations(df)
 
     # ------------------------------------------------------------------ labels
@@ -218,7 +222,17 @@ class BoxedAnnotations:
 
         A class is 1 for a clip if an annotation of it overlaps the clip by at least
         ``min_label_overlap`` seconds, or by at least ``min_label_fraction`` of the annotation's length.
+        When the annotations are of one file, ``clip_df`` may also be the table ``Audio.split`` returns
+        (``start_time``, ``end_time`` columns), as chapter 6 of the manual uses it; the clips are that file's.
         """
+        if not isinstance(clip_df.index, pd.MultiIndex) and {"start_time", "end_time"} <= set(clip_df.columns):
+            files = self.df["file"].unique()
+            if len(files) != 1:
+                raise OpsoValueError("clip_df has no 'file': give it a (file, start_time, end_time) MultiIndex "
+                                     f"(the annotations are of {len(files)} files)")
+            clip_df = pd.DataFrame(index=pd.MultiIndex.from_arrays(
+                [[files[0]] * len(clip_df), clip_df["start_time"].to_numpy(), clip_df["end_time"].to_numpy()],
+                names=["file", "start_time", "end_time"]))
         if not isinstance(clip_df.index, pd.MultiIndex) or clip_df.index.nlevels != 3:
             raise OpsoValueError("clip_df must have a (file, start_time, end_time) MultiIndex")
         classes = list(class_subset) if class_subset is not None else self.unique_labels()

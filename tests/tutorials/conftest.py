@@ -85,3 +85,41 @@ def sklearn_train_test_split(monkeypatch):
     sklearn.model_selection = model_selection
     monkeypatch.setitem(sys.modules, "sklearn", sklearn)
     monkeypatch.setitem(sys.modules, "sklearn.model_selection", model_selection)
+
+
+#: (start, end, label) of the song boxes in 13738.wav, as chapter 6 shows the first five
+GWWA_BOXES = [(0.459636, 2.298182, "GWWA_song"), (6.705283, 8.246417, "GWWA_song"), (13.464641, 15.005775, "?"),
+              (20.128208, 21.601748, "GWWA_song"), (26.047590, 27.521131, "GWWA_song"),
+              (33.2, 34.9, "GWWA_song"), (40.1, 41.7, "GWWA_song"), (47.5, 49.0, "?"), (53.8, 55.4, "GWWA_song")]
+
+
+def _raven_table(path, boxes):
+    rows = [{"Selection": i + 1, "View": "Spectrogram 1", "Channel": 1, "Begin Time (s)": t0, "End Time (s)": t1,
+             "Low Freq (Hz)": 4000.0 + 50 * i, "High Freq (Hz)": 9000.0 - 50 * i, "Species": label, "Notes": ""}
+            for i, (t0, t1, label) in enumerate(boxes)]
+    pd.DataFrame(rows).to_csv(path, sep="\t", index=False)
+
+
+@pytest.fixture()
+def gwwa_audio_and_raven_annotations(tmp_path, monkeypatch):
+    """``./gwwa_audio_and_raven_annotations`` as chapter 6 downloads it: three recordings in ``GWWA_XC``
+    (60 s, 22.05 kHz, songs where ``13738``'s Raven table has boxes), Raven tables in
+    ``GWWA_XC_AnnoTables`` (two for 13738, one for a recording that is not there) and
+    ``conversion_table.csv``; the working directory is the folder that holds it."""
+    root = tmp_path / "gwwa_audio_and_raven_annotations"
+    audio, tables = root / "GWWA_XC", root / "GWWA_XC_AnnoTables"
+    audio.mkdir(parents=True)
+    tables.mkdir()
+    rate = 22050
+    for k, name in enumerate(["13738", "135601", "13742"]):
+        samples = noise(60.0, rate, dBFS=-40, seed=k).samples
+        for t0, t1, _ in GWWA_BOXES:
+            song = pulse_train(12, 6000, t1 - t0, rate, amplitude=0.2).samples
+            samples[int(t0 * rate) : int(t0 * rate) + len(song)] += song
+        soundfile.write(audio / f"{name}.wav", samples.astype(np.float32), rate, subtype="PCM_16")
+    _raven_table(tables / "13738.Table.1.selections.txt", GWWA_BOXES)
+    _raven_table(tables / "13738.Table.1.selections2.txt", GWWA_BOXES[:3])
+    _raven_table(tables / "16989.Table.1.selections.txt", GWWA_BOXES[:2])
+    pd.DataFrame({"original": ["gwwa_song"], "new": ["gwwa"]}).to_csv(root / "conversion_table.csv", index=False)
+    monkeypatch.chdir(tmp_path)
+    return root
