@@ -35,6 +35,7 @@ def test_chapter_08_runs_unchanged(woodcock_labeled_data, offline_pretrained_res
     import numpy as np
     import pandas as pd
     import random
+    import subprocess
 
     # set up plotting
     from matplotlib import pyplot as plt
@@ -75,7 +76,7 @@ def test_chapter_08_runs_unchanged(woodcock_labeled_data, offline_pretrained_res
 
     # [9]
     # helper functions to visualize processed samples
-    from opso_core.preprocess.utils import show_tensor_grid
+    from opso_core.preprocess.utils import show_tensor_grid, show_tensor
     from opso_core.ml.datasets import AudioFileDataset
 
     # [10]
