@@ -571,7 +571,10 @@ class Audio:
 
     def show_widget(self, normalize=False, autoplay=False):
         """Display an IPython audio player widget (needs IPython, e.g. in Jupyter)."""
-        import IPython.display
+        try:
+            import IPython.display
+        except ImportError as exc:
+            raise missing_dependency("IPython", "notebooks") from exc
 
         IPython.display.display(self._to_ipdisplay_audio(normalize=normalize, autoplay=autoplay))
 

@@ -123,3 +123,53 @@ def gwwa_audio_and_raven_annotations(tmp_path, monkeypatch):
     pd.DataFrame({"original": ["gwwa_song"], "new": ["gwwa"]}).to_csv(root / "conversion_table.csv", index=False)
     monkeypatch.chdir(tmp_path)
     return root
+
+
+@pytest.fixture()
+def one_minute_audio(tmp_path, monkeypatch):
+    """Chapter 5's downloaded recording, ``./lmin_audio.wav`` (the seed's spelling): 60 s at 32 kHz, 16-bit,
+    a warbler-like song at 1.7-3.9 s (5.5-9.5 kHz) and an 8.2 kHz whistle, in pink noise."""
+    from opso_core.testing import fm_sweep, tone
+
+    rate = 32000
+    samples = noise(60.0, rate, dBFS=-45, seed=7).samples
+    for k in range(8):  # 8 rising notes
+        note = fm_sweep(5500, 9500, 0.2, rate, amplitude=0.2).samples
+        start = int((1.75 + 0.27 * k) * rate)
+        samples[start : start + len(note)] += note
+    whistle = tone(8200, 1.0, rate, amplitude=0.1).samples
+    samples[int(2.5 * rate) : int(2.5 * rate) + len(whistle)] += whistle
+    soundfile.write(tmp_path / "lmin_audio.wav", samples.astype(np.float32), rate, subtype="PCM_16")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "lmin_audio.wav"
+
+
+@pytest.fixture()
+def ipython_display():
+    """A context manager putting a stand-in for ``IPython.display`` (not a test dependency) in place for one
+    notebook cell; yields the list of what the cell displayed. Only for that cell: matplotlib treats an
+    importable IPython as a notebook."""
+    import contextlib
+    import sys
+    import types
+
+    @contextlib.contextmanager
+    def stand_in():
+        shown = []
+        display = types.ModuleType("IPython.display")
+        display.Audio = lambda data=None, rate=None, autoplay=False, normalize=True, **kw: ("audio", len(data), rate)
+        display.display = shown.append
+        ipython = types.ModuleType("IPython")
+        ipython.display = display
+        saved = {name: sys.modules.get(name) for name in ("IPython", "IPython.display")}
+        sys.modules.update({"IPython": ipython, "IPython.display": display})
+        try:
+            yield shown
+        finally:
+            for name, module in saved.items():
+                if module is None:
+                    sys.modules.pop(name, None)
+                else:
+                    sys.modules[name] = module
+
+    return stand_in
