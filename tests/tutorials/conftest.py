@@ -55,6 +55,16 @@ def offline_pretrained_resnet18(tmp_path, monkeypatch):
     """``$TORCH_HOME`` holding a ResNet18 weight file under torchvision's name for its ImageNet weights, so
     ``CNN('resnet18', ...)`` (pretrained by default) builds offline: the file is read from the cache
     without a download. Its weights are random (seeded): these tests check the code paths, not skill."""
+    return _offline_weights(tmp_path, monkeypatch, ["resnet18"])
+
+
+@pytest.fixture()
+def offline_pretrained_resnets(tmp_path, monkeypatch):
+    """As ``offline_pretrained_resnet18``, for ResNet18 and ResNet50 (chapter 10)."""
+    return _offline_weights(tmp_path, monkeypatch, ["resnet18", "resnet50"])
+
+
+def _offline_weights(tmp_path, monkeypatch, names):
     import torch
     import torchvision
 
@@ -62,8 +72,9 @@ def offline_pretrained_resnet18(tmp_path, monkeypatch):
     checkpoints = home / "hub" / "checkpoints"
     checkpoints.mkdir(parents=True)
     torch.manual_seed(0)
-    url = torchvision.models.ResNet18_Weights.DEFAULT.url
-    torch.save(torchvision.models.resnet18(weights=None).state_dict(), checkpoints / url.rsplit("/", 1)[1])
+    for name in names:
+        url = torchvision.models.get_model_weights(name).DEFAULT.url
+        torch.save(getattr(torchvision.models, name)(weights=None).state_dict(), checkpoints / url.rsplit("/", 1)[1])
     monkeypatch.setenv("TORCH_HOME", str(home))
     return home
 
