@@ -184,3 +184,28 @@ def ipython_display():
                     sys.modules[name] = module
 
     return stand_in
+
+
+@pytest.fixture()
+def great_plains_toad_dataset(tmp_path, monkeypatch):
+    """``./great_plains_toad_dataset`` as chapter 11 downloads it: 10 s recordings at 22.05 kHz, three with
+    a Great Plains Toad-like trill (2.1 kHz carrier, 14 pulses/s) named ``gpt*.wav`` (the first one's
+    call at the beginning), and five without (``negative1-5.wav``; ``negative5`` holds a 5.7 kHz bird
+    series at 9.5 notes/s)."""
+    folder = tmp_path / "great_plains_toad_dataset"
+    folder.mkdir()
+    rate = 22050
+    for k in range(3):
+        samples = noise(10.0, rate, dBFS=-45, seed=200 + k).samples
+        trill = pulse_train(14, 2100, 4.0, rate, amplitude=0.3).samples
+        start = int((0.2 + 2.5 * k) * rate)
+        samples[start : start + len(trill)] += trill
+        soundfile.write(folder / f"gpt{k}.wav", samples.astype(np.float32), rate)
+    for k in range(1, 6):
+        samples = noise(10.0, rate, dBFS=-45, seed=300 + k).samples
+        if k == 5:
+            series = pulse_train(9.5, 5700, 3.0, rate, amplitude=0.3).samples
+            samples[rate : rate + len(series)] += series
+        soundfile.write(folder / f"negative{k}.wav", samples.astype(np.float32), rate)
+    monkeypatch.chdir(tmp_path)
+    return folder
