@@ -138,8 +138,20 @@ def gwwa_audio_and_raven_annotations(tmp_path, monkeypatch):
 
 @pytest.fixture()
 def one_minute_audio(tmp_path, monkeypatch):
-    """Chapter 5's downloaded recording, ``./lmin_audio.wav`` (the seed's spelling): 60 s at 32 kHz, 16-bit,
-    a warbler-like song at 1.7-3.9 s (5.5-9.5 kHz) and an 8.2 kHz whistle, in pink noise."""
+    """Chapter 5's downloaded recording, ``./lmin_audio.wav`` (the seed's spelling there): 60 s at 32 kHz,
+    16-bit, a warbler-like song at 1.7-3.9 s (5.5-9.5 kHz) and an 8.2 kHz whistle, in pink noise."""
+    monkeypatch.chdir(tmp_path)
+    return _write_one_minute(tmp_path / "lmin_audio.wav")
+
+
+@pytest.fixture()
+def one_minute_audio_1min(tmp_path, monkeypatch):
+    """The same recording as chapter 7 names it, ``./1min_audio.wav``, alone in the working directory."""
+    monkeypatch.chdir(tmp_path)
+    return _write_one_minute(tmp_path / "1min_audio.wav")
+
+
+def _write_one_minute(path):
     from opso_core.testing import fm_sweep, tone
 
     rate = 32000
@@ -150,9 +162,8 @@ def one_minute_audio(tmp_path, monkeypatch):
         samples[start : start + len(note)] += note
     whistle = tone(8200, 1.0, rate, amplitude=0.1).samples
     samples[int(2.5 * rate) : int(2.5 * rate) + len(whistle)] += whistle
-    soundfile.write(tmp_path / "lmin_audio.wav", samples.astype(np.float32), rate, subtype="PCM_16")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path / "lmin_audio.wav"
+    soundfile.write(path, samples.astype(np.float32), rate, subtype="PCM_16")
+    return path
 
 
 @pytest.fixture()
@@ -209,3 +220,22 @@ def great_plains_toad_dataset(tmp_path, monkeypatch):
         soundfile.write(folder / f"negative{k}.wav", samples.astype(np.float32), rate)
     monkeypatch.chdir(tmp_path)
     return folder
+
+
+@pytest.fixture()
+def opso_04_model(tmp_path):
+    """``./opso_04_model_acanthis-flammea.tar`` as chapter 7 downloads it: a model saved by OpenSoundscape
+    0.4 (a dict: ``model_state_dict`` with ``feature.``/``classifier.`` keys, ``classes``; random
+    ResNet18 weights)."""
+    import torch
+    import torchvision
+
+    torch.manual_seed(4)
+    network = torchvision.models.resnet18(weights=None)
+    network.fc = torch.nn.Linear(network.fc.in_features, 2)
+    state = {(f"classifier.{k[3:]}" if k.startswith("fc.") else f"feature.{k}"): v
+             for k, v in network.state_dict().items()}
+    path = tmp_path / "opso_04_model_acanthis-flammea.tar"
+    torch.save({"model_state_dict": state, "classes": ["acanthis-flammea-absent", "acanthis-flammea-present"]},
+               path)
+    return path
