@@ -78,16 +78,42 @@ def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
     return matrix
 
 
+@lru_cache(maxsize=64)
+def _sparse_taps(n_in: int, n_out: int, dtype: str):
+    """The non-zero weights of :func:`resize_matrix`, row by row: indices ``(n_out, k)`` and weights
+    ``(n_out, k)`` (rows with fewer taps padded with weight 0), for a gather-and-sum that needs no BLAS
+    (a multithreaded BLAS call here leaves its threads spinning against the caller's next work)."""
+    matrix = resize_matrix(n_in, n_out)
+    nonzero = matrix != 0
+    k = max(1, int(nonzero.sum(axis=1).max()))
+    index = np.zeros((n_out, k), dtype=np.intp)
+    weight = np.zeros((n_out, k), dtype=dtype)
+    for i in range(n_out):
+        cols = np.flatnonzero(nonzero[i])
+        index[i, : len(cols)] = cols
+        weight[i, : len(cols)] = matrix[i, cols]
+    return index, weight
+
+
+def _resize_axis0(array: np.ndarray, n_out: int) -> np.ndarray:
+    index, weight = _sparse_taps(array.shape[0], n_out, array.dtype.name)
+    out = weight[:, 0, None, None] * array[index[:, 0]]
+    for k in range(1, index.shape[1]):
+        out += weight[:, k, None, None] * array[index[:, k]]
+    return out
+
+
 def resize_image(array: np.ndarray, shape) -> np.ndarray:
     """Resize an image ``(height, width, channels)`` to ``shape = (height, width)``, channels kept.
 
-    Returns float64 (float32 input stays float32), values within the input's range.
+    Each axis is a weighted sum of a few neighbouring rows (the non-zero weights of
+    :func:`resize_matrix`), in float32 for float32 input and float64 otherwise; values stay within
+    the input's range.
     """
     array = np.asarray(array)
     if array.ndim != 3:
         raise OpsoValueError(f"image must be (height, width, channels), got shape {array.shape}")
+    array = array.astype(np.float32 if array.dtype == np.float32 else np.float64, copy=False)
     height, width = int(shape[0]), int(shape[1])
-    rows = resize_matrix(array.shape[0], height)
-    cols = resize_matrix(array.shape[1], width)
-    out = np.einsum("ij,jkc,lk->ilc", rows, array.astype(np.float64, copy=False), cols, optimize=True)
-    return out.astype(array.dtype) if array.dtype == np.float32 else out
+    out = _resize_axis0(array, height)  # (height, w_in, c)
+    return np.ascontiguousarray(_resize_axis0(out.transpose(1, 0, 2), width).transpose(1, 0, 2))
