@@ -8,36 +8,20 @@ these tests compute the same things with opso_core from the same inputs and weig
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
-import torch
 
 from opso_core import CNN, Audio, MelSpectrogram, Spectrogram
 from opso_core.ml import cnn_architectures
 from opso_core.preprocess.preprocessors import SpectrogramPreprocessor
 
 REFERENCE = Path(__file__).parents[1] / "reference" / "opensoundscape_0.9.0.npz"
-
-
-def deterministic_weights(network) -> None:
-    """Verbatim from tests/reference/make_opensoundscape_090_reference.py: every parameter and buffer
-    set from its position alone, so both environments hold the same weights."""
-    with torch.no_grad():
-        for k, (name, tensor) in enumerate(sorted(network.state_dict().items())):
-            if not tensor.is_floating_point():
-                continue
-            values = torch.sin(torch.arange(tensor.numel(), dtype=torch.float64) * 0.731 + k)
-            scale = 1.0 / max(1.0, float(np.sqrt(tensor[0].numel()))) if tensor.ndim > 1 else 0.1
-            if name.endswith("running_var"):
-                values = 1.0 + 0.5 * values.abs()
-            elif name.endswith("weight") and tensor.ndim == 1:  # batch-norm scale
-                values = 1.0 + 0.1 * values
-            else:
-                values = values * scale
-            tensor.copy_(values.reshape(tensor.shape).to(tensor.dtype))
+sys.path.insert(0, str(REFERENCE.parent))
+from reference_helpers import deterministic_weights  # noqa: E402 (the weights the reference script used)
 
 
 @pytest.fixture(scope="module")

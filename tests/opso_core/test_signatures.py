@@ -12,11 +12,14 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
 REFERENCE = Path(__file__).parents[1] / "reference" / "opensoundscape_0.9.0_signatures.json"
+sys.path.insert(0, str(REFERENCE.parent))
+from reference_helpers import describe_signature  # noqa: E402 (as the reference script described 0.9.0's)
 
 #: name -> why opso differs (each also in docs/ml.md or docs/audio-and-spectrograms.md)
 DEVIATIONS = {
@@ -35,15 +38,6 @@ DEVIATIONS = {
 }
 
 
-def _describe(obj):
-    try:
-        signature = inspect.signature(obj)
-    except (TypeError, ValueError):
-        return None
-    return [[p.name, p.kind.name, None if p.default is inspect.Parameter.empty else repr(p.default)]
-            for p in signature.parameters.values()]
-
-
 def _opso_signature(key: str):
     """opso_core's parameters for a reference key ``module.path.Name[.method]``; "missing" if absent."""
     parts = key.split(".")
@@ -58,11 +52,11 @@ def _opso_signature(key: str):
     if obj is None:
         return "missing"
     if len(rest) == 1:
-        return _describe(obj.__init__ if inspect.isclass(obj) else obj)
+        return describe_signature(obj.__init__ if inspect.isclass(obj) else obj)
     for klass in inspect.getmro(obj):
         if rest[1] in vars(klass):
             member = vars(klass)[rest[1]]
-            return _describe(member.__func__ if isinstance(member, classmethod | staticmethod) else member)
+            return describe_signature(member.__func__ if isinstance(member, classmethod | staticmethod) else member)
     return "missing"
 
 

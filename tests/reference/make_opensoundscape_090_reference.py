@@ -9,7 +9,7 @@ It writes ``tests/reference/opensoundscape_0.9.0.npz`` (committed): the syntheti
 0.9.0's spectrogram, images, mel spectrogram, preprocessed tensors and CNN logits for it, plus the
 versions of the packages that made them (key ``versions``, JSON). Inputs are generated here (seeded
 numpy), and the network's weights are a deterministic function of each parameter's position
-(:func:`deterministic_weights`, copied verbatim into the test), so nothing random differs between
+(``reference_helpers.deterministic_weights``, which the test imports too), so nothing random differs between
 the two environments.
 """
 
@@ -22,6 +22,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from reference_helpers import deterministic_weights
 
 OUT = Path(__file__).with_name("opensoundscape_0.9.0.npz")
 SAMPLE_RATE_HZ = 22050
@@ -37,26 +40,6 @@ def synthetic_audio() -> np.ndarray:
     noise = np.cumsum(rng.standard_normal(t.size)) * 1e-3
     noise -= np.convolve(noise, np.ones(501) / 501, mode="same")
     return (chirp + bursts + 0.01 * noise / noise.std()).astype(np.float32)
-
-
-def deterministic_weights(network) -> None:
-    """Set every parameter and buffer of ``network`` from its position alone (no random numbers):
-    the same weights in any environment. Batch-norm running variances stay positive."""
-    import torch
-
-    with torch.no_grad():
-        for k, (name, tensor) in enumerate(sorted(network.state_dict().items())):
-            if not tensor.is_floating_point():
-                continue
-            values = torch.sin(torch.arange(tensor.numel(), dtype=torch.float64) * 0.731 + k)
-            scale = 1.0 / max(1.0, float(np.sqrt(tensor[0].numel()))) if tensor.ndim > 1 else 0.1
-            if name.endswith("running_var"):
-                values = 1.0 + 0.5 * values.abs()
-            elif name.endswith("weight") and tensor.ndim == 1:  # batch-norm scale
-                values = 1.0 + 0.1 * values
-            else:
-                values = values * scale
-            tensor.copy_(values.reshape(tensor.shape).to(tensor.dtype))
 
 
 def main() -> None:

@@ -15,22 +15,17 @@ import importlib
 import inspect
 import json
 import os
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from reference_helpers import describe_signature
 
 OUT = Path(__file__).with_name("opensoundscape_0.9.0_signatures.json")
 MODULES = ["audio", "spectrogram", "annotations", "aru", "metrics", "ribbit", "signal_processing", "localization",
            "taxa", "utils", "data_selection", "sample", "ml.cnn", "ml.cnn_architectures", "ml.datasets",
            "ml.safe_dataset", "ml.loss", "ml.sampling", "ml.utils", "ml.cam", "preprocess.actions",
            "preprocess.preprocessors", "preprocess.utils", "preprocess.img_augment", "preprocess.tensor_augment"]
-
-
-def describe(obj) -> list | None:
-    try:
-        signature = inspect.signature(obj)
-    except (TypeError, ValueError):
-        return None
-    return [[p.name, p.kind.name, None if p.default is inspect.Parameter.empty else repr(p.default)]
-            for p in signature.parameters.values()]
 
 
 def main() -> None:
@@ -42,16 +37,16 @@ def main() -> None:
             if attr.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
                 continue
             if inspect.isfunction(obj):
-                out[f"{name}.{attr}"] = describe(obj)
+                out[f"{name}.{attr}"] = describe_signature(obj)
             elif inspect.isclass(obj):
-                out[f"{name}.{attr}"] = describe(obj.__init__)
+                out[f"{name}.{attr}"] = describe_signature(obj.__init__)
                 for method_name, method in sorted(vars(obj).items()):
                     if method_name.startswith("_"):
                         continue
                     if isinstance(method, (classmethod, staticmethod)):
                         method = method.__func__
                     if inspect.isfunction(method):
-                        out[f"{name}.{attr}.{method_name}"] = describe(method)
+                        out[f"{name}.{attr}.{method_name}"] = describe_signature(method)
     OUT.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
     print(f"wrote {OUT}: {len(out)} signatures")
 
