@@ -24,7 +24,8 @@ DEFAULT_WINDOW_SAMPLES = 512
 DEFAULT_OVERLAP_FRACTION = 0.5
 # values per block in spectrogram_batch: 512 kB of float64 frames, so a block's work stays in L2 cache
 _BLOCK_VALUES = 1 << 16
-_DB_PER_NEPER = 10.0 / np.log(10.0)  # 10 log10(p) = (10 / ln 10) ln(p)
+#: dB per neper of power: 10 log10(p) = DB_PER_NEPER * ln(p) (the natural log is the fast one)
+DB_PER_NEPER = 10.0 / np.log(10.0)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -323,7 +324,7 @@ def power_to_db(power: np.ndarray, decibel_limits, out=None, dtype=None) -> np.n
     """
     with np.errstate(divide="ignore"):
         db = np.log(power, out=out, dtype=dtype)  # natural log: SIMD-vectorised where log10 is not (4x faster)
-    db *= _DB_PER_NEPER
+    db *= DB_PER_NEPER
     return np.clip(db, decibel_limits[0], decibel_limits[1], out=db)
 
 

@@ -20,7 +20,7 @@ import torch
 from opso_core.errors import OpsoValueError
 from opso_core.image_resize import resize_matrix
 from opso_core.spectrogram import nearest_range
-from opso_core.stft import SpectrogramParams, transform_constants
+from opso_core.stft import DB_PER_NEPER, SpectrogramParams, transform_constants
 
 __all__ = ["TensorSettings", "spectrograms_on_device", "spectrograms_to_tensor"]
 
@@ -55,7 +55,6 @@ class TensorSettings:
             raise OpsoValueError("a colormap needs 3 output channels")
 
 
-_DB_PER_NEPER = 10.0 / np.log(10.0)
 
 
 @functools.lru_cache(maxsize=32)
@@ -113,7 +112,7 @@ def spectrograms_on_device(samples, sample_rate, params: SpectrogramParams, devi
     power *= scale
     values = power.to(torch.float32)  # the log in float32, as spectrogram_batch computes it for float32 values
     if params.dB_scale:
-        values = (values.log_() * _DB_PER_NEPER).clamp_(*params.decibel_limits)
+        values = (values.log_() * DB_PER_NEPER).clamp_(*params.decibel_limits)
     return values.transpose(1, 2)
 
 
