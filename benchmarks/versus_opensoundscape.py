@@ -211,7 +211,8 @@ def table(title, rows):
             ratio = ours / theirs if theirs else float("nan")
         else:
             ratio = theirs / ours if ours else float("nan")
-        print(f"{name:<52} {ours:>9.2f}{unit:1} {theirs:>10.2f}{unit:1} {ratio:>9.2f}x")
+        gain = f"{ratio:>9.2f}x" if ratio == ratio else f"{'-':>10}"  # '-': no ratio (a part opso hides)
+        print(f"{name:<52} {ours:>9.2f}{unit:1} {theirs:>10.2f}{unit:1} {gain}")
 
 
 def main():

@@ -14,8 +14,8 @@ writes
 
 The model is loaded once per worker process (cached by the file's SHA-256) from opso's safe model
 format; pickled models are refused. Scores equal ``CNN.predict(files, activation_layer=...)`` on
-the same clips within 1e-4 (the image resize is torch's antialiased bilinear on the device instead
-of PIL's; a colormap can move a few pixels by one colour step).
+the same clips within 1e-4 (the same float64 STFT and OpenSoundscape 0.9.0's image resize, as
+matrix products in float32; a colormap can move a few pixels by one colour step).
 """
 
 from __future__ import annotations
@@ -131,23 +131,16 @@ def describe_cnn_detector(cfg: CnnModelConfig, run_sample_rate_hz: int | None) -
     sample_rate = int(sample_rate or _PROVISIONAL_SAMPLE_RATE_HZ)
     to_spec = from_json_value(actions["to_spec"]["params"]) if "to_spec" in actions else {}
     params = SpectrogramParams.resolve(sample_rate, **to_spec)
-    bandpass = None
-    if "bandpass" in actions:
-        bp = from_json_value(actions["bandpass"]["params"])
-        if rate_known and not bp.get("out_of_bounds_ok", True) and (bp["min_f"] < 0 or bp["max_f"] > sample_rate / 2):
-            raise ConfigError(
-                f"cnn.{cfg.name}: the model bandpasses {bp['min_f']}-{bp['max_f']} Hz with out_of_bounds_ok=False, "
-                f"but clips at {sample_rate} Hz reach only {sample_rate / 2} Hz; every sample would fail "
-                "(set spectrogram.sample_rate higher, or the model's bandpass)")
-        bandpass = (float(bp["min_f"]), float(bp["max_f"]))
-    to_tensor = from_json_value(actions.get("to_tensor", {}).get("params", {}))
-    rescale = None
-    if "rescale" in actions:
-        rp = from_json_value(actions["rescale"]["params"])
-        rescale = (float(rp.get("input_mean", 0.5)), float(rp.get("input_std", 0.5)))
-    settings = TensorSettings(decibel_limits=tuple(params.decibel_limits), bandpass_hz=bandpass,
-                              out_shape=tuple(init["out_shape"]), invert=bool(to_tensor.get("invert", False)),
-                              colormap=to_tensor.get("colormap"), rescale=rescale)
+    bandpass = from_json_value(actions["bandpass"]["params"]) if "bandpass" in actions else None
+    if bandpass is not None and rate_known and not bandpass.get("out_of_bounds_ok", True) and \
+            (bandpass["min_f"] < 0 or bandpass["max_f"] > sample_rate / 2):
+        raise ConfigError(
+            f"cnn.{cfg.name}: the model bandpasses {bandpass['min_f']}-{bandpass['max_f']} Hz with "
+            f"out_of_bounds_ok=False, but clips at {sample_rate} Hz reach only {sample_rate / 2} Hz; every sample "
+            "would fail (set spectrogram.sample_rate higher, or the model's bandpass)")
+    step_params = {name: from_json_value(actions[name]["params"]) if name in actions else None
+                   for name in ("to_tensor", "rescale")}
+    settings = TensorSettings.from_steps(init["out_shape"], params.decibel_limits, bandpass=bandpass, **step_params)
     classes = tuple(desc["classes"])
     if isinstance(cfg.threshold, dict):
         missing = sorted(set(classes) - set(cfg.threshold))

@@ -9,6 +9,7 @@ import pandas as pd
 import torch
 
 from opso_core.errors import OpsoValueError
+from opso_core.ml.batch_preprocessing import batch_preprocessor
 from opso_core.ml.datasets import AudioFileDataset, AudioSplittingDataset
 from opso_core.ml.safe_dataset import SafeDataset
 from opso_core.ml.utils import (
@@ -43,9 +44,11 @@ def predict(model, samples, batch_size=1, num_workers=0, activation_layer=None, 
             overlap_fraction=0, final_clip=None, bypass_augmentations=True, invalid_samples_log=None,
             raise_errors=False, wandb_session=None, return_invalid_samples=False, progress_bar=False):
     """Scores of ``model`` (a :class:`~opso_core.ml.cnn.CNN`) for every sample; see ``CNN.predict``."""
-    dataset = inference_dataset(samples, model.preprocessor, split_files_into_clips=split_files_into_clips,
-                                overlap_fraction=overlap_fraction, final_clip=final_clip,
-                                bypass_augmentations=bypass_augmentations)
+    # the standard SpectrogramPreprocessor's steps after the audio run a batch at a time
+    fast = batch_preprocessor(model.preprocessor, bypass_augmentations)
+    dataset = inference_dataset(samples, model.preprocessor if fast is None else fast.audio_steps,
+                                split_files_into_clips=split_files_into_clips, overlap_fraction=overlap_fraction,
+                                final_clip=final_clip, bypass_augmentations=bypass_augmentations)
     index = dataset.label_df.index
     n_classes = len(model.classes)
     if len(dataset) == 0:
@@ -57,12 +60,19 @@ def predict(model, samples, batch_size=1, num_workers=0, activation_layer=None, 
                                          collate_fn=identity, pin_memory=model.device.type == "cuda")
     network = inference_network(model.network, model.device)
     out = np.full((len(dataset), n_classes), np.nan, dtype=np.float32)
-    row = 0
+    failed_late = set()  # samples whose spectrogram steps failed in the batch path
 
     def prepared(batch):  # runs in the prefetch thread: the batch stacked in the network's layout
         valid = [i for i, s in enumerate(batch) if s is not None and s.data is not None]
-        tensors = inference_input(torch.stack([batch[i].data for i in valid]), model.device) if valid else None
-        return len(batch), valid, tensors
+        if not valid:
+            return len(batch), [], None, []
+        if fast is None:
+            return len(batch), valid, inference_input(torch.stack([batch[i].data for i in valid]), model.device), []
+        tensors, ok, failures = fast.tensors([batch[i] for i in valid], device=model.device)
+        if failures and raise_errors:
+            raise failures[0][1]
+        x = None if tensors is None else inference_input(tensors, model.device)
+        return len(batch), [valid[i] for i in ok], x, [(valid[i], exc) for i, exc in failures]
 
     # with num_workers=0 the next batch is loaded and preprocessed in a thread while the network runs
     batches = one_ahead(prepared(b) for b in loader) if num_workers == 0 else (prepared(b) for b in loader)
@@ -70,7 +80,11 @@ def predict(model, samples, batch_size=1, num_workers=0, activation_layer=None, 
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc="predict", total=len(loader))
-    for n_batch, valid, tensors in batches:
+    row = 0
+    for n_batch, valid, tensors, failures in batches:
+        for i, exc in failures:
+            failed_late.add(index[row + i])
+            logger.warning("sample %s failed to preprocess: %s", index[row + i], exc)
         if valid:
             logits = network(tensors)
             scores = apply_activation_layer(logits.float(), activation_layer).cpu().numpy()
@@ -78,9 +92,10 @@ def predict(model, samples, batch_size=1, num_workers=0, activation_layer=None, 
         row += n_batch
         if wandb_session is not None:
             wandb_session.log({"progress": row / len(dataset)})
-    invalid = set(dataset.invalid_samples) | {_file_of(s) for s in safe._invalid_samples}
-    if safe._invalid_samples:
-        logger.warning("%d samples could not be preprocessed; their scores are NaN", len(safe._invalid_samples))
+    failed = safe._invalid_samples | failed_late
+    invalid = set(dataset.invalid_samples) | {_file_of(s) for s in failed}
+    if failed:
+        logger.warning("%d samples could not be preprocessed; their scores are NaN", len(failed))
     if invalid_samples_log is not None:
         with open(invalid_samples_log, "w") as f:
             f.writelines(f"{s}\n" for s in sorted(map(str, invalid)))

@@ -54,13 +54,40 @@ class TensorSettings:
         if self.colormap is not None and self.out_shape[2] != 3:
             raise OpsoValueError("a colormap needs 3 output channels")
 
+    @classmethod
+    def from_steps(cls, out_shape, decibel_limits, *, bandpass=None, to_tensor=None, rescale=None) -> TensorSettings:
+        """The settings of ``SpectrogramPreprocessor`` steps given by their parameters.
 
+        Parameters
+        ----------
+        out_shape : (int, int, int)
+            The preprocessor's ``out_shape`` (height, width, channels).
+        decibel_limits : (float, float)
+            The ``to_spec`` step's (dB).
+        bandpass, to_tensor, rescale : dict or None
+            ``params`` of the ``bandpass`` (``min_f``, ``max_f`` in Hz), ``to_tensor`` (``colormap``,
+            ``invert``) and ``rescale`` (``input_mean``, ``input_std``) steps; None where the step is
+            bypassed or absent.
+        """
+        to_tensor = to_tensor or {}
+        return cls(decibel_limits=(float(decibel_limits[0]), float(decibel_limits[1])),
+                   bandpass_hz=None if bandpass is None else (float(bandpass["min_f"]), float(bandpass["max_f"])),
+                   out_shape=tuple(int(v) for v in out_shape), invert=bool(to_tensor.get("invert", False)),
+                   colormap=to_tensor.get("colormap"),
+                   rescale=None if rescale is None else (float(rescale.get("input_mean", 0.5)),
+                                                         float(rescale.get("input_std", 0.5))))
 
 
 @functools.lru_cache(maxsize=32)
-def _resize_tensor(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
-    """:func:`opso_core.image_resize.resize_matrix` as a float32 tensor on ``device`` (copied there once)."""
-    return torch.tensor(resize_matrix(n_in, n_out), dtype=torch.float32, device=device)
+def _resize_tensor(n_in: int, n_out: int, device: torch.device, reverse_input: bool) -> torch.Tensor:
+    """:func:`opso_core.image_resize.resize_matrix` as a float32 tensor on ``device`` (copied there once).
+
+    With ``reverse_input`` its columns are in reverse order: ``m @ x`` is the resize of ``x`` flipped
+    along its first axis, without the copy a flip makes.
+    """
+    matrix = resize_matrix(n_in, n_out)
+    return torch.tensor(np.ascontiguousarray(matrix[:, ::-1] if reverse_input else matrix), dtype=torch.float32,
+                        device=device)
 
 
 @functools.lru_cache(maxsize=16)
@@ -139,27 +166,31 @@ def spectrograms_to_tensor(values, frequencies, settings: TensorSettings, device
     if settings.bandpass_hz is not None:
         x = x[:, nearest_range(frequencies, *settings.bandpass_hz), :]
     lo, hi = settings.decibel_limits
-    x = ((x - lo) / (hi - lo)).flip(1).clamp(0, 1)
+    x = (x - lo).div_(hi - lo).clamp_(0, 1)  # a new tensor: `values` is never written to
     if settings.invert:
         x = 1 - x
     height, width, channels = settings.out_shape
+    resize = (x.shape[-2], x.shape[-1]) != (height, width)
     if settings.colormap is not None:
         import matplotlib
 
         cmap = matplotlib.colormaps[settings.colormap]
         lut = torch.as_tensor(cmap(np.arange(cmap.N))[:, :3], dtype=torch.float32, device=x.device)
-        index = (x.double() * cmap.N).long().clamp(0, cmap.N - 1)  # as matplotlib: floor(x * N)
-        x = lut[index].permute(0, 3, 1, 2)  # (n, 3, h, w)
+        index = (x.flip(1).double() * cmap.N).long().clamp(0, cmap.N - 1)  # as matplotlib: floor(x * N)
+        x = lut[index].permute(0, 3, 1, 2)  # (n, 3, h, w), low frequencies at the bottom
+        flipped = True
     else:
-        x = x[:, None]  # one channel now; copied to `channels` after the resize
-    if tuple(x.shape[-2:]) != (height, width):  # 0.9.0's skimage resize, as Spectrogram.to_image does it
-        rows = _resize_tensor(x.shape[-2], height, x.device)
-        cols = _resize_tensor(x.shape[-1], width, x.device)
-        x = torch.matmul(torch.matmul(rows, x), cols.T)
-    x = x.clamp(0, 1)
-    if settings.colormap is None:
-        x = x.expand(-1, channels, -1, -1)
+        x = x[:, None]  # one channel now; copied to `channels` at the end
+        flipped = False
+    if resize:  # 0.9.0's skimage resize, as Spectrogram.to_image does it; the row matrix also flips
+        rows = _resize_tensor(x.shape[-2], height, x.device, not flipped)
+        cols = _resize_tensor(x.shape[-1], width, x.device, False)
+        x = torch.matmul(torch.matmul(rows, x), cols.T).clamp_(0, 1)
+    elif not flipped:
+        x = x.flip(-2)  # low frequencies at the bottom
     if settings.rescale is not None:
         mean, std = settings.rescale
         x = (x - mean) / std
+    if settings.colormap is None:
+        x = x.expand(-1, channels, -1, -1)
     return x.contiguous()
