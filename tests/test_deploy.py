@@ -4,6 +4,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipelines.config import load_config
 
@@ -28,3 +29,35 @@ def test_driver_scripts_are_valid_bash(script):
     assert path.stat().st_mode & 0o111, "not executable"
     subprocess.run(["bash", "-n", str(path)], check=True)
     assert "exec opso run" in path.read_text()
+
+
+def test_compose_file_services_and_profiles():
+    compose = yaml.safe_load((DEPLOY.parent / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"scheduler", "worker", "gpu-worker", "s3", "s3-bucket", "jupyter", "opso"} <= set(services)
+    assert services["gpu-worker"]["profiles"] == ["gpu"] and "GPU=1" in services["gpu-worker"]["command"]
+    devices = services["gpu-worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"]
+    assert services["opso"]["profiles"] == ["run"] and services["opso"]["entrypoint"] == ["opso"]
+    assert services["opso"]["environment"]["OPSO__CLUSTER__KIND"] == "tcp://scheduler:8786"
+    assert services["worker"]["command"][:3] == ["dask", "worker", "tcp://scheduler:8786"]
+    assert services["jupyter"]["build"]["target"] == "notebook"
+    for name in ("scheduler", "worker", "opso"):
+        assert services[name]["build"]["dockerfile"] == "deploy/docker/Dockerfile"
+
+
+def test_compose_file_is_valid_for_docker_compose(tmp_path):
+    import shutil
+
+    if shutil.which("docker-compose") is None:
+        pytest.skip("docker-compose is not installed (CI installs it: .ci/run)")
+    out = subprocess.run(["docker-compose", "-f", str(DEPLOY.parent / "docker-compose.yml"), "--profile", "gpu",
+                          "--profile", "run", "config", "--services"], capture_output=True, text=True, check=True,
+                         cwd=DEPLOY.parent).stdout.split()
+    assert sorted(out) == sorted(["scheduler", "worker", "gpu-worker", "s3", "s3-bucket", "jupyter", "opso"])
+
+
+def test_compose_example_configuration_loads():
+    config = load_config(DEPLOY / "compose" / "frogs.yaml", environ={"OPSO__CLUSTER__KIND": "tcp://scheduler:8786"})
+    assert config.cluster.kind == "tcp://scheduler:8786"
+    assert config.input.url == "s3://opso/archive/" and config.output.url == "s3://opso/runs/frogs/"
