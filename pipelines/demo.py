@@ -6,6 +6,8 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import yaml
 
 from pipelines.config import RunConfig, load_config
@@ -25,16 +27,18 @@ DEMO_SPECIES = [
 def prepare_demo(out_dir, *, seed: int = 0, n_recorders: int = 3, files_per_recorder: int = 3,
                  file_duration_s: float = 60.0, sample_rate_hz: int = 16000) -> RunConfig:
     """Generate ``out_dir/archive`` (AudioMoth-style WAVs, pulsed frog calls, a few bad files) and
-    write ``out_dir/config.yaml``; returns the configuration (outputs in ``out_dir/results``)."""
+    write ``out_dir/config.yaml`` and ``out_dir/labels.csv`` (the true clip labels, see
+    :func:`clip_labels`); returns the configuration (outputs in ``out_dir/results``)."""
     from opso_core.testing import make_archive, write_bad_files
 
     out_dir = Path(out_dir).resolve()
     archive_dir = out_dir / "archive"
     if archive_dir.exists():
         shutil.rmtree(archive_dir)
-    make_archive(archive_dir, n_recorders=n_recorders, files_per_recorder=files_per_recorder,
-                 file_duration_s=file_duration_s, sample_rate_hz=sample_rate_hz, seed=seed)
+    archive = make_archive(archive_dir, n_recorders=n_recorders, files_per_recorder=files_per_recorder,
+                           file_duration_s=file_duration_s, sample_rate_hz=sample_rate_hz, seed=seed)
     write_bad_files(archive_dir / "rec_broken")
+    clip_labels(archive, clip_duration_s=2.0).to_csv(out_dir / "labels.csv")
     config = {
         "input": {"url": str(archive_dir), "pattern": "**/*.[wW][aA][vV]"},
         "output": {"url": str(out_dir / "results")},
@@ -46,3 +50,37 @@ def prepare_demo(out_dir, *, seed: int = 0, n_recorders: int = 3, files_per_reco
     }
     (out_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return load_config(out_dir / "config.yaml")
+
+
+def clip_labels(archive, clip_duration_s: float, min_overlap_s: float = 0.5) -> pd.DataFrame:
+    """The true labels of every clip of a synthetic archive, as the notebooks read them.
+
+    A clip (consecutive, ``clip_duration_s`` long, from each file's start) is labelled 1 for a demo
+    species when one of its frog calls overlaps the clip by at least ``min_overlap_s`` seconds in
+    that file (after the propagation delay), else 0.
+
+    Parameters
+    ----------
+    archive : opso_core.testing.SyntheticArchive
+    clip_duration_s, min_overlap_s : float
+        Seconds.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index ``(file, start_time, end_time)`` (s); one 0/1 column per demo species.
+    """
+    from opso_core.utils import generate_clip_times_df
+
+    frogs = archive.events[archive.events.kind == "frog"]
+    rows = []
+    for file in archive.files.itertuples():
+        clips = generate_clip_times_df(file.duration_s, clip_duration_s)
+        calls = frogs[frogs.file == file.file]
+        for clip in clips.itertuples():
+            overlap = (np.minimum(calls.end_time, clip.end_time) - np.maximum(calls.start_time, clip.start_time))
+            rows.append((str(file.file), clip.start_time, clip.end_time, int((overlap >= min_overlap_s).any())))
+    labels = pd.DataFrame(rows, columns=["file", "start_time", "end_time", DEMO_SPECIES[0]["name"]])
+    for species in DEMO_SPECIES[1:]:  # nothing else in the archive pulses like them
+        labels[species["name"]] = 0
+    return labels.set_index(["file", "start_time", "end_time"])

@@ -35,10 +35,32 @@ def empty_run(tmp_path_factory, dask_client):
     return config.output.url
 
 
+@pytest.fixture(scope="module")
+def localization_run(tmp_path_factory, dask_client):
+    """RIBBIT and localization on a 3 x 3 recorder grid with calls at known places."""
+    from opso_core.testing import make_archive
+    from pipelines.config import load_config
+
+    root = tmp_path_factory.mktemp("grid")
+    archive = make_archive(root / "audio", n_recorders=9, files_per_recorder=1, file_duration_s=30.0,
+                           sample_rate_hz=16000, frog_calls_per_file=4, spacing_m=40.0, layout="grid",
+                           frog_pulse_jitter=0.8, other_sounds=False, seed=3)
+    archive.recorders[["recorder", "x", "y"]].to_csv(root / "recorders.csv", index=False)
+    config = load_config({
+        "input": {"url": str(archive.root), "recorders_table": str(root / "recorders.csv")},
+        "output": {"url": str(root / "results")}, "clips": {"duration": 2.0},
+        "spectrogram": {"sample_rate": 16000, "store": "none"},
+        "ribbit": [{"name": "frog", "signal_band": [1500, 2500], "pulse_rate_range": [9, 15],
+                    "noise_bands": [[300, 1000], [3000, 3500]], "threshold": 0.004}],
+        "localization": {"detector": "ribbit:frog", "class": "frog", "max_receiver_dist": 60.0}}, environ={})
+    run_pipeline(config, dask_client, progress=False)
+    return config.output.url
+
+
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_cells_run_on_an_empty_run(notebook, empty_run, monkeypatch):
     namespace = run_cells(notebook, empty_run, monkeypatch)
-    assert len(namespace["detections"]) == 0 and len(namespace["per_hour"]) == 0
+    assert len(namespace["detections"]) == 0
 
 
 def run_cells(notebook, run_url, monkeypatch):
@@ -56,10 +78,51 @@ def run_cells(notebook, run_url, monkeypatch):
     return namespace
 
 
+def _per_hour_adds_up(ns):
+    return ns["per_hour"]["clips"].sum() == len(ns["detections"])
+
+
+def _gallery(ns):
+    top = ns["top"]
+    return len(top) > 0 and ns["n_panels"] == len(top) and set(top["class"]) == set(ns["detections"]["class"])
+
+
+def _thresholds(ns):
+    curve = ns["curve"]  # the demo writes labels.csv next to results/: precision and recall for frog12
+    frog = curve[curve["class"] == "frog12"].iloc[0]
+    return (ns["counts"][("ribbit:frog12", "frog12")] > 0 and frog["present"] > 0
+            and 0 < frog["precision"] <= 1 and 0 < frog["recall"] <= 1 and frog["best F1"] >= 0.5)
+
+
+#: what each notebook leaves behind after a demo run (RIBBIT, no localization)
+EXPECT_ON_DEMO = {
+    "read_results.ipynb": _per_hour_adds_up,
+    "detections_by_recorder_and_day.ipynb": _per_hour_adds_up,
+    "top_clips_gallery.ipynb": _gallery,
+    "scores_vs_threshold.ipynb": _thresholds,
+    "localized_events_map.ipynb": lambda ns: len(ns["events"]) == 0 and ns["localization"] is None,
+}
+
+
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_cells_run(notebook, demo_run, monkeypatch):
     namespace = run_cells(notebook, demo_run, monkeypatch)
-    assert len(namespace["detections"]) > 0 and namespace["per_hour"]["clips"].sum() == len(namespace["detections"])
+    assert len(namespace["detections"]) > 0
+    assert EXPECT_ON_DEMO[notebook.name](namespace), f"{notebook.name} left unexpected results"
+
+
+def test_map_of_localized_events(localization_run, monkeypatch):
+    namespace = run_cells(NOTEBOOKS[[p.name for p in NOTEBOOKS].index("localized_events_map.ipynb")],
+                          localization_run, monkeypatch)
+    events, recorders = namespace["events"], namespace["recorders"]
+    assert len(recorders) == 9 and len(events) > 0 and len(namespace["good"]) > 0
+    inside = events.x.between(recorders.x.min() - 40, recorders.x.max() + 40)
+    assert inside.mean() > 0.8  # calls come from within the grid
+    assert namespace["summary"].loc["frog", "events"] == len(events)
+
+
+def test_every_notebook_has_a_check():
+    assert sorted(EXPECT_ON_DEMO) == sorted(p.name for p in NOTEBOOKS)
 
 
 def test_there_are_notebooks():
