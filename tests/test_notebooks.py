@@ -20,6 +20,23 @@ def demo_run(tmp_path_factory, dask_client):
 
 
 @pytest.fixture(scope="module")
+def demo_run_s3(tmp_path_factory, dask_client, s3_server, s3_storage_options):
+    """The demo's results written to a bucket of a local S3 server; returns (output URL, labels.csv)."""
+    import s3fs
+
+    from pipelines.demo import prepare_demo
+
+    folder = tmp_path_factory.mktemp("demo-s3")
+    config = prepare_demo(folder, files_per_recorder=1, file_duration_s=30)
+    s3fs.S3FileSystem(**s3_storage_options).mkdir("opso-notebooks")
+    output = config.output.model_copy(update={"url": "s3://opso-notebooks/demo/results",
+                                               "storage_options": s3_storage_options})
+    config = config.model_copy(update={"output": output})
+    run_pipeline(config, dask_client, progress=False)
+    return config.output.url, folder / "labels.csv"
+
+
+@pytest.fixture(scope="module")
 def empty_run(tmp_path_factory, dask_client):
     """A run in which no file held readable audio: every table is there, with zero rows."""
     from opso_core.testing import write_bad_files
@@ -107,6 +124,19 @@ EXPECT_ON_DEMO = {
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_cells_run(notebook, demo_run, monkeypatch):
     namespace = run_cells(notebook, demo_run, monkeypatch)
+    assert len(namespace["detections"]) > 0
+    assert EXPECT_ON_DEMO[notebook.name](namespace), f"{notebook.name} left unexpected results"
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_cells_run_on_s3(notebook, demo_run_s3, s3_server, monkeypatch):
+    """A run in a bucket: the notebooks read it with the endpoint and credentials from the environment
+    (as the compose stack's Jupyter has them)."""
+    url, labels = demo_run_s3
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    monkeypatch.setenv("OPSO_LABELS", str(labels))
+    namespace = run_cells(notebook, url, monkeypatch)
     assert len(namespace["detections"]) > 0
     assert EXPECT_ON_DEMO[notebook.name](namespace), f"{notebook.name} left unexpected results"
 
