@@ -6,7 +6,6 @@ import logging
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import yaml
 
@@ -70,17 +69,14 @@ def clip_labels(archive, clip_duration_s: float, min_overlap_s: float = 0.5) -> 
     pandas.DataFrame
         Index ``(file, start_time, end_time)`` (s); one 0/1 column per demo species.
     """
+    from opso_core.annotations import BoxedAnnotations
     from opso_core.utils import generate_clip_times_df
 
     frogs = archive.events[archive.events.kind == "frog"]
-    rows = []
-    for file in archive.files.itertuples():
-        clips = generate_clip_times_df(file.duration_s, clip_duration_s)
-        calls = frogs[frogs.file == file.file]
-        for clip in clips.itertuples():
-            overlap = (np.minimum(calls.end_time, clip.end_time) - np.maximum(calls.start_time, clip.start_time))
-            rows.append((str(file.file), clip.start_time, clip.end_time, int((overlap >= min_overlap_s).any())))
-    labels = pd.DataFrame(rows, columns=["file", "start_time", "end_time", DEMO_SPECIES[0]["name"]])
-    for species in DEMO_SPECIES[1:]:  # nothing else in the archive pulses like them
-        labels[species["name"]] = 0
-    return labels.set_index(["file", "start_time", "end_time"])
+    calls = BoxedAnnotations(pd.DataFrame({"file": frogs.file.astype(str), "start_time": frogs.start_time,
+                                           "end_time": frogs.end_time, "annotation": DEMO_SPECIES[0]["name"]}))
+    clips = pd.concat([generate_clip_times_df(f.duration_s, clip_duration_s).assign(file=str(f.file))
+                       for f in archive.files.itertuples()]).set_index(["file", "start_time", "end_time"])
+    # nothing else in the archive pulses like the other demo species: their columns stay 0
+    return calls.one_hot_labels_like(clips, min_label_overlap=min_overlap_s,
+                                     class_subset=[s["name"] for s in DEMO_SPECIES])
