@@ -152,7 +152,7 @@ def batch_preprocessor(preprocessor, bypass_augmentations=True) -> BatchPreproce
     bypass_augmentations : bool
         As given to ``predict``: augmentations are then inactive.
     """
-    from opso_core.preprocess.preprocessors import SpectrogramPreprocessor
+    from opso_core.preprocess.preprocessors import SpectrogramPreprocessor, is_standard_action
 
     if type(preprocessor) is not SpectrogramPreprocessor or "to_spec" not in preprocessor.pipeline.index:
         return None
@@ -167,8 +167,7 @@ def batch_preprocessor(preprocessor, bypass_augmentations=True) -> BatchPreproce
         action = preprocessor.pipeline[key]
         if action.bypass or (action.is_augmentation and bypass_augmentations):
             continue
-        if key not in BATCH_STEPS or action.is_augmentation or type(action) is not type(reference[key]) or \
-                getattr(action, "action_fn", None) != getattr(reference[key], "action_fn", None):
+        if key not in BATCH_STEPS or action.is_augmentation or not is_standard_action(action, reference[key]):
             return None
         active[key] = dict(action.params)
     if list(active) != [k for k in BATCH_STEPS if k in active] or not {"to_spec", "to_tensor"} <= set(active):

@@ -108,8 +108,7 @@ def describe_preprocessor(preprocessor) -> dict:
     for name, action in preprocessor.pipeline.items():
         if name == "overlay":
             continue  # overlay_df is training data, not model state
-        if name not in reference.pipeline.index or type(reference.pipeline[name]) is not type(action) or \
-                getattr(reference.pipeline[name], "action_fn", None) != getattr(action, "action_fn", None):
+        if name not in reference.pipeline.index or not pp.is_standard_action(action, reference.pipeline[name]):
             raise UnsafeToDescribeError(f"pipeline action {name!r} is not part of {cls.__name__}'s standard "
                                         "pipeline; save with pickle=True")
         actions[name] = {"params": _json_value(dict(action.params), f"action {name!r}"),

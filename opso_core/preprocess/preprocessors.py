@@ -25,7 +25,14 @@ from opso_core.preprocess.utils import PreprocessingError
 from opso_core.sample import AudioSample
 from opso_core.spectrogram import Spectrogram
 
-__all__ = ["BasePreprocessor", "SpectrogramPreprocessor"]
+__all__ = ["BasePreprocessor", "SpectrogramPreprocessor", "is_standard_action"]
+
+
+def is_standard_action(action, standard) -> bool:
+    """Whether ``action`` is the same step as ``standard`` (a preprocessor's own, as built): the same
+    class and, for an :class:`Action`, the same function. Parameters and flags may differ."""
+    return type(action) is type(standard) and \
+        getattr(action, "action_fn", None) == getattr(standard, "action_fn", None)
 
 
 class BasePreprocessor:
