@@ -96,23 +96,28 @@ class BatchPreprocessor:
         groups: dict[tuple, list[int]] = {}
         for i, sample in enumerate(samples):
             groups.setdefault((float(sample.data.sample_rate), len(sample.data.samples)), []).append(i)
-        rows: dict[int, torch.Tensor] = {}
+        pieces = []  # (positions, their tensors)
         failures = []
         for (sample_rate, _), positions in groups.items():
             try:
-                batch = self._group_tensors([samples[i].data.samples for i in positions], sample_rate, device)
+                pieces.append((positions, self._group_tensors([samples[i].data.samples for i in positions],
+                                                              sample_rate, device)))
             except OpsoError as exc:  # the per-sample steps raise the user-facing error, sample by sample
                 logger.debug("batch preprocessing fell back to single samples: %s", exc)
                 for i in positions:
                     try:
                         done = self.spectrogram_steps.forward(samples[i], bypass_augmentations=True)
-                        rows[i] = done.data.to(device=device, dtype=torch.float32)
+                        pieces.append(([i], done.data.to(device=device, dtype=torch.float32)[None]))
                     except Exception as sample_exc:
                         failures.append((i, sample_exc))
-                continue
-            rows.update(zip(positions, batch, strict=True))
-        ok = sorted(rows)
-        return (torch.stack([rows[i] for i in ok]) if ok else None), ok, failures
+        if not pieces:
+            return None, [], failures
+        positions = [i for piece_positions, _ in pieces for i in piece_positions]
+        x = pieces[0][1] if len(pieces) == 1 else torch.cat([t for _, t in pieces])  # one group: no copy
+        order = sorted(range(len(positions)), key=positions.__getitem__)
+        if order != list(range(len(order))):  # several groups: back to the samples' order
+            x = x[order]
+        return x, sorted(positions), failures
 
     def _group_tensors(self, audio, sample_rate, device):
         params = SpectrogramParams.resolve(sample_rate, **self.to_spec)
