@@ -253,9 +253,16 @@ def generate_clip_times_df(
         ends[past_end] = full_duration
     elif final_clip == "full":
         # every clip running past the end becomes the same clip [full - clip, full] (exactly, so
-        # that duplicates are dropped below); a file shorter than one clip gives [0, full]
-        starts[past_end] = max(0.0, full_duration - clip_duration)
-        ends[past_end] = full_duration
+        # that duplicates are dropped below); a file shorter than one clip gives [0, full]. If the
+        # last regular clip already is that clip up to float error (it ends at full_duration), the
+        # shifted ones are dropped instead of making a near-duplicate
+        shifted_start = max(0.0, full_duration - clip_duration)
+        regular = starts[~past_end]
+        if len(regular) and shifted_start - regular[-1] <= _TIME_TOLERANCE_S:
+            starts, ends = regular, ends[~past_end]
+        else:
+            starts[past_end] = shifted_start
+            ends[past_end] = full_duration
     # "extend": keep ends past full_duration
 
     if rounding_precision is not None:
