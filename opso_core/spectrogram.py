@@ -461,9 +461,11 @@ def spectrograms_from_clips(samples, sample_rate, params: SpectrogramParams | No
 
     Parameters
     ----------
-    samples : numpy.ndarray, shape (n_clips, n_samples)
+    samples : numpy.ndarray of shape (n_clips, n_samples), or a sequence of Audio or 1-D arrays
+        The clips, all of the same length: a 2-D array, or what ``Audio.split`` returns (its list
+        of clips), which is stacked here.
     sample_rate : int
-        Hz.
+        Hz; every Audio in ``samples`` must have this rate.
     params : SpectrogramParams, optional
         Resolved settings; otherwise ``from_audio_kwargs`` (``window_samples``,
         ``overlap_fraction``, ``decibel_limits``, ...) are resolved as ``from_audio`` does.
@@ -481,4 +483,28 @@ def spectrograms_from_clips(samples, sample_rate, params: SpectrogramParams | No
         params = SpectrogramParams.resolve(sample_rate, **from_audio_kwargs)
     elif from_audio_kwargs:
         raise OpsoValueError("give either params or from_audio keyword arguments, not both")
-    return spectrogram_batch(samples, sample_rate, params, workers=workers, dtype=dtype)
+    return spectrogram_batch(_clip_array(samples, sample_rate), sample_rate, params, workers=workers, dtype=dtype)
+
+
+def _clip_array(samples, sample_rate) -> np.ndarray:
+    """``samples`` as a 2-D array (n_clips, n_samples): a list of Audio or of 1-D arrays is stacked."""
+    if isinstance(samples, np.ndarray):
+        if samples.ndim != 2:
+            raise OpsoValueError(f"samples must be a 2-D array (n_clips, n_samples) or a list of clips; got an array "
+                                 f"of shape {samples.shape}")
+        return samples
+    clips = []
+    for i, clip in enumerate(samples):
+        if hasattr(clip, "samples") and hasattr(clip, "sample_rate"):
+            if clip.sample_rate != sample_rate:
+                raise OpsoValueError(f"clip {i} has sample rate {clip.sample_rate} Hz, not {sample_rate} Hz")
+            clip = clip.samples
+        clips.append(np.asarray(clip))
+    if not clips:
+        raise OpsoValueError("no clips given")
+    lengths = sorted({len(c) for c in clips})
+    if any(c.ndim != 1 for c in clips) or len(lengths) > 1:
+        raise OpsoValueError(f"clips must be 1-D and of one length; got lengths {lengths[0]}..{lengths[-1]} samples "
+                             "(Audio.split's last clip is shorter unless final_clip='full' or 'extend': drop it, "
+                             "or split with one of those)")
+    return np.stack(clips)

@@ -22,7 +22,13 @@ from opso_core.errors import OpsoTypeError, OpsoValueError
 from opso_core.metrics import multi_target_metrics, single_target_metrics
 from opso_core.ml import cnn_architectures
 from opso_core.ml.loss import BCEWithLogitsLoss_hot, CrossEntropyLoss_hot, ResampleLoss
-from opso_core.ml.persistence import PickleNotAllowedError, is_opso_model_file, load_safe, save_safe
+from opso_core.ml.persistence import (
+    PickleNotAllowedError,
+    file_kind,
+    is_opso_model_file,
+    load_safe,
+    save_safe,
+)
 from opso_core.ml.utils import BaseModule, best_device
 from opso_core.preprocess.preprocessors import SpectrogramPreprocessor
 
@@ -372,6 +378,9 @@ def load_model(path, device=None, *, allow_pickle=False):
     if is_opso_model_file(path):
         model = load_safe(path, device=device)
     else:
+        kind = file_kind(path)
+        if "pickle" not in kind and kind != "not a model file":
+            raise OpsoValueError(f"{path} is {kind}, not a model file (CNN.save writes those)")
         if not allow_pickle:
             raise PickleNotAllowedError(
                 f"{path} is a pickled model (not opso's JSON + weights format). Unpickling runs code stored in "

@@ -16,6 +16,7 @@ whole (OpenSoundscape's own ``.model`` files, or ``save(..., pickle=True)``) loa
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import zipfile
@@ -26,8 +27,8 @@ import torch
 
 from opso_core.errors import OpsoError, OpsoValueError
 
-__all__ = ["FORMAT_NAME", "PickleNotAllowedError", "UnsafeToDescribeError", "from_json_value", "is_opso_model_file",
-           "load_safe", "read_description", "save_safe"]
+__all__ = ["FORMAT_NAME", "PickleNotAllowedError", "UnsafeToDescribeError", "file_kind", "from_json_value",
+           "is_opso_model_file", "load_safe", "read_description", "save_safe"]
 
 FORMAT_NAME = "opso-model"
 FORMAT_VERSION = 1
@@ -75,6 +76,74 @@ def from_json_value(value):
 _from_json = from_json_value
 
 
+_MAGIC = ((b"RIFF", "a WAV audio file"), (b"RF64", "a WAV audio file"), (b"fLaC", "a FLAC audio file"),
+          (b"OggS", "an Ogg audio file"), (b"ID3", "an MP3 audio file"), (b"\x89PNG", "a PNG image"),
+          (b"%PDF", "a PDF document"))
+
+
+def file_kind(source) -> str:
+    """What a file that is not an opso model file is, in a few words (``"a WAV audio file"``,
+    ``"a pickle"``, ``"a PyTorch file written by torch.save (a pickle)"``, ...), from its first bytes.
+
+    Parameters
+    ----------
+    source : path, file-like or bytes
+    """
+    if isinstance(source, bytes | bytearray):
+        head, data = bytes(source[:16]), source
+    else:
+        with contextlib.ExitStack() as stack:
+            f = source if hasattr(source, "read") else stack.enter_context(open(source, "rb"))
+            head, data = f.read(16), None
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "a pickle"
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(io.BytesIO(data) if data is not None else source) as zf:
+                names = zf.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return "a damaged zip archive"
+        if any(n.endswith("data.pkl") for n in names):
+            return "a PyTorch file written by torch.save (a pickle)"
+        return f"a zip archive without {_JSON_NAME}"
+    if head.lstrip()[:1] in (b"{", b"["):
+        return "a JSON file (a model file is the zip archive CNN.save writes)"
+    if not head:
+        return "an empty file"
+    return "not a model file"
+
+
+def _check_description(description) -> dict:
+    """``description`` if it has the keys and types a model description needs, else OpsoValueError."""
+    def bad(what):
+        return OpsoValueError(f"its description ({_JSON_NAME}) is damaged: {what}; save the model again with "
+                              "CNN.save(path)")
+
+    if not isinstance(description, dict) or description.get("format") != FORMAT_NAME:
+        raise bad(f"it is not an {FORMAT_NAME} description")
+    if description.get("format_version", 0) > FORMAT_VERSION:
+        raise OpsoValueError(f"it was written by a newer opso (format {description['format_version']}); upgrade opso")
+    kinds = {"classes": list, "sample_duration": int | float, "preprocessor": dict, "architecture": dict,
+             "sample_shape": list, "training": dict}
+    for key, kind in kinds.items():
+        if not isinstance(description.get(key), kind):
+            raise bad(f"{key!r} is missing or not a {kind.__name__ if hasattr(kind, '__name__') else 'number'}")
+    pre = description["preprocessor"]
+    if not isinstance(pre.get("class"), str) or not isinstance(pre.get("init"), dict) or \
+            not isinstance(pre.get("actions"), dict):
+        raise bad("the preprocessor needs 'class', 'init' and 'actions'")
+    for name, action in pre["actions"].items():
+        if not isinstance(action, dict) or not isinstance(action.get("params"), dict) or \
+                not isinstance(action.get("bypass"), bool) or not isinstance(action.get("is_augmentation"), bool):
+            raise bad(f"action {name!r} needs 'params', 'bypass' and 'is_augmentation'")
+    if not isinstance(description["architecture"].get("name"), str):
+        raise bad("the architecture has no name")
+    return description
+
+
 def read_description(source) -> dict:
     """The JSON description (classes, preprocessor, architecture; not the weights) of a model file.
 
@@ -85,16 +154,31 @@ def read_description(source) -> dict:
 
     Raises
     ------
+    PickleNotAllowedError
+        The file is a pickled model (OpenSoundscape's ``.model``, ``save(..., pickle=True)``).
     OpsoValueError
-        Not a model in opso's safe format (for example a pickled model).
+        Anything else that is not a model in opso's safe format (an audio file, a damaged
+        description), with a message saying what the file is.
     """
     if isinstance(source, bytes | bytearray):
         source = io.BytesIO(source)
     try:
         with zipfile.ZipFile(source) as zf:
-            return json.loads(zf.read(_JSON_NAME))
+            text = zf.read(_JSON_NAME)
     except (zipfile.BadZipFile, KeyError) as exc:
-        raise OpsoValueError("not a model in opso's safe format") from exc
+        if hasattr(source, "seek"):
+            source.seek(0)
+        kind = file_kind(source)
+        if "pickle" in kind:
+            raise PickleNotAllowedError(f"the file is {kind}, not a model in opso's safe format") from exc
+        raise OpsoValueError(f"the file is {kind}, not a model in opso's safe format (written by "
+                             "CNN.save(path))") from exc
+    try:
+        description = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise OpsoValueError(f"its description ({_JSON_NAME}) is not valid JSON ({exc}); save the model again "
+                             "with CNN.save(path)") from exc
+    return _check_description(description)
 
 
 def describe_preprocessor(preprocessor) -> dict:
@@ -210,13 +294,14 @@ def load_safe(path, device=None):
     from opso_core.ml import cnn as cnn_module
     from opso_core.ml.cnn_architectures import build_architecture
 
+    try:
+        description = read_description(path)
+    except OpsoValueError as exc:
+        raise OpsoValueError(f"{path}: {exc}") from exc
     with zipfile.ZipFile(path) as zf:
-        description = json.loads(zf.read(_JSON_NAME))
+        if _WEIGHTS_NAME not in zf.namelist():
+            raise OpsoValueError(f"{path} holds no {_WEIGHTS_NAME}; save the model again with CNN.save(path)")
         weights_bytes = zf.read(_WEIGHTS_NAME)
-    if description.get("format") != FORMAT_NAME:
-        raise OpsoValueError(f"{path} is not an opso model file")
-    if description.get("format_version", 0) > FORMAT_VERSION:
-        raise OpsoValueError(f"{path} was written by a newer opso (format {description['format_version']}); upgrade opso")
     cls = getattr(cnn_module, description["model_class"], None)
     if cls is None:
         raise OpsoValueError(f"unknown model class {description['model_class']!r} in {path}")

@@ -116,6 +116,20 @@ class TestBatch:
             np.testing.assert_array_equal(t, spec.times)
         np.testing.assert_array_equal(f, spec.frequencies)
 
+    def test_batch_of_audio_split_clips(self, noisy_tone):
+        """What Audio.split returns (a list of Audio) is taken as it is, as the README shows."""
+        clips, _ = noisy_tone.split(1.0, clip_overlap=0.25, final_clip="full")
+        values, _, _ = spectrograms_from_clips(clips, 22050)
+        stacked, _, _ = spectrograms_from_clips(np.stack([c.samples for c in clips]), 22050)
+        np.testing.assert_array_equal(values, stacked)
+        assert len(values) == len(clips) == 7
+        np.testing.assert_array_equal(values[3], Spectrogram.from_audio(clips[3]).spectrogram)
+        ragged, _ = noisy_tone.split(1.0, final_clip="remainder")
+        with pytest.raises(OpsoValueError, match="of one length"):
+            spectrograms_from_clips([*clips, ragged[-1].trim(0, 0.3)], 22050)
+        with pytest.raises(OpsoValueError, match="sample rate 16000 Hz"):
+            spectrograms_from_clips([clips[0].resample(16000)], 22050)
+
     def test_batch_with_params_and_float32(self, noisy_tone):
         params = SpectrogramParams.resolve(22050, window_samples=256, overlap_fraction=0.5,
                                            decibel_limits=(-120, 0))

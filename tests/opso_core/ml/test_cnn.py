@@ -105,6 +105,41 @@ def test_pickled_models_are_refused_unless_allowed(trained, labelled_files, tmp_
     pd.testing.assert_frame_equal(model.predict(files), loaded.predict(files))
 
 
+def test_files_that_are_not_models_say_what_they_are(trained, tmp_path):
+    """An audio file, a damaged description or a description that is not JSON: a clear error, never a
+    KeyError, a JSONDecodeError or advice about pickles."""
+    import json
+    import zipfile
+
+    from opso_core.ml import load_model as exported
+    from opso_core.ml.persistence import read_description
+    from opso_core.testing import tone
+
+    assert exported is load_model  # `from opso_core.ml import load_model` works, as docs/ml.md says
+    wav = tmp_path / "rec.wav"
+    tone(1000, 0.5, 8000).save(wav)
+    with pytest.raises(OpsoValueError, match="is a WAV audio file, not a model file"):
+        load_model(wav)
+    with pytest.raises(OpsoValueError, match="the file is a WAV audio file, not a model"):
+        read_description(wav.read_bytes())
+    model, _ = trained
+    model.save(tmp_path / "good.model")
+    with zipfile.ZipFile(tmp_path / "good.model") as zf:
+        weights = zf.read("weights.pt")
+    for name, text, message in [("empty.model", "{}", "not an opso-model description"),
+                                ("text.model", "not json", "is not valid JSON"),
+                                ("no_pre.model", json.dumps({"format": "opso-model", "classes": ["a"]}),
+                                 "'sample_duration' is missing")]:
+        with zipfile.ZipFile(tmp_path / name, "w") as zf:
+            zf.writestr("opso_model.json", text)
+            zf.writestr("weights.pt", weights)
+        with pytest.raises(OpsoValueError, match=message):
+            load_model(tmp_path / name)
+    model.save(tmp_path / "pickled.model", pickle=True)
+    with pytest.raises(PickleNotAllowedError, match="torch.save"):
+        read_description((tmp_path / "pickled.model").read_bytes())
+
+
 def test_safe_format_refuses_custom_architecture(tmp_path):
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(32 * 32 * 3, 2))
     model = CNN(net, ["a", "b"], 1.0, sample_shape=SHAPE)
