@@ -5,9 +5,10 @@
 from __future__ import annotations
 
 from opso_core.errors import OpsoError
-from pipelines.exit_codes import EXIT_CLUSTER, EXIT_USER_ERROR
+from pipelines.exit_codes import EXIT_CLUSTER, EXIT_LOCK_LOST, EXIT_STORAGE, EXIT_USER_ERROR
 
-__all__ = ["ClusterError", "ConfigError", "OutputConflictError", "PipelineError", "StorageError", "exit_code_of"]
+__all__ = ["ClusterError", "ConfigError", "OutputConflictError", "PipelineError", "RunLockHeldError",
+           "RunLockLostError", "RunStorageError", "StorageError", "exit_code_of"]
 
 
 class PipelineError(OpsoError):
@@ -26,6 +27,22 @@ class StorageError(PipelineError, OSError):
 
 class OutputConflictError(PipelineError, FileExistsError):
     """The output URL holds a run with a different configuration, or files opso did not write."""
+
+
+class RunLockHeldError(OutputConflictError):
+    """Another run holds the output folder's lock (the message names it: host, pid, user, heartbeat)."""
+
+
+class RunLockLostError(PipelineError, RuntimeError):
+    """This run no longer holds its output folder's lock: it must not write there any more."""
+
+    exit_code = EXIT_LOCK_LOST
+
+
+class RunStorageError(StorageError):
+    """The storage failed while the run was going on (the run is resumable once it works again)."""
+
+    exit_code = EXIT_STORAGE
 
 
 class ClusterError(PipelineError, RuntimeError):

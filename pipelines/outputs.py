@@ -1,8 +1,17 @@
 """The run's output folder: atomic writes under deterministic names, on local disk or object storage.
 
-A local write goes to a temporary name in the same folder and is renamed into place; a write to
-object storage is a single PUT. Either way a reader sees a whole file or none, so a crashed task
-leaves nothing half-written, and a retried task overwrites instead of duplicating.
+A local write goes to a hidden temporary name in the same folder (``.<name>.tmp-<32 hex>``: a
+leading dot, so pandas, pyarrow, DuckDB and ``*.parquet`` globs never read it) and is renamed into
+place; the temporary is removed when the write fails (a full disk), and :mod:`pipelines.run_folder`
+removes those a killed process left. A write to object storage is a single PUT. Either way a reader
+sees a whole file or none, so a crashed task leaves nothing half-written, and a retried task
+overwrites instead of duplicating.
+
+Storage options get opso's time limits and fresh listings (:mod:`pipelines.storage_options`), so
+no request hangs a run and no listing comes from a cache.
+
+A location may carry the run's lease (:mod:`pipelines.run_lock`): every write and delete through it
+first checks that the lease is still the run folder's, so a run that lost its lock writes nothing.
 
 Every storage failure (missing bucket, wrong credentials, unreachable endpoint) is raised as
 :class:`~pipelines.errors.StorageError` naming the URL; a missing file stays ``FileNotFoundError``.
@@ -12,6 +21,7 @@ Deleting is not here: :mod:`pipelines.run_folder` deletes only what a run wrote.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -23,18 +33,38 @@ import fsspec
 import pandas as pd
 
 from pipelines.errors import StorageError
+from pipelines.storage_options import with_storage_defaults
 
-__all__ = ["OutputLocation"]
+__all__ = ["OutputLocation", "temporary_name"]
+
+
+def temporary_name(target: str) -> str:
+    """The hidden name a local write of ``target`` goes to before its rename (same folder)."""
+    folder, name = os.path.split(target)
+    return os.path.join(folder, f".{name}.tmp-{uuid.uuid4().hex}")
 
 
 class OutputLocation:
-    """A folder (path or fsspec URL) with atomic file writes relative to it."""
+    """A folder (path or fsspec URL) with atomic file writes relative to it.
 
-    def __init__(self, url: str, storage_options: dict[str, Any] | None = None):
+    Parameters
+    ----------
+    url : str
+        Local folder or fsspec URL.
+    storage_options : dict, optional
+        For fsspec; opso's defaults are added (:func:`~pipelines.storage_options.with_storage_defaults`).
+    lease : object, optional
+        The run's lease (:class:`pipelines.run_lock.Lease`): writes and deletes call its
+        ``check(location)`` first, which raises when the run no longer holds the folder.
+    """
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None, lease=None):
         self.url = url.rstrip("/")
         self.storage_options = dict(storage_options or {})
+        self.lease = lease
         try:
-            self.fs, self.root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+            self.fs, self.root = fsspec.core.url_to_fs(self.url, **with_storage_defaults(self.url,
+                                                                                       self.storage_options))
         except ImportError as exc:
             raise StorageError(f"cannot open {url}: {exc} (for s3:// install the extra: pip install 'opso[s3]')") \
                 from exc
@@ -46,10 +76,20 @@ class OutputLocation:
             self.url = self.root
 
     def __getstate__(self):
-        return {"url": self.url, "storage_options": self.storage_options}
+        return {"url": self.url, "storage_options": self.storage_options, "lease": self.lease}
 
     def __setstate__(self, state):
-        self.__init__(state["url"], state["storage_options"])
+        self.__init__(state["url"], state["storage_options"], state.get("lease"))
+
+    def with_lease(self, lease) -> OutputLocation:
+        """This location, writing under ``lease`` (None: unguarded)."""
+        return OutputLocation(self.url, self.storage_options, lease)
+
+    def check_lease(self) -> None:
+        """Raise :class:`~pipelines.errors.RunLockLostError` if the location's lease is no longer the
+        run folder's (no-op without a lease)."""
+        if self.lease is not None:
+            self.lease.check(self)
 
     def path(self, rel: str) -> str:
         """File-system path of ``rel`` (no protocol)."""
@@ -84,22 +124,42 @@ class OutputLocation:
             while not os.path.exists(folder) and folder != os.path.dirname(folder):
                 created.append(folder)
                 folder = os.path.dirname(folder)
-        self.write_bytes(rel, b"opso")
+        self.write_bytes_unguarded(rel, b"opso")
         with self._errors("remove", rel):
             self.fs.rm_file(self.path(rel))
             for folder in created:  # deepest first
                 os.rmdir(folder)
 
-    def write_bytes(self, rel: str, data: bytes) -> None:
-        """Write ``data`` to ``rel`` atomically."""
+    def write_bytes(self, rel: str, data: bytes, *, in_place_when_full: bool = False) -> None:
+        """Write ``data`` to ``rel`` atomically (under the location's lease, if it has one).
+
+        ``in_place_when_full``: on a full local disk, overwrite an existing ``rel`` in place instead (no
+        temporary, so no new space for a file of about the same size; not atomic). For the small state
+        files whose last word matters most: ``run.json`` when a run stops, the lock.
+        """
+        self.check_lease()
+        self.write_bytes_unguarded(rel, data, in_place_when_full=in_place_when_full)
+
+    def write_bytes_unguarded(self, rel: str, data: bytes, *, in_place_when_full: bool = False) -> None:
+        """Write ``data`` to ``rel`` atomically without checking the lease (the lock's own files)."""
         target = self.path(rel)
         try:
             if self.is_local:
                 os.makedirs(os.path.dirname(target), exist_ok=True)
-                tmp = f"{target}.tmp-{uuid.uuid4().hex}"
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, target)
+                tmp = temporary_name(target)
+                try:
+                    with open(tmp, "wb") as f:
+                        f.write(data)
+                    os.replace(tmp, target)
+                except BaseException as exc:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
+                    if not (in_place_when_full and isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+                            and os.path.isfile(target)):
+                        raise
+                    with open(target, "r+b") as f:  # the blocks the file already has
+                        f.write(data)
+                        f.truncate()
             else:
                 self.fs.pipe_file(target, data)  # one PUT
         except Exception as exc:  # backends raise their own types: one error for the user
@@ -109,8 +169,10 @@ class OutputLocation:
         with self._errors("read", rel):
             return self.fs.cat_file(self.path(rel))
 
-    def write_json(self, rel: str, obj) -> None:
-        self.write_bytes(rel, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+    def write_json(self, rel: str, obj, *, in_place_when_full: bool = False) -> None:
+        """Write ``obj`` as JSON (see :meth:`write_bytes`)."""
+        self.write_bytes(rel, json.dumps(obj, indent=2, sort_keys=True, default=str).encode(),
+                         in_place_when_full=in_place_when_full)
 
     def read_json(self, rel: str):
         return json.loads(self.read_bytes(rel))
@@ -150,11 +212,13 @@ class OutputLocation:
     def remove_files(self, rels: list[str]) -> None:
         """Delete these files (paths relative to the location); used by :mod:`pipelines.run_folder` only."""
         if rels:
+            self.check_lease()
             with self._errors("delete files under", ""):
                 self.fs.rm([self.path(r) for r in rels])
 
     def remove_tree(self, rel: str) -> None:
         """Delete folder ``rel`` and everything in it; used by :mod:`pipelines.run_folder` only."""
+        self.check_lease()
         with self._errors("delete", rel):
             self.fs.rm(self.path(rel), recursive=True)
 

@@ -8,11 +8,13 @@ The output contract names every file a run writes::
     detections/part-<detector>-<range>.parquet
     localizations/part-<...>.parquet
     _progress/<stage>/<range>.json
+    _lock/<generation>.json                (the run's lock: pipelines.run_lock; never deleted here)
 
 :func:`clear_run_outputs` (``--overwrite``, or replacing a run that finished no task) deletes those
 names and nothing else: a user's ``notes.txt`` beside them, or recordings in the same bucket,
 are never touched. ``run.json`` goes last, so an interrupted clean-up is still recognised as an
-opso run folder. A folder that holds contract names but no ``run.json`` is not treated as a run:
+opso run folder. :func:`remove_temporaries` removes the hidden temporaries (``.<name>.tmp-<hex>``)
+that a process killed between a write and its rename left beside those names. A folder that holds contract names but no ``run.json`` is not treated as a run:
 it is refused rather than written into.
 """
 
@@ -27,7 +29,7 @@ from pipelines.errors import OutputConflictError
 from pipelines.outputs import OutputLocation
 
 __all__ = ["RUN_FILES", "RUN_FOLDERS", "PreviousRun", "clear_run_outputs", "decide_start", "has_finished_tasks",
-           "is_run_output", "read_previous_run"]
+           "is_run_output", "read_previous_run", "remove_temporaries"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,19 +40,37 @@ RUN_FILES = (RUN_JSON, "inventory.parquet", "failures.parquet")
 RUN_FOLDERS = ("scores", "detections", "localizations", "_progress")
 PROGRESS = "_progress"
 
-_TMP = r"(?:\.tmp-[0-9a-f]{32})?"  # leftovers of a local write interrupted before its rename
-_RUN_FILE = re.compile(rf"^(?:{'|'.join(re.escape(f) for f in RUN_FILES)}){_TMP}$")
+# leftovers of a local write interrupted before its rename: ".<name>.tmp-<hex>" (and "<name>.tmp-<hex>",
+# as opso wrote them before temporaries were hidden)
+_TEMPORARY = re.compile(r"^(?:\.(?P<hidden>.+)|(?P<plain>.+))\.tmp-[0-9a-f]{32}$")
+_RUN_FILE = re.compile(rf"^(?:{'|'.join(re.escape(f) for f in RUN_FILES)})$")
 _FOLDER_FILE = re.compile(
     r"^(?:scores/detector=[^/]+/part-[^/]+\.parquet"
     r"|detections/part-[^/]+\.parquet"
     r"|localizations/part-[^/]+\.parquet"
-    rf"|_progress/(?:[^/]+/)*[^/]+\.json){_TMP}$")
+    r"|_progress/(?:[^/]+/)*[^/]+\.json)$")
 _STORE = re.compile(r"^spectrograms(?:-[A-Za-z0-9_.-]+)?\.zarr$")
 
 
-def is_run_output(rel: str) -> bool:
-    """True if ``rel`` (a path relative to the run folder) is a file name a run writes."""
+def _temporary_target(rel: str) -> str | None:
+    """The path a temporary file ``rel`` was being written for, or None if it is no temporary."""
+    folder, _, name = rel.rpartition("/")
+    m = _TEMPORARY.match(name)
+    if m is None:
+        return None
+    target = m["hidden"] or m["plain"]
+    return f"{folder}/{target}" if folder else target
+
+
+def _is_output_name(rel: str) -> bool:
     return bool(_RUN_FILE.match(rel) or _FOLDER_FILE.match(rel))
+
+
+def is_run_output(rel: str) -> bool:
+    """True if ``rel`` (a path relative to the run folder) is a file name a run writes, or the
+    temporary of one."""
+    target = _temporary_target(rel)
+    return _is_output_name(rel) or (target is not None and _is_output_name(target))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +154,7 @@ def clear_run_outputs(location: OutputLocation) -> int:
         if _STORE.match(name) and location.exists(f"{name}/.zgroup"):
             location.remove_tree(name)
             n += 1
-    own = [name for name in location.list("") if _RUN_FILE.match(name) and name != RUN_JSON]
+    own = [name for name in location.list("") if is_run_output(name) and name != RUN_JSON]
     location.remove_files(own)
     n += len(own)
     if location.is_local:
@@ -144,6 +164,29 @@ def clear_run_outputs(location: OutputLocation) -> int:
         n += 1
     logger.info("removed %d outputs of the previous run from %s", n, location.url)
     return n
+
+
+def remove_temporaries(location: OutputLocation) -> int:
+    """Delete the temporaries of interrupted local writes (``.<name>.tmp-<hex>``) of the run's files,
+    inside its spectrogram stores too; object storage has none (a write is one PUT).
+
+    Returns
+    -------
+    int
+        Number of files removed.
+    """
+    if not location.is_local:
+        return 0
+    found = [rel for rel in location.list("") if _temporary_target(rel) is not None and is_run_output(rel)]
+    for folder in RUN_FOLDERS:
+        found += [rel for rel in location.find(folder) if _temporary_target(rel) is not None and is_run_output(rel)]
+    for name in location.list(""):
+        if _STORE.match(name):
+            found += [rel for rel in location.find(name) if _temporary_target(rel) is not None]
+    location.remove_files(found)
+    if found:
+        logger.info("removed %d temporary files of interrupted writes from %s", len(found), location.url)
+    return len(found)
 
 
 def _remove_empty_folders(location: OutputLocation) -> None:

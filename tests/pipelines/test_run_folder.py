@@ -4,7 +4,13 @@ import pytest
 
 from pipelines.errors import OutputConflictError
 from pipelines.outputs import OutputLocation
-from pipelines.run_folder import clear_run_outputs, decide_start, is_run_output, read_previous_run
+from pipelines.run_folder import (
+    clear_run_outputs,
+    decide_start,
+    is_run_output,
+    read_previous_run,
+    remove_temporaries,
+)
 
 RUN_OUTPUTS = ["run.json", "inventory.parquet", "failures.parquet",
                "scores/detector=ribbit:frog/part-000000000-000000064.parquet",
@@ -12,7 +18,8 @@ RUN_OUTPUTS = ["run.json", "inventory.parquet", "failures.parquet",
                "detections/part-ribbit-frog-000000000-000000064.parquet",
                "_progress/spectrograms/000000000-000000064.json",
                "_progress/ribbit/000000000-000000064.json",
-               "inventory.parquet.tmp-0123456789abcdef0123456789abcdef"]
+               "inventory.parquet.tmp-0123456789abcdef0123456789abcdef",
+               "scores/detector=ribbit:frog/.part-000000064-000000128.parquet.tmp-0123456789abcdef0123456789abcdef"]
 FOREIGN = ["notes.txt", "scores/README.md", "detections/mine.csv", "models/owl.model", "rec00/20240501_060000.WAV",
            "spectrograms.zarr.bak/x", "my.zarr/.zgroup", "_progress/note.txt"]
 
@@ -79,3 +86,58 @@ def test_decide_start(tmp_path):
     location.write_json("_progress/spectrograms/000000000-000000064.json", {"n_ok": 64})
     with pytest.raises(OutputConflictError, match="different configuration"):
         decide_start(location, previous, "new", overwrite=False)
+
+
+def test_temporaries_of_interrupted_writes_are_removed_and_never_read(tmp_path):
+    """A process killed between a write and its rename leaves a temporary; pandas never reads the hidden
+    kind, and a run removes both kinds (and only those) before it writes."""
+    import pandas as pd
+
+    location = OutputLocation(str(tmp_path))
+    table = pd.DataFrame({"x": [1.0, 2.0]})
+    location.write_parquet("detections/part-a.parquet", table)
+    hidden = tmp_path / "detections" / ".part-b.parquet.tmp-0123456789abcdef0123456789abcdef"
+    hidden.write_bytes(b"")  # a disk-full write: 0 bytes
+    store_chunk = tmp_path / "spectrograms.zarr" / "spectrogram" / ".0.0.0.tmp-0123456789abcdef0123456789abcdef"
+    make_folder(tmp_path, ["spectrograms.zarr/.zgroup", "spectrograms.zarr/spectrogram/0.0.0",
+                           "_progress/spectrograms/000000000-000000004.json"])
+    store_chunk.write_bytes(b"partial")
+    old_style = tmp_path / "_progress" / "spectrograms" / "000000004-000000008.json.tmp-0123456789abcdef0123456789abcdef"
+    old_style.write_text("{")
+    mine = tmp_path / "notes.txt.tmp-0123456789abcdef0123456789abcdef"  # not the temporary of a run file
+    mine.write_text("a user's file")
+    assert len(pd.read_parquet(tmp_path / "detections")) == 2  # the hidden temporary is skipped
+    assert remove_temporaries(location) == 3
+    assert not hidden.exists() and not store_chunk.exists() and not old_style.exists() and mine.exists()
+    assert remove_temporaries(location) == 0
+
+
+def test_a_failed_write_leaves_no_temporary(tmp_path, monkeypatch):
+    import builtins
+    import errno
+
+    from pipelines.errors import StorageError
+
+    location = OutputLocation(str(tmp_path))
+    real_open = builtins.open
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            self.f.write(data[:10])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(builtins, "open", lambda path, mode="r", *a, **k: Full(real_open(path, mode, *a, **k))
+                        if ".tmp-" in str(path) else real_open(path, mode, *a, **k))
+    with pytest.raises(StorageError, match="No space left on device"):
+        location.write_bytes("detections/part-a.parquet", b"x" * 100)
+    monkeypatch.undo()
+    assert [p.name for p in (tmp_path / "detections").iterdir()] == []

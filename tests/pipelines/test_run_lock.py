@@ -1,0 +1,177 @@
+"""The run folder's lock: atomic taking (threads racing, local and S3), stale takeover, fencing, release."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from pipelines.errors import RunLockHeldError, RunLockLostError
+from pipelines.outputs import OutputLocation
+from pipelines.run_lock import Lease, RunLock, read_holder
+
+
+def race(location: OutputLocation, n: int = 8, lease_s: float = 60.0):
+    """``n`` threads try to take the folder at the same moment; returns (winners, refusals)."""
+    barrier = threading.Barrier(n)
+    winners, refused = [], []
+
+    def attempt():
+        lock = RunLock(location, lease_s)
+        barrier.wait()
+        try:
+            winners.append(lock.acquire())
+        except RunLockHeldError as exc:
+            refused.append(str(exc))
+
+    threads = [threading.Thread(target=attempt) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return winners, refused
+
+
+def write_holder(location: OutputLocation, generation: int, **fields):
+    data = {"lease_id": "f" * 32, "host": "other-host", "pid": 4242, "user": "ana", "command": "opso run x.yaml",
+            "started": time.time() - 50, "heartbeat": time.time() - 5, "lease_s": 60.0, **fields}
+    location.write_bytes(f"_lock/{generation:09d}.json", json.dumps(data).encode())
+
+
+@pytest.fixture(params=["local", "s3"])
+def location(request, tmp_path):
+    if request.param == "local":
+        return OutputLocation(str(tmp_path / "run"))
+    import s3fs
+
+    options = request.getfixturevalue("s3_storage_options")
+    fs = s3fs.S3FileSystem(**options, skip_instance_cache=True)
+    bucket = f"lock-{request.node.name.lower().replace('[', '-').replace(']', '').replace('_', '-')}"[:60]
+    if not fs.exists(bucket):
+        fs.mkdir(bucket)
+    return OutputLocation(f"s3://{bucket}/run", options)
+
+
+def test_exactly_one_of_racing_runs_takes_the_folder(location):
+    winners, refused = race(location)
+    assert len(winners) == 1 and len(refused) == 7
+    holder = read_holder(location)
+    assert holder.generation == 1 and holder.pid == os.getpid() and holder.host == socket.gethostname()
+    assert all("in use by another opso run" in m and f"pid {os.getpid()}" in m and "--steal-lock" in m
+               for m in refused)
+    winners[0].mark_used()
+    winners[0].release()
+    assert read_holder(location).released is not None
+    again, _ = race(location, n=3)  # released: the next run takes generation 2
+    assert len(again) == 1 and read_holder(location).generation == 2
+    again[0].release()
+
+
+def test_a_run_that_wrote_nothing_leaves_no_lock(tmp_path):
+    location = OutputLocation(str(tmp_path / "new" / "run"))
+    lock = RunLock(location).acquire()
+    assert (tmp_path / "new" / "run" / "_lock" / "000000001.json").exists()
+    lock.release()  # never marked used: a check after the lock failed
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("kind", ["local"])
+def test_takeover_of_a_stale_lock_and_refusal_of_a_live_one(tmp_path, kind, caplog):
+    location = OutputLocation(str(tmp_path / "run"))
+    write_holder(location, 3)  # another host, heartbeat 5 s ago, lease 60 s
+    with pytest.raises(RunLockHeldError, match="host other-host, pid 4242, user ana") as err:
+        RunLock(location).acquire()
+    assert "last heartbeat 5 s ago" in str(err.value) and "once its heartbeat is 60 s old" in str(err.value)
+
+    write_holder(location, 3, heartbeat=time.time() - 61)  # older than its lease: taken over
+    lock = RunLock(location).acquire()
+    assert lock.lease.generation == 4 and lock.previous.host == "other-host"
+    assert "taking over" in caplog.text and "more than its lease of 60 s" in caplog.text
+    lock.mark_used()
+    lock.release()
+
+    write_holder(location, 5, heartbeat=time.time())  # live: only --steal-lock takes it
+    with pytest.raises(RunLockHeldError):
+        RunLock(location).acquire()
+    stolen = RunLock(location, steal=True).acquire()
+    assert stolen.lease.generation == 6
+    stolen.release()
+
+
+def test_a_dead_process_on_this_host_is_taken_over_at_once(tmp_path):
+    location = OutputLocation(str(tmp_path / "run"))
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    write_holder(location, 1, host=socket.gethostname(), pid=int(dead.stdout), heartbeat=time.time())
+    lock = RunLock(location).acquire()
+    assert lock.lease.generation == 2
+    lock.release()
+
+
+def test_fencing_refuses_writes_once_another_run_holds_the_folder(tmp_path):
+    location = OutputLocation(str(tmp_path / "run"))
+    lock = RunLock(location, lease_s=1.2).acquire()  # a check is trusted for lease_s / 12 = 0.1 s
+    lock.mark_used()
+    fenced = location.with_lease(lock.lease)
+    fenced.write_json("run.json", {"status": "running"})  # ours: fine
+    write_holder(location, 2, heartbeat=time.time(), lease_s=1.2)  # a later generation appears (--steal-lock)
+    time.sleep(0.15)
+    with pytest.raises(RunLockLostError, match="another run took over"):
+        fenced.write_json("run.json", {"status": "mine"})
+    again = OutputLocation(str(tmp_path / "run"), lease=Lease(lock.lease.generation, lock.lease.lease_id, 1.2))
+    with pytest.raises(RunLockLostError, match="another run took over"):
+        again.remove_files(["run.json"])  # deletes are fenced too
+    assert json.loads((tmp_path / "run" / "run.json").read_text()) == {"status": "running"}
+    lock.renew()
+    assert lock.lost and "another run took over" in lock.lost
+    with pytest.raises(RunLockLostError):
+        lock.check()
+    lock.release()
+    assert read_holder(location).generation == 2 and read_holder(location).released is None  # not ours to release
+
+
+def test_a_task_waits_while_the_heartbeat_is_late_and_gives_up_past_the_lease(tmp_path):
+    location = OutputLocation(str(tmp_path / "run"))
+    lock = RunLock(location, lease_s=2.4).acquire()
+    acquired = time.monotonic()
+    lock.mark_used()
+    lock._stop.set()  # the driver stops renewing (paused)
+    lease = lock.lease
+    holder = read_holder(location)
+    write_holder(location, holder.generation, lease_id=lease.lease_id, heartbeat=time.time() - 1.5, lease_s=2.4,
+                 host=socket.gethostname(), pid=os.getpid())
+    fenced = OutputLocation(str(tmp_path / "run"), lease=lease)
+    started = time.monotonic()
+    with pytest.raises(RunLockLostError, match="has not renewed its lock"):
+        fenced.write_bytes("x.json", b"{}")
+    assert 0.8 < time.monotonic() - started < 3  # waited for the heartbeat until the lease ran out
+    assert not (tmp_path / "run" / "x.json").exists()
+    time.sleep(max(0.0, 0.75 * 2.4 + 0.1 - (time.monotonic() - acquired)))
+    lock.renew()  # its own last heartbeat is older than 3/4 of the lease: it knows it lost the folder
+    assert lock.lost and "could not renew" in lock.lost
+
+
+def test_the_heartbeat_keeps_a_long_run_s_lease(tmp_path):
+    location = OutputLocation(str(tmp_path / "run"))
+    lock = RunLock(location, lease_s=2.0).acquire()  # renewed every 0.25 s
+    lock.mark_used()
+    fenced = location.with_lease(lock.lease)
+    for _ in range(12):  # 3 s: longer than the lease
+        fenced.write_bytes("x.json", b"{}")
+        time.sleep(0.25)
+    assert read_holder(location).heartbeat_age_s() < 1.0 and not lock.lost
+    lock.release()
+
+
+def test_memory_storage_uses_the_non_atomic_fallback():
+    location = OutputLocation("memory://lock-fallback/run")
+    lock = RunLock(location).acquire()
+    with pytest.raises(RunLockHeldError):
+        RunLock(location).acquire()
+    lock.release()
