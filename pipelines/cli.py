@@ -1,14 +1,20 @@
 """The ``opso`` command. This module is the only place that configures logging.
 
-    opso run CONFIG.yaml [--cluster local|slurm|pbs|tcp://host:8786] [--overwrite] [--no-progress]
+    opso run CONFIG.yaml [--cluster local|slurm|pbs|tcp://host:8786] [--overwrite] [--steal-lock] [--no-progress]
     opso status OUTPUT_URL|CONFIG.yaml [--storage-options JSON] [--json]
     opso demo [--out DIR]
     opso --version
 
 A user error ends with one ``opso: error: ...`` line and the exit code of
-:mod:`pipelines.errors` (2: configuration, input, output or storage; 3: cluster); ``-v`` adds the
-traceback. A run that ends incomplete exits with 1, Ctrl-C (or SIGTERM, e.g. ``scancel`` of a
+:mod:`pipelines.errors` (2: configuration, input, output or storage, or a folder in use by another
+run; 3: cluster; 4: storage failed during the run; 5: the run lost its folder's lock); ``-v`` adds
+the traceback. A run that ends incomplete exits with 1, Ctrl-C (or SIGTERM, e.g. ``scancel`` of a
 driver job) with 130; either way the same command resumes it.
+
+Logging: credentials never reach the log. Third-party clients' debug lines (botocore's signed
+headers) are filtered by :class:`RedactingFilter`, which replaces the values of the run's storage
+options and of the usual credential variables, and anything shaped like an access key or a
+signature, with ``***``.
 """
 
 from __future__ import annotations
@@ -17,32 +23,112 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
 
 # only the standard library at import time: worker processes re-import this module, and a Ctrl-C
 # while the heavy modules load must still end in one line
-from pipelines.exit_codes import EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK
+from pipelines.exit_codes import EXIT_BROKEN_PIPE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK
 
 logger = logging.getLogger("opso")
 
 EPILOG = """exit codes:
   0    the run is complete (unreadable files are listed in failures.parquet)
   1    the run is incomplete (failed tasks, or no readable audio); run it again to retry
-  2    configuration, input, output or storage error (nothing was started or deleted)
+  2    configuration, input, output or storage error, or the output folder is in use by another
+       run (nothing was started or deleted)
   3    cluster error: job submission rejected, scheduler unreachable, no workers; resumable
+  4    the storage failed during the run; resumable once it works again
+  5    the run lost its output folder's lock to another run and stopped writing
   130  interrupted (Ctrl-C, SIGTERM); resumable
 """
+
+#: environment variables whose values never appear in a log line
+SECRET_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
+                    "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_KEY", "AZURE_STORAGE_SAS_TOKEN")
+#: storage-option keys whose values are secrets (at any depth)
+SECRET_KEYS = ("key", "secret", "token", "password", "aws_access_key_id", "aws_secret_access_key",
+               "aws_session_token", "account_key", "sas_token", "client_secret", "credential")
+_SECRET_SHAPES = [
+    re.compile(r"(Credential=)[^/,\s]+"),  # the access key id in a SigV4 Authorization header
+    re.compile(r"(Signature=)[0-9a-fA-F]+"),
+    re.compile(r"((?:X-Amz-Security-Token|x-amz-security-token|X-Amz-Credential|X-Amz-Signature)['\"]?[:=]\s*['\"]?)"
+               r"[^'\"&\s,}]+"),
+    re.compile(r"(['\"](?:aws_access_key_id|aws_secret_access_key|aws_session_token)['\"]:\s*['\"])[^'\"]+"),
+    re.compile(r"(?<![A-Z0-9])(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])"),
+]
+
+
+class RedactingFilter(logging.Filter):
+    """Replace secrets in log records with ``***`` (see the module docstring)."""
+
+    def __init__(self, secrets=()):
+        super().__init__()
+        self.secrets = sorted({str(s) for s in secrets if s and len(str(s)) >= 4}, key=len, reverse=True)
+
+    def add(self, secrets) -> None:
+        self.secrets = sorted({*self.secrets, *(str(s) for s in secrets if s and len(str(s)) >= 4)}, key=len,
+                              reverse=True)
+
+    def redact(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        for shape in _SECRET_SHAPES:
+            text = shape.sub(lambda m: (m.group(1) if m.groups() else "") + "***", text)
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken log call: leave it to logging's own error report
+            return True
+        redacted = self.redact(message)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+_REDACTION = RedactingFilter()
+
+
+def secrets_of(options) -> list[str]:
+    """The secret values in a storage-options mapping (keys named like :data:`SECRET_KEYS`, at any depth)."""
+    found = []
+    if isinstance(options, dict):
+        for key, value in options.items():
+            if isinstance(value, dict | list):
+                found += secrets_of(value)
+            elif str(key).lower() in SECRET_KEYS and isinstance(value, str):
+                found.append(value)
+    elif isinstance(options, list):
+        for value in options:
+            found += secrets_of(value)
+    return found
 
 
 def _configure_logging(verbosity: int) -> None:
     level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    _REDACTION.add(os.environ.get(name) for name in SECRET_VARIABLES)
+    for handler in logging.getLogger().handlers:
+        if _REDACTION not in handler.filters:
+            handler.addFilter(_REDACTION)
     if verbosity < 1:  # Dask's own INFO lines drown the run's (the variable reaches worker processes too)
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
         for name in ("distributed", "bokeh", "tornado", "dask_jobqueue", "asyncio"):
             logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _hide_secrets_of(config) -> None:
+    """Add the configuration's storage-option secrets to the log filter."""
+    _REDACTION.add(secrets_of(config.input.storage_options) + secrets_of(config.output.storage_options)
+                   + [s for m in config.cnn for s in secrets_of(m.storage_options)])
 
 
 def _quiet_shutdown() -> None:
@@ -51,12 +137,13 @@ def _quiet_shutdown() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-def _run(config, cluster_kind=None, overwrite=False, progress=True):
+def _run(config, cluster_kind=None, overwrite=False, progress=True, steal_lock=False):
     from pipelines.cluster import open_cluster
     from pipelines.graph import run_pipeline
     from pipelines.preflight import check_run
 
-    preflight = check_run(config, cluster_kind=cluster_kind, overwrite=overwrite)
+    _hide_secrets_of(config)
+    preflight = check_run(config, cluster_kind=cluster_kind, overwrite=overwrite, steal_lock=steal_lock)
     try:
         with open_cluster(config.cluster, kind=preflight.cluster_kind) as session:
             print(f"opso: Dask dashboard at {session.dashboard_link}", flush=True)
@@ -65,18 +152,22 @@ def _run(config, cluster_kind=None, overwrite=False, progress=True):
     except KeyboardInterrupt:
         _quiet_shutdown()
         raise
+    finally:
+        preflight.release()
     for line in summary.lines():
         print(line)
     return summary
 
 
 def _exit_code(summary) -> int:
+    overview = "".join(f"\n  {line}" for line in summary.failure_overview)
     if summary.analysed_nothing:
-        print("opso: no clip could be analysed: no input file held readable audio (see failures.parquet)",
-              file=sys.stderr)
+        what = ("no input file held readable audio" if not summary.n_clips
+                else f"all {summary.n_clips} clips failed")
+        print(f"opso: no clip could be analysed: {what} (see failures.parquet){overview}", file=sys.stderr)
         return EXIT_INCOMPLETE
     if summary.status == "incomplete":
-        print("opso: some tasks failed (see failures.parquet); run the same command again to retry them",
+        print(f"opso: some tasks failed (see failures.parquet); run the same command again to retry them{overview}",
               file=sys.stderr)
         return EXIT_INCOMPLETE
     return EXIT_OK
@@ -86,7 +177,8 @@ def _cmd_run(args) -> int:
     from pipelines.config import load_config
 
     config = load_config(args.config)
-    summary = _run(config, cluster_kind=args.cluster, overwrite=args.overwrite, progress=not args.no_progress)
+    summary = _run(config, cluster_kind=args.cluster, overwrite=args.overwrite, progress=not args.no_progress,
+                   steal_lock=args.steal_lock)
     return _exit_code(summary)
 
 
@@ -105,24 +197,23 @@ def _status_target(args) -> tuple[str, dict]:
         from pipelines.config import load_config
 
         config = load_config(target)
+        _hide_secrets_of(config)
         return config.output.url, {**config.output.storage_options, **options}
     return target, options
 
 
 def _cmd_status(args) -> int:
-    from pipelines.results import read_status
+    from pipelines.results import read_lock_holder, read_status, status_lines
 
     url, options = _status_target(args)
+    _REDACTION.add(secrets_of(options))
     status = read_status(url, options)
+    holder = read_lock_holder(url, options)
     if args.json:
-        print(json.dumps(status, indent=2))
+        print(json.dumps({**status, "lock": holder.to_json() if holder else None}, indent=2))
         return EXIT_OK
-    print(f"run at {url}: {status['status']}")
-    print(f"  started {status.get('started')}, finished {status.get('finished', '-')}")
-    if status.get("error"):
-        print(f"  error: {status['error']['type']}: {status['error']['message']}")
-    for key, value in (status.get("summary") or {}).items():
-        print(f"  {key}: {value}")
+    for line in status_lines(url, status, holder):
+        print(line)
     return EXIT_OK
 
 
@@ -170,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true",
                      help="delete the previous run's outputs in the output folder (only files opso wrote) and "
                           "start over")
+    run.add_argument("--steal-lock", action="store_true",
+                     help="take the output folder even from a run that still seems alive (for a run you know "
+                          "is dead, e.g. on a node that was lost; its tasks stop writing)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars or progress lines")
     run.set_defaults(func=_cmd_run)
 
@@ -193,11 +287,37 @@ def _interrupt_on_sigterm(signum, frame):
     raise KeyboardInterrupt  # scancel of a driver job, docker stop, kill: clean up as for Ctrl-C
 
 
+#: longest word of an error message shown whole (characters); the middle of a longer one is elided
+MAX_WORD_CHARS = 200
+#: longest error line (characters)
+MAX_LINE_CHARS = 4000
+_LONG_WORD = re.compile(rf"\S{{{MAX_WORD_CHARS + 1},}}")
+
+
+def _elide_words(text: str) -> str:
+    text = _LONG_WORD.sub(lambda m: f"{m[0][:120]}…[{len(m[0]) - 160:,} characters]…{m[0][-40:]}", text)
+    if len(text) > MAX_LINE_CHARS:
+        text = f"{text[:MAX_LINE_CHARS - 60]}…[{len(text) - MAX_LINE_CHARS + 60:,} characters]"
+    return text
+
+
 def _one_line(exc: BaseException) -> str:
+    """The error as one line, long values elided (a 10 MB configuration value is not echoed)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     if len(lines) <= 1:
-        return lines[0] if lines else type(exc).__name__
-    return f"{lines[0].rstrip(':')}: {'; '.join(lines[1:])}"
+        text = lines[0] if lines else type(exc).__name__
+    else:
+        text = f"{lines[0].rstrip(':')}: {'; '.join(lines[1:])}"
+    return _REDACTION.redact(_elide_words(text))
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit raises no second BrokenPipeError."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (captured in tests)
+        pass
 
 
 def main(argv=None) -> int:
@@ -213,7 +333,9 @@ def main(argv=None) -> int:
         from pipelines.errors import exit_code_of
 
         try:
-            return args.func(args)
+            code = args.func(args)
+            sys.stdout.flush()  # a closed pipe raises here, inside the handler below, not at exit
+            return code
         except OpsoError as exc:
             if verbose:
                 logger.error("traceback:", exc_info=exc)
@@ -222,6 +344,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("opso: interrupted; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `opso status ... | head`: the reader has what it wanted
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     finally:
         if previous_sigterm is not None:
             signal.signal(signal.SIGTERM, previous_sigterm)

@@ -43,6 +43,8 @@ JOBQUEUE_CLUSTERS = {"slurm": "dask_jobqueue:SLURMCluster", "pbs": "dask_jobqueu
 THREAD_LIMITS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                  "VECLIB_MAXIMUM_THREADS": "1", "NUMEXPR_NUM_THREADS": "1"}
 
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
 #: Dask's worker profiler samples every thread's stack every 10 ms (for the dashboard's Profile
 #: page); it took about 10 % of a spectrogram task's time, so opso's workers run without it unless
 #: the user turns it on (DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=True)
@@ -75,7 +77,7 @@ def jobqueue_kwargs(settings: ClusterConfig, kind: str) -> dict:
 
     memory = settings.memory_limit or dask.config.get(f"jobqueue.{kind}.memory", None)
     kwargs = {"cores": settings.threads_per_worker, "processes": 1, "memory": memory,
-              "scheduler_options": {"dashboard_address": ":8787"}}
+              "scheduler_options": {"dashboard_address": settings.dashboard_address or "127.0.0.1:8787"}}
     user = dict(settings.jobqueue)
     prologue = [f"export {k}={v}" for k, v in THREAD_LIMITS.items()]
     if _worker_config():
@@ -181,8 +183,10 @@ def _submission_message(exc: BaseException) -> str:
 class ClusterSession:
     """A connected ``distributed.Client`` and the watch over its workers (see the module docstring)."""
 
-    def __init__(self, client, kind: str, settings: ClusterConfig, cluster=None, submissions=None):
+    def __init__(self, client, kind: str, settings: ClusterConfig, cluster=None, submissions=None,
+                 dashboard_host: str | None = None):
         self.client = client
+        self.dashboard_host = dashboard_host
         self.kind = kind
         self.settings = settings
         self.cluster = cluster
@@ -194,6 +198,13 @@ class ClusterSession:
 
     @property
     def dashboard_link(self) -> str:
+        """The dashboard's URL; for a dashboard bound to this machine only, its loopback address (Dask's
+        own link names the machine's network address, where it does not listen)."""
+        if self.dashboard_host in _LOOPBACK:
+            port = (self.client.scheduler_info(n_workers=0).get("services") or {}).get("dashboard")
+            if port:
+                host = f"[{self.dashboard_host}]" if ":" in self.dashboard_host else self.dashboard_host
+                return f"http://{host}:{port}/status"
         return self.client.dashboard_link
 
     def n_workers(self) -> int:
@@ -294,8 +305,11 @@ def open_cluster(settings: ClusterConfig, kind: str | None = None):
     kind = check_cluster_settings(settings, kind)
     if kind == "local":
         n_workers = settings.n_workers or max(1, _cpu_count() // settings.threads_per_worker)
+        dashboard = settings.dashboard_address or "127.0.0.1:0"
+        host = dashboard.rpartition(":")[0]
         kwargs = dict(n_workers=n_workers, threads_per_worker=settings.threads_per_worker,
-                      processes=settings.processes, dashboard_address=":0")
+                      processes=settings.processes, dashboard_address=dashboard,
+                      worker_dashboard_address=f"{host}:0" if host else ":0")
         if settings.processes:
             kwargs["env"] = dict(THREAD_LIMITS)
         if settings.memory_limit:
@@ -307,7 +321,7 @@ def open_cluster(settings: ClusterConfig, kind: str | None = None):
             if interrupted:
                 raise KeyboardInterrupt
             try:
-                yield ClusterSession(client, kind, settings, cluster)
+                yield ClusterSession(client, kind, settings, cluster, dashboard_host=host)
             except KeyboardInterrupt:
                 _quiet_workers(client)  # closing now makes workers log about the scheduler going away
                 raise
@@ -320,7 +334,9 @@ def open_cluster(settings: ClusterConfig, kind: str | None = None):
             logger.info("submitting %d %s jobs; job script:\n%s", settings.n_workers, kind, cluster.job_script())
             cluster.scale(jobs=settings.n_workers)
             with Client(cluster) as client:
-                yield ClusterSession(client, kind, settings, cluster, submissions=log)
+                dashboard = kwargs["scheduler_options"].get("dashboard_address") or ""
+                yield ClusterSession(client, kind, settings, cluster, submissions=log,
+                                     dashboard_host=dashboard.rpartition(":")[0])
     else:
         try:
             client = Client(kind, timeout=settings.connect_timeout_s)

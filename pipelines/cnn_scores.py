@@ -90,13 +90,16 @@ def _read_model_file(url, storage_options) -> bytes:
 
 def _description(data: bytes, url: str) -> dict:
     from opso_core.errors import OpsoValueError
-    from opso_core.ml.persistence import read_description
+    from opso_core.ml.persistence import PickleNotAllowedError, read_description
 
     try:
         return read_description(data)
+    except PickleNotAllowedError as exc:
+        raise ConfigError(f"cnn model {url}: {exc}; a pickled model is refused (unpickling runs code from the "
+                          "file): if you trust it, load it with load_model(path, allow_pickle=True) and save it "
+                          "again with model.save(path)") from exc
     except OpsoValueError as exc:
-        raise ConfigError(f"{url} is not a model in opso's safe format (a pickled model is refused: load it with "
-                          "load_model(path, allow_pickle=True) and save it again with model.save(path))") from exc
+        raise ConfigError(f"cnn model {url}: {exc}") from exc
 
 
 def describe_cnn_detector(cfg: CnnModelConfig, run_sample_rate_hz: int | None) -> CnnDetector:

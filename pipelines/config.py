@@ -23,12 +23,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pipelines.errors import ConfigError
 
 __all__ = ["ClipConfig", "ClusterConfig", "CnnModelConfig", "InputConfig", "OutputConfig", "RibbitSpecies", "RunConfig",
-           "SpectrogramConfig", "check_species_bands", "load_config"]
+           "SpectrogramConfig", "check_sizes", "check_species_bands", "load_config"]
 
 logger = logging.getLogger(__name__)
 
 _ENV_PREFIX = "OPSO__"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+#: highest sample rate accepted (Hz): ultrasonic recorders reach 768 kHz
+MAX_SAMPLE_RATE_HZ = 1_000_000
+#: largest configuration file read (bytes); configurations are a few kilobytes
+MAX_CONFIG_BYTES = 1_000_000
+#: most values (mappings, lists and scalars) a configuration may hold once its YAML aliases are written out
+MAX_CONFIG_VALUES = 100_000
+#: largest Zarr chunk of spectrograms (bytes) and largest task (bytes of audio and spectrograms in memory)
+MAX_CHUNK_BYTES = 1 << 30
+MAX_TASK_BYTES = 8 << 30
 
 
 def _check_increasing(pair, form: str):
@@ -44,10 +53,29 @@ def _check_name(value: str) -> str:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-class InputConfig(_Strict):
+def _storage_defaults(data, url_key: str = "url"):
+    """Before validation: opso's time limits and fresh listings added to ``storage_options`` for the
+    section's ``url`` (:func:`pipelines.storage_options.with_storage_defaults`; the user's values win)."""
+    if isinstance(data, dict) and isinstance(data.get(url_key), str) and \
+            isinstance(data.get("storage_options", {}), dict):
+        from pipelines.storage_options import with_storage_defaults
+
+        options = with_storage_defaults(data[url_key], data.get("storage_options"))
+        if options:
+            data = {**data, "storage_options": options}
+    return data
+
+
+class _WithStorage(_Strict):
+    """A section with ``url`` and ``storage_options``."""
+
+    _storage_defaults = model_validator(mode="before")(classmethod(lambda cls, data: _storage_defaults(data)))
+
+
+class InputConfig(_WithStorage):
     """Where the recordings are and how to read recorder ids and start times from them."""
 
     url: str = Field(description="folder or fsspec URL (s3://bucket/prefix/) holding the recordings")
@@ -78,16 +106,18 @@ class InputConfig(_Strict):
         return v
 
 
-class OutputConfig(_Strict):
+class OutputConfig(_WithStorage):
     url: str = Field(description="folder or fsspec URL for the run's outputs")
     storage_options: dict[str, Any] = Field(default_factory=dict)
+    lease_s: float = Field(120.0, ge=2, le=86400, description="seconds without a heartbeat from a run's driver "
+                           "after which another run may take its output folder over")
 
 
 class ClipConfig(_Strict):
     """Clip settings, with ``generate_clip_times_df`` semantics."""
 
-    duration: float = Field(2.0, gt=0, description="seconds")
-    overlap: float = Field(0.0, description="seconds shared by consecutive clips (negative: gaps)")
+    duration: float = Field(2.0, ge=0.01, le=3600, description="seconds")
+    overlap: float = Field(0.0, ge=-86400, description="seconds shared by consecutive clips (negative: gaps)")
     final_clip: Literal["extend", "full"] | None = None
 
     @model_validator(mode="before")
@@ -108,18 +138,19 @@ class ClipConfig(_Strict):
 class SpectrogramConfig(_Strict):
     """``Spectrogram.from_audio`` settings, what the run keeps of the spectrograms, and task sizes."""
 
-    sample_rate: int | None = Field(None, gt=0, description="Hz; null: the most common rate in the archive")
-    window_samples: int = Field(512, gt=1)
+    sample_rate: int | None = Field(None, gt=0, le=MAX_SAMPLE_RATE_HZ,
+                                    description="Hz; null: the most common rate in the archive")
+    window_samples: int = Field(512, gt=1, le=2**20)
     overlap_fraction: float = Field(0.5, ge=0, lt=1)
     window_type: str = "hann"
-    fft_size: int | None = Field(None, gt=1)
+    fft_size: int | None = Field(None, gt=1, le=2**22)
     decibel_limits: tuple[float, float] = (-100.0, -20.0)
     store: Literal["compact", "full", "none"] = Field(
         "compact", description="spectrograms.zarr: dB in steps of compact_step_db (1 byte a value), float32 "
                                "dB, or no store")
     compact_step_db: float = Field(0.625, gt=0, description="dB between the levels of a compact store")
-    clips_per_chunk: int = Field(64, gt=0, description="clips per Zarr chunk")
-    task_audio_s: float = Field(300.0, gt=0, description="seconds of audio per task (whole chunks)")
+    clips_per_chunk: int = Field(64, gt=0, le=100_000, description="clips per Zarr chunk")
+    task_audio_s: float = Field(300.0, gt=0, le=7 * 86400, description="seconds of audio per task (whole chunks)")
 
     _limits = field_validator("decibel_limits")(classmethod(lambda cls, v: _check_increasing(v, "[min, max]")))
 
@@ -159,7 +190,7 @@ class RibbitSpecies(_Strict):
     pulse_rate_range: tuple[float, float]
     noise_bands: list[tuple[float, float]] = Field(default_factory=list)
     threshold: float = Field(description="clips scoring at or above this are detections")
-    nfft: int = Field(1024, gt=1)
+    nfft: int = Field(1024, gt=1, le=2**20)
 
     _name = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
 
@@ -182,19 +213,21 @@ class CnnModelConfig(_Strict):
     image shape come from its preprocessor.
     """
 
+    _storage_defaults = model_validator(mode="before")(classmethod(lambda cls, data: _storage_defaults(data, "model")))
+
     name: str
     model: str = Field(description="path or URL of a model saved with CNN.save()")
     storage_options: dict[str, Any] = Field(default_factory=dict)
     activation: Literal["sigmoid", "softmax", "softmax_and_logit"] | None = None
     threshold: float | dict[str, float] = Field(description="score at or above which a class is detected; "
                                                 "one number or one per class")
-    batch_size: int = Field(64, gt=0)
+    batch_size: int = Field(64, gt=0, le=65536)
     overlap_fraction: float = Field(0.0, ge=0, lt=1, description="clip overlap as a fraction of the clip length")
     final_clip: Literal["extend", "full"] | None = None
     device: str = Field("auto", description="'auto' (CUDA if the worker has it), 'cpu', 'cuda', 'cuda:1', ...")
-    clips_per_task: int | None = Field(None, gt=0, description="clips per task; null: spectrogram.task_audio_s of "
+    clips_per_task: int | None = Field(None, gt=0, le=10**8, description="clips per task; null: spectrogram.task_audio_s of "
                                        "audio on CPU workers, 64x that on GPU workers")
-    prepare_threads: int | None = Field(None, gt=0, description="threads that read and transform the next batches "
+    prepare_threads: int | None = Field(None, gt=0, le=256, description="threads that read and transform the next batches "
                                         "while the network runs; null: 1 on a CPU device, on a GPU the worker's "
                                         "usable cores less one, at most 8")
 
@@ -206,23 +239,24 @@ class LocalizationConfig(_Strict):
     grouped by absolute time, delays by cross correlation of the raw audio, positions solved; rows
     go to ``localizations/``. Needs ``input.recorders_table``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
     detector: str = Field(description="a detector of this run: 'ribbit:<name>' or 'cnn:<name>'")
     class_name: str = Field(alias="class", description="the detector's class to localize (RIBBIT: the species name)")
-    max_receiver_dist: float = Field(gt=0, description="metres: recorders this close to a detecting one take part")
-    min_n_receivers: int = Field(3, ge=3, description="fewest recorders (with usable delays) for an event")
+    max_receiver_dist: float = Field(gt=0, le=1e6, description="metres: recorders this close to a detecting one "
+                                     "take part")
+    min_n_receivers: int = Field(3, ge=3, le=10_000, description="fewest recorders (with usable delays) for an event")
     algorithm: Literal["least_squares", "gillette", "soundfinder"] = "least_squares"
     cc_filter: Literal["phat", "cc", "roth", "scot", "ht"] = "cc"
     cc_threshold: float | None = Field(None, description="drop delays whose correlation maximum is below this")
     bandpass: tuple[float, float] | None = Field(None, description="Hz before cross correlation; null: a RIBBIT "
                                                  "species' signal_band, none for a CNN")
-    max_delay_s: float | None = Field(None, gt=0, description="largest delay searched; null: max_receiver_dist / "
+    max_delay_s: float | None = Field(None, gt=0, le=3600, description="largest delay searched; null: max_receiver_dist / "
                                       "speed_of_sound")
     residual_threshold_m: float | None = Field(1.0, gt=0, description="drop events whose RMS distance residual "
                                                "exceeds this; null: keep all")
-    speed_of_sound: float = Field(343.0, gt=0, description="m/s")
-    events_per_task: int = Field(64, gt=0)
+    speed_of_sound: float = Field(343.0, gt=0, le=1e5, description="m/s")
+    events_per_task: int = Field(64, gt=0, le=10**6)
 
     _band = field_validator("bandpass")(classmethod(lambda cls, v: v if v is None else _check_increasing(v, "[low, high]")))
 
@@ -265,19 +299,22 @@ class ClusterConfig(_Strict):
     """
 
     kind: str = "local"
-    n_workers: int | None = Field(None, gt=0, description="local: workers (null: one per core / threads_per_worker); "
+    n_workers: int | None = Field(None, gt=0, le=100_000, description="local: workers (null: one per core / threads_per_worker); "
                                   "slurm/pbs: jobs, required")
-    threads_per_worker: int = Field(1, gt=0)
+    threads_per_worker: int = Field(1, gt=0, le=4096)
     memory_limit: str | None = Field(None, description="per worker, e.g. '4GiB'; null: Dask's default (local) or "
                                      "dask-jobqueue's configured memory (slurm/pbs)")
     processes: bool = Field(True, description="local only: workers in processes (true) or threads of the driver")
     jobqueue: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for dask-jobqueue "
                                      "(queue, walltime, account, job_extra_directives, ...)")
-    no_workers_timeout_s: float | None = Field(None, gt=0, description="stop the run (exit code 3) when no worker "
+    no_workers_timeout_s: float | None = Field(None, gt=0, le=30 * 86400, description="stop the run (exit code 3) when no worker "
                                                "has been connected for this long; null: 120 s local, 600 s for "
                                                "a scheduler address, 3600 s slurm/pbs")
-    max_job_replacements: int = Field(10, ge=0, description="slurm/pbs: jobs submitted to replace ended ones")
-    connect_timeout_s: float = Field(30.0, gt=0, description="seconds to wait for a scheduler address to answer")
+    max_job_replacements: int = Field(10, ge=0, le=10**6, description="slurm/pbs: jobs submitted to replace ended ones")
+    connect_timeout_s: float = Field(30.0, gt=0, le=86400, description="seconds to wait for a scheduler address to answer")
+    dashboard_address: str | None = Field(None, description="where the dashboard of a cluster opso starts listens; "
+                                          "null: this machine only (127.0.0.1, a free port locally, 8787 on "
+                                          "slurm/pbs); ':8787' opens it to the network")
 
     _kind = field_validator("kind")(classmethod(lambda cls, v: check_cluster_kind(v)))
 
@@ -356,10 +393,13 @@ class RunConfig(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _bands_below_nyquist(self):
-        if self.spectrogram.sample_rate and self.ribbit:
-            params = self.spectrogram.params(self.spectrogram.sample_rate)
-            check_species_bands(self.ribbit, self.spectrogram.sample_rate, params.step_samples)
+    def _checks_at_the_sample_rate(self):
+        rate = self.spectrogram.sample_rate
+        if rate:
+            params = self.spectrogram.params(rate)
+            if self.ribbit:
+                check_species_bands(self.ribbit, rate, params.step_samples)
+            check_sizes(self.clips, self.spectrogram, rate)
         return self
 
     def public_dict(self) -> dict:
@@ -373,14 +413,48 @@ class RunConfig(_Strict):
         return data
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes outputs (not credentials, not the cluster)."""
+        """Hash of everything that changes outputs (not credentials, not the cluster, not the lock)."""
         public = self.public_dict()
         public["output"].pop("url", None)
+        public["output"].pop("lease_s", None)
         return hashlib.sha256(json.dumps(public, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _expanded_size(node, memo: dict, open_nodes: set) -> int:
+    """Values in ``node`` with every alias written out (shared nodes counted each time they are used)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in open_nodes:
+        raise yaml.constructor.ConstructorError(None, None, "an alias refers to a value that contains it",
+                                                node.start_mark)
+    open_nodes.add(key)
+    if isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo, open_nodes) + _expanded_size(v, memo, open_nodes) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(v, memo, open_nodes) for v in node.value)
+    else:
+        size = 1
+    open_nodes.discard(key)
+    memo[key] = size
+    return size
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, refusing a key repeated in one mapping (plain YAML keeps the last silently)."""
+    """YAML's safe loader, refusing a key repeated in one mapping (plain YAML keeps the last silently)
+    and a document whose aliases (``*name``) expand to more than :data:`MAX_CONFIG_VALUES` values: a
+    few hundred bytes of nested aliases expand to gigabytes in whatever walks the values."""
+
+    def get_single_data(self):
+        node = self.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {}, set())
+        if size > MAX_CONFIG_VALUES:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"with its aliases (*name) written out, the configuration holds {size:,} values (at most "
+                f"{MAX_CONFIG_VALUES:,}); write the values out instead of nesting aliases", node.start_mark)
+        return self.construct_document(node)
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -395,11 +469,19 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def _read_text(source) -> str:
     if isinstance(source, str) and "\n" in source:
-        return source  # YAML text itself
+        text = source  # YAML text itself
+        if len(text) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"the configuration is {len(text):,} characters long; opso configurations are a few "
+                              f"kB (at most {MAX_CONFIG_BYTES:,} bytes)")
+        return text
     path = Path(source)
     if path.is_dir():
         raise ConfigError(f"{source} is a folder; give the path of a YAML configuration file")
     try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"the configuration file {source} is {size:,} bytes; opso configurations are a few kB "
+                              f"(at most {MAX_CONFIG_BYTES:,} bytes)")
         return path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"configuration file not found: {source}") from None
@@ -447,6 +529,47 @@ def check_species_bands(species, sample_rate_hz: float, step_samples: int) -> No
                                i, key, low, high, what, sp.name, limit)
 
 
+def _gb(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:,.1f} GiB" if n_bytes >= 2**27 else f"{n_bytes / 2**20:,.1f} MiB"
+
+
+def check_sizes(clips: ClipConfig, spectrogram: SpectrogramConfig, sample_rate_hz: int) -> None:
+    """Refuse clip, chunk and task sizes that cannot work at ``sample_rate_hz`` (Hz): a clip shorter than
+    one spectrogram window, a Zarr chunk over 1 GiB, a task holding more than 8 GiB.
+
+    Raises
+    ------
+    ConfigError
+        Naming the key and a value that works.
+    """
+    params = spectrogram.params(sample_rate_hz)
+    clip_samples = int(round(clips.duration * sample_rate_hz))
+    if clip_samples < params.window_samples:
+        raise ConfigError(f"clips.duration: {clips.duration:g} s holds {clip_samples} samples at {sample_rate_hz} Hz, "
+                          f"fewer than one spectrogram window (spectrogram.window_samples {params.window_samples}); "
+                          f"use clips of at least {params.window_samples / sample_rate_hz:.3g} s")
+    clip_values = params.n_frequencies() * params.n_times(clip_samples)
+    value_bytes = 1 if spectrogram.store == "compact" else 4
+    chunk_bytes = spectrogram.clips_per_chunk * clip_values * value_bytes
+    if spectrogram.store != "none" and chunk_bytes > MAX_CHUNK_BYTES:
+        fits = max(1, MAX_CHUNK_BYTES // (clip_values * value_bytes))
+        raise ConfigError(f"spectrogram.clips_per_chunk: {spectrogram.clips_per_chunk:,} clips of {clips.duration:g} s "
+                          f"make Zarr chunks of {_gb(chunk_bytes)} (at most {_gb(MAX_CHUNK_BYTES)}; readers load a "
+                          f"whole chunk); use at most {fits:,}")
+    step_s = clips.duration - clips.overlap
+    clips_per_task = max(1, round(spectrogram.task_audio_s / step_s))
+    clips_per_task = -(-clips_per_task // spectrogram.clips_per_chunk) * spectrogram.clips_per_chunk
+    # audio (float32) and spectrograms (float32) of the task's clips, and a compact copy
+    task_bytes = clips_per_task * (clip_samples * 4 + clip_values * (4 + value_bytes))
+    if task_bytes > MAX_TASK_BYTES:
+        per_clip = clip_samples * 4 + clip_values * (4 + value_bytes)
+        fits_s = max(1, MAX_TASK_BYTES // per_clip) * step_s
+        raise ConfigError(f"spectrogram.task_audio_s: tasks of {clips_per_task:,} clips ({spectrogram.task_audio_s:g} "
+                          f"s of audio, whole chunks of {spectrogram.clips_per_chunk}) would hold {_gb(task_bytes)} in "
+                          f"memory (at most {_gb(MAX_TASK_BYTES)}); use task_audio_s of at most {fits_s:,.0f} s, or "
+                          "fewer clips_per_chunk")
+
+
 def _format_error(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
@@ -468,7 +591,10 @@ def _apply_env(data: dict, environ) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"{key}: {'.'.join(path[:-1])} is not a section")
-        node[path[-1]] = yaml.safe_load(value)
+        try:
+            node[path[-1]] = yaml.load(value, Loader=_UniqueKeyLoader)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{key} is not a valid YAML value: {getattr(exc, 'problem', None) or exc}") from None
     return data
 
 

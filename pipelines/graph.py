@@ -8,8 +8,10 @@ under ``config.output.url``:
     detections/part-*.parquet, failures.parquet, _progress/<stage>/<range>.json
 
 Before anything is written, :func:`pipelines.preflight.check_run` has checked the configuration,
-input, output folder and (from the CLI) the cluster settings; a previous run is cleared only then,
-and only of the files a run writes (:mod:`pipelines.run_folder`).
+input, output folder and (from the CLI) the cluster settings, and taken the output folder's lock
+(:mod:`pipelines.run_lock`); every write of the run, the driver's and the tasks', goes through a
+location carrying that lease, so a run that lost the folder writes nothing more. A previous run
+is cleared only then, and only of the files a run writes (:mod:`pipelines.run_folder`).
 
 Resume: every task writes its outputs atomically under names derived from its clip range, then a
 marker in ``_progress/``. The marker is the truth: a task whose marker exists returns at once. The
@@ -18,7 +20,9 @@ recomputed) on the workers. A rerun of the same configuration reuses the stored 
 clip plan, and every name, is the same) and submits only the ranges without a marker.
 
 ``run.json`` is never left ``running`` by an error: a run that stops on an error says ``failed``
-with the message, one stopped by Ctrl-C or SIGTERM says ``interrupted``.
+with the message (a storage failure too, where the storage takes the write within a few retries),
+one stopped by Ctrl-C or SIGTERM says ``interrupted``. A run killed outright says ``running``, but
+its lock shows no live holder (``opso status``).
 """
 
 from __future__ import annotations
@@ -38,15 +42,17 @@ import pyarrow as pa
 
 from pipelines.clip_plan import plan_clips
 from pipelines.cnn_scores import cnn_stage, describe_cnn_detector
-from pipelines.config import RunConfig, check_species_bands
-from pipelines.inventory import inventory_files
+from pipelines.config import RunConfig, check_sizes, check_species_bands
+from pipelines.errors import RunLockLostError, RunStorageError, StorageError
+from pipelines.inventory import add_clip_counts_and_warnings, inventory_files, unlisted_folder_rows
 from pipelines.localization_stage import LOCALIZATION_SCHEMA, localization_stage
 from pipelines.outputs import OutputLocation
 from pipelines.preflight import Preflight, check_run
 from pipelines.progress import StageProgress
 from pipelines.results import read_status
 from pipelines.ribbit_scores import detector_name
-from pipelines.run_folder import clear_run_outputs
+from pipelines.run_folder import clear_run_outputs, remove_temporaries
+from pipelines.run_summary import RunSummary, elide
 from pipelines.score_tables import (
     DETECTION_SCHEMA,
     FAILURE_COLUMNS,
@@ -58,53 +64,11 @@ from pipelines.spectrogram_stage import spectrogram_stage
 from pipelines.stages import run_stage_task
 from pipelines.waiting import wait_for_futures
 
-__all__ = ["FAILURE_COLUMNS", "RunSummary", "read_status", "run_pipeline"]
+__all__ = ["FAILURE_COLUMNS", "RunSummary", "elide", "read_status", "run_pipeline"]
 
 logger = logging.getLogger(__name__)
 
 INVENTORY_BATCH_FILES = 32
-
-
-@dataclasses.dataclass(slots=True)
-class RunSummary:
-    """What a run did; also stored in ``run.json``."""
-
-    output_url: str
-    status: str
-    n_files: int
-    n_files_ok: int
-    n_files_truncated: int
-    n_files_failed: int
-    audio_hours: float
-    n_clips: int
-    n_clips_failed: int
-    detections: dict[str, int]
-    n_failures: int
-    wall_s: float
-    stage_wall_s: dict[str, float]
-
-    @property
-    def audio_hours_per_hour(self) -> float:
-        return self.audio_hours / (self.wall_s / 3600) if self.wall_s > 0 else float("nan")
-
-    @property
-    def analysed_nothing(self) -> bool:
-        """True when no file held readable audio (every clip is missing)."""
-        return self.n_clips == 0 or self.n_clips_failed == self.n_clips
-
-    def lines(self) -> list[str]:
-        det = ", ".join(f"{k}: {v}" for k, v in self.detections.items()) or "none configured"
-        return [
-            f"status:      {self.status}",
-            f"files:       {self.n_files} ({self.n_files_ok} ok, {self.n_files_truncated} truncated, "
-            f"{self.n_files_failed} failed)",
-            f"audio:       {self.audio_hours:.3f} hours in {self.n_clips} clips ({self.n_clips_failed} failed)",
-            f"detections:  {det}",
-            f"failures:    {self.n_failures} (see failures.parquet)",
-            f"wall time:   {self.wall_s:.1f} s ({self.audio_hours_per_hour:,.0f} audio-hours per hour); "
-            + ", ".join(f"{k} {v:.1f} s" for k, v in self.stage_wall_s.items()),
-            f"outputs:     {self.output_url}",
-        ]
 
 
 def _versions() -> dict[str, str]:
@@ -125,7 +89,7 @@ def _now() -> str:
 # ---- the driver
 
 def run_pipeline(config: RunConfig, client, *, overwrite: bool = False, progress: bool = True,
-                 preflight: Preflight | None = None, watch=None) -> RunSummary:
+                 preflight: Preflight | None = None, watch=None, steal_lock: bool = False) -> RunSummary:
     """Run (or resume) every configured stage on ``client``'s cluster; see the module docstring.
 
     Parameters
@@ -138,28 +102,49 @@ def run_pipeline(config: RunConfig, client, *, overwrite: bool = False, progress
         Progress bars on a terminal, or a log line every 10 s elsewhere.
     preflight : Preflight, optional
         The result of :func:`pipelines.preflight.check_run` (the CLI runs it before starting the
-        cluster); by default the checks run here.
+        cluster), holding the output folder's lock, which the caller releases; by default the checks
+        run here and the lock is taken and released here.
     watch : callable, optional
         Called every few seconds while tasks run (:meth:`pipelines.cluster.ClusterSession.check`);
         an error it raises stops the run. By default: stop when no worker has been connected for
         ``cluster.no_workers_timeout_s``.
+    steal_lock : bool
+        With no ``preflight``: take the output folder even from a live holder (``--steal-lock``).
 
     Raises
     ------
     ConfigError, StorageError, OutputConflictError
         From the checks (nothing written or deleted), or a configuration error that needs the
-        archive's sample rate (``run.json`` then says ``failed``).
+        archive's sample rate (``run.json`` then says ``failed``). ``RunLockHeldError`` when another
+        run holds the folder.
+    RunStorageError
+        The storage failed during the run (``run.json``: ``failed`` where it could be written; resumable).
+    RunLockLostError
+        The run lost the folder's lock; it wrote nothing after that.
     ClusterError
         The cluster lost every worker for too long (``run.json``: ``failed``; the run resumes).
     """
     started = time.perf_counter()
-    if preflight is None:
-        preflight = check_run(config, overwrite=overwrite, check_cluster=False)
+    own_preflight = preflight is None
+    if own_preflight:
+        preflight = check_run(config, overwrite=overwrite, check_cluster=False, steal_lock=steal_lock)
+    try:
+        return _run_locked(config, client, preflight, progress, watch, started)
+    finally:
+        if own_preflight:
+            preflight.release()
+
+
+def _run_locked(config: RunConfig, client, preflight: Preflight, progress: bool, watch, started: float) -> RunSummary:
     if watch is None:
         from pipelines.cluster import ClusterSession
 
         watch = ClusterSession(client, "address", config.cluster).check
-    location = OutputLocation(config.output.url, config.output.storage_options)
+    if preflight.lock is not None:
+        watch = _watching_lock(watch, preflight.lock)
+    location = OutputLocation(config.output.url, config.output.storage_options, lease=preflight.lease)
+    if preflight.lock is not None:
+        preflight.lock.mark_used()
     if preflight.start == "overwrite":
         logger.warning("--overwrite: removing the previous run's outputs from %s (only files opso wrote)",
                        location.url)
@@ -167,91 +152,156 @@ def run_pipeline(config: RunConfig, client, *, overwrite: bool = False, progress
     elif preflight.start == "replace":
         logger.info("replacing the run of another configuration in %s, which finished no task", location.url)
         clear_run_outputs(location)
+    remove_temporaries(location)
+    session = {"started": _now(), "host": platform.node(), "wall_s": None}
     run_info = {"status": "running", "fingerprint": config.fingerprint(), "config": config.public_dict(),
-                "versions": _versions(), "started": _now()}
+                "versions": _versions(), "started": session["started"], "sessions": [session]}
     if preflight.start == "resume":
         logger.info("resuming the run in %s", location.url)
-        run_info["started"] = preflight.previous.info.get("started", run_info["started"])
-        run_info["resumed"] = _now()
+        previous = preflight.previous.info
+        run_info["started"] = previous.get("started", run_info["started"])
+        run_info["sessions"] = [*_previous_sessions(previous), session]
+        run_info["resumed"] = session["started"]
     location.write_json("run.json", run_info)
     try:
         return _run_stages(config, client, location, preflight, run_info, progress, watch, started)
     except BaseException as exc:
-        _record_stop(location, run_info, exc)
-        raise
+        raise _record_stop(location, run_info, exc, started) from None
 
 
-def _record_stop(location: OutputLocation, run_info: dict, exc: BaseException) -> None:
+def _previous_sessions(info: dict) -> list[dict]:
+    """The sessions recorded in an earlier ``run.json`` (one made before sessions were recorded
+    counts as one session of its summary's wall time)."""
+    if "sessions" in info:
+        return list(info["sessions"])
+    wall = (info.get("summary") or {}).get("wall_s")
+    return [{"started": info.get("started"), "host": None, "wall_s": wall}]
+
+
+def _watching_lock(watch, lock):
+    """``watch``, and a stop as soon as the heartbeat thread finds the folder's lock lost."""
+
+    def check():
+        lock.check()
+        watch()
+
+    return check
+
+
+def _record_stop(location: OutputLocation, run_info: dict, exc: BaseException, started: float) -> BaseException:
+    """Record how the run stopped in ``run.json``; returns the exception to raise (a storage failure
+    during the run becomes :class:`RunStorageError`, exit code 4)."""
+    if isinstance(exc, RunLockLostError):
+        return exc  # the folder is another run's now: write nothing
+    if isinstance(exc, StorageError) and not isinstance(exc, RunStorageError):
+        exc = RunStorageError(f"the storage failed during the run: {exc}; run the same command again to resume "
+                              "once it works")
     interrupted = isinstance(exc, KeyboardInterrupt)
     run_info.update(status="interrupted" if interrupted else "failed", finished=_now())
+    run_info["sessions"][-1]["wall_s"] = round(time.perf_counter() - started, 3)
     if not interrupted:
-        run_info["error"] = {"type": type(exc).__name__, "message": str(exc)}
-    try:
-        location.write_json("run.json", run_info)
-    except Exception as write_error:  # the storage itself may be what failed; the first error is the news
-        logger.error("could not record the run's end in run.json: %s", write_error)
+        run_info["error"] = {"type": type(exc).__name__, "message": elide(str(exc))}
+    attempts = 5 if isinstance(exc, StorageError) else 1  # the storage may be back in a few seconds
+    for attempt in range(attempts):
+        try:
+            location.write_json("run.json", run_info, in_place_when_full=True)
+            break
+        except RunLockLostError:
+            break
+        except Exception as write_error:  # the storage itself may be what failed; the first error is the news
+            if attempt == attempts - 1:
+                logger.error("could not record the run's end in run.json: %s", write_error)
+            else:
+                time.sleep(2 ** attempt)
+    return exc
 
 
 def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: Preflight, run_info: dict,
                 progress: bool, watch, started: float) -> RunSummary:
     stage_s = {}
     t0 = time.perf_counter()
-    inventory = _inventory(config, location, client, preflight.files, progress, watch)
+    inventory, stored = _inventory(config, location, client, preflight, progress, watch)
     stage_s["inventory"] = time.perf_counter() - t0
 
     sample_rate_hz = _sample_rate(config, inventory)
     params = config.spectrogram.params(sample_rate_hz)
-    if config.spectrogram.sample_rate is None and config.ribbit:  # else checked with the configuration
-        check_species_bands(config.ribbit, sample_rate_hz, params.step_samples)
+    if config.spectrogram.sample_rate is None:  # else checked with the configuration
+        if config.ribbit:
+            check_species_bands(config.ribbit, sample_rate_hz, params.step_samples)
+        check_sizes(config.clips, config.spectrogram, sample_rate_hz)
     clips_cfg = config.clips
-    plan = plan_clips(inventory, clip_duration=clips_cfg.duration, clip_overlap=clips_cfg.overlap,
-                      final_clip=clips_cfg.final_clip)
-    logger.info("%d clips of %.3g s at %d Hz", len(plan), clips_cfg.duration, sample_rate_hz)
-    gpu_workers, _ = _workers_by_kind(client)
-    stages = []
-    if config.ribbit or config.spectrogram.store != "none":
-        stages.append(spectrogram_stage(config, plan, params=params, sample_rate_hz=sample_rate_hz, location=location))
-    else:  # nothing would use the spectrograms: the CNN stages compute their own input from the audio
+    spectrogram_stage_runs = bool(config.ribbit) or config.spectrogram.store != "none"
+    if not spectrogram_stage_runs:  # nothing would use the spectrograms: the CNNs compute their own input
         logger.info("no spectrogram stage: no RIBBIT species and spectrogram.store is 'none'")
     detectors = [describe_cnn_detector(m, sample_rate_hz) for m in config.cnn]
+    det_plans = [plan_clips(inventory, clip_duration=det.clip_duration_s, clip_overlap=det.overlap_s,
+                            final_clip=det.final_clip) for det in detectors]
+    if spectrogram_stage_runs:
+        plan = plan_clips(inventory, clip_duration=clips_cfg.duration, clip_overlap=clips_cfg.overlap,
+                          final_clip=clips_cfg.final_clip)
+    else:  # without a spectrogram stage the first CNN's clips are the run's clips
+        plan = det_plans[0]
+    logger.info("%d clips at %d Hz", len(plan), sample_rate_hz)
+    inventory = add_clip_counts_and_warnings(inventory, plan.groupby("file", sort=False).size())
+    if not stored or not inventory.equals(location.read_parquet("inventory.parquet")):
+        location.write_parquet("inventory.parquet", inventory)
+    readable = inventory[inventory["status"] != "failed"]
+
+    gpu_workers, _ = _workers_by_kind(client)
+    stages = []
+    no_clip_rows: list[dict] = []
+    if spectrogram_stage_runs:
+        location.check_lease()  # the store's metadata is written with zarr, not through the location
+        stages.append(spectrogram_stage(config, plan, params=params, sample_rate_hz=sample_rate_hz, location=location))
     if detectors:
         logger.info("CNN tasks go to %s", f"{len(gpu_workers)} GPU worker(s)" if gpu_workers else "CPU workers")
-    for det in detectors:
-        det_plan = plan_clips(inventory, clip_duration=det.clip_duration_s, clip_overlap=det.overlap_s,
-                              final_clip=det.final_clip)
+    for det, det_plan in zip(detectors, det_plans, strict=True):
         stage = cnn_stage(det, det_plan, input_storage_options=config.input.storage_options,
                           task_audio_s=config.spectrogram.task_audio_s, gpu_workers=bool(gpu_workers))
-        if not stages:  # without a spectrogram stage the first CNN's clips are the run's clips
+        if det_plan is plan:
             stage = dataclasses.replace(stage, counts_clips=True)
+        else:  # files with clips for the run but none of this model's length
+            missing = sorted(set(readable["file"]) - set(det_plan["file"]) - set(inventory.loc[
+                inventory["status"] == "no_clips", "file"]))
+            no_clip_rows += [dict(stage=stage.name, item=f, error_type="NoClips", message=(
+                f"shorter than one clip of the model ({det.clip_duration_s:g} s); not scored by {stage.name}"))
+                for f in missing]
         stages.append(stage)
-    plan = next(stage.plan for stage in stages if stage.counts_clips)
 
     futures = _submit_tasks(client, location, stages, config.fingerprint())
     task_failures: list[dict] = []
     stage_s.update(_wait_for_tasks(futures, task_failures, progress, watch))
     grouping_failures: list[dict] = []
+    dropped: dict[str, dict[str, int]] = {}
     if config.localization is not None:  # needs every detection: runs after the detector stages
         if task_failures:
             logger.warning("localization waits for a complete run: %d detector tasks failed; run again to "
                            "finish them, then localize", len(task_failures))
         else:
             t0 = time.perf_counter()
-            stage, rows = localization_stage(config, location, inventory, sample_rate_hz=sample_rate_hz)
+            stage, rows, grouping_dropped = localization_stage(config, location, inventory,
+                                                               sample_rate_hz=sample_rate_hz)
             grouping_failures = [dict(stage=stage.name, item=item, error_type=et, message=msg)
                                  for item, et, msg in rows]
+            if grouping_dropped:
+                dropped[stage.name] = dict(grouping_dropped)
             stages.append(stage)
             futures = _submit_tasks(client, location, [stage], config.fingerprint())
             _wait_for_tasks(futures, task_failures, progress, _retagging(watch, client))
             stage_s[stage.name] = time.perf_counter() - t0
 
-    # ---- collect what every task recorded, whether it ran now or in an earlier attempt
-    failures = _failure_rows_from_inventory(inventory)
+    # ---- collect what every task recorded, whether it ran now or in an earlier attempt: the markers,
+    # listed once each and fresh (never a cached listing)
+    failures = _failure_rows_from_inventory(inventory) + no_clip_rows
     n_clips_ok = 0
     detections = {detector_name(s.name): 0 for s in config.ribbit} | {d.detector: 0 for d in detectors}
     if config.localization is not None:
         detections[f"localized:{config.localization.class_name}"] = 0
+    finished_at = []
     for stage in stages:
         for name in location.list(stage.progress):
+            if not name.endswith(".json"):
+                continue
             record = location.read_json(f"{stage.progress}/{name}")
             if stage.counts_clips:
                 n_clips_ok += record["n_ok"]
@@ -259,23 +309,35 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
                          for item, et, msg in record["failures"]]
             for det, n in record["detections"].items():
                 detections[det] = detections.get(det, 0) + n
+            for why, n in (record.get("dropped") or {}).items():
+                counts = dropped.setdefault(stage.name, {})
+                counts[why] = counts.get(why, 0) + n
+            if record.get("finished"):
+                finished_at.append(float(record["finished"]))
     _write_empty_tables(location, config, detectors)
     failures += grouping_failures + task_failures
     failures_df = pd.DataFrame(failures, columns=FAILURE_COLUMNS)
+    failures_df["message"] = failures_df["message"].map(lambda m: elide(m) if isinstance(m, str) else m)
     failures_df = failures_df.sort_values(["stage", "item"], kind="stable").reset_index(drop=True)
     location.write_parquet("failures.parquet", failures_df, schema=FAILURE_SCHEMA)
 
-    readable = inventory[inventory["status"] != "failed"]
+    files = inventory[~inventory["file"].str.endswith("/")]
     complete = not task_failures
+    wall_s = time.perf_counter() - started
+    sessions = run_info["sessions"]
+    sessions[-1]["wall_s"] = round(wall_s, 3)
     summary = RunSummary(
         output_url=location.url, status=("complete" if not len(failures_df) else "complete_with_failures")
         if complete else "incomplete",
-        n_files=len(inventory), n_files_ok=int((inventory.status == "ok").sum()),
-        n_files_truncated=int((inventory.status == "truncated").sum()),
-        n_files_failed=int((inventory.status == "failed").sum()),
+        n_files=len(files), n_files_ok=int((files.status == "ok").sum()),
+        n_files_truncated=int((files.status == "truncated").sum()),
+        n_files_failed=int((files.status == "failed").sum()),
         audio_hours=float(readable["duration_s"].sum()) / 3600, n_clips=len(plan),
         n_clips_failed=len(plan) - n_clips_ok, detections=detections, n_failures=len(failures_df),
-        wall_s=time.perf_counter() - started, stage_wall_s=stage_s)
+        wall_s=wall_s, stage_wall_s=stage_s, n_files_no_clips=int((files.status == "no_clips").sum()),
+        n_folders_unlisted=len(inventory) - len(files), warnings=_warning_counts(inventory),
+        dropped=dropped, total_wall_s=_total_wall_s(sessions, finished_at), n_sessions=len(sessions),
+        failure_overview=_failure_overview(failures_df))
     run_info.update(status=summary.status, finished=_now(),
                     summary={k: v for k, v in dataclasses.asdict(summary).items() if k != "output_url"},
                     sample_rate_hz=sample_rate_hz, spectrogram_params=params.as_dict())
@@ -283,11 +345,57 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
     return summary
 
 
-def _inventory(config: RunConfig, location: OutputLocation, client, files, progress: bool, watch) -> pd.DataFrame:
+def _total_wall_s(sessions: list[dict], finished_at: list[float]) -> float:
+    """Seconds over every session; a session killed outright (no recorded wall time) counts until its
+    last task finished."""
+    total = 0.0
+    for i, session in enumerate(sessions):
+        if session.get("wall_s") is not None:
+            total += float(session["wall_s"])
+            continue
+        try:
+            begin = datetime.datetime.fromisoformat(session["started"]).timestamp()
+            end = (datetime.datetime.fromisoformat(sessions[i + 1]["started"]).timestamp()
+                   if i + 1 < len(sessions) else time.time())
+        except (KeyError, TypeError, ValueError):
+            continue
+        during = [t for t in finished_at if begin <= t <= end]
+        total += max(during) - begin if during else 0.0
+    return total
+
+
+def _warning_counts(inventory: pd.DataFrame) -> dict[str, int]:
+    warnings_ = inventory["warning"].dropna().astype(str)
+    counts = {"files whose name and AudioMoth comment disagree on the start time":
+              int(warnings_.str.contains("the AudioMoth comment says").sum()),
+              "files sharing a start time with another file of their recorder":
+              int(warnings_.str.contains("other file\\(s\\) starting at").sum())}
+    return {k: v for k, v in counts.items() if v}
+
+
+def _failure_overview(failures: pd.DataFrame, most: int = 4) -> list[str]:
+    """The commonest failures, one line per stage and error type: ``inventory: 2 AudioFormatError (e.g. ...)``."""
+    lines = []
+    if failures.empty:
+        return lines
+    groups = failures.groupby(["stage", "error_type"], sort=False)
+    for (stage, error_type), group in sorted(groups, key=lambda kv: -len(kv[1]))[:most]:
+        example = elide(str(group["message"].iloc[0]), 160)
+        lines.append(f"{stage}: {len(group)} {error_type} (e.g. {example})")
+    if groups.ngroups > most:
+        lines.append(f"... and {groups.ngroups - most} more kinds (see failures.parquet)")
+    return lines
+
+
+def _inventory(config: RunConfig, location: OutputLocation, client, preflight: Preflight, progress: bool,
+               watch) -> tuple[pd.DataFrame, bool]:
+    """(the inventory, whether it came from the run folder): a resumed run reuses the stored one, so
+    its clip plan and every output name are the same."""
     if location.exists("inventory.parquet"):
         logger.info("reusing the stored inventory")
-        return location.read_parquet("inventory.parquet")
+        return location.read_parquet("inventory.parquet"), True
     inp = config.input
+    files = preflight.files
     logger.info("inventory of %d files", len(files))
     batches = [list(files[i : i + INVENTORY_BATCH_FILES]) for i in range(0, len(files), INVENTORY_BATCH_FILES)]
     futures = client.map(inventory_files, batches, storage_options=inp.storage_options,
@@ -304,9 +412,10 @@ def _inventory(config: RunConfig, location: OutputLocation, client, files, progr
     finally:
         bar.close()
     del futures
-    inventory = pd.concat(frames, ignore_index=True)
-    location.write_parquet("inventory.parquet", inventory)
-    return inventory
+    if preflight.unlisted:
+        frames.append(unlisted_folder_rows(preflight.unlisted, inp.recorder))
+    frames = [f for f in frames if len(f)] or frames[:1]
+    return pd.concat(frames, ignore_index=True), False
 
 
 def _sample_rate(config: RunConfig, inventory: pd.DataFrame) -> int:
@@ -319,6 +428,7 @@ def _sample_rate(config: RunConfig, inventory: pd.DataFrame) -> int:
 
 
 def _failure_rows_from_inventory(inventory: pd.DataFrame) -> list[dict]:
+    """A row per file the inventory could not fully use: failed, truncated, or without a clip."""
     rows = []
     for r in inventory[inventory["status"] != "ok"].itertuples(index=False):
         error_type, _, message = (r.error or "Error: unknown").partition(": ")

@@ -14,6 +14,10 @@ detections of ``localization.detector`` / ``localization.class``:
    ``cc_threshold`` are dropped; the position is solved (``algorithm``) and kept when its RMS distance
    residual is at most ``residual_threshold_m``. Rows go to ``localizations/part-<range>.parquet``.
 
+Nothing is dropped silently: the run's summary and ``run.json`` count the detections that formed no
+candidate event (too few recorders nearby detected the call at the same time) and, per task, the
+candidate events rejected and why (:data:`DROP_REASONS`).
+
 Detections without an absolute start time (files whose start is unknown) cannot be grouped; their
 files are listed in ``failures.parquet``.
 """
@@ -32,6 +36,7 @@ from pipelines.config import LocalizationConfig, RunConfig
 from pipelines.errors import ConfigError
 from pipelines.outputs import OutputLocation
 from pipelines.stages import Stage, task_ranges
+from pipelines.storage_options import with_storage_defaults
 
 __all__ = ["LOCALIZATION_SCHEMA", "LocalizationTask", "candidate_events", "check_localization",
            "localization_stage", "read_recorders_table"]
@@ -39,6 +44,13 @@ __all__ = ["LOCALIZATION_SCHEMA", "LocalizationTask", "candidate_events", "check
 logger = logging.getLogger(__name__)
 
 STAGE_NAME = "localization"
+#: why a detection or a candidate event is not localized (the keys of the summary's ``dropped`` counts)
+DROP_REASONS = {
+    "no_event": "detections without min_n_receivers recorders detecting at the same time",
+    "too_few_delays": "candidate events with fewer than min_n_receivers usable delays (cc_threshold)",
+    "no_solution": "candidate events the solver could not place",
+    "residual": "candidate events with residual above residual_threshold_m",
+}
 #: ``localizations/`` rows (the output contract); z is NaN for 2-D arrays.
 LOCALIZATION_SCHEMA = pa.schema([
     pa.field("detector", pa.string()), pa.field("class", pa.string()), pa.field("event_id", pa.string()),
@@ -66,10 +78,10 @@ def read_recorders_table(url: str, storage_options=None) -> pd.DataFrame:
     from opso_core.storage import open_binary
 
     try:
-        with open_binary(url, storage_options) as f:
+        with open_binary(url, with_storage_defaults(url, storage_options)) as f:
             table = pd.read_csv(f, dtype={"recorder": str})
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise ConfigError(f"input.recorders_table: cannot read {url}: {exc}") from None
+    except Exception as exc:  # storage backends raise their own types (s3fs: KeyError, botocore errors)
+        raise ConfigError(f"input.recorders_table: cannot read {url}: {type(exc).__name__}: {exc}") from None
     table.columns = [str(c).strip() for c in table.columns]
     missing = [c for c in ("recorder", "x", "y") if c not in table.columns]
     if missing:
@@ -124,10 +136,11 @@ def candidate_events(detections: pd.DataFrame, recorders: pd.DataFrame, inventor
 
     Returns
     -------
-    (pandas.DataFrame, list)
+    (pandas.DataFrame, list, int)
         One row per event, in a deterministic order: ``event_id, start_time_utc, duration_s,
         recorders, files, offsets_s`` (the reference first; ``offsets_s`` is where the event's UTC
-        span starts in each file, seconds); and failure rows ``[item, error_type, message]``.
+        span starts in each file, seconds); failure rows ``[item, error_type, message]``; and the
+        number of detections that formed no event (fewer than ``min_n_receivers`` recorders).
     """
     failures = []
     no_time = detections["start_time_utc"].isna()
@@ -141,7 +154,7 @@ def candidate_events(detections: pd.DataFrame, recorders: pd.DataFrame, inventor
     dets = detections[~no_time & detections["recorder"].isin(recorders.index)].copy()
     columns = ["event_id", "start_time_utc", "duration_s", "recorders", "files", "offsets_s"]
     if dets.empty:
-        return pd.DataFrame(columns=columns), failures
+        return pd.DataFrame(columns=columns), failures, 0
     epoch = pd.Timestamp("1970-01-01", tz="UTC")
     dets["utc_s"] = (pd.to_datetime(dets["start_time_utc"], utc=True) - epoch).dt.total_seconds()
     dets["file_start_s"] = dets["utc_s"] - dets["start_time"]
@@ -153,6 +166,7 @@ def candidate_events(detections: pd.DataFrame, recorders: pd.DataFrame, inventor
     index = {r: i for i, r in enumerate(recorders.index)}
     near = np.linalg.norm(coords[:, None, :] - coords[None, :, :], axis=-1) <= cfg.max_receiver_dist
     rows = []
+    no_event = 0
     utc = dets["utc_s"].to_numpy()  # sorted: each reference's window is a slice
     rec = dets["recorder"].map(index).to_numpy()
     records = list(dets.itertuples())
@@ -171,6 +185,7 @@ def candidate_events(detections: pd.DataFrame, recorders: pd.DataFrame, inventor
             if best is None or abs(other.utc_s - ref.utc_s) < abs(best[2] - ref.utc_s):
                 members[other.recorder] = (other.file, offset, other.utc_s)
         if len(members) + 1 < cfg.min_n_receivers:
+            no_event += 1
             continue
         names = sorted(members)
         stamp = pd.Timestamp(ref.utc_s, unit="s", tz="UTC")
@@ -178,7 +193,7 @@ def candidate_events(detections: pd.DataFrame, recorders: pd.DataFrame, inventor
                      "start_time_utc": stamp, "duration_s": float(ref.duration_s),
                      "recorders": [ref.recorder, *names], "files": [ref.file, *(members[n][0] for n in names)],
                      "offsets_s": [float(ref.start_time), *(float(members[n][1]) for n in names)]})
-    return pd.DataFrame(rows, columns=columns), failures
+    return pd.DataFrame(rows, columns=columns), failures, no_event
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,21 +216,24 @@ class LocalizationTask:
 
     def __call__(self, clip_range: ClipRange, events: pd.DataFrame, location: OutputLocation) -> dict:
         positions = dict(self.positions)
-        rows, failures = [], []
+        rows, failures, dropped = [], [], {}
         for event in events.itertuples(index=False):
             try:
                 row = self._localize(event, positions)
             except (OSError, ValueError) as exc:
                 failures.append([event.event_id, type(exc).__name__, str(exc)])
                 continue
-            if row is not None:
+            if isinstance(row, str):
+                dropped[DROP_REASONS[row]] = dropped.get(DROP_REASONS[row], 0) + 1
+            else:
                 rows.append(row)
         table = pd.DataFrame(rows, columns=LOCALIZATION_SCHEMA.names)
         location.write_parquet(f"localizations/part-{clip_range.name}.parquet", table, schema=LOCALIZATION_SCHEMA)
         return {"n_clips": len(clip_range), "n_ok": len(rows), "failures": failures,
-                "detections": {f"localized:{self.class_name}": len(rows)}}
+                "detections": {f"localized:{self.class_name}": len(rows)}, "dropped": dropped}
 
-    def _localize(self, event, positions) -> dict | None:
+    def _localize(self, event, positions) -> dict | str:
+        """The event's row, or the key of :data:`DROP_REASONS` saying why it was not localized."""
         from opso_core.audio import Audio
         from opso_core.localization import (
             InsufficientReceiversError,
@@ -245,17 +263,19 @@ class LocalizationTask:
         if self.cc_threshold is not None:
             used[1:] = cc_maxs[1:] >= self.cc_threshold
         if used.sum() < self.min_n_receivers:
-            return None
+            return "too_few_delays"
         receivers = [r for r, u in zip(event.recorders, used, strict=True) if u]
         coords = np.array([positions[r] for r in receivers])
         try:
             estimate = localize(coords, tdoas[used], self.algorithm, speed_of_sound=self.speed_of_sound)
         except InsufficientReceiversError:
-            return None
+            return "no_solution"
+        if not np.all(np.isfinite(estimate)):
+            return "no_solution"
         residuals = calculate_tdoa_residuals(coords, tdoas[used], estimate, self.speed_of_sound)
         rms = float(np.sqrt(np.mean(residuals**2)))
-        if not np.all(np.isfinite(estimate)) or (self.residual_threshold_m is not None and rms > self.residual_threshold_m):
-            return None
+        if not np.isfinite(rms) or (self.residual_threshold_m is not None and rms > self.residual_threshold_m):
+            return "residual"
         return {"detector": self.detector, "class": self.class_name, "event_id": event.event_id,
                 "start_time_utc": event.start_time_utc, "duration_s": event.duration_s,
                 "x": float(estimate[0]), "y": float(estimate[1]),
@@ -265,17 +285,18 @@ class LocalizationTask:
 
 
 def localization_stage(config: RunConfig, location: OutputLocation, inventory: pd.DataFrame, *,
-                       sample_rate_hz: int) -> tuple[Stage, list[list[str]]]:
-    """The localization stage of a run whose detector stages have finished, and the grouping's
-    failure rows (``[item, error_type, message]``)."""
+                       sample_rate_hz: int) -> tuple[Stage, list[list[str]], dict[str, int]]:
+    """The localization stage of a run whose detector stages have finished, the grouping's failure
+    rows (``[item, error_type, message]``) and what the grouping dropped (``{reason: count}``)."""
     from pipelines.results import read_detections
 
     cfg = config.localization
     recorders = read_recorders_table(config.input.recorders_table, config.input.storage_options)
     detections = read_detections(location.url, location.storage_options)
     detections = detections[(detections["detector"] == cfg.detector) & (detections["class"] == cfg.class_name)]
-    events, failures = candidate_events(detections, recorders, inventory, cfg)
-    logger.info("localization: %d candidate events from %d detections", len(events), len(detections))
+    events, failures, no_event = candidate_events(detections, recorders, inventory, cfg)
+    logger.info("localization: %d candidate events from %d detections (%d in no event)", len(events),
+                len(detections), no_event)
     bandpass = cfg.bandpass
     if bandpass is None and cfg.detector.startswith("ribbit:"):
         species = next(s for s in config.ribbit if f"ribbit:{s.name}" == cfg.detector)
@@ -289,4 +310,6 @@ def localization_stage(config: RunConfig, location: OutputLocation, inventory: p
         bandpass=None if bandpass is None else (float(bandpass[0]), float(bandpass[1])), max_delay_s=float(max_delay),
         residual_threshold_m=cfg.residual_threshold_m, speed_of_sound=cfg.speed_of_sound,
         min_n_receivers=cfg.min_n_receivers)
-    return Stage(STAGE_NAME, events, task_ranges(len(events), cfg.events_per_task), task, cpu_only=True), failures
+    dropped = {DROP_REASONS["no_event"]: no_event} if no_event else {}
+    return (Stage(STAGE_NAME, events, task_ranges(len(events), cfg.events_per_task), task, cpu_only=True), failures,
+            dropped)

@@ -6,9 +6,12 @@ fails here, in seconds, with one message, leaving the output folder as it was:
 1. the cluster settings (kind, address, batch-system requirements; :mod:`pipelines.cluster`);
 2. input and output are different places, neither inside the other;
 3. the input can be listed and ``input.pattern`` matches files (credentials and endpoint work);
-4. the output folder holds no other configuration's finished work (unless ``--overwrite``) and
-   is writable;
-5. every CNN model can be read and its preprocessing reproduced.
+4. the output folder is writable and no other run holds it: the run takes its lock here
+   (:mod:`pipelines.run_lock`), and from here on the folder is this run's until it releases it;
+5. the output folder holds no other configuration's finished work (unless ``--overwrite``);
+6. every CNN model can be read and its preprocessing reproduced.
+
+When a check after the lock fails, the lock is released before the error propagates.
 
 Band-versus-Nyquist checks need the sample rate: with ``spectrogram.sample_rate`` set they are part
 of the configuration's own validation; otherwise they run once the inventory has found the rate.
@@ -24,9 +27,10 @@ import fsspec
 
 from pipelines.config import RunConfig
 from pipelines.errors import ConfigError, StorageError
-from pipelines.inventory import list_audio_files
+from pipelines.inventory import list_archive
 from pipelines.outputs import OutputLocation
 from pipelines.run_folder import PreviousRun, decide_start, read_previous_run
+from pipelines.run_lock import RunLock
 
 __all__ = ["Preflight", "check_locations", "check_run"]
 
@@ -35,7 +39,8 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class Preflight:
-    """What the checks found: the input files and how the run starts in its output folder.
+    """What the checks found: the input files, the folders that could not be listed, how the run
+    starts in its output folder, and the output folder's lock, held until :meth:`release`.
 
     ``start`` is ``new``, ``resume``, ``overwrite`` or ``replace``
     (:func:`pipelines.run_folder.decide_start`).
@@ -45,6 +50,18 @@ class Preflight:
     start: str
     previous: PreviousRun | None
     cluster_kind: str | None
+    lock: RunLock | None = None
+    unlisted: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def lease(self):
+        """The lease the run's writes carry (None without a lock)."""
+        return None if self.lock is None else self.lock.lease
+
+    def release(self) -> None:
+        """Release the output folder's lock (idempotent)."""
+        if self.lock is not None:
+            self.lock.release()
 
 
 def _place(url: str, storage_options: dict) -> tuple[str, str | None, str]:
@@ -61,8 +78,15 @@ def _place(url: str, storage_options: dict) -> tuple[str, str | None, str]:
     return protocols[0], endpoint, path.rstrip("/")
 
 
+def _home_or_above(path: str) -> bool:
+    home = os.path.realpath(os.path.expanduser("~"))
+    path = path.rstrip("/") or "/"
+    return path == home or home.startswith(path.rstrip("/") + "/") or path == "/"
+
+
 def check_locations(config: RunConfig) -> None:
-    """Refuse an output that is the input, or inside it, or that contains it.
+    """Refuse an output that is the input, or inside it, or that contains it, and an output that is
+    the home folder (``~``) or a folder above it: a run's files would mix with the user's.
 
     Raises
     ------
@@ -71,6 +95,9 @@ def check_locations(config: RunConfig) -> None:
     """
     inp = _place(config.input.url, config.input.storage_options)
     out = _place(config.output.url, config.output.storage_options)
+    if out[0] == "file" and _home_or_above(out[2]):
+        raise ConfigError(f"output.url {config.output.url} is {out[2]}, your home folder or a folder above it; give "
+                          "the run a folder of its own, e.g. ~/opso-runs/<name>")
     if inp[0] != out[0] or (inp[1] and out[1] and inp[1] != out[1]):
         return
     a, b = inp[2], out[2]
@@ -81,8 +108,10 @@ def check_locations(config: RunConfig) -> None:
 
 
 def check_run(config: RunConfig, *, cluster_kind: str | None = None, overwrite: bool = False,
-              check_cluster: bool = True) -> Preflight:
-    """Run every check that needs no cluster (see the module docstring).
+              check_cluster: bool = True, steal_lock: bool = False) -> Preflight:
+    """Run every check that needs no cluster and take the output folder's lock (see the module docstring).
+
+    The caller releases the lock (:meth:`Preflight.release`) when the run ends.
 
     Parameters
     ----------
@@ -94,10 +123,13 @@ def check_run(config: RunConfig, *, cluster_kind: str | None = None, overwrite: 
         cluster is up), instead of refused.
     check_cluster : bool
         False when the caller brings its own Dask client.
+    steal_lock : bool
+        ``--steal-lock``: take the folder even from a live holder.
 
     Raises
     ------
     ConfigError, StorageError, OutputConflictError, ClusterError
+        ``RunLockHeldError`` (an ``OutputConflictError``) when another run holds the folder.
     """
     kind = None
     if check_cluster:
@@ -106,21 +138,29 @@ def check_run(config: RunConfig, *, cluster_kind: str | None = None, overwrite: 
         kind = check_cluster_settings(config.cluster, cluster_kind)
     check_locations(config)
     inp = config.input
-    files = list_audio_files(inp.url, inp.pattern, inp.storage_options)
-    if not files:
+    listing = list_archive(inp.url, inp.pattern, inp.storage_options)
+    if not listing.files and not listing.unlisted:
         raise StorageError(f"no files match input.pattern {inp.pattern!r} under {inp.url}")
+    for folder, message in listing.unlisted:
+        logger.warning("cannot list %s (%s): its recordings are not part of the run", folder, message)
     location = OutputLocation(config.output.url, config.output.storage_options)
-    previous = read_previous_run(location)
-    start = decide_start(location, previous, config.fingerprint(), overwrite)
+    read_previous_run(location)  # a folder of foreign outputs is refused before anything is written
     location.check_writable()
-    if config.cnn:
-        from pipelines.cnn_scores import describe_cnn_detector
+    lock = RunLock(location, config.output.lease_s, steal=steal_lock).acquire()
+    try:
+        previous = read_previous_run(location)
+        start = decide_start(location, previous, config.fingerprint(), overwrite)
+        if config.cnn:
+            from pipelines.cnn_scores import describe_cnn_detector
 
-        for model in config.cnn:
-            describe_cnn_detector(model, config.spectrogram.sample_rate)
-    if config.localization is not None:
-        from pipelines.localization_stage import check_localization
+            for model in config.cnn:
+                describe_cnn_detector(model, config.spectrogram.sample_rate)
+        if config.localization is not None:
+            from pipelines.localization_stage import check_localization
 
-        check_localization(config)
-    logger.info("checks passed: %d input files; output %s (%s)", len(files), location.url, start)
-    return Preflight(tuple(files), start, previous, kind)
+            check_localization(config)
+    except BaseException:
+        lock.release()
+        raise
+    logger.info("checks passed: %d input files; output %s (%s)", len(listing.files), location.url, start)
+    return Preflight(listing.files, start, previous, kind, lock, listing.unlisted)

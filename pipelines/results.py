@@ -12,7 +12,7 @@ import pandas as pd
 from pipelines.errors import StorageError
 from pipelines.outputs import OutputLocation
 
-__all__ = ["list_detectors", "read_detections", "read_scores", "read_status"]
+__all__ = ["list_detectors", "read_detections", "read_lock_holder", "read_scores", "read_status", "status_lines"]
 
 
 def read_status(url: str, storage_options=None) -> dict:
@@ -27,6 +27,49 @@ def read_status(url: str, storage_options=None) -> dict:
     if not location.exists("run.json"):
         raise StorageError(f"no opso run at {url} (run.json not found)")
     return location.read_json("run.json")
+
+
+def read_lock_holder(url: str, storage_options=None):
+    """The run folder's lock (:class:`pipelines.run_lock.LockHolder`: who holds it or last held it,
+    their heartbeat), or None for a folder no run has locked."""
+    from pipelines.run_lock import read_holder
+
+    return read_holder(OutputLocation(url, storage_options))
+
+
+def status_lines(url: str, status: dict, holder=None) -> list[str]:
+    """The lines ``opso status`` prints for the ``run.json`` ``status`` of the run at ``url`` and its
+    lock ``holder`` (:func:`read_lock_holder`)."""
+    from pipelines.run_summary import RunSummary
+
+    state = status.get("status", "?")
+    lines = [f"run at {url}"]
+    if state == "running" and holder is not None and holder.stale_reason() is not None:
+        state = (f"running according to run.json, but no driver holds the run's lock ({holder.stale_reason()}): "
+                 "the run stopped without recording its end (killed, or its storage failed); run the same "
+                 "command again to resume")
+    lines.append(f"  state:       {state}")
+    sessions = status.get("sessions") or []
+    started = f"{status.get('started', '?')}"
+    if status.get("finished"):
+        started += f", finished {status['finished']}"
+    if len(sessions) > 1:
+        started += f" ({len(sessions)} sessions)"
+    lines.append(f"  started:     {started}")
+    if holder is not None:
+        if holder.released is not None:
+            lock = f"free (released {holder.released_utc} by host {holder.host}, pid {holder.pid}, user {holder.user})"
+        elif holder.stale_reason() is not None:
+            lock = f"stale: {holder.describe()}; another run may take it over ({holder.stale_reason()})"
+        else:
+            lock = f"held by {holder.describe()}; lease {holder.lease_s:g} s"
+        lines.append(f"  lock:        {lock}")
+    if status.get("error"):
+        lines.append(f"  error:       {status['error'].get('type')}: {status['error'].get('message')}")
+    if status.get("summary"):
+        summary = RunSummary.from_json(url, status["summary"])
+        lines += [f"  {line}" for line in summary.lines() if not line.startswith(("status:", "outputs:"))]
+    return lines
 
 
 def list_detectors(url: str, storage_options=None) -> list[str]:

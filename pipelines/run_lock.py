@@ -118,6 +118,11 @@ class LockHolder:
             data["released_utc"] = _iso(self.released)
         return data
 
+    @property
+    def released_utc(self) -> str:
+        """When the lock was released (ISO 8601, UTC), ``"?"`` while it is held."""
+        return _iso(self.released)
+
     def heartbeat_age_s(self, now: float | None = None) -> float:
         return (time.time() if now is None else now) - self.heartbeat
 

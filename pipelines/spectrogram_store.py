@@ -6,6 +6,10 @@ Layout (``spectrograms.zarr``, Zarr format 2 with consolidated metadata)::
     coords: clip, frequency (Hz), time (s from the clip start), and per clip: file, recorder,
             start_time, end_time (s from the file start), start_time_utc
     attrs:  spectrogram parameters, sample_rate_hz, clip_duration_s, window_step_s, store, precision_db
+            (largest difference from the computed dB: half a step), compact_step_db (the grid's step)
+
+``start_time_utc`` is UTC (its attributes say so); xarray decodes it to a time-zone-naive
+``datetime64``, as numpy has no time zones (the Parquet tables hold UTC-aware timestamps).
 
 Two encodings (``spectrogram.store``):
 
@@ -177,7 +181,8 @@ _CLIP_COORDS = {
     "start_time": (np.float64, np.nan, {}),
     "end_time": (np.float64, np.nan, {}),
     "start_time_utc": (np.int64, _NAT, {"units": "nanoseconds since 1970-01-01", "calendar": "proleptic_gregorian",
-                                         "_FillValue": int(_NAT)}),
+                                         "_FillValue": int(_NAT), "long_name": "clip start (UTC)",
+                                         "timezone": "UTC"}),
 }
 
 
@@ -282,6 +287,7 @@ def create_store(location: OutputLocation, plan: pd.DataFrame, *, params: Spectr
         "units": "dB" if params.dB_scale else "power",
         "store": encoding.kind,
         "precision_db": encoding.precision_db,
+        "compact_step_db": float(encoding.step_db) if encoding.kind == "compact" else 0.0,
     })
     zarr.consolidate_metadata(group.store, zarr_format=2)
 

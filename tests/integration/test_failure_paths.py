@@ -247,3 +247,139 @@ def test_wrong_s3_secret_and_unreachable_endpoint(work, capsys, s3_server_with_a
     assert opso(capsys, "status", ok)[0] == 0  # or the configuration file's own options
     rc, err = opso(capsys, "status", "s3://field-2024/runs/a", "--storage-options", json.dumps(wrong))
     assert rc == 2 and err.startswith("opso: error: cannot check s3://field-2024/runs/a/run.json")
+
+
+def test_gaps_show_in_the_summary_and_the_tables(work, capsys):
+    """Files that give no clip and AudioMoth copies whose names and comments disagree are counted in the
+    summary and named in the tables, instead of 'ok' and nothing anywhere (the tryout's archive)."""
+    import datetime
+
+    import numpy as np
+    import soundfile
+
+    from opso_core.testing import tone, write_audiomoth_wav
+
+    odd = work / "archive" / "odd"
+    odd.mkdir()
+    soundfile.write(odd / "five_frames.wav", np.zeros((5, 2), dtype=np.float32), SR)
+    tone(1000, 0.14, SR).save(odd / "short.wav", metadata_format=None)
+    moth = tone(1000, 2.0, SR)
+    moth.samples = moth.samples[:-1]  # 1.999875 s: one sample short of a 2 s clip
+    write_audiomoth_wav(odd / "gps.wav", moth, datetime.datetime(2024, 5, 1, tzinfo=datetime.UTC))
+    copy = write_audiomoth_wav(work / "archive" / "moth" / "20180504_093200.WAV", tone(1000, 4.0, SR),
+                               datetime.datetime(2018, 5, 4, 9, 32, tzinfo=datetime.UTC)).read_bytes()
+    for hour in (1, 3):
+        (work / "archive" / "moth" / f"20240501_0{hour}0000.WAV").write_bytes(copy)
+    capsys.readouterr()
+    rc = main(["-q", "run", str(write_config(work, input={"pattern": "**/*.[wW][aA][vV]"})), "--no-progress"])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    assert "files:       8 (5 ok, 0 truncated, 3 shorter than one clip, 0 failed)" in printed
+    assert "warnings:    2 files whose name and AudioMoth comment disagree on the start time, 3 files sharing " \
+           "a start time with another file of their recorder" in printed
+    inventory = pd.read_parquet(work / "out" / "inventory.parquet")
+    short = inventory[inventory.status == "no_clips"]
+    assert sorted(short.file.str.split("/").str[-1]) == ["five_frames.wav", "gps.wav", "short.wav"]
+    assert (short.n_clips == 0).all() and inventory[inventory.status == "ok"].n_clips.min() >= 2
+    failures = pd.read_parquet(work / "out" / "failures.parquet")
+    assert sorted(failures[failures.error_type == "NoClips"].item.str.split("/").str[-1]) == \
+        ["five_frames.wav", "gps.wav", "short.wav"]
+    summary = json.loads((work / "out" / "run.json").read_text())["summary"]
+    assert summary["n_files_no_clips"] == 3 and summary["status"] == "complete_with_failures"
+
+
+@pytest.mark.parametrize(("sections", "needle"), [
+    ({"clips": {"duration": 1e12}}, "clips.duration: Input should be less than or equal to 3600"),
+    ({"clips": {"duration": 1e-9}}, "clips.duration: Input should be greater than or equal to 0.01"),
+    ({"clips": {"duration": float("inf")}}, "clips.duration: Input should be a finite number"),
+    ({"spectrogram": {"sample_rate": 10**12}}, "spectrogram.sample_rate: Input should be less than or equal to"),
+    ({"spectrogram": {"clips_per_chunk": 10**12}}, "spectrogram.clips_per_chunk: Input should be less than"),
+    ({"spectrogram": {"clips_per_chunk": 50_000, "store": "full"}}, "Zarr chunks of 2.9 GiB (at most 1.0 GiB"),
+    ({"spectrogram": {"task_audio_s": 6e5}}, "spectrogram.task_audio_s: tasks of 300,000 clips"),
+    ({"clips": {"duration": 0.05}}, "clips.duration: 0.05 s holds 400 samples"),
+    ({"ribbit": [{**FROG, "threshold": float("nan")}]}, "ribbit.0.threshold: Input should be a finite number"),
+])
+def test_numbers_out_of_bounds_stop_before_the_cluster(work, capsys, sections, needle):
+    rc, err = opso(capsys, "run", write_config(work, **sections))
+    assert rc == 2 and needle in err and err.count("\n") == 1, err
+    assert not (work / "out").exists()
+
+
+def test_yaml_alias_bombs_are_refused_and_plain_aliases_work(work, capsys):
+    bomb = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    for i, name in enumerate("bcdefgh"):
+        prev = "abcdefgh"[i]
+        bomb.append(f"{name}: &{name} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, "
+                    f"*{prev}, *{prev}]")
+    text = write_config(work).read_text().replace("input:\n", "input:\n  storage_options:\n    bomb:\n" + "".join(
+        f"      {line}\n" for line in bomb), 1)
+    config = work / "bomb.yaml"
+    config.write_text(text)
+    assert len(text) < 2000
+    rc, err = opso(capsys, "run", config)
+    assert rc == 2 and "holds 1" in err and "values (at most 100,000)" in err and err.count("\n") == 1
+    # PyYAML writes an alias for a value used twice; such files load as they are
+    shared = [1800, 2200]
+    aliased = work / "aliased.yaml"
+    aliased.write_text(yaml.safe_dump({**yaml.safe_load(write_config(work).read_text()),
+                                       "ribbit": [{**FROG, "signal_band": shared},
+                                                  {**FROG, "name": "toad", "signal_band": shared}]}))
+    assert "*id001" in aliased.read_text()
+    from pipelines.config import load_config
+
+    assert load_config(aliased, environ={}).ribbit[1].signal_band == (1800, 2200)
+
+
+def test_long_values_are_elided_in_the_error_line(work, capsys):
+    rc, err = opso(capsys, "run", write_config(work, output={"url": "/tmp/" + "x" * 10_000_000}))
+    assert rc == 2 and "is 10,000," in err and "bytes; opso configurations are a few kB" in err  # refused whole
+    long = "y" * 400_000  # within the size limit; echoed in the message whole before
+    rc, err = opso(capsys, "run", write_config(work, input_url=work / long, output_url=work / long / "out"))
+    assert rc == 2 and err.count("\n") == 1 and len(err) < 5000, len(err)
+    assert "output.url" in err and "characters]" in err
+
+
+def test_the_home_folder_is_not_an_output_folder(work, capsys, monkeypatch):
+    monkeypatch.setenv("HOME", str(work / "home"))
+    (work / "home").mkdir()
+    for url in ("~", str(work / "home"), "/"):
+        rc, err = opso(capsys, "run", write_config(work, output={"url": url}))
+        assert rc == 2 and "your home folder or a folder above it" in err, err
+    assert list((work / "home").iterdir()) == []
+
+
+def test_an_audio_file_given_as_a_model_is_named_as_such(work, capsys):
+    wav = next((work / "archive").rglob("*.WAV"))
+    rc, err = opso(capsys, "run", write_config(work, cnn=[{"name": "owl", "model": str(wav), "threshold": 0.5}]))
+    assert rc == 2 and "is a WAV audio file, not a model in opso's safe format" in err and "pickle" not in err
+
+
+def test_all_failed_says_what_failed(work, capsys):
+    bad = work / "bad"
+    write_bad_files(bad / "rec")
+    (bad / "rec" / "truncated.wav").unlink()
+    rc, err = opso(capsys, "run", write_config(work, input_url=bad, spectrogram={"sample_rate": None}))
+    assert rc == 1
+    lines = err.strip().splitlines()
+    assert lines[0] == "opso: no clip could be analysed: no input file held readable audio (see failures.parquet)"
+    assert lines[1].startswith("  inventory: 3 AudioFormatError (e.g. ")
+
+
+def test_status_prints_a_summary_and_survives_a_closed_pipe(work, capsys):
+    import subprocess
+    import sys
+
+    config = write_config(work)
+    assert opso(capsys, "run", config)[0] == 0
+    capsys.readouterr()
+    assert main(["status", str(work / "out")]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith(f"run at {work / 'out'}\n  state:       complete\n")
+    assert "  lock:        free (released 20" in shown and " by host " in shown
+    assert "  files:       2 (2 ok, 0 truncated, 0 shorter than one clip, 0 failed)" in shown
+    assert "{" not in shown  # no dictionaries or raw floats
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "status", str(work / "out")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # `opso status ... | head -0`: the reader is gone before anything is written
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141 and "Traceback" not in err and "Exception ignored" not in err, err

@@ -77,6 +77,27 @@ def test_localizes_calls_on_a_grid(grid, tmp_path, dask_client):
     assert again.status == "complete"
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "run" / "localizations"), result)
 
+    # every candidate event is either localized or counted as dropped, with the reason
+    from pipelines.localization_stage import DROP_REASONS, candidate_events, read_recorders_table
+
+    detections = pd.read_parquet(tmp_path / "run" / "detections")
+    inventory = pd.read_parquet(tmp_path / "run" / "inventory.parquet")
+    events, _, no_event = candidate_events(detections, read_recorders_table(str(table)), inventory,
+                                           config.localization)
+    dropped = summary.dropped.get("localization", {})
+    assert len(result) + sum(n for why, n in dropped.items() if why != DROP_REASONS["no_event"]) == len(events)
+    assert dropped.get(DROP_REASONS["no_event"], 0) == no_event
+
+    strict = run_pipeline(config_for(archive, table, tmp_path / "strict", residual_threshold_m=1e-6), dask_client,
+                          progress=False)
+    kept = strict.detections["localized:frog"]  # 3 receivers in 2-D fit exactly: residual 0
+    rejected = strict.dropped["localization"][DROP_REASONS["residual"]]
+    assert strict.status == "complete" and kept < len(result) and rejected > len(events) - len(result)
+    assert kept + sum(n for why, n in strict.dropped["localization"].items()
+                      if why != DROP_REASONS["no_event"]) == len(events)
+    assert f"{rejected} {DROP_REASONS['residual']}" in "\n".join(strict.lines())
+    assert len(pd.read_parquet(tmp_path / "strict" / "localizations")) == kept
+
 
 def test_localization_needs_its_inputs(grid, tmp_path):
     from pipelines.errors import ConfigError

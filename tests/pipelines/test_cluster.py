@@ -107,3 +107,44 @@ def test_no_workers_timeout_defaults_by_kind():
     assert settings.default_no_workers_timeout_s("tcp://h:1") == 600
     assert ClusterConfig(no_workers_timeout_s=5).default_no_workers_timeout_s("slurm") == 5
     logging.getLogger(__name__).debug("defaults checked")
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """The local addresses (IPv4 dotted, or 'ipv6') that listen on ``port``, from /proc/net/tcp*."""
+    import socket
+    import struct
+
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            address, port_hex = local.split(":")
+            if state != "0A" or int(port_hex, 16) != port:
+                continue
+            if len(address) == 8:
+                found.add(socket.inet_ntoa(struct.pack("<I", int(address, 16))))
+            else:
+                found.add("ipv6-any" if set(address) == {"0"} else "ipv6")
+    return found
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/net/tcp"), reason="needs Linux's /proc/net/tcp")
+def test_a_local_dashboard_listens_on_loopback_only():
+    """The dashboard and the workers' pages show logs and file names without a password: this machine only,
+    unless cluster.dashboard_address opens them."""
+    settings = ClusterConfig(n_workers=1, threads_per_worker=1, processes=True)
+    with open_cluster(settings) as session:
+        info = session.client.scheduler_info()
+        ports = [info["services"]["dashboard"]] + [w["services"]["dashboard"] for w in info["workers"].values()]
+        assert len(ports) == 2
+        for port in ports:
+            assert _listening_addresses(port) == {"127.0.0.1"}, port
+        assert session.dashboard_link == f"http://127.0.0.1:{ports[0]}/status"
+    opened = ClusterConfig(n_workers=1, processes=False, dashboard_address=":0")
+    with open_cluster(opened) as session:
+        port = session.client.scheduler_info()["services"]["dashboard"]
+        assert _listening_addresses(port) & {"0.0.0.0", "ipv6-any"}

@@ -50,6 +50,8 @@ def small_archive(tmp_path_factory):
 def test_check_run_lists_the_input(small_archive, tmp_path):
     result = check_run(config(small_archive, tmp_path / "out"), check_cluster=False)
     assert len(result.files) == 2 and result.start == "new"
+    assert (tmp_path / "out" / "_lock").is_dir()  # held until released
+    result.release()
     assert not (tmp_path / "out").exists()  # the checks leave nothing behind
 
 
@@ -80,7 +82,9 @@ def test_previous_run_of_another_configuration(small_archive, tmp_path):
     cfg = config(small_archive, out)
     with pytest.raises(OutputConflictError, match="--overwrite"):
         check_run(cfg, check_cluster=False)
-    assert check_run(cfg, check_cluster=False, overwrite=True).start == "overwrite"
+    result = check_run(cfg, check_cluster=False, overwrite=True)
+    result.release()
+    assert result.start == "overwrite"
     assert (out / "run.json").exists()  # the checks delete nothing
 
 
@@ -89,3 +93,21 @@ def test_missing_cnn_model_is_found_before_work(small_archive, tmp_path):
                  cnn=[{"name": "owl", "model": str(tmp_path / "owl.model"), "threshold": 0.5}])
     with pytest.raises(ConfigError, match="cnn model file not found"):
         check_run(cfg, check_cluster=False)
+    assert not (tmp_path / "out").exists()  # the lock taken before the model check leaves no trace
+
+
+def test_an_unreadable_recorders_table_is_a_config_error(monkeypatch, tmp_path):
+    """s3fs raises KeyError (and botocore its own types) for some failed reads: one clear error, no traceback."""
+    import contextlib
+
+    import opso_core.storage
+    from pipelines.localization_stage import read_recorders_table
+
+    @contextlib.contextmanager
+    def failing_open(url, storage_options=None):
+        raise KeyError("Contents")
+        yield
+
+    monkeypatch.setattr(opso_core.storage, "open_binary", failing_open)
+    with pytest.raises(ConfigError, match=r"input.recorders_table: cannot read s3://b/r.csv: KeyError: 'Contents'"):
+        read_recorders_table("s3://b/r.csv", {})
