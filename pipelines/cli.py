@@ -29,7 +29,13 @@ import sys
 
 # only the standard library at import time: worker processes re-import this module, and a Ctrl-C
 # while the heavy modules load must still end in one line
-from pipelines.exit_codes import EXIT_BROKEN_PIPE, EXIT_INCOMPLETE, EXIT_INTERRUPTED, EXIT_OK
+from pipelines.exit_codes import (
+    EXIT_BROKEN_PIPE,
+    EXIT_INCOMPLETE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_STORAGE,
+)
 
 logger = logging.getLogger("opso")
 
@@ -49,10 +55,15 @@ SECRET_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_T
                     "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_KEY", "AZURE_STORAGE_SAS_TOKEN")
 #: storage-option keys whose values are secrets (at any depth)
 SECRET_KEYS = ("key", "secret", "token", "password", "aws_access_key_id", "aws_secret_access_key",
-               "aws_session_token", "account_key", "sas_token", "client_secret", "credential")
+               "aws_session_token", "account_key", "sas_token", "client_secret", "credential", "private_key",
+               "private_key_id", "refresh_token", "connection_string")
+#: shortest value redacted wherever it appears as a word (shorter ones, e.g. a MinIO user "opso", would
+#: blank out ordinary words; their use in request headers is caught by shape)
+MIN_SECRET_CHARS = 8
 _SECRET_SHAPES = [
     re.compile(r"(Credential=)[^/,\s]+"),  # the access key id in a SigV4 Authorization header
     re.compile(r"(Signature=)[0-9a-fA-F]+"),
+    re.compile(r"((?:AccountKey|SharedAccessSignature|sig)=)[^;&\s'\"]+"),  # Azure connection strings, SAS URLs
     re.compile(r"((?:X-Amz-Security-Token|x-amz-security-token|X-Amz-Credential|X-Amz-Signature)['\"]?[:=]\s*['\"]?)"
                r"[^'\"&\s,}]+"),
     re.compile(r"(['\"](?:aws_access_key_id|aws_secret_access_key|aws_session_token)['\"]:\s*['\"])[^'\"]+"),
@@ -65,15 +76,20 @@ class RedactingFilter(logging.Filter):
 
     def __init__(self, secrets=()):
         super().__init__()
-        self.secrets = sorted({str(s) for s in secrets if s and len(str(s)) >= 4}, key=len, reverse=True)
+        self.secrets: list[str] = []
+        self._words = None
+        self.add(secrets)
 
     def add(self, secrets) -> None:
-        self.secrets = sorted({*self.secrets, *(str(s) for s in secrets if s and len(str(s)) >= 4)}, key=len,
-                              reverse=True)
+        """Also redact these values (those of at least :data:`MIN_SECRET_CHARS` characters)."""
+        self.secrets = sorted({*self.secrets, *(str(s) for s in secrets if s and len(str(s)) >= MIN_SECRET_CHARS)},
+                              key=len, reverse=True)
+        self._words = (re.compile(r"(?<![A-Za-z0-9])(?:" + "|".join(re.escape(s) for s in self.secrets)
+                                  + r")(?![A-Za-z0-9])") if self.secrets else None)
 
     def redact(self, text: str) -> str:
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
+        if self._words is not None:
+            text = self._words.sub("***", text)
         for shape in _SECRET_SHAPES:
             text = shape.sub(lambda m: (m.group(1) if m.groups() else "") + "***", text)
         return text
@@ -139,6 +155,7 @@ def _quiet_shutdown() -> None:
 
 def _run(config, cluster_kind=None, overwrite=False, progress=True, steal_lock=False):
     from pipelines.cluster import open_cluster
+    from pipelines.config import JOBQUEUE_KINDS
     from pipelines.graph import run_pipeline
     from pipelines.preflight import check_run
 
@@ -153,6 +170,8 @@ def _run(config, cluster_kind=None, overwrite=False, progress=True, steal_lock=F
         _quiet_shutdown()
         raise
     finally:
+        if preflight.lock is not None and preflight.cluster_kind in ("local", *JOBQUEUE_KINDS):
+            preflight.lock.mark_quiesced(stopped=True)  # the cluster opso started is closed: no task runs on
         preflight.release()
     for line in summary.lines():
         print(line)
@@ -161,6 +180,10 @@ def _run(config, cluster_kind=None, overwrite=False, progress=True, steal_lock=F
 
 def _exit_code(summary) -> int:
     overview = "".join(f"\n  {line}" for line in summary.failure_overview)
+    if summary.status == "incomplete" and summary.storage_failed:
+        print(f"opso: the storage failed during the run for some tasks (see failures.parquet); run the same command "
+              f"again to retry them once it works{overview}", file=sys.stderr)
+        return EXIT_STORAGE
     if summary.analysed_nothing:
         what = ("no input file held readable audio" if not summary.n_clips
                 else f"all {summary.n_clips} clips failed")

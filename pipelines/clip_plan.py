@@ -13,9 +13,11 @@ import pandas as pd
 
 from opso_core.utils import generate_clip_times_df
 
-__all__ = ["PLAN_COLUMNS", "ClipRange", "chunk_ranges", "plan_clips"]
+__all__ = ["PLAN_COLUMNS", "READABLE_STATUSES", "ClipRange", "chunk_ranges", "plan_clips"]
 
 PLAN_COLUMNS = ["clip", "file", "recorder", "start_time", "end_time", "start_time_utc"]
+#: inventory statuses of files whose audio can be read
+READABLE_STATUSES = ("ok", "truncated", "no_clips")
 
 
 @dataclasses.dataclass(frozen=True, slots=True, order=True)
@@ -36,7 +38,8 @@ class ClipRange:
 
 def plan_clips(inventory: pd.DataFrame, *, clip_duration: float, clip_overlap: float = 0.0,
                final_clip: str | None = None) -> pd.DataFrame:
-    """The clip table of all files whose status is ``ok`` or ``truncated``.
+    """The clip table of all readable files (status ``ok``, ``truncated`` or ``no_clips``: a file without
+    a clip of the run's length may hold clips of another length, e.g. a CNN's).
 
     Parameters
     ----------
@@ -52,7 +55,7 @@ def plan_clips(inventory: pd.DataFrame, *, clip_duration: float, clip_overlap: f
         Columns ``clip`` (0..n-1), ``file``, ``recorder``, ``start_time``, ``end_time`` (s from the file
         start), ``start_time_utc`` (NaT where the file's start is unknown).
     """
-    readable = inventory[inventory["status"].isin(["ok", "truncated"])]
+    readable = inventory[inventory["status"].isin(READABLE_STATUSES)]
     # archives hold thousands of files of a few lengths: one clip table per length, repeated per file
     tables = {d: generate_clip_times_df(full_duration=d, clip_duration=clip_duration, clip_overlap=clip_overlap,
                                         final_clip=final_clip)

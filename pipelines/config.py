@@ -38,6 +38,8 @@ MAX_CONFIG_VALUES = 100_000
 #: largest Zarr chunk of spectrograms (bytes) and largest task (bytes of audio and spectrograms in memory)
 MAX_CHUNK_BYTES = 1 << 30
 MAX_TASK_BYTES = 8 << 30
+#: shortest lease on object storage (s): its writes get lease_s / 4 to land
+MIN_REMOTE_LEASE_S = 30.0
 
 
 def _check_increasing(pair, form: str):
@@ -111,6 +113,16 @@ class OutputConfig(_WithStorage):
     storage_options: dict[str, Any] = Field(default_factory=dict)
     lease_s: float = Field(120.0, ge=2, le=86400, description="seconds without a heartbeat from a run's driver "
                            "after which another run may take its output folder over")
+
+    @model_validator(mode="after")
+    def _lease_for_object_storage(self):
+        from pipelines.storage_options import protocol_of
+
+        if protocol_of(self.url) != "file" and self.lease_s < MIN_REMOTE_LEASE_S:
+            raise ValueError(f"output.lease_s must be at least {MIN_REMOTE_LEASE_S:g} s on object storage: a write "
+                             f"there has lease_s / 4 to land, with its retries ({self.lease_s:g} s gives "
+                             f"{self.lease_s / 4:g} s)")
+        return self
 
 
 class ClipConfig(_Strict):

@@ -10,8 +10,9 @@ code   meaning
        output folder in use by another run (the message names its holder)
 3      the cluster could not be started, reached or kept alive: a rejected job submission, an
        unreachable scheduler, no worker for ``cluster.no_workers_timeout_s``; the run is resumable
-4      the storage failed during the run (an outage, a full disk, credentials that expired):
-       ``run.json`` says ``failed`` where it could still be written; the run is resumable
+4      the storage failed during the run (an outage, a full disk, credentials that expired), for
+       the driver or for tasks: ``run.json`` says ``failed`` or ``incomplete`` where it could still
+       be written; the run is resumable
 5      the run lost its output folder's lock (its driver was paused or cut off for longer than
        ``output.lease_s`` and another run took the folder over); it stopped writing
 130    interrupted (Ctrl-C, or SIGTERM such as ``scancel`` of a driver job); the run is resumable

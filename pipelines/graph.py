@@ -52,6 +52,7 @@ from pipelines.progress import StageProgress
 from pipelines.results import read_status
 from pipelines.ribbit_scores import detector_name
 from pipelines.run_folder import clear_run_outputs, remove_temporaries
+from pipelines.run_lock import local_worker_processes
 from pipelines.run_summary import RunSummary, elide
 from pipelines.score_tables import (
     DETECTION_SCHEMA,
@@ -140,19 +141,13 @@ def _run_locked(config: RunConfig, client, preflight: Preflight, progress: bool,
         from pipelines.cluster import ClusterSession
 
         watch = ClusterSession(client, "address", config.cluster).check
-    if preflight.lock is not None:
-        watch = _watching_lock(watch, preflight.lock)
+    lock = preflight.lock
+    if lock is not None:
+        lock.set_workers(local_worker_processes(client))
+        watch = _watching_lock(watch, lock, client)
+        lock.wait_until_quiet()  # tasks of a run this one took the folder from may still be writing
+        lock.mark_used()
     location = OutputLocation(config.output.url, config.output.storage_options, lease=preflight.lease)
-    if preflight.lock is not None:
-        preflight.lock.mark_used()
-    if preflight.start == "overwrite":
-        logger.warning("--overwrite: removing the previous run's outputs from %s (only files opso wrote)",
-                       location.url)
-        clear_run_outputs(location)
-    elif preflight.start == "replace":
-        logger.info("replacing the run of another configuration in %s, which finished no task", location.url)
-        clear_run_outputs(location)
-    remove_temporaries(location)
     session = {"started": _now(), "host": platform.node(), "wall_s": None}
     run_info = {"status": "running", "fingerprint": config.fingerprint(), "config": config.public_dict(),
                 "versions": _versions(), "started": session["started"], "sessions": [session]}
@@ -162,11 +157,22 @@ def _run_locked(config: RunConfig, client, preflight: Preflight, progress: bool,
         run_info["started"] = previous.get("started", run_info["started"])
         run_info["sessions"] = [*_previous_sessions(previous), session]
         run_info["resumed"] = session["started"]
-    location.write_json("run.json", run_info)
     try:
-        return _run_stages(config, client, location, preflight, run_info, progress, watch, started)
+        if preflight.start == "overwrite":
+            logger.warning("--overwrite: removing the previous run's outputs from %s (only files opso wrote)",
+                           location.url)
+            clear_run_outputs(location)
+        elif preflight.start == "replace":
+            logger.info("replacing the run of another configuration in %s, which finished no task", location.url)
+            clear_run_outputs(location)
+        remove_temporaries(location)
+        location.write_json("run.json", run_info)
+        summary = _run_stages(config, client, location, preflight, run_info, progress, watch, started)
     except BaseException as exc:
-        raise _record_stop(location, run_info, exc, started) from None
+        raise _record_stop(location, run_info, exc, started, lock) from None
+    if lock is not None:
+        lock.mark_quiesced()  # every task has finished: a later run need not wait for any
+    return summary
 
 
 def _previous_sessions(info: dict) -> list[dict]:
@@ -178,21 +184,27 @@ def _previous_sessions(info: dict) -> list[dict]:
     return [{"started": info.get("started"), "host": None, "wall_s": wall}]
 
 
-def _watching_lock(watch, lock):
-    """``watch``, and a stop as soon as the heartbeat thread finds the folder's lock lost."""
+def _watching_lock(watch, lock, client):
+    """``watch``, a stop as soon as the folder's lock is lost, and the lock's record of the local worker
+    processes kept current (workers restart, or join)."""
+    last = [time.monotonic()]
 
     def check():
         lock.check()
         watch()
+        if time.monotonic() - last[0] >= lock.lease_s / 8:
+            last[0] = time.monotonic()
+            lock.set_workers(local_worker_processes(client))
 
     return check
 
 
-def _record_stop(location: OutputLocation, run_info: dict, exc: BaseException, started: float) -> BaseException:
+def _record_stop(location: OutputLocation, run_info: dict, exc: BaseException, started: float,
+                 lock=None) -> BaseException:
     """Record how the run stopped in ``run.json``; returns the exception to raise (a storage failure
     during the run becomes :class:`RunStorageError`, exit code 4)."""
-    if isinstance(exc, RunLockLostError):
-        return exc  # the folder is another run's now: write nothing
+    if isinstance(exc, RunLockLostError) or (lock is not None and lock.lost):
+        return exc  # the folder may be another run's now: write nothing
     if isinstance(exc, StorageError) and not isinstance(exc, RunStorageError):
         exc = RunStorageError(f"the storage failed during the run: {exc}; run the same command again to resume "
                               "once it works")
@@ -337,7 +349,8 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
         wall_s=wall_s, stage_wall_s=stage_s, n_files_no_clips=int((files.status == "no_clips").sum()),
         n_folders_unlisted=len(inventory) - len(files), warnings=_warning_counts(inventory),
         dropped=dropped, total_wall_s=_total_wall_s(sessions, finished_at), n_sessions=len(sessions),
-        failure_overview=_failure_overview(failures_df))
+        failure_overview=_failure_overview(failures_df),
+        task_failures=dict(collections.Counter(f["error_type"] for f in task_failures)))
     run_info.update(status=summary.status, finished=_now(),
                     summary={k: v for k, v in dataclasses.asdict(summary).items() if k != "output_url"},
                     sample_rate_hz=sample_rate_hz, spectrogram_params=params.as_dict())

@@ -122,7 +122,8 @@ def unlisted_folder_rows(unlisted, recorder_rule: str = "parent_dir") -> pd.Data
             recorder = None
         row.update(file=folder.rstrip("/") + "/", recorder=recorder, start_time_source="none", status="failed",
                    error=f"{message} (this folder could not be listed; the recordings in it are not part of the "
-                         "run: give opso's user read access and run again)")
+                         "run: give opso's user read access, then start the run over with --overwrite, as a "
+                         "resumed run keeps the inventory it has)")
         rows.append(row)
     return _as_frame(rows)
 
@@ -271,14 +272,28 @@ def add_clip_counts_and_warnings(inventory: pd.DataFrame, clips_per_file: pd.Ser
         previous = out.at[i, "error"]
         out.at[i, "error"] = f"{reason}; {previous}" if isinstance(previous, str) and previous else reason
         out.at[i, "status"] = "no_clips"
+    # the notes made here are made anew each time (a resumed run passes its stored inventory again)
+    out["warning"] = [_without_derived_notes(w) for w in out["warning"]]
     timed = out[readable & out["start_time_utc"].notna()]
     repeated = timed[timed.duplicated(["recorder", "start_time_utc"], keep=False)]
     for _, group in repeated.groupby(["recorder", "start_time_utc"], sort=False):
         for i in group.index:
             others = [f for f in group["file"] if f != out.at[i, "file"]]
-            note = (f"start time: recorder {out.at[i, 'recorder']} has {len(others)} other file(s) starting at "
+            note = (f"{_REPEATED_START} {out.at[i, 'recorder']} has {len(others)} other file(s) starting at "
                     f"{out.at[i, 'start_time_utc']:%Y-%m-%d %H:%M:%S} UTC ({posixpath.basename(others[0])}"
                     f"{', ...' if len(others) > 1 else ''}): copies, or a clock that was not set")
             previous = out.at[i, "warning"]
-            out.at[i, "warning"] = f"{previous}; {note}" if isinstance(previous, str) and previous else note
+            out.at[i, "warning"] = f"{previous}{_NOTE_SEPARATOR}{note}" if previous else note
     return _as_frame(out.to_dict("records"))
+
+
+_NOTE_SEPARATOR = " | "
+_REPEATED_START = "start time: recorder"
+
+
+def _without_derived_notes(warning) -> str | None:
+    """``warning`` without the notes :func:`add_clip_counts_and_warnings` adds (None if nothing is left)."""
+    if not isinstance(warning, str) or not warning:
+        return None
+    kept = [note for note in warning.split(_NOTE_SEPARATOR) if not note.startswith(_REPEATED_START)]
+    return _NOTE_SEPARATOR.join(kept) or None

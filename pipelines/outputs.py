@@ -138,10 +138,23 @@ class OutputLocation:
         files whose last word matters most: ``run.json`` when a run stops, the lock.
         """
         self.check_lease()
-        self.write_bytes_unguarded(rel, data, in_place_when_full=in_place_when_full)
+        self.write_bytes_unguarded(rel, data, in_place_when_full=in_place_when_full, deadline_s=self._deadline_s())
 
-    def write_bytes_unguarded(self, rel: str, data: bytes, *, in_place_when_full: bool = False) -> None:
-        """Write ``data`` to ``rel`` atomically without checking the lease (the lock's own files)."""
+    def _deadline_s(self) -> float | None:
+        """Seconds a write to object storage may take, with its retries, under the location's lease
+        (its write deadline, :mod:`pipelines.run_lock`): a write that passed the lease check lands in
+        time, or fails. None without a lease."""
+        return None if self.lease is None else self.lease.write_deadline_s
+
+    def _remote(self, deadline_s: float | None) -> dict:
+        from fsspec.asyn import AsyncFileSystem
+
+        return {"timeout": deadline_s} if deadline_s and isinstance(self.fs, AsyncFileSystem) else {}
+
+    def write_bytes_unguarded(self, rel: str, data: bytes, *, in_place_when_full: bool = False,
+                              deadline_s: float | None = None) -> None:
+        """Write ``data`` to ``rel`` atomically without checking the lease (the lock's own files);
+        on object storage the PUT and its retries end within ``deadline_s`` seconds or fail."""
         target = self.path(rel)
         try:
             if self.is_local:
@@ -161,7 +174,7 @@ class OutputLocation:
                         f.write(data)
                         f.truncate()
             else:
-                self.fs.pipe_file(target, data)  # one PUT
+                self.fs.pipe_file(target, data, **self._remote(deadline_s))  # one PUT
         except Exception as exc:  # backends raise their own types: one error for the user
             raise StorageError(f"cannot write {self.url_of(rel)}: {type(exc).__name__}: {exc}") from exc
 
@@ -209,18 +222,26 @@ class OutputLocation:
             return []
         return sorted(posixpath.relpath(f, self.root) for f in found)
 
+    #: files deleted per request (and per lease check)
+    DELETE_BATCH = 1000
+
     def remove_files(self, rels: list[str]) -> None:
-        """Delete these files (paths relative to the location); used by :mod:`pipelines.run_folder` only."""
-        if rels:
+        """Delete these files (paths relative to the location); used by :mod:`pipelines.run_folder` only.
+        Under a lease, in batches, each checked and (on object storage) within the write deadline."""
+        for i in range(0, len(rels), self.DELETE_BATCH):
             self.check_lease()
             with self._errors("delete files under", ""):
-                self.fs.rm([self.path(r) for r in rels])
+                self.fs.rm([self.path(r) for r in rels[i : i + self.DELETE_BATCH]],
+                           **self._remote(self._deadline_s()))
 
     def remove_tree(self, rel: str) -> None:
         """Delete folder ``rel`` and everything in it; used by :mod:`pipelines.run_folder` only."""
-        self.check_lease()
-        with self._errors("delete", rel):
-            self.fs.rm(self.path(rel), recursive=True)
+        self.remove_files(self.find(rel))
+        if self.is_local and os.path.isdir(self.path(rel)):
+            with self._errors("delete", rel):
+                import shutil
+
+                shutil.rmtree(self.path(rel))  # the folders left
 
     def read_parquet_folder(self, rel: str) -> pd.DataFrame:
         """All Parquet files under ``rel`` (recursively, hive partitions as columns)."""

@@ -1,45 +1,66 @@
 """One run per output folder: a lock taken atomically, renewed while the run goes on, and fenced writes.
 
 The lock lives in the run folder, as files ``_lock/<generation>.json`` (``000000001.json``, ...).
-The holder is the highest generation; its file says who holds it (host, pid, user, command),
-since when, its lease id, its last heartbeat and its lease time ``lease_s`` (``output.lease_s``).
+The holder is the highest generation; its file says who holds it (host, machine and process
+identity, user, command, the run's local worker processes), since when, its lease id, its last
+heartbeat and its lease time ``lease_s`` (``output.lease_s``). Three durations follow from
+``lease_s`` (120 s by default):
+
+=====================  ==============  ================================================================
+fresh                  ``lease_s/2``   a write goes ahead only while the heartbeat is younger than this
+check interval         ``lease_s/12``  a successful check is trusted this long in one process
+write deadline         ``lease_s/4``   an object-storage write (all its retries) lands within this or fails
+=====================  ==============  ================================================================
 
 **Taking the folder.** A run creates generation ``n + 1`` with an atomic create-if-absent: a hard
 link of a finished temporary file locally (``O_EXCL`` where links are not supported; both are atomic
 on local disks and NFS), a conditional PUT (``If-None-Match: *``) on S3, which AWS S3, MinIO and
-the test server honour. Of two runs that try at once, exactly one creates the generation; the other
-reads the new holder and stops. A run may take the next generation only when generation ``n`` is
-released, or stale:
+the test server honour. A create whose answer was lost (a retried request that then reports a
+conflict) is recognised by reading the generation back. Of two runs that try at once, exactly one
+creates the generation; the other reads the new holder and stops. A run may take the next
+generation only when generation ``n`` is released, or stale:
 
-- its heartbeat is older than its ``lease_s`` (default 120 s: the holder stopped, lost its node or
-  was cut off from the storage), or
-- it was started on this host and its process is gone (a crashed or killed driver: taken at once), or
-- ``--steal-lock`` is given (for a holder known to be dead; its tasks are fenced off as below).
+- its heartbeat is older than its ``lease_s`` (the holder stopped, lost its node or its storage), or
+- its driver and all of its local worker processes are gone: same host, same boot, same process
+  namespace, and none of the recorded processes (pid and start time) exists (a killed driver), or
+- ``--steal-lock`` is given (for a holder known to be dead).
+
+**Waiting for the previous run's tasks.** A taken-over run's tasks may still be writing (a worker
+process that outlived its driver, a task of an external cluster, a write in flight). Before its
+first write or delete, the new holder waits until none of them can: until the old heartbeat plus
+fresh + check interval + write deadline (``10/12 lease_s``; already past for a lock taken because
+its heartbeat expired); after ``--steal-lock`` at most the check interval + write deadline; after a
+release, the check interval + write deadline unless the old run ended with no task left (it
+completed, or closed its own cluster) or its processes are gone. It says so while it waits.
 
 **Renewing.** The holder's driver rewrites its file every ``lease_s / 8`` seconds (a thread). It
-renews only while its last heartbeat is younger than ``3/4 lease_s``: once its lease could have
-been taken over, it never renews, it has lost the folder.
+renews only while its last heartbeat is younger than ``3/4 lease_s``, and only after reading its own
+file back: once its lease could have been taken over, or its file says ``superseded_by``, it never
+renews, it has lost the folder (exit code 5; exit code 4 when renewing failed because the storage
+did).
 
 **Fencing.** Every write and delete of the run (the driver's and every task's) goes through an
 :class:`~pipelines.outputs.OutputLocation` carrying the run's :class:`Lease`, whose :meth:`Lease.check`
-lists ``_lock/`` and reads the run's own file (at most every ``lease_s / 12`` seconds per process):
-the write goes ahead only when no higher generation exists and the heartbeat is younger than
-``lease_s / 2``. While the heartbeat is older (the driver paused), a task waits; once it is older
-than ``lease_s`` the task fails with :class:`~pipelines.errors.RunLockLostError`. So a write starts
-at most ``lease_s / 2 + lease_s / 12`` after the last heartbeat, while a takeover comes at the
-earliest ``lease_s`` after it: a task's write has ``5/12 lease_s`` (50 s by default) to finish
-before another run may begin. This assumes clocks agree to within a few seconds (NTP), as on
-any cluster. After ``--steal-lock`` of a live holder, its tasks stop within ``lease_s / 12``.
+lists ``_lock/`` (never from a cache) and reads the run's own file: the write goes ahead only when no
+higher generation exists, the file is not ``superseded_by`` a taker (which a taker writes there, for
+file systems whose directory listings lag) and the heartbeat is fresh. While the heartbeat is
+older (the driver paused), a task waits; past ``lease_s`` it fails with
+:class:`~pipelines.errors.RunLockLostError`. So a write starts at most fresh + check interval after
+the last heartbeat and lands within the write deadline: ``10/12 lease_s`` in all, while a takeover
+by expiry comes at the earliest ``lease_s`` after it. This assumes clocks agree to within a few
+seconds (NTP), as on any cluster; a check's cache expires by wall-clock time too, so a suspended
+machine re-checks when it wakes. Writes to local disks or network file systems are not bounded by a
+deadline (a hung NFS server blocks a write in the kernel).
 
 **Releasing.** At the end of the run (also on errors and Ctrl-C) the holder marks its file
-``released``; the next run takes generation ``n + 1``. Old generations beyond the last few are
-deleted by the holder. A run that stops before writing anything (a check after the lock failed)
+``released``, with the time after which no task of it can write (at once when all finished; the
+write deadline after it stopped its own cluster). Old generations beyond the last few
+are deleted by the holder. A run that stops before writing anything (a check after the lock failed)
 deletes its generation instead, and the folders it created for it, so it leaves no trace.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import errno
@@ -53,10 +74,11 @@ import threading
 import time
 import uuid
 
-from pipelines.errors import RunLockHeldError, RunLockLostError, StorageError
+from pipelines.errors import RunLockHeldError, RunLockLostError, RunStorageError, StorageError
 from pipelines.outputs import OutputLocation
 
-__all__ = ["DEFAULT_LEASE_S", "LOCK_FOLDER", "Lease", "LockHolder", "RunLock", "read_holder"]
+__all__ = ["DEFAULT_LEASE_S", "LOCK_FOLDER", "Lease", "LockHolder", "RunLock", "local_worker_processes",
+           "read_holder", "this_machine", "worker_identity"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,15 +89,127 @@ DEFAULT_LEASE_S = 120.0
 KEEP_GENERATIONS = 4
 
 
+def fresh_s(lease_s: float) -> float:
+    """Oldest heartbeat (s) under which writes go ahead."""
+    return lease_s / 2
+
+
+def check_interval_s(lease_s: float) -> float:
+    """Seconds a successful check is trusted in one process."""
+    return lease_s / 12
+
+
+def write_deadline_s(lease_s: float) -> float:
+    """Seconds an object-storage write (with its retries) may take before it fails."""
+    return lease_s / 4
+
+
+def quiet_after_s(lease_s: float) -> float:
+    """Seconds after a holder's last heartbeat when none of its tasks can still write."""
+    return fresh_s(lease_s) + check_interval_s(lease_s) + write_deadline_s(lease_s)
+
+
+# ---- who and where: the machine and process identities that make "its process has ended" sound
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def this_machine() -> dict:
+    """``{"host", "boot_id", "pid_ns"}`` of this process: a pid means the same process only on the same
+    boot of the same machine, in the same process namespace (containers may share a host name)."""
+    try:
+        pid_ns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        pid_ns = None
+    return {"host": socket.gethostname(), "boot_id": _read_text("/proc/sys/kernel/random/boot_id"), "pid_ns": pid_ns}
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (field 3 onwards), or None."""
+    text = _read_text(f"/proc/{pid}/stat")
+    if not text or ")" not in text:
+        return None
+    return text.rsplit(")", 1)[1].split()
+
+
+def _start_ticks(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, /proc/<pid>/stat field 22), or None."""
+    fields = _stat(pid)
+    try:
+        return int(fields[19]) if fields else None
+    except (IndexError, ValueError):
+        return None
+
+
+def worker_identity() -> dict:
+    """This process's machine and ``[pid, start ticks]`` (run on Dask workers to record them)."""
+    return {"machine": this_machine(), "process": [os.getpid(), _start_ticks(os.getpid())]}
+
+
+def _alive(pid: int, start_ticks: int | None) -> bool:
+    """False only when process ``pid`` (started at ``start_ticks``) surely no longer exists on this machine."""
+    if pid <= 0 or os.name != "posix":
+        return os.name != "posix"  # elsewhere we cannot tell: assume it lives
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        pass
+    fields = _stat(pid)
+    if fields:
+        if fields[0] in ("Z", "X"):
+            return False  # a zombie: ended, not yet reaped (containers often have no init that reaps)
+        if start_ticks is not None and fields[19] != str(start_ticks):
+            return False  # the pid was reused by another process
+    return True
+
+
+def local_worker_processes(client) -> list[list[int]] | None:
+    """``[[pid, start ticks], ...]`` of the client's workers when all run on this machine (a local
+    cluster), else None (their end cannot be seen from here)."""
+    try:
+        found = client.run(worker_identity)
+    except Exception as exc:  # workers leaving or arriving: try again at the next heartbeat
+        logger.debug("could not ask the workers who they are: %s", exc)
+        return None
+    mine = this_machine()
+    if not found or any(v["machine"] != mine or v["machine"]["boot_id"] is None for v in found.values()):
+        return None
+    return sorted(v["process"] for v in found.values())
+
+
+# ---- the lock files
+
 def _generation_name(generation: int) -> str:
     return f"{LOCK_FOLDER}/{generation:09d}.json"
 
 
-def _generations(location: OutputLocation) -> list[int]:
-    """The lock generations in the folder, ascending (a fresh listing)."""
+def _io(location: OutputLocation, deadline_s: float | None) -> dict:
+    """Keyword arguments that give a call on an asynchronous (object-storage) file system a deadline."""
+    from fsspec.asyn import AsyncFileSystem
+
+    return {"timeout": deadline_s} if deadline_s and isinstance(location.fs, AsyncFileSystem) else {}
+
+
+def _generations(location: OutputLocation, deadline_s: float | None = None) -> list[int]:
+    """The lock generations in the folder, ascending (a fresh listing, whatever the storage options say)."""
+    folder = location.path(LOCK_FOLDER)
+    try:
+        location.fs.invalidate_cache(folder)
+        entries = location.fs.ls(folder, detail=False, **_io(location, deadline_s))
+    except FileNotFoundError:
+        return []
+    except Exception as exc:
+        raise StorageError(f"cannot list {location.url_of(LOCK_FOLDER)}: {type(exc).__name__}: {exc}") from exc
     out = []
-    for name in location.list(LOCK_FOLDER):
-        stem, _, ext = name.partition(".")
+    for entry in entries:
+        stem, _, ext = entry.rstrip("/").rsplit("/", 1)[-1].partition(".")
         if ext == "json" and stem.isdigit():
             out.append(int(stem))
     return sorted(out)
@@ -101,6 +235,12 @@ class LockHolder:
     heartbeat: float
     lease_s: float
     released: float | None = None
+    machine: dict | None = None  # this_machine() of the driver
+    start_ticks: int | None = None  # of the driver process
+    workers: list | None = None  # [[pid, start ticks], ...] of local workers; None: unknown or remote
+    tasks_quiet_at: float | None = None  # set at release: when no task of the run can still write (epoch s)
+    superseded_by: int | None = None  # written by the run that took the folder over
+    corrupt: bool = False  # the file could not be parsed (heartbeat: its modification time)
 
     @classmethod
     def from_json(cls, generation: int, data: dict) -> LockHolder:
@@ -108,11 +248,14 @@ class LockHolder:
                    pid=int(data.get("pid", -1)), user=str(data.get("user", "?")),
                    command=str(data.get("command", "")), started=float(data.get("started", 0.0)),
                    heartbeat=float(data.get("heartbeat", 0.0)),
-                   lease_s=float(data.get("lease_s", DEFAULT_LEASE_S)), released=data.get("released"))
+                   lease_s=float(data.get("lease_s", DEFAULT_LEASE_S)), released=data.get("released"),
+                   machine=data.get("machine"), start_ticks=data.get("start_ticks"), workers=data.get("workers"),
+                   tasks_quiet_at=data.get("tasks_quiet_at"), superseded_by=data.get("superseded_by"))
 
     def to_json(self) -> dict:
         data = dataclasses.asdict(self)
-        data.pop("generation")
+        for key in ("generation", "corrupt"):
+            data.pop(key)
         data.update(started_utc=_iso(self.started), heartbeat_utc=_iso(self.heartbeat))
         if self.released is not None:
             data["released_utc"] = _iso(self.released)
@@ -128,91 +271,150 @@ class LockHolder:
 
     def describe(self, now: float | None = None) -> str:
         """``host h, pid 12, user u, started ..., last heartbeat 8 s ago``."""
+        if self.corrupt:
+            return f"an unreadable lock file, last changed {self.heartbeat_age_s(now):.0f} s ago"
         return (f"host {self.host}, pid {self.pid}, user {self.user}, started {_iso(self.started)}, "
                 f"last heartbeat {self.heartbeat_age_s(now):.0f} s ago")
+
+    def _same_machine(self) -> bool:
+        mine = this_machine()
+        return (self.machine is not None and mine["boot_id"] is not None and self.machine.get("host") == mine["host"]
+                and self.machine.get("boot_id") == mine["boot_id"] and self.machine.get("pid_ns") == mine["pid_ns"])
+
+    def writers_gone(self) -> bool:
+        """True when the driver and every recorded local worker process surely no longer exist."""
+        return (self._same_machine() and self.workers is not None and not _alive(self.pid, self.start_ticks)
+                and not any(_alive(int(pid), ticks) for pid, ticks in self.workers))
 
     def stale_reason(self, now: float | None = None) -> str | None:
         """Why another run may take this lock over without ``--steal-lock``, or None."""
         if self.released is not None:
             return "it was released"
+        if self.superseded_by is not None:
+            return f"generation {self.superseded_by} took it over"
         age = self.heartbeat_age_s(now)
         if age > self.lease_s:
             return f"its last heartbeat was {age:.0f} s ago (more than its lease of {self.lease_s:g} s)"
-        if self.host == socket.gethostname() and not _process_alive(self.pid):
-            return f"its process {self.pid} on this host has ended"
+        if self.writers_gone():
+            return f"its process {self.pid} and its workers on this host have ended"
         return None
 
-
-def _process_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
+    def quiet_at(self, now: float, steal: bool = False) -> float:
+        """When (epoch s) none of this run's tasks can still write (see the module docstring)."""
+        interval, deadline = check_interval_s(self.lease_s), write_deadline_s(self.lease_s)
+        if self.released is not None:
+            if self.writers_gone():
+                return 0.0
+            return self.tasks_quiet_at if self.tasks_quiet_at is not None else self.released + interval + deadline
+        if self.writers_gone():
+            return 0.0
+        by_heartbeat = self.heartbeat + quiet_after_s(self.lease_s)
+        return min(by_heartbeat, now + interval + deadline) if steal else by_heartbeat
 
 
 def read_holder(location: OutputLocation) -> LockHolder | None:
-    """The lock file of the highest generation in ``location`` (None where no run ever took it)."""
-    generations = _generations(location)
-    if not generations:
-        return None
-    return _read(location, generations[-1])
+    """The lock file of the highest generation in ``location`` (None where no run holds or held it)."""
+    for _ in range(5):
+        generations = _generations(location)
+        if not generations:
+            return None
+        holder = _read(location, generations[-1])
+        if holder is not None:
+            return holder
+    return None
 
 
-def _read(location: OutputLocation, generation: int) -> LockHolder:
+def _read(location: OutputLocation, generation: int, deadline_s: float | None = None) -> LockHolder | None:
+    """The lock file of ``generation``; None if it is gone (deleted between a listing and this read)."""
     rel = _generation_name(generation)
     for attempt in range(5):  # an O_EXCL create may be read before its content is written
         try:
-            return LockHolder.from_json(generation, json.loads(location.read_bytes(rel)))
-        except (ValueError, TypeError):
-            if attempt == 4:
-                raise StorageError(f"the lock file {location.url_of(rel)} is not readable JSON; if no run is "
-                                   "using the folder, delete it") from None
+            data = location.fs.cat_file(location.path(rel), **_io(location, deadline_s))
+            return LockHolder.from_json(generation, json.loads(data))
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError, AttributeError):
             time.sleep(0.05 * (attempt + 1))
-    raise AssertionError("unreachable")
+        except Exception as exc:
+            raise StorageError(f"cannot read {location.url_of(rel)}: {type(exc).__name__}: {exc}") from exc
+    try:  # damaged (a create cut short by a full disk): stale once its last change is older than a lease
+        modified = location.fs.modified(location.path(rel)).timestamp()
+    except Exception:  # no modification time: it stays stale from now
+        modified = time.time()
+    logger.warning("the lock file %s is not readable JSON; it counts as stale %g s after its last change",
+                   location.url_of(rel), DEFAULT_LEASE_S)
+    return LockHolder(generation=generation, lease_id="", host="?", pid=-1, user="?", command="", started=modified,
+                      heartbeat=modified, lease_s=DEFAULT_LEASE_S, corrupt=True)
 
 
-def _create_exclusive(location: OutputLocation, rel: str, data: bytes) -> bool:
-    """Create ``rel`` holding ``data`` only if it does not exist; True if this call created it."""
+def _ours(location: OutputLocation, rel: str, lease_id: str, deadline_s: float | None) -> bool | None:
+    """Whether ``rel`` holds our ``lease_id``; None when it does not exist."""
+    try:
+        data = json.loads(location.fs.cat_file(location.path(rel), **_io(location, deadline_s)))
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError):
+        return False
+    return data.get("lease_id") == lease_id
+
+
+def _create_exclusive(location: OutputLocation, rel: str, data: bytes, lease_id: str,
+                      deadline_s: float | None) -> bool:
+    """Create ``rel`` holding ``data`` only if it does not exist; True if this call created it.
+
+    A create reported as a conflict or an error may still have happened (a retried request whose
+    first attempt landed): the file is read back, and holds our ``lease_id`` if so.
+    """
     target = location.path(rel)
     try:
         if location.is_local:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            tmp = os.path.join(os.path.dirname(target), f".{uuid.uuid4().hex}.tmp-{uuid.uuid4().hex}")
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            try:
-                os.link(tmp, target)  # atomic, also on NFS; fails if the target exists
-            except FileExistsError:
-                return False
-            except OSError as exc:
-                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
-                    raise
-                return _create_with_o_excl(target, data)
-            finally:
-                os.unlink(tmp)
-            return True
+            return _create_local(target, data)
         if "s3" in _protocols(location.fs):
             try:
-                location.fs.pipe_file(target, data, mode="create")  # If-None-Match: *
-            except FileExistsError:
-                return False
-            return True
+                location.fs.pipe_file(target, data, mode="create", **_io(location, deadline_s))  # If-None-Match: *
+                return True
+            except Exception as exc:  # a conflict (412/409, mapped variously), or an error after it landed
+                mine = _ours(location, rel, lease_id, deadline_s)
+                if mine is None:
+                    raise
+                if not isinstance(exc, FileExistsError) and not mine:
+                    logger.debug("creating %s failed (%s) and another run's lock is there", rel, exc)
+                return mine
         _warn_not_atomic(location)
         if location.fs.exists(target):
-            return False
+            return bool(_ours(location, rel, lease_id, deadline_s))
         location.fs.pipe_file(target, data)
         return True
+    except StorageError:
+        raise
     except Exception as exc:
-        if isinstance(exc, StorageError):
-            raise
         raise StorageError(f"cannot write the lock {location.url_of(rel)}: {type(exc).__name__}: {exc}") from exc
+
+
+def _create_local(target: str, data: bytes) -> bool:
+    folder = os.path.dirname(target)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".lock.tmp-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, target)  # atomic, also on NFS; fails if the target exists
+            return True
+        except FileExistsError:
+            with open(target, "rb") as f:  # a retransmitted link on NFS may answer EEXIST for our own
+                return f.read() == data
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                raise
+            return _create_with_o_excl(target, data)
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 def _create_with_o_excl(target: str, data: bytes) -> bool:
@@ -220,8 +422,12 @@ def _create_with_o_excl(target: str, data: bytes) -> bool:
         fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    except BaseException:  # a full disk: no empty lock file left behind
+        os.unlink(target)
+        raise
     return True
 
 
@@ -241,6 +447,8 @@ def _warn_not_atomic(location: OutputLocation) -> None:
                        protocol)
 
 
+# ---- what a task carries
+
 @dataclasses.dataclass(frozen=True)
 class Lease:
     """What a task carries of the run's lock: the generation, its lease id and lease time (s).
@@ -254,13 +462,15 @@ class Lease:
 
     @property
     def check_interval_s(self) -> float:
-        """Seconds a successful check is trusted in one process."""
-        return self.lease_s / 12
+        return check_interval_s(self.lease_s)
 
     @property
     def fresh_s(self) -> float:
-        """Oldest heartbeat (s) under which writes go ahead."""
-        return self.lease_s / 2
+        return fresh_s(self.lease_s)
+
+    @property
+    def write_deadline_s(self) -> float:
+        return write_deadline_s(self.lease_s)
 
     def check(self, location: OutputLocation) -> None:
         """Return when the run still holds ``location``; wait while its driver's heartbeat is late.
@@ -273,13 +483,15 @@ class Lease:
         """
         key = (location.url, self.generation, self.lease_id)
         checked = _CHECKED.get(key)
-        if checked is not None and time.monotonic() - checked < self.check_interval_s:
-            return
+        if checked is not None:
+            mono, wall = time.monotonic() - checked[0], time.time() - checked[1]
+            if 0 <= mono < self.check_interval_s and 0 <= wall < self.check_interval_s:  # a suspend expires it
+                return
         while True:
             holder = self._own_holder(location)
             age = holder.heartbeat_age_s()
             if age <= self.fresh_s:
-                _CHECKED[key] = time.monotonic()
+                _CHECKED[key] = (time.monotonic(), time.time())
                 return
             if age > self.lease_s:
                 _CHECKED.pop(key, None)
@@ -290,15 +502,19 @@ class Lease:
             time.sleep(min(self.check_interval_s, 1.0))
 
     def _own_holder(self, location: OutputLocation) -> LockHolder:
-        generations = _generations(location)
-        if not generations or self.generation not in generations:
+        deadline = self.write_deadline_s
+        generations = _generations(location, deadline)
+        if generations and generations[-1] > self.generation:
+            newer = _read(location, generations[-1], deadline)
+            raise RunLockLostError(f"another run took over {location.url}"
+                                   + (f" ({newer.describe()})" if newer else "") + "; this run writes nothing more")
+        holder = _read(location, self.generation, deadline) if self.generation in generations else None
+        if holder is None:
             raise RunLockLostError(f"the run's lock (generation {self.generation}) is gone from {location.url}; "
                                    "this run writes nothing more")
-        if generations[-1] > self.generation:
-            newer = _read(location, generations[-1])
-            raise RunLockLostError(f"another run took over {location.url} ({newer.describe()}); this run writes "
-                                   "nothing more")
-        holder = _read(location, self.generation)
+        if holder.superseded_by is not None:
+            raise RunLockLostError(f"another run took over {location.url} (lock generation {holder.superseded_by}); "
+                                   "this run writes nothing more")
         if holder.lease_id != self.lease_id:
             raise RunLockLostError(f"the lock of {location.url} (generation {self.generation}) belongs to another run")
         if holder.released is not None:
@@ -306,7 +522,7 @@ class Lease:
         return holder
 
 
-_CHECKED: dict = {}  # (url, generation, lease id) -> time.monotonic() of the last successful check
+_CHECKED: dict = {}  # (url, generation, lease id) -> (time.monotonic(), time.time()) of the last successful check
 
 
 def _command_line() -> str:
@@ -326,7 +542,7 @@ class RunLock:
     steal : bool
         Take the folder even from a live holder (``--steal-lock``).
 
-    Use ``with RunLock(location).acquire() as lock:`` or call :meth:`acquire` and :meth:`release`.
+    Call :meth:`acquire`, :meth:`wait_until_quiet` before the first write, and :meth:`release`.
     """
 
     def __init__(self, location: OutputLocation, lease_s: float = DEFAULT_LEASE_S, *, steal: bool = False):
@@ -335,13 +551,22 @@ class RunLock:
         self.steal = steal
         self.lease: Lease | None = None
         self.previous: LockHolder | None = None
+        self.quiet_until = 0.0
         self._holder: LockHolder | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lost: str | None = None
+        self._lost_to_storage = False
+        self._last_error: str | None = None
         self._io = threading.Lock()
         self._used = False
+        self._tasks_done: str | None = None  # "finished" or "stopped" (see mark_quiesced)
+        self._workers: list | None = None
         self._created: list[str] = []  # local folders this lock created (deepest first)
+
+    @property
+    def deadline_s(self) -> float:
+        return write_deadline_s(self.lease_s)
 
     # ---- taking the folder
 
@@ -361,32 +586,41 @@ class RunLock:
                 self._created.append(folder)
                 folder = os.path.dirname(folder)
         for _ in range(10):
-            generations = _generations(self.location)
+            generations = _generations(self.location, self.deadline_s)
             top = generations[-1] if generations else 0
-            if top:
-                holder = _read(self.location, top)
+            holder = _read(self.location, top, self.deadline_s) if top else None
+            if top and holder is None:
+                continue  # deleted between the listing and the read (a run that wrote nothing): look again
+            reason = None
+            if holder is not None and holder.released is None:
                 reason = holder.stale_reason()
                 if reason is None and not self.steal:
                     raise RunLockHeldError(self._held_message(holder))
-                if holder.released is None:
-                    logger.warning("taking over %s from the run of %s: %s", self.location.url, holder.describe(),
-                                   reason or "--steal-lock")
-                self.previous = holder
             now = time.time()
             mine = LockHolder(generation=top + 1, lease_id=uuid.uuid4().hex, host=socket.gethostname(),
                               pid=os.getpid(), user=_user(), command=_command_line(), started=now, heartbeat=now,
-                              lease_s=self.lease_s)
+                              lease_s=self.lease_s, machine=this_machine(), start_ticks=_start_ticks(os.getpid()))
             if not _create_exclusive(self.location, _generation_name(mine.generation),
-                                     json.dumps(mine.to_json(), indent=2).encode()):
+                                     json.dumps(mine.to_json(), indent=2).encode(), mine.lease_id, self.deadline_s):
                 continue  # another run created that generation first: look again
-            if _generations(self.location)[-1] != mine.generation:  # a later generation appeared at once
-                self._write(dataclasses.replace(mine, released=time.time()))
-                continue
+            try:
+                if _generations(self.location, self.deadline_s)[-1] != mine.generation:
+                    self._delete(mine.generation)  # a later generation appeared at once: look again
+                    continue
+                if holder is not None and holder.released is None:
+                    logger.warning("taking over %s from the run of %s: %s", self.location.url, holder.describe(),
+                                   reason or "--steal-lock")
+                    self._mark_superseded(holder, mine.generation)
+                self.quiet_until = holder.quiet_at(now, self.steal) if holder is not None else 0.0
+            except BaseException:
+                self._delete(mine.generation)
+                raise
+            self.previous = holder
             self._holder = mine
             self.lease = Lease(mine.generation, mine.lease_id, self.lease_s)
-            self._prune(mine.generation)
             self._thread = threading.Thread(target=self._heartbeats, name="opso-run-lock", daemon=True)
             self._thread.start()
+            self._prune(mine.generation)
             logger.info("took the run folder %s (lock generation %d, lease %g s)", self.location.url,
                         mine.generation, self.lease_s)
             return self
@@ -398,13 +632,37 @@ class RunLock:
                 f"for it to end, or if it is dead, run again once its heartbeat is {holder.lease_s:g} s old (or now "
                 "with --steal-lock)")
 
+    def _mark_superseded(self, holder: LockHolder, generation: int) -> None:
+        """Write ``superseded_by`` into the previous holder's file (read by its fences even where a
+        directory listing lags)."""
+        try:
+            self._write(dataclasses.replace(holder, superseded_by=generation))
+        except Exception as exc:  # the listing still shows the new generation
+            logger.debug("could not mark generation %d superseded: %s", holder.generation, exc)
+
+    def _delete(self, generation: int) -> None:
+        try:
+            self.location.fs.rm_file(self.location.path(_generation_name(generation)))
+        except Exception as exc:  # a lock left behind expires after lease_s
+            logger.warning("could not delete the lock generation %d of %s: %s", generation, self.location.url, exc)
+
     def _prune(self, generation: int) -> None:
-        old = [g for g in _generations(self.location) if g < generation - KEEP_GENERATIONS]
+        old = [g for g in _generations(self.location, self.deadline_s) if g < generation - KEEP_GENERATIONS]
         if old:
             try:
                 self.location.fs.rm([self.location.path(_generation_name(g)) for g in old])
             except Exception as exc:  # old generations are history only
                 logger.debug("could not delete old lock generations: %s", exc)
+
+    def wait_until_quiet(self) -> None:
+        """Before the run's first write: wait until no task of the run this lock took over can still write."""
+        wait_s = self.quiet_until - time.time()
+        if wait_s > 0:
+            logger.warning("waiting %.0f s before writing in %s: tasks of the run it was taken from (%s) may still "
+                           "be writing until then", wait_s, self.location.url, self.previous.describe())
+        while time.time() < self.quiet_until:
+            self.check()
+            time.sleep(min(1.0, max(0.0, self.quiet_until - time.time())))
 
     # ---- holding it
 
@@ -413,43 +671,78 @@ class RunLock:
         lock released instead of deleting it."""
         self._used = True
 
+    def mark_quiesced(self, *, stopped: bool = False) -> None:
+        """Say that no task of this run is running: all finished (a run taking the folder after the
+        release need not wait), or ``stopped`` with the cluster that ran them (a write in flight may
+        still land within the write deadline)."""
+        if self._tasks_done != "finished":
+            self._tasks_done = "stopped" if stopped else "finished"
+
+    def set_workers(self, workers: list | None) -> None:
+        """Record the run's local worker processes (:func:`local_worker_processes`; None: unknown or
+        remote), so that a rerun on this host can tell when all of them have ended."""
+        with self._io:
+            holder = self._holder
+            if holder is None or self._lost or holder.workers == workers:
+                return
+            self._holder = dataclasses.replace(holder, workers=workers)
+        self.renew()
+
     @property
     def lost(self) -> str | None:
         """Why this run lost the folder, or None while it holds it."""
         return self._lost
 
     def check(self) -> None:
-        """Raise :class:`RunLockLostError` if the heartbeat thread found the folder lost."""
+        """Raise if this run lost the folder: :class:`RunStorageError` when renewing failed because the
+        storage did, :class:`RunLockLostError` otherwise."""
+        holder = self._holder
+        if not self._lost and holder is not None and holder.heartbeat_age_s() > 0.75 * self.lease_s:
+            self._lose_by_age(holder)
         if self._lost:
-            raise RunLockLostError(self._lost)
+            raise (RunStorageError if self._lost_to_storage else RunLockLostError)(self._lost)
+
+    def _lose_by_age(self, holder: LockHolder) -> None:
+        age = holder.heartbeat_age_s()
+        if self._last_error:
+            self._lost_to_storage = True
+            self._lost = (f"the storage failed for {age:.0f} s during the run ({self._last_error}), longer than the "
+                          f"run's lock allows (lease {self.lease_s:g} s), so another run may have taken "
+                          f"{self.location.url}; this run stopped writing. Run the same command again once the "
+                          "storage works")
+        else:
+            self._lost = (f"this run could not renew its lock on {self.location.url} for {age:.0f} s (lease "
+                          f"{self.lease_s:g} s: the driver was paused), so another run may have taken the folder; "
+                          "it stopped writing. Run the same command again to resume")
 
     def _write(self, holder: LockHolder) -> None:
         self.location.write_bytes_unguarded(_generation_name(holder.generation),
-                                            json.dumps(holder.to_json(), indent=2).encode(), in_place_when_full=True)
+                                            json.dumps(holder.to_json(), indent=2).encode(), in_place_when_full=True,
+                                            deadline_s=self.deadline_s)
 
     def renew(self) -> None:
         """Write a new heartbeat now (the heartbeat thread calls this); marks the lock lost instead
-        when a later generation exists or the last heartbeat is too old to renew."""
+        when a later generation exists, the file says ``superseded_by``, or the last heartbeat is too
+        old to renew."""
         with self._io:
             holder = self._holder
             if holder is None or self._lost:
                 return
-            age = holder.heartbeat_age_s()
-            if age > 0.75 * self.lease_s:
-                self._lost = (f"this run could not renew its lock on {self.location.url} for {age:.0f} s (lease "
-                              f"{self.lease_s:g} s: the driver was paused or cut off from the storage), so another "
-                              "run may have taken the folder; it stopped writing. Run the same command again to "
-                              "resume")
+            if holder.heartbeat_age_s() > 0.75 * self.lease_s:
+                self._lose_by_age(holder)
                 return
-            generations = _generations(self.location)
-            if not generations or generations[-1] != holder.generation:
-                newer = _read(self.location, generations[-1]) if generations else None
+            generations = _generations(self.location, self.deadline_s)
+            current = _read(self.location, holder.generation, self.deadline_s) \
+                if generations and generations[-1] == holder.generation else None
+            if current is None or current.superseded_by is not None or current.lease_id != holder.lease_id:
+                newer = _read(self.location, generations[-1], self.deadline_s) if generations else None
                 self._lost = (f"another run took over {self.location.url}"
                               + (f" ({newer.describe()})" if newer else "") + "; this run stopped writing")
                 return
             renewed = dataclasses.replace(holder, heartbeat=time.time())
             self._write(renewed)
             self._holder = renewed
+            self._last_error = None
 
     def _heartbeats(self) -> None:
         period = self.lease_s / 8
@@ -457,6 +750,7 @@ class RunLock:
             try:
                 self.renew()
             except Exception as exc:  # storage trouble: try again next period; renew() gives up in time
+                self._last_error = f"{type(exc).__name__}: {exc}"
                 logger.warning("could not renew the run's lock on %s: %s", self.location.url, exc)
             if self._lost:
                 logger.error("%s", self._lost)
@@ -468,22 +762,29 @@ class RunLock:
         """Stop the heartbeat and mark the lock released (if this run still holds it)."""
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=self.lease_s)
-        with self._io:
+            self._thread.join(timeout=self.deadline_s * 3)
+        if not self._io.acquire(timeout=self.deadline_s * 3):
+            logger.warning("could not release the run's lock on %s in time (it expires %g s after its last "
+                           "heartbeat)", self.location.url, self.lease_s)
+            return
+        try:
             holder, self._holder = self._holder, None
             if holder is None or self._lost:
                 return
-            try:
-                generations = _generations(self.location)
-                if generations and generations[-1] == holder.generation:
-                    if self._used:
-                        self._write(dataclasses.replace(holder, released=time.time()))
-                    else:
-                        self._discard(holder)
-                    _CHECKED.pop((self.location.url, holder.generation, holder.lease_id), None)
-            except Exception as exc:  # the lock then expires on its own after lease_s
-                logger.warning("could not release the run's lock on %s (it expires %g s after its last "
-                               "heartbeat): %s", self.location.url, self.lease_s, exc)
+            generations = _generations(self.location, self.deadline_s)
+            if generations and generations[-1] == holder.generation:
+                if self._used:
+                    now = time.time()
+                    quiet = {"finished": now, "stopped": now + self.deadline_s}.get(self._tasks_done)
+                    self._write(dataclasses.replace(holder, released=now, tasks_quiet_at=quiet))
+                else:
+                    self._discard(holder)
+                _CHECKED.pop((self.location.url, holder.generation, holder.lease_id), None)
+        except Exception as exc:  # the lock then expires on its own after lease_s
+            logger.warning("could not release the run's lock on %s (it expires %g s after its last "
+                           "heartbeat): %s", self.location.url, self.lease_s, exc)
+        finally:
+            self._io.release()
 
     def _discard(self, holder: LockHolder) -> None:
         """Delete the lock of a run that wrote nothing, and the local folders made for it."""
@@ -502,6 +803,7 @@ class RunLock:
 
 
 def _user() -> str:
-    with contextlib.suppress(Exception):
+    try:
         return getpass.getuser()
-    return str(os.getuid()) if hasattr(os, "getuid") else "?"
+    except Exception:  # no user name (a container without /etc/passwd entry)
+        return str(os.getuid()) if hasattr(os, "getuid") else "?"

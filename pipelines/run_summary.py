@@ -11,6 +11,9 @@ import dataclasses
 __all__ = ["MAX_MESSAGE_CHARS", "RunSummary", "elide"]
 
 
+#: the error types of a task that failed because the storage did
+STORAGE_ERROR_TYPES = ("StorageError", "RunStorageError")
+
 #: longest error message kept in run.json and failures.parquet (characters; the middle is elided)
 MAX_MESSAGE_CHARS = 2000
 
@@ -54,6 +57,12 @@ class RunSummary:
     total_wall_s: float | None = None
     n_sessions: int = 1
     failure_overview: list[str] = dataclasses.field(default_factory=list)
+    task_failures: dict[str, int] = dataclasses.field(default_factory=dict)  # error type -> failed tasks
+
+    @property
+    def storage_failed(self) -> bool:
+        """True when tasks failed because the output storage did (the run is resumable once it works)."""
+        return any(kind in STORAGE_ERROR_TYPES for kind in self.task_failures)
 
     @property
     def audio_hours_per_hour(self) -> float:

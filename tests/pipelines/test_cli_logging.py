@@ -12,6 +12,22 @@ def test_secrets_of_storage_options_at_any_depth():
                "client_kwargs": {"endpoint_url": "http://minio:9000", "aws_session_token": "tok-123456"},
                "config_kwargs": {"retries": {"max_attempts": 5}}}
     assert sorted(secrets_of(options)) == ["AKIAEXAMPLEKEY000001", "s3cr3t-value", "tok-123456"]
+    gcs = {"token": {"type": "service_account", "private_key": "-----BEGIN PRIVATE KEY-----\nMIIE",
+                     "client_email": "a@b.iam"}}
+    assert secrets_of(gcs) == ["-----BEGIN PRIVATE KEY-----\nMIIE"]
+
+
+def test_short_values_and_parts_of_words_are_left_alone():
+    """A MinIO user named 'opso' (docker-compose's) must not blank out every 'opso' in the log."""
+    f = RedactingFilter(["opso", "minio-secret-1"])
+    record = logging.LogRecord("opso", logging.INFO, __file__, 1, "%s", (
+        "s3://opso/runs/a is in use by another opso run; minio-secret-1 leaked; xminio-secret-1y stays",), None)
+    f.filter(record)
+    assert record.getMessage() == "s3://opso/runs/a is in use by another opso run; *** leaked; xminio-secret-1y stays"
+    azure = "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=abc+def/ghi==;EndpointSuffix=core.windows.net"
+    record = logging.LogRecord("adlfs", logging.DEBUG, __file__, 1, "%s", (azure,), None)
+    f.filter(record)
+    assert "abc+def" not in record.getMessage() and "AccountKey=***" in record.getMessage()
 
 
 def test_the_filter_redacts_values_and_shapes():

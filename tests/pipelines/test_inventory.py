@@ -105,6 +105,9 @@ def test_start_time_source_and_name_comment_disagreement(tmp_path):
     original = by_name.loc["20180504_093200.WAV"]
     assert "disagree" not in original.warning and "comment says" not in original.warning  # name and comment agree
     assert "4 other file(s)" in original.warning
+    # a resumed run passes the stored inventory again: the same table, no note added twice
+    again = add_clip_counts_and_warnings(inv, plan_clips(inv, clip_duration=1.0).groupby("file").size())
+    assert again.equals(inv)
 
 
 def test_readable_files_without_a_clip_are_listed(tmp_path):
@@ -133,6 +136,10 @@ def test_readable_files_without_a_clip_are_listed(tmp_path):
         assert row.error.startswith("NoClips: ") and "shorter than one clip" in row.error
     assert by_name.loc["five_frames.wav", "channels"] == 2
     assert add_clip_counts_and_warnings(inv, plan.groupby("file").size()).equals(inv)  # idempotent (resume)
+    # a file without a clip of the run's length keeps the clips of a shorter length (a CNN's), also when
+    # the plan is made again from the stored inventory (a resumed run)
+    short_plan = plan_clips(inv, clip_duration=0.1)
+    assert {"short.wav", "20240501_060000.WAV"} <= set(short_plan.file.str.split("/").str[-1])
 
 
 def test_a_folder_that_cannot_be_listed_becomes_a_failed_row(tmp_path, monkeypatch):

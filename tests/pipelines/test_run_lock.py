@@ -102,15 +102,121 @@ def test_takeover_of_a_stale_lock_and_refusal_of_a_live_one(tmp_path, kind, capl
     stolen.release()
 
 
-def test_a_dead_process_on_this_host_is_taken_over_at_once(tmp_path):
-    location = OutputLocation(str(tmp_path / "run"))
+@pytest.mark.skipif(not os.path.exists("/proc/sys/kernel/random/boot_id"), reason="needs Linux's /proc")
+def test_a_dead_driver_and_workers_on_this_host_are_taken_over_at_once(tmp_path):
+    """Taken at once only when the driver and every recorded worker surely ended (same boot and process
+    namespace, pid and start time); with a live worker or unknown workers it waits for the lease."""
     import subprocess
     import sys
 
+    from pipelines.run_lock import this_machine, worker_identity
+
+    location = OutputLocation(str(tmp_path / "run"))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    write_holder(location, 1, host=socket.gethostname(), pid=int(dead.stdout), heartbeat=time.time())
+    me = worker_identity()["process"]
+    common = dict(host=socket.gethostname(), pid=int(dead.stdout), heartbeat=time.time(), machine=this_machine(),
+                  start_ticks=1)
+    write_holder(location, 1, **common, workers=[me])  # a worker that lives (this process)
+    with pytest.raises(RunLockHeldError):
+        RunLock(location).acquire()
+    write_holder(location, 1, **common, workers=None)  # workers unknown (a remote cluster)
+    with pytest.raises(RunLockHeldError):
+        RunLock(location).acquire()
+    write_holder(location, 1, **common, workers=[[int(dead.stdout), 1]])
+    write_holder(location, 1, **{**common, "machine": {**this_machine(), "pid_ns": "pid:[1]"}}, workers=[])
+    with pytest.raises(RunLockHeldError):  # another process namespace (a container on this host): not ours to judge
+        RunLock(location).acquire()
+    write_holder(location, 1, **common, workers=[])
+    lock = RunLock(location).acquire()
+    assert lock.lease.generation == 2 and lock.quiet_until == 0.0  # nothing of it can write: no wait
+    assert read_holder(location).generation == 2
+    lock.release()
+
+
+def test_taking_over_waits_until_the_previous_run_s_tasks_cannot_write(tmp_path):
+    location = OutputLocation(str(tmp_path / "run"))
+    heartbeat = time.time() - 10
+    write_holder(location, 1, heartbeat=heartbeat, lease_s=60.0)  # live, on another host
+    stolen = RunLock(location, steal=True).acquire()
+    # its tasks see the new generation within a check interval (5 s) and a write lands within 15 s
+    assert time.time() + 19 < stolen.quiet_until <= time.time() + 20
+    previous = json.loads((tmp_path / "run" / "_lock" / "000000001.json").read_text())
+    assert previous["superseded_by"] == 2  # for fences whose directory listing lags (NFS)
+    stolen.release()
+    write_holder(location, 3, heartbeat=time.time() - 61, lease_s=60.0)  # expired: its tasks stopped already
+    expired = RunLock(location).acquire()
+    assert expired.quiet_until <= time.time()
+    expired.mark_used()
+    expired.release()
+    released = time.time()
+    write_holder(location, 5, heartbeat=released, released=released, lease_s=60.0)  # released, tasks may run on
+    after = RunLock(location).acquire()
+    assert after.quiet_until == pytest.approx(released + 5 + 15)
+    after.release()
+    write_holder(location, 7, heartbeat=released, released=released, lease_s=60.0, tasks_quiet_at=released)
+    clean = RunLock(location).acquire()
+    assert clean.quiet_until <= time.time()  # all its tasks had finished
+    clean.mark_used()
+    clean.wait_until_quiet()  # returns at once
+    clean.release()
+
+
+def test_a_create_whose_answer_was_lost_is_recognised(tmp_path, s3_storage_options):
+    """A conditional PUT that landed but whose answer was lost is retried and refused (412): the run
+    reads the generation back and finds its own lease id, instead of refusing itself."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3_storage_options, skip_instance_cache=True)
+    fs.mkdir("lost-answer")
+    location = OutputLocation("s3://lost-answer/run", s3_storage_options)
+    real = type(location.fs).pipe_file
+
+    def landed_then_conflict(self, path, data, mode="overwrite", **kwargs):
+        real(self, path, data, mode=mode, **kwargs)
+        if mode == "create":
+            raise FileExistsError(path)
+
+    try:
+        type(location.fs).pipe_file = landed_then_conflict
+        lock = RunLock(location).acquire()
+    finally:
+        type(location.fs).pipe_file = real
+    assert lock.lease.generation == 1 and read_holder(location).lease_id == lock.lease.lease_id
+    lock.release()
+
+
+def test_a_damaged_lock_file_is_stale_after_a_lease(tmp_path):
+    location = OutputLocation(str(tmp_path / "run"))
+    damaged = tmp_path / "run" / "_lock" / "000000001.json"
+    damaged.parent.mkdir(parents=True)
+    damaged.write_bytes(b"")  # a create cut short by a full disk
+    with pytest.raises(RunLockHeldError, match=r"an unreadable lock file, last changed \d s ago"):
+        RunLock(location).acquire()
+    old = time.time() - 200
+    os.utime(damaged, (old, old))
     lock = RunLock(location).acquire()
     assert lock.lease.generation == 2
+    lock.release()
+
+
+def test_fences_list_afresh_whatever_the_storage_options_say(s3_storage_options):
+    """With the user's use_listings_cache: true, a task's s3fs instance could keep an old listing of
+    _lock/; the fence lists it afresh anyway."""
+    import s3fs
+
+    options = {**s3_storage_options, "use_listings_cache": True}
+    s3fs.S3FileSystem(**s3_storage_options, skip_instance_cache=True).mkdir("cached-listing")
+    location = OutputLocation("s3://cached-listing/run", options)
+    lock = RunLock(location, lease_s=12).acquire()  # a check is trusted for 1 s
+    lock.mark_used()
+    fenced = location.with_lease(lock.lease)
+    fenced.write_bytes("a.json", b"{}")
+    assert location.fs.ls(location.path("_lock"))  # the listing is in this instance's cache now
+    other = OutputLocation("s3://cached-listing/run", {**s3_storage_options, "skip_instance_cache": True})
+    write_holder(other, 2, heartbeat=time.time(), lease_s=12)
+    time.sleep(1.1)
+    with pytest.raises(RunLockLostError, match="another run took over"):
+        fenced.write_bytes("b.json", b"{}")
     lock.release()
 
 
