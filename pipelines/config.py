@@ -40,6 +40,8 @@ MAX_CHUNK_BYTES = 1 << 30
 MAX_TASK_BYTES = 8 << 30
 #: shortest lease on object storage (s): its writes get lease_s / 4 to land
 MIN_REMOTE_LEASE_S = 30.0
+#: slowest upload a chunk must fit in lease_s / 4 on object storage (bytes/s)
+MIN_WRITE_RATE_BPS = 8 * 2**20
 
 
 def _check_increasing(pair, form: str):
@@ -411,7 +413,7 @@ class RunConfig(_Strict):
             params = self.spectrogram.params(rate)
             if self.ribbit:
                 check_species_bands(self.ribbit, rate, params.step_samples)
-            check_sizes(self.clips, self.spectrogram, rate)
+            check_sizes(self.clips, self.spectrogram, rate, self.output)
         return self
 
     def public_dict(self) -> dict:
@@ -545,9 +547,11 @@ def _gb(n_bytes: float) -> str:
     return f"{n_bytes / 2**30:,.1f} GiB" if n_bytes >= 2**27 else f"{n_bytes / 2**20:,.1f} MiB"
 
 
-def check_sizes(clips: ClipConfig, spectrogram: SpectrogramConfig, sample_rate_hz: int) -> None:
+def check_sizes(clips: ClipConfig, spectrogram: SpectrogramConfig, sample_rate_hz: int,
+                output: OutputConfig | None = None) -> None:
     """Refuse clip, chunk and task sizes that cannot work at ``sample_rate_hz`` (Hz): a clip shorter than
-    one spectrogram window, a Zarr chunk over 1 GiB, a task holding more than 8 GiB.
+    one spectrogram window, a Zarr chunk over 1 GiB, a task holding more than 8 GiB, and on object
+    storage a chunk that cannot be written in ``output.lease_s / 4`` at :data:`MIN_WRITE_RATE_BPS`.
 
     Raises
     ------
@@ -568,6 +572,16 @@ def check_sizes(clips: ClipConfig, spectrogram: SpectrogramConfig, sample_rate_h
         raise ConfigError(f"spectrogram.clips_per_chunk: {spectrogram.clips_per_chunk:,} clips of {clips.duration:g} s "
                           f"make Zarr chunks of {_gb(chunk_bytes)} (at most {_gb(MAX_CHUNK_BYTES)}; readers load a "
                           f"whole chunk); use at most {fits:,}")
+    if output is not None and spectrogram.store != "none":
+        from pipelines.storage_options import protocol_of
+
+        deadline_s = output.lease_s / 4
+        if protocol_of(output.url) != "file" and chunk_bytes > deadline_s * MIN_WRITE_RATE_BPS:
+            fits = max(1, int(deadline_s * MIN_WRITE_RATE_BPS // (clip_values * value_bytes)))
+            raise ConfigError(f"spectrogram.clips_per_chunk: chunks of {_gb(chunk_bytes)} cannot be written to "
+                              f"object storage within output.lease_s / 4 = {deadline_s:g} s at "
+                              f"{MIN_WRITE_RATE_BPS / 2**20:g} MiB/s; use at most {fits:,} clips per chunk, or a "
+                              "larger output.lease_s")
     step_s = clips.duration - clips.overlap
     clips_per_task = max(1, round(spectrogram.task_audio_s / step_s))
     clips_per_task = -(-clips_per_task // spectrogram.clips_per_chunk) * spectrogram.clips_per_chunk

@@ -143,7 +143,6 @@ def _run_locked(config: RunConfig, client, preflight: Preflight, progress: bool,
         watch = ClusterSession(client, "address", config.cluster).check
     lock = preflight.lock
     if lock is not None:
-        lock.set_workers(local_worker_processes(client))
         watch = _watching_lock(watch, lock, client)
         lock.wait_until_quiet()  # tasks of a run this one took the folder from may still be writing
         lock.mark_used()
@@ -158,6 +157,8 @@ def _run_locked(config: RunConfig, client, preflight: Preflight, progress: bool,
         run_info["sessions"] = [*_previous_sessions(previous), session]
         run_info["resumed"] = session["started"]
     try:
+        if lock is not None:  # before any task: a rerun on this host can then tell when all have ended
+            lock.set_workers(local_worker_processes(client), strict=True)
         if preflight.start == "overwrite":
             logger.warning("--overwrite: removing the previous run's outputs from %s (only files opso wrote)",
                            location.url)
@@ -203,8 +204,15 @@ def _record_stop(location: OutputLocation, run_info: dict, exc: BaseException, s
                  lock=None) -> BaseException:
     """Record how the run stopped in ``run.json``; returns the exception to raise (a storage failure
     during the run becomes :class:`RunStorageError`, exit code 4)."""
-    if isinstance(exc, RunLockLostError) or (lock is not None and lock.lost):
+    if isinstance(exc, RunLockLostError):
         return exc  # the folder may be another run's now: write nothing
+    if lock is not None and lock.lost:  # the same, found by the heartbeat: say why (exit code 5, or 4)
+        if isinstance(exc, RunStorageError):
+            return exc
+        try:
+            lock.check()
+        except (RunLockLostError, RunStorageError) as lost:
+            return lost
     if isinstance(exc, StorageError) and not isinstance(exc, RunStorageError):
         exc = RunStorageError(f"the storage failed during the run: {exc}; run the same command again to resume "
                               "once it works")
@@ -240,7 +248,7 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
     if config.spectrogram.sample_rate is None:  # else checked with the configuration
         if config.ribbit:
             check_species_bands(config.ribbit, sample_rate_hz, params.step_samples)
-        check_sizes(config.clips, config.spectrogram, sample_rate_hz)
+        check_sizes(config.clips, config.spectrogram, sample_rate_hz, config.output)
     clips_cfg = config.clips
     spectrogram_stage_runs = bool(config.ribbit) or config.spectrogram.store != "none"
     if not spectrogram_stage_runs:  # nothing would use the spectrograms: the CNNs compute their own input

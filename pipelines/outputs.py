@@ -176,6 +176,12 @@ class OutputLocation:
             else:
                 self.fs.pipe_file(target, data, **self._remote(deadline_s))  # one PUT
         except Exception as exc:  # backends raise their own types: one error for the user
+            from fsspec.exceptions import FSTimeoutError
+
+            if isinstance(exc, FSTimeoutError):
+                raise StorageError(f"cannot write {self.url_of(rel)}: {len(data):,} bytes did not reach the storage "
+                                   f"within {deadline_s:g} s (output.lease_s / 4, so that a run that lost its lock "
+                                   "cannot write late); for a slow link, raise output.lease_s") from exc
             raise StorageError(f"cannot write {self.url_of(rel)}: {type(exc).__name__}: {exc}") from exc
 
     def read_bytes(self, rel: str) -> bytes:
@@ -239,9 +245,8 @@ class OutputLocation:
         self.remove_files(self.find(rel))
         if self.is_local and os.path.isdir(self.path(rel)):
             with self._errors("delete", rel):
-                import shutil
-
-                shutil.rmtree(self.path(rel))  # the folders left
+                for folder, _, _ in sorted(os.walk(self.path(rel)), key=lambda entry: -len(entry[0])):
+                    os.rmdir(folder)  # empty now: only the folders are left
 
     def read_parquet_folder(self, rel: str) -> pd.DataFrame:
         """All Parquet files under ``rel`` (recursively, hive partitions as columns)."""

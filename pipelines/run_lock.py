@@ -53,8 +53,8 @@ machine re-checks when it wakes. Writes to local disks or network file systems a
 deadline (a hung NFS server blocks a write in the kernel).
 
 **Releasing.** At the end of the run (also on errors and Ctrl-C) the holder marks its file
-``released``, with the time after which no task of it can write (at once when all finished; the
-write deadline after it stopped its own cluster). Old generations beyond the last few
+``released``, with the time after which no task of it can write (at once when all finished; a
+check interval and a write deadline after it stopped its own cluster). Old generations beyond the last few
 are deleted by the holder. A run that stops before writing anything (a check after the lock failed)
 deletes its generation instead, and the folders it created for it, so it leaves no trace.
 """
@@ -508,7 +508,7 @@ class Lease:
             newer = _read(location, generations[-1], deadline)
             raise RunLockLostError(f"another run took over {location.url}"
                                    + (f" ({newer.describe()})" if newer else "") + "; this run writes nothing more")
-        holder = _read(location, self.generation, deadline) if self.generation in generations else None
+        holder = _read(location, self.generation, deadline)  # by name: a lagging listing may not show it yet
         if holder is None:
             raise RunLockLostError(f"the run's lock (generation {self.generation}) is gone from {location.url}; "
                                    "this run writes nothing more")
@@ -599,7 +599,8 @@ class RunLock:
             now = time.time()
             mine = LockHolder(generation=top + 1, lease_id=uuid.uuid4().hex, host=socket.gethostname(),
                               pid=os.getpid(), user=_user(), command=_command_line(), started=now, heartbeat=now,
-                              lease_s=self.lease_s, machine=this_machine(), start_ticks=_start_ticks(os.getpid()))
+                              lease_s=self.lease_s, machine=this_machine(), start_ticks=_start_ticks(os.getpid()),
+                              workers=[])  # no task runs before set_workers(strict=True) records the workers
             if not _create_exclusive(self.location, _generation_name(mine.generation),
                                      json.dumps(mine.to_json(), indent=2).encode(), mine.lease_id, self.deadline_s):
                 continue  # another run created that generation first: look again
@@ -611,18 +612,18 @@ class RunLock:
                     logger.warning("taking over %s from the run of %s: %s", self.location.url, holder.describe(),
                                    reason or "--steal-lock")
                     self._mark_superseded(holder, mine.generation)
-                self.quiet_until = holder.quiet_at(now, self.steal) if holder is not None else 0.0
+                self.quiet_until = self._quiet_until(holder)
             except BaseException:
                 self._delete(mine.generation)
                 raise
             self.previous = holder
             self._holder = mine
             self.lease = Lease(mine.generation, mine.lease_id, self.lease_s)
-            self._thread = threading.Thread(target=self._heartbeats, name="opso-run-lock", daemon=True)
-            self._thread.start()
             self._prune(mine.generation)
             logger.info("took the run folder %s (lock generation %d, lease %g s)", self.location.url,
                         mine.generation, self.lease_s)
+            self._thread = threading.Thread(target=self._heartbeats, name="opso-run-lock", daemon=True)
+            self._thread.start()  # the last step: nothing after it can fail and leave a renewed lock behind
             return self
         holder = read_holder(self.location)
         raise RunLockHeldError(self._held_message(holder) if holder else f"could not take {self.location.url}")
@@ -631,6 +632,18 @@ class RunLock:
         return (f"the output folder {self.location.url} is in use by another opso run ({holder.describe()}); wait "
                 f"for it to end, or if it is dead, run again once its heartbeat is {holder.lease_s:g} s old (or now "
                 "with --steal-lock)")
+
+    def _quiet_until(self, holder: LockHolder | None) -> float:
+        """When the tasks of the run ``holder`` describes can no longer write: :meth:`LockHolder.quiet_at`,
+        at most :func:`quiet_after_s` of its lease from now (its clock may run ahead of ours)."""
+        if holder is None:
+            return 0.0
+        now = time.time()
+        ahead = max(holder.heartbeat, holder.released or 0.0, holder.tasks_quiet_at or 0.0) - now
+        if ahead > 5:
+            logger.warning("the lock of %s was written by a clock %.0f s ahead of this machine's; check that "
+                           "the machines' clocks are synchronised (NTP)", self.location.url, ahead)
+        return min(holder.quiet_at(now, self.steal), now + quiet_after_s(holder.lease_s))
 
     def _mark_superseded(self, holder: LockHolder, generation: int) -> None:
         """Write ``superseded_by`` into the previous holder's file (read by its fences even where a
@@ -647,12 +660,12 @@ class RunLock:
             logger.warning("could not delete the lock generation %d of %s: %s", generation, self.location.url, exc)
 
     def _prune(self, generation: int) -> None:
-        old = [g for g in _generations(self.location, self.deadline_s) if g < generation - KEEP_GENERATIONS]
-        if old:
-            try:
+        try:
+            old = [g for g in _generations(self.location, self.deadline_s) if g < generation - KEEP_GENERATIONS]
+            if old:
                 self.location.fs.rm([self.location.path(_generation_name(g)) for g in old])
-            except Exception as exc:  # old generations are history only
-                logger.debug("could not delete old lock generations: %s", exc)
+        except Exception as exc:  # old generations are history only
+            logger.debug("could not delete old lock generations: %s", exc)
 
     def wait_until_quiet(self) -> None:
         """Before the run's first write: wait until no task of the run this lock took over can still write."""
@@ -660,9 +673,27 @@ class RunLock:
         if wait_s > 0:
             logger.warning("waiting %.0f s before writing in %s: tasks of the run it was taken from (%s) may still "
                            "be writing until then", wait_s, self.location.url, self.previous.describe())
+        last_mark = time.monotonic()
         while time.time() < self.quiet_until:
             self.check()
+            if time.monotonic() - last_mark >= self.lease_s / 8:
+                last_mark = time.monotonic()
+                self._reassert_superseded()
             time.sleep(min(1.0, max(0.0, self.quiet_until - time.time())))
+
+    def _reassert_superseded(self) -> None:
+        """Write ``superseded_by`` again into the previous holder's file if its driver's last renewal,
+        racing the takeover, wrote over it (its next renewal then sees it and stops)."""
+        previous, mine = self.previous, self._holder
+        if previous is None or previous.released is not None or mine is None:
+            return
+        try:
+            current = _read(self.location, previous.generation, self.deadline_s)
+        except StorageError as exc:
+            logger.debug("could not read the previous lock generation: %s", exc)
+            return
+        if current is not None and current.released is None and current.superseded_by is None:
+            self._mark_superseded(current, mine.generation)
 
     # ---- holding it
 
@@ -678,15 +709,26 @@ class RunLock:
         if self._tasks_done != "finished":
             self._tasks_done = "stopped" if stopped else "finished"
 
-    def set_workers(self, workers: list | None) -> None:
+    def set_workers(self, workers: list | None, *, strict: bool = False) -> None:
         """Record the run's local worker processes (:func:`local_worker_processes`; None: unknown or
-        remote), so that a rerun on this host can tell when all of them have ended."""
+        remote), so that a rerun on this host can tell when all of them have ended.
+
+        With ``strict`` (before the first task: the lock says "no worker" until then) the record is
+        written now and a storage error is raised; otherwise a failed write is left to the next
+        heartbeat, which carries the record."""
         with self._io:
             holder = self._holder
             if holder is None or self._lost or holder.workers == workers:
                 return
             self._holder = dataclasses.replace(holder, workers=workers)
-        self.renew()
+        try:
+            self.renew()
+        except Exception as exc:
+            if strict:
+                raise
+            self._last_error = f"{type(exc).__name__}: {exc}"
+            logger.warning("could not record the run's workers in its lock on %s (the next heartbeat will): %s",
+                           self.location.url, exc)
 
     @property
     def lost(self) -> str | None:
@@ -728,18 +770,22 @@ class RunLock:
             holder = self._holder
             if holder is None or self._lost:
                 return
-            if holder.heartbeat_age_s() > 0.75 * self.lease_s:
+            now = time.time()  # the heartbeat written is taken before the checks below, never after them
+            if holder.heartbeat_age_s(now) > 0.75 * self.lease_s:
                 self._lose_by_age(holder)
                 return
             generations = _generations(self.location, self.deadline_s)
-            current = _read(self.location, holder.generation, self.deadline_s) \
-                if generations and generations[-1] == holder.generation else None
-            if current is None or current.superseded_by is not None or current.lease_id != holder.lease_id:
+            current = _read(self.location, holder.generation, self.deadline_s)
+            if (current is None or current.superseded_by is not None or current.lease_id != holder.lease_id
+                    or (generations and generations[-1] > holder.generation)):
                 newer = _read(self.location, generations[-1], self.deadline_s) if generations else None
                 self._lost = (f"another run took over {self.location.url}"
                               + (f" ({newer.describe()})" if newer else "") + "; this run stopped writing")
                 return
-            renewed = dataclasses.replace(holder, heartbeat=time.time())
+            if holder.heartbeat_age_s() > 0.75 * self.lease_s:  # the checks took so long it may be taken over
+                self._lose_by_age(holder)
+                return
+            renewed = dataclasses.replace(holder, heartbeat=now)
             self._write(renewed)
             self._holder = renewed
             self._last_error = None
@@ -775,7 +821,8 @@ class RunLock:
             if generations and generations[-1] == holder.generation:
                 if self._used:
                     now = time.time()
-                    quiet = {"finished": now, "stopped": now + self.deadline_s}.get(self._tasks_done)
+                    stopped = now + check_interval_s(self.lease_s) + self.deadline_s
+                    quiet = {"finished": now, "stopped": stopped}.get(self._tasks_done)
                     self._write(dataclasses.replace(holder, released=now, tasks_quiet_at=quiet))
                 else:
                     self._discard(holder)

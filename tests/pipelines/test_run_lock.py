@@ -281,3 +281,61 @@ def test_memory_storage_uses_the_non_atomic_fallback():
     with pytest.raises(RunLockHeldError):
         RunLock(location).acquire()
     lock.release()
+
+
+def test_worker_records_and_their_failures(tmp_path, monkeypatch):
+    """The lock says "no worker" until the run records its workers (strictly, before any task); a
+    later record that cannot be written waits for the next heartbeat instead of failing the run."""
+    from pipelines.errors import StorageError
+    from pipelines.run_lock import this_machine
+
+    location = OutputLocation(str(tmp_path / "run"))
+    lock = RunLock(location, lease_s=60).acquire()
+    written = read_holder(location)
+    assert written.workers == [] and written.machine == this_machine()
+    lock.set_workers([[os.getpid(), None]], strict=True)
+    assert read_holder(location).workers == [[os.getpid(), None]]
+
+    def failing(holder):
+        raise StorageError("the storage is down")
+
+    monkeypatch.setattr(lock, "_write", failing)
+    lock.set_workers([[1, None]])  # no exception: the run goes on
+    assert lock._holder.workers == [[1, None]] and not lock.lost
+    with pytest.raises(StorageError):
+        lock.set_workers([[2, None]], strict=True)
+    monkeypatch.undo()
+    lock.renew()  # the next heartbeat carries the record
+    assert read_holder(location).workers == [[2, None]]
+    lock.release()
+
+
+def test_a_clock_ahead_cannot_make_a_rerun_wait_for_hours(tmp_path, caplog):
+    location = OutputLocation(str(tmp_path / "run"))
+    future = time.time() + 3600
+    write_holder(location, 1, heartbeat=future, released=future, tasks_quiet_at=future, lease_s=60.0)
+    lock = RunLock(location).acquire()
+    assert lock.quiet_until <= time.time() + 50  # at most 10/12 of its lease
+    assert "clock 3600 s ahead" in caplog.text or "clock 3599 s ahead" in caplog.text
+    lock.release()
+
+
+def test_a_run_that_lost_its_lock_says_why_whatever_failed_last(tmp_path):
+    """The heartbeat gave up during a storage outage while the driver's own write failed too: exit code 4
+    (or 5 when another run took over), never 2, and run.json is not written."""
+    from pipelines.errors import RunStorageError, StorageError, exit_code_of
+    from pipelines.graph import _record_stop
+
+    location = OutputLocation(str(tmp_path / "run"))
+    lock = RunLock(location, lease_s=60).acquire()
+    lock.mark_used()
+    lock._last_error = "StorageError: the storage is down"
+    lock._lose_by_age(lock._holder)
+    raised = _record_stop(location.with_lease(lock.lease), {"sessions": [{}]}, StorageError("cannot write x"),
+                          time.perf_counter(), lock)
+    assert isinstance(raised, RunStorageError) and exit_code_of(raised) == 4 and "the storage failed" in str(raised)
+    assert not (tmp_path / "run" / "run.json").exists()
+    lock._lost_to_storage, lock._last_error = False, None
+    raised = _record_stop(location, {"sessions": [{}]}, StorageError("x"), time.perf_counter(), lock)
+    assert isinstance(raised, RunLockLostError) and exit_code_of(raised) == 5
+    lock.release()
