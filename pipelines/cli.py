@@ -48,6 +48,7 @@ EPILOG = """exit codes:
   4    the storage failed during the run; resumable once it works again
   5    the run lost its output folder's lock to another run and stopped writing
   130  interrupted (Ctrl-C, SIGTERM); resumable
+  141  (opso status) the pipe it printed to closed early, e.g. `| head`; not an error
 """
 
 #: environment variables whose values never appear in a log line
@@ -215,6 +216,11 @@ def _status_target(args) -> tuple[str, dict]:
             from pipelines.errors import ConfigError
 
             raise ConfigError(f"--storage-options is not valid JSON: {exc}") from None
+        if not isinstance(options, dict):
+            from pipelines.errors import ConfigError
+
+            raise ConfigError("--storage-options must be a JSON object, e.g. "
+                              '\'{"client_kwargs": {"endpoint_url": "http://minio:9000"}}\'')
     target = args.target
     if os.path.isfile(target) and target.lower().endswith((".yaml", ".yml")):
         from pipelines.config import load_config
@@ -226,18 +232,39 @@ def _status_target(args) -> tuple[str, dict]:
 
 
 def _cmd_status(args) -> int:
+    from pipelines.errors import StorageError
     from pipelines.results import read_lock_holder, read_status, status_lines
 
     url, options = _status_target(args)
     _REDACTION.add(secrets_of(options))
-    status = read_status(url, options)
-    holder = read_lock_holder(url, options)
+    try:
+        try:
+            status = read_status(url, options)
+        except StorageError:
+            if not _has_lock(url, options):
+                raise
+            status = {}  # taken by a run that has not written run.json yet
+        holder = read_lock_holder(url, options)
+    except StorageError as exc:
+        if "://" in url and not options and "credential" in str(exc).lower():
+            raise StorageError(f"{exc} (give the storage options with --storage-options '{{...}}', or the run's "
+                               "configuration file instead of its URL)") from None
+        raise
     if args.json:
         print(json.dumps({**status, "lock": holder.to_json() if holder else None}, indent=2))
         return EXIT_OK
     for line in status_lines(url, status, holder):
         print(line)
     return EXIT_OK
+
+
+def _has_lock(url: str, options: dict) -> bool:
+    from pipelines.results import read_lock_holder
+
+    try:
+        return read_lock_holder(url, options) is not None
+    except Exception:  # the first error is the one to report
+        return False
 
 
 def _cmd_demo(args) -> int:
@@ -306,8 +333,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _interrupt_on_sigterm(signum, frame):
-    raise KeyboardInterrupt  # scancel of a driver job, docker stop, kill: clean up as for Ctrl-C
+_INTERRUPTED: list[int] = []
+
+
+def _interrupt(signum, frame):
+    """Ctrl-C, and SIGTERM (scancel of a driver job, docker stop, kill): clean up as for Ctrl-C. A second
+    signal while the run cleans up (closing its cluster, releasing its lock) is ignored, so that it
+    cannot break the clean-up into a traceback."""
+    _INTERRUPTED.append(signum)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 #: longest word of an error message shown whole (characters); the middle of a longer one is elided
@@ -348,9 +384,10 @@ def main(argv=None) -> int:
     verbose = args.verbose + args.verbose_top
     _configure_logging(-1 if (args.quiet or args.quiet_top) else verbose)
     try:
-        previous_sigterm = signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+        previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     except ValueError:  # not the main thread (main() called from another thread)
-        previous_sigterm = None
+        previous = {}
+    _INTERRUPTED.clear()
     try:
         from opso_core.errors import OpsoError
         from pipelines.errors import exit_code_of
@@ -371,8 +408,9 @@ def main(argv=None) -> int:
         _silence_stdout()
         return EXIT_BROKEN_PIPE
     finally:
-        if previous_sigterm is not None:
-            signal.signal(signal.SIGTERM, previous_sigterm)
+        if not _INTERRUPTED:  # after an interrupt, the clean-up at exit (Dask's) must not be broken either
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

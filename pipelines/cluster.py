@@ -44,6 +44,8 @@ THREAD_LIMITS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_T
                  "VECLIB_MAXIMUM_THREADS": "1", "NUMEXPR_NUM_THREADS": "1"}
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+#: most Dask threads per core of a local cluster (more only slows the machine down)
+MAX_LOCAL_OVERSUBSCRIPTION = 4
 
 #: Dask's worker profiler samples every thread's stack every 10 ms (for the dashboard's Profile
 #: page); it took about 10 % of a spectrogram task's time, so opso's workers run without it unless
@@ -112,6 +114,12 @@ def check_cluster_settings(settings: ClusterConfig, kind: str | None = None) -> 
         kind = check_cluster_kind(kind or settings.kind)
     except ValueError as exc:
         raise ConfigError(f"cluster.kind: {exc}") from None
+    if kind == "local" and settings.n_workers is not None:
+        threads = settings.n_workers * settings.threads_per_worker
+        if threads > MAX_LOCAL_OVERSUBSCRIPTION * _cpu_count():
+            raise ConfigError(f"cluster.n_workers: {settings.n_workers} local workers of {settings.threads_per_worker} "
+                              f"thread(s) on a machine with {_cpu_count()} cores; a local cluster takes at most "
+                              f"{MAX_LOCAL_OVERSUBSCRIPTION} threads per core (null: one worker per core)")
     if kind not in JOBQUEUE_KINDS:
         return kind
     example = (f"e.g. cluster: {{kind: {kind}, n_workers: 4, threads_per_worker: 2, memory_limit: 8GiB, "

@@ -50,9 +50,16 @@ def _check_increasing(pair, form: str):
     return pair
 
 
+#: longest detector name (it becomes part of file names)
+MAX_NAME_CHARS = 64
+
+
 def _check_name(value: str) -> str:
     if not _NAME.match(value):
         raise ValueError("use letters, digits, '_', '.' or '-' only")
+    if len(value) > MAX_NAME_CHARS:
+        raise ValueError(f"at most {MAX_NAME_CHARS} characters (the name is part of the output's file names); "
+                         f"this one has {len(value):,}")
     return value
 
 
@@ -454,6 +461,29 @@ def _expanded_size(node, memo: dict, open_nodes: set) -> int:
     return size
 
 
+class _TooLargeError(yaml.constructor.ConstructorError):
+    """A valid YAML document that expands to too many values."""
+
+
+def _parse_yaml(text: str, where: str | None = None):
+    """``text`` parsed with :class:`_UniqueKeyLoader`; every problem a :class:`ConfigError` (``where``: an
+    environment variable's name)."""
+    prefix = f"{where}: " if where else "configuration "
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except _TooLargeError as exc:
+        raise ConfigError(f"{prefix}refused: {exc.problem}") from None
+    except yaml.MarkedYAMLError as exc:
+        at = f" (line {exc.problem_mark.line + 1}, column {exc.problem_mark.column + 1})" \
+            if exc.problem_mark and not where else ""
+        raise ConfigError(f"{prefix}is not valid YAML: {exc.problem}{at}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{prefix}is not valid YAML: {exc}") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        what = "an integer of more than 4,300 digits" if "integer string conversion" in str(exc) else str(exc)
+        raise ConfigError(f"{prefix}holds a value that cannot be read: {what}") from None
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """YAML's safe loader, refusing a key repeated in one mapping (plain YAML keeps the last silently)
     and a document whose aliases (``*name``) expand to more than :data:`MAX_CONFIG_VALUES` values: a
@@ -465,7 +495,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             return None
         size = _expanded_size(node, {}, set())
         if size > MAX_CONFIG_VALUES:
-            raise yaml.constructor.ConstructorError(
+            raise _TooLargeError(
                 None, None, f"with its aliases (*name) written out, the configuration holds {size:,} values (at most "
                 f"{MAX_CONFIG_VALUES:,}); write the values out instead of nesting aliases", node.start_mark)
         return self.construct_document(node)
@@ -603,6 +633,8 @@ def _format_error(exc: ValidationError) -> str:
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
         if err["type"] == "missing":
             msg = "required key is missing"
+        elif err.get("input", ...) is None and err["type"].endswith("_type"):
+            msg += " (it is null: YAML reads ~, null and an empty value as null; quote a path such as '~')"
         lines.append(f"  {loc}: {msg}" if loc else f"  {msg}")
     return "invalid configuration:\n" + "\n".join(lines)
 
@@ -617,10 +649,7 @@ def _apply_env(data: dict, environ) -> dict:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"{key}: {'.'.join(path[:-1])} is not a section")
-        try:
-            node[path[-1]] = yaml.load(value, Loader=_UniqueKeyLoader)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{key} is not a valid YAML value: {getattr(exc, 'problem', None) or exc}") from None
+        node[path[-1]] = _parse_yaml(value, where=key)
     return data
 
 
@@ -642,14 +671,7 @@ def load_config(source, environ=None) -> RunConfig:
         data = json.loads(json.dumps(source))
     else:
         text = _read_text(source)
-        try:
-            data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
-        except yaml.MarkedYAMLError as exc:
-            where = f" (line {exc.problem_mark.line + 1}, column {exc.problem_mark.column + 1})" \
-                if exc.problem_mark else ""
-            raise ConfigError(f"configuration is not valid YAML: {exc.problem}{where}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"configuration is not valid YAML: {exc}") from None
+        data = _parse_yaml(text) or {}
     if not isinstance(data, dict):
         raise ConfigError("configuration must be a mapping of sections (input, output, clips, ...)")
     data = _apply_env(data, os.environ if environ is None else environ)

@@ -532,6 +532,8 @@ def _wait_for_tasks(futures: dict, task_failures: list, progress: bool, watch) -
         stage, r = label
         if fut.status == "error":
             exc = fut.exception()
+            if isinstance(exc, RunLockLostError):  # the folder is no longer this run's: stop at once
+                raise exc
             logger.error("%s task for clips %s failed: %s", stage, r.name, exc)
             task_failures.append(dict(stage=stage, item=f"clips {r.start}-{r.stop - 1}",
                                       error_type=type(exc).__name__, message=str(exc)))
@@ -542,6 +544,10 @@ def _wait_for_tasks(futures: dict, task_failures: list, progress: bool, watch) -
 
     try:
         wait_for_futures(futures, done, watch=watch, tick=bar.tick)
+    except BaseException:
+        for fut in list(futures):  # stopped (lost lock, cluster, Ctrl-C): no task starts any more
+            fut.cancel()
+        raise
     finally:
         bar.close()
     return stage_s

@@ -283,7 +283,8 @@ def add_clip_counts_and_warnings(inventory: pd.DataFrame, clips_per_file: pd.Ser
                     f"{out.at[i, 'start_time_utc']:%Y-%m-%d %H:%M:%S} UTC ({posixpath.basename(others[0])}"
                     f"{', ...' if len(others) > 1 else ''}): copies, or a clock that was not set")
             previous = out.at[i, "warning"]
-            out.at[i, "warning"] = f"{previous}{_NOTE_SEPARATOR}{note}" if previous else note
+            out.at[i, "warning"] = f"{previous}{_NOTE_SEPARATOR}{note}" if isinstance(previous, str) and previous \
+                else note
     return _as_frame(out.to_dict("records"))
 
 

@@ -6,12 +6,13 @@ fails here, in seconds, with one message, leaving the output folder as it was:
 1. the cluster settings (kind, address, batch-system requirements; :mod:`pipelines.cluster`);
 2. input and output are different places, neither inside the other;
 3. the input can be listed and ``input.pattern`` matches files (credentials and endpoint work);
-4. the output folder is writable and no other run holds it: the run takes its lock here
+4. every CNN model can be read and its preprocessing reproduced; the recorders table is readable;
+5. the output folder is writable and no other run holds it: the run takes its lock here
    (:mod:`pipelines.run_lock`), and from here on the folder is this run's until it releases it;
-5. the output folder holds no other configuration's finished work (unless ``--overwrite``);
-6. every CNN model can be read and its preprocessing reproduced.
+6. the output folder holds no other configuration's finished work (unless ``--overwrite``).
 
-When a check after the lock fails, the lock is released before the error propagates.
+When the check after the lock fails, the lock is released (and deleted: nothing was written)
+before the error propagates.
 
 Band-versus-Nyquist checks need the sample rate: with ``spectrogram.sample_rate`` set they are part
 of the configuration's own validation; otherwise they run once the inventory has found the rate.
@@ -98,6 +99,8 @@ def check_locations(config: RunConfig) -> None:
     if out[0] == "file" and _home_or_above(out[2]):
         raise ConfigError(f"output.url {config.output.url} is {out[2]}, your home folder or a folder above it; give "
                           "the run a folder of its own, e.g. ~/opso-runs/<name>")
+    if out[0] == "file" and os.path.isfile(out[2]):
+        raise ConfigError(f"output.url {config.output.url} is a file; give a folder (new, or a run's)")
     if inp[0] != out[0] or (inp[1] and out[1] and inp[1] != out[1]):
         return
     a, b = inp[2], out[2]
@@ -143,6 +146,15 @@ def check_run(config: RunConfig, *, cluster_kind: str | None = None, overwrite: 
         raise StorageError(f"no files match input.pattern {inp.pattern!r} under {inp.url}")
     for folder, message in listing.unlisted:
         logger.warning("cannot list %s (%s): its recordings are not part of the run", folder, message)
+    if config.cnn:
+        from pipelines.cnn_scores import describe_cnn_detector
+
+        for model in config.cnn:
+            describe_cnn_detector(model, config.spectrogram.sample_rate)
+    if config.localization is not None:
+        from pipelines.localization_stage import check_localization
+
+        check_localization(config)
     location = OutputLocation(config.output.url, config.output.storage_options)
     read_previous_run(location)  # a folder of foreign outputs is refused before anything is written
     location.check_writable()
@@ -150,15 +162,6 @@ def check_run(config: RunConfig, *, cluster_kind: str | None = None, overwrite: 
     try:
         previous = read_previous_run(location)
         start = decide_start(location, previous, config.fingerprint(), overwrite)
-        if config.cnn:
-            from pipelines.cnn_scores import describe_cnn_detector
-
-            for model in config.cnn:
-                describe_cnn_detector(model, config.spectrogram.sample_rate)
-        if config.localization is not None:
-            from pipelines.localization_stage import check_localization
-
-            check_localization(config)
     except BaseException:
         lock.release()
         raise

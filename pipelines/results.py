@@ -44,7 +44,12 @@ def status_lines(url: str, status: dict, holder=None) -> list[str]:
 
     state = status.get("status", "?")
     lines = [f"run at {url}"]
-    if state == "running" and holder is not None and holder.stale_reason() is not None:
+    if not status and holder is not None:  # a lock, but no run.json yet
+        state = ("starting: the run holds the folder and is in its checks or starting its cluster"
+                 if holder.stale_reason() is None else
+                 f"never started: a run took the folder and stopped before writing ({holder.stale_reason()}); "
+                 "the next run takes it over")
+    elif state == "running" and holder is not None and holder.stale_reason() is not None:
         state = (f"running according to run.json, but no driver holds the run's lock ({holder.stale_reason()}): "
                  "the run stopped without recording its end (killed, or its storage failed); run the same "
                  "command again to resume")

@@ -306,7 +306,7 @@ class LockHolder:
             if self.writers_gone():
                 return 0.0
             return self.tasks_quiet_at if self.tasks_quiet_at is not None else self.released + interval + deadline
-        if self.writers_gone():
+        if self.writers_gone() or self.workers == []:  # gone, or never started a task: nothing can write
             return 0.0
         by_heartbeat = self.heartbeat + quiet_after_s(self.lease_s)
         return min(by_heartbeat, now + interval + deadline) if steal else by_heartbeat
@@ -608,6 +608,8 @@ class RunLock:
                 if _generations(self.location, self.deadline_s)[-1] != mine.generation:
                     self._delete(mine.generation)  # a later generation appeared at once: look again
                     continue
+                if holder is not None:  # read again: it cannot change any more (its renewals see ours now)
+                    holder = _read(self.location, holder.generation, self.deadline_s) or holder
                 if holder is not None and holder.released is None:
                     logger.warning("taking over %s from the run of %s: %s", self.location.url, holder.describe(),
                                    reason or "--steal-lock")

@@ -171,8 +171,8 @@ def read_description(source) -> dict:
         kind = file_kind(source)
         if "pickle" in kind:
             raise PickleNotAllowedError(f"the file is {kind}, not a model in opso's safe format") from exc
-        raise OpsoValueError(f"the file is {kind}, not a model in opso's safe format (written by "
-                             "CNN.save(path))") from exc
+        what = "the file is not" if kind == "not a model file" else f"the file is {kind}, not"
+        raise OpsoValueError(f"{what} a model in opso's safe format (written by CNN.save(path))") from exc
     try:
         description = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
