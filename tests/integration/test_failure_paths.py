@@ -97,6 +97,8 @@ def test_overwrite_with_a_bad_input_keeps_the_previous_results(work, capsys):
     ({"spectrogram": {"window_type": "hannn"}}, "unknown window_type 'hannn'"),
     ({"ribbit": [{**FROG, "signal_band": [19000, 25000]}]}, "above the Nyquist frequency (4000 Hz)"),
     ({"ribbit": [{**FROG, "pulse_rate_range": [40, 80]}]}, "pulse_rate_range: [40, 80] lies entirely above"),
+    ({"ribbit": [{**FROG, "name": "f" * 240}]}, "ribbit.0.name: at most 64 characters"),
+    ({"cluster": {"n_workers": 100_000, "processes": False}}, "cluster.n_workers: 100000 local workers of 1 thread"),
 ])
 def test_configuration_errors_stop_before_anything_is_written(work, capsys, sections, needle):
     rc, err = opso(capsys, "run", write_config(work, **sections))
@@ -170,6 +172,7 @@ def test_each_detector_is_read_with_one_call(work, capsys):
     (["run", "{dupes}"], 2, "key 'clips' is repeated"),
     (["status", "{work}/nothing"], 2, "no opso run at"),
     (["status", "{work}/x", "--storage-options", "{{not json"], 2, "--storage-options is not valid JSON"),
+    (["status", "{work}/x", "--storage-options", "[1]"], 2, "--storage-options must be a JSON object"),
 ])
 def test_user_errors_end_in_one_line(work, capsys, args, rc_expected, needle):
     config = write_config(work)
@@ -383,3 +386,28 @@ def test_status_prints_a_summary_and_survives_a_closed_pipe(work, capsys):
     proc.stdout.close()  # `opso status ... | head -0`: the reader is gone before anything is written
     err = proc.stderr.read().decode()
     assert proc.wait() == 141 and "Traceback" not in err and "Exception ignored" not in err, err
+
+
+def test_status_of_a_run_before_its_run_json(work, capsys):
+    """A run in its checks or starting its cluster holds the folder but has no run.json yet."""
+    from pipelines.outputs import OutputLocation
+    from pipelines.run_lock import RunLock
+
+    lock = RunLock(OutputLocation(str(work / "out"))).acquire()
+    try:
+        capsys.readouterr()
+        assert main(["status", str(work / "out")]) == 0
+        shown = capsys.readouterr().out
+        assert "state:       starting: the run holds the folder" in shown and "lock:        held by host" in shown
+    finally:
+        lock.release()
+
+
+def test_an_output_url_that_is_a_file_or_holds_a_huge_number(work, capsys):
+    (work / "afile").write_text("x")
+    rc, err = opso(capsys, "run", write_config(work, output_url=work / "afile"))
+    assert rc == 2 and "is a file; give a folder" in err
+    config = write_config(work)
+    config.write_text(config.read_text().replace("threshold: 0.02", "threshold: " + "9" * 5000))
+    rc, err = opso(capsys, "run", config)
+    assert rc == 2 and "an integer of more than 4,300 digits" in err
