@@ -288,6 +288,8 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
                 for f in missing]
         stages.append(stage)
 
+    if preflight.lock is not None:
+        preflight.lock.mark_tasks_started()
     futures = _submit_tasks(client, location, stages, config.fingerprint())
     task_failures: list[dict] = []
     stage_s.update(_wait_for_tasks(futures, task_failures, progress, watch))

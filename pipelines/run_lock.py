@@ -560,6 +560,7 @@ class RunLock:
         self._last_error: str | None = None
         self._io = threading.Lock()
         self._used = False
+        self._tasks_started = False  # no task that writes was submitted yet (see mark_tasks_started)
         self._tasks_done: str | None = None  # "finished" or "stopped" (see mark_quiesced)
         self._workers: list | None = None
         self._created: list[str] = []  # local folders this lock created (deepest first)
@@ -704,6 +705,10 @@ class RunLock:
         lock released instead of deleting it."""
         self._used = True
 
+    def mark_tasks_started(self) -> None:
+        """Say that tasks that write are being submitted: until then a release needs no wait after it."""
+        self._tasks_started = True
+
     def mark_quiesced(self, *, stopped: bool = False) -> None:
         """Say that no task of this run is running: all finished (a run taking the folder after the
         release need not wait), or ``stopped`` with the cluster that ran them (a write in flight may
@@ -824,7 +829,8 @@ class RunLock:
                 if self._used:
                     now = time.time()
                     stopped = now + check_interval_s(self.lease_s) + self.deadline_s
-                    quiet = {"finished": now, "stopped": stopped}.get(self._tasks_done)
+                    done = self._tasks_done if self._tasks_started else "finished"  # no task ever wrote
+                    quiet = {"finished": now, "stopped": stopped}.get(done)
                     self._write(dataclasses.replace(holder, released=now, tasks_quiet_at=quiet))
                 else:
                     self._discard(holder)
