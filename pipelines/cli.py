@@ -354,10 +354,9 @@ _LONG_WORD = re.compile(rf"\S{{{MAX_WORD_CHARS + 1},}}")
 
 
 def _elide_words(text: str) -> str:
-    text = _LONG_WORD.sub(lambda m: f"{m[0][:120]}…[{len(m[0]) - 160:,} characters]…{m[0][-40:]}", text)
-    if len(text) > MAX_LINE_CHARS:
-        text = f"{text[:MAX_LINE_CHARS - 60]}…[{len(text) - MAX_LINE_CHARS + 60:,} characters]"
-    return text
+    from pipelines.run_summary import elide
+
+    return elide(_LONG_WORD.sub(lambda m: elide(m[0], MAX_WORD_CHARS), text), MAX_LINE_CHARS)
 
 
 def _one_line(exc: BaseException) -> str:

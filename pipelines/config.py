@@ -125,12 +125,13 @@ class OutputConfig(_WithStorage):
 
     @model_validator(mode="after")
     def _lease_for_object_storage(self):
+        from pipelines.run_lock import write_deadline_s
         from pipelines.storage_options import protocol_of
 
         if protocol_of(self.url) != "file" and self.lease_s < MIN_REMOTE_LEASE_S:
             raise ValueError(f"output.lease_s must be at least {MIN_REMOTE_LEASE_S:g} s on object storage: a write "
                              f"there has lease_s / 4 to land, with its retries ({self.lease_s:g} s gives "
-                             f"{self.lease_s / 4:g} s)")
+                             f"{write_deadline_s(self.lease_s):g} s)")
         return self
 
 
@@ -603,9 +604,10 @@ def check_sizes(clips: ClipConfig, spectrogram: SpectrogramConfig, sample_rate_h
                           f"make Zarr chunks of {_gb(chunk_bytes)} (at most {_gb(MAX_CHUNK_BYTES)}; readers load a "
                           f"whole chunk); use at most {fits:,}")
     if output is not None and spectrogram.store != "none":
+        from pipelines.run_lock import write_deadline_s
         from pipelines.storage_options import protocol_of
 
-        deadline_s = output.lease_s / 4
+        deadline_s = write_deadline_s(output.lease_s)
         if protocol_of(output.url) != "file" and chunk_bytes > deadline_s * MIN_WRITE_RATE_BPS:
             fits = max(1, int(deadline_s * MIN_WRITE_RATE_BPS // (clip_values * value_bytes)))
             raise ConfigError(f"spectrogram.clips_per_chunk: chunks of {_gb(chunk_bytes)} cannot be written to "

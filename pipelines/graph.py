@@ -44,7 +44,12 @@ from pipelines.clip_plan import plan_clips
 from pipelines.cnn_scores import cnn_stage, describe_cnn_detector
 from pipelines.config import RunConfig, check_sizes, check_species_bands
 from pipelines.errors import RunLockLostError, RunStorageError, StorageError
-from pipelines.inventory import add_clip_counts_and_warnings, inventory_files, unlisted_folder_rows
+from pipelines.inventory import (
+    add_clip_counts_and_warnings,
+    count_warnings,
+    inventory_files,
+    unlisted_folder_rows,
+)
 from pipelines.localization_stage import LOCALIZATION_SCHEMA, localization_stage
 from pipelines.outputs import OutputLocation
 from pipelines.preflight import Preflight, check_run
@@ -193,7 +198,7 @@ def _watching_lock(watch, lock, client):
     def check():
         lock.check()
         watch()
-        if time.monotonic() - last[0] >= lock.lease_s / 8:
+        if lock.workers is not None and time.monotonic() - last[0] >= lock.lease_s / 8:  # local clusters only
             last[0] = time.monotonic()
             lock.set_workers(local_worker_processes(client))
 
@@ -240,10 +245,10 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
                 progress: bool, watch, started: float) -> RunSummary:
     stage_s = {}
     t0 = time.perf_counter()
-    inventory, stored = _inventory(config, location, client, preflight, progress, watch)
+    found, stored = _inventory(config, location, client, preflight, progress, watch)
     stage_s["inventory"] = time.perf_counter() - t0
 
-    sample_rate_hz = _sample_rate(config, inventory)
+    sample_rate_hz = _sample_rate(config, found)
     params = config.spectrogram.params(sample_rate_hz)
     if config.spectrogram.sample_rate is None:  # else checked with the configuration
         if config.ribbit:
@@ -254,16 +259,16 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
     if not spectrogram_stage_runs:  # nothing would use the spectrograms: the CNNs compute their own input
         logger.info("no spectrogram stage: no RIBBIT species and spectrogram.store is 'none'")
     detectors = [describe_cnn_detector(m, sample_rate_hz) for m in config.cnn]
-    det_plans = [plan_clips(inventory, clip_duration=det.clip_duration_s, clip_overlap=det.overlap_s,
+    det_plans = [plan_clips(found, clip_duration=det.clip_duration_s, clip_overlap=det.overlap_s,
                             final_clip=det.final_clip) for det in detectors]
     if spectrogram_stage_runs:
-        plan = plan_clips(inventory, clip_duration=clips_cfg.duration, clip_overlap=clips_cfg.overlap,
+        plan = plan_clips(found, clip_duration=clips_cfg.duration, clip_overlap=clips_cfg.overlap,
                           final_clip=clips_cfg.final_clip)
     else:  # without a spectrogram stage the first CNN's clips are the run's clips
         plan = det_plans[0]
     logger.info("%d clips at %d Hz", len(plan), sample_rate_hz)
-    inventory = add_clip_counts_and_warnings(inventory, plan.groupby("file", sort=False).size())
-    if not stored or not inventory.equals(location.read_parquet("inventory.parquet")):
+    inventory = add_clip_counts_and_warnings(found, plan.groupby("file", sort=False).size())
+    if not stored or not inventory.equals(found):  # a stored inventory is rewritten only if it lacks these
         location.write_parquet("inventory.parquet", inventory)
     readable = inventory[inventory["status"] != "failed"]
 
@@ -357,7 +362,7 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
         audio_hours=float(readable["duration_s"].sum()) / 3600, n_clips=len(plan),
         n_clips_failed=len(plan) - n_clips_ok, detections=detections, n_failures=len(failures_df),
         wall_s=wall_s, stage_wall_s=stage_s, n_files_no_clips=int((files.status == "no_clips").sum()),
-        n_folders_unlisted=len(inventory) - len(files), warnings=_warning_counts(inventory),
+        n_folders_unlisted=len(inventory) - len(files), warnings=count_warnings(inventory),
         dropped=dropped, total_wall_s=_total_wall_s(sessions, finished_at), n_sessions=len(sessions),
         failure_overview=_failure_overview(failures_df),
         task_failures=dict(collections.Counter(f["error_type"] for f in task_failures)))
@@ -385,15 +390,6 @@ def _total_wall_s(sessions: list[dict], finished_at: list[float]) -> float:
         during = [t for t in finished_at if begin <= t <= end]
         total += max(during) - begin if during else 0.0
     return total
-
-
-def _warning_counts(inventory: pd.DataFrame) -> dict[str, int]:
-    warnings_ = inventory["warning"].dropna().astype(str)
-    counts = {"files whose name and AudioMoth comment disagree on the start time":
-              int(warnings_.str.contains("the AudioMoth comment says").sum()),
-              "files sharing a start time with another file of their recorder":
-              int(warnings_.str.contains("other file\\(s\\) starting at").sum())}
-    return {k: v for k, v in counts.items() if v}
 
 
 def _failure_overview(failures: pd.DataFrame, most: int = 4) -> list[str]:

@@ -32,7 +32,7 @@ from pipelines.errors import StorageError
 from pipelines.storage_options import with_storage_defaults
 
 __all__ = ["INVENTORY_COLUMNS", "START_TIME_TOLERANCE_S", "ArchiveListing", "add_clip_counts_and_warnings",
-           "inventory_file", "inventory_files", "list_archive", "list_audio_files", "recorder_of", "start_time_of",
+           "count_warnings", "inventory_file", "inventory_files", "list_archive", "list_audio_files", "recorder_of", "start_time_of",
            "unlisted_folder_rows"]
 
 INVENTORY_COLUMNS = ["file", "recorder", "start_time_utc", "start_time_source", "sample_rate", "channels", "frames",
@@ -154,7 +154,7 @@ def _start_times(path: str, tags: dict, timezone: str) -> tuple[datetime.datetim
     if from_name is not None:
         apart_s = abs((from_comment - from_name).total_seconds())
         if apart_s > START_TIME_TOLERANCE_S:
-            warning = (f"start time: the AudioMoth comment says {from_comment:%Y-%m-%d %H:%M:%S} UTC, the file name "
+            warning = (f"{_NAME_VS_COMMENT} {from_comment:%Y-%m-%d %H:%M:%S} UTC, the file name "
                        f"{from_name:%Y-%m-%d %H:%M:%S} UTC ({_span(apart_s)} apart); the comment is used (check "
                        "input.timezone, and whether the file was renamed or the recorder's clock was set)")
     return from_comment, "comment", warning
@@ -290,6 +290,17 @@ def add_clip_counts_and_warnings(inventory: pd.DataFrame, clips_per_file: pd.Ser
 
 _NOTE_SEPARATOR = " | "
 _REPEATED_START = "start time: recorder"
+_NAME_VS_COMMENT = "start time: the AudioMoth comment says"
+
+
+def count_warnings(inventory: pd.DataFrame) -> dict[str, int]:
+    """Files per kind of start-time warning (kinds with none left out), for the run's summary."""
+    notes = inventory["warning"].dropna().astype(str).str.split(_NOTE_SEPARATOR, regex=False)
+    counts = {"files whose name and AudioMoth comment disagree on the start time":
+              int(notes.map(lambda ns: any(n.startswith(_NAME_VS_COMMENT) for n in ns)).sum()),
+              "files sharing a start time with another file of their recorder":
+              int(notes.map(lambda ns: any(n.startswith(_REPEATED_START) for n in ns)).sum())}
+    return {k: v for k, v in counts.items() if v}
 
 
 def _without_derived_notes(warning) -> str | None:

@@ -71,6 +71,9 @@ class OutputLocation:
         except Exception as exc:  # fsspec raises whatever its backend raises for bad options
             raise StorageError(f"cannot open {url}: {type(exc).__name__}: {exc}") from exc
         self.is_local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        from fsspec.asyn import AsyncFileSystem
+
+        self._is_async = isinstance(self.fs, AsyncFileSystem)
         if self.is_local:
             self.root = os.path.abspath(self.root)
             self.url = self.root
@@ -146,10 +149,10 @@ class OutputLocation:
         time, or fails. None without a lease."""
         return None if self.lease is None else self.lease.write_deadline_s
 
-    def _remote(self, deadline_s: float | None) -> dict:
-        from fsspec.asyn import AsyncFileSystem
-
-        return {"timeout": deadline_s} if deadline_s and isinstance(self.fs, AsyncFileSystem) else {}
+    def deadline(self, deadline_s: float | None) -> dict:
+        """Keyword arguments that give a call on the location's file system ``deadline_s`` seconds to finish
+        (fsspec's ``timeout`` of asynchronous, object-storage file systems; none for local disks)."""
+        return {"timeout": deadline_s} if deadline_s and self._is_async else {}
 
     def write_bytes_unguarded(self, rel: str, data: bytes, *, in_place_when_full: bool = False,
                               deadline_s: float | None = None) -> None:
@@ -174,7 +177,7 @@ class OutputLocation:
                         f.write(data)
                         f.truncate()
             else:
-                self.fs.pipe_file(target, data, **self._remote(deadline_s))  # one PUT
+                self.fs.pipe_file(target, data, **self.deadline(deadline_s))  # one PUT
         except Exception as exc:  # backends raise their own types: one error for the user
             from fsspec.exceptions import FSTimeoutError
 
@@ -238,7 +241,7 @@ class OutputLocation:
             self.check_lease()
             with self._errors("delete files under", ""):
                 self.fs.rm([self.path(r) for r in rels[i : i + self.DELETE_BATCH]],
-                           **self._remote(self._deadline_s()))
+                           **self.deadline(self._deadline_s()))
 
     def remove_tree(self, rel: str) -> None:
         """Delete folder ``rel`` and everything in it; used by :mod:`pipelines.run_folder` only."""

@@ -43,14 +43,14 @@ def status_lines(url: str, status: dict, holder=None) -> list[str]:
     from pipelines.run_summary import RunSummary
 
     state = status.get("status", "?")
+    stale = None if holder is None else holder.stale_reason()
     lines = [f"run at {url}"]
     if not status and holder is not None:  # a lock, but no run.json yet
-        state = ("starting: the run holds the folder and is in its checks or starting its cluster"
-                 if holder.stale_reason() is None else
-                 f"never started: a run took the folder and stopped before writing ({holder.stale_reason()}); "
-                 "the next run takes it over")
-    elif state == "running" and holder is not None and holder.stale_reason() is not None:
-        state = (f"running according to run.json, but no driver holds the run's lock ({holder.stale_reason()}): "
+        state = ("starting: the run holds the folder and is in its checks or starting its cluster" if stale is None
+                 else f"never started: a run took the folder and stopped before writing ({stale}); the next run "
+                 "takes it over")
+    elif state == "running" and stale is not None:
+        state = (f"running according to run.json, but no driver holds the run's lock ({stale}): "
                  "the run stopped without recording its end (killed, or its storage failed); run the same "
                  "command again to resume")
     lines.append(f"  state:       {state}")
@@ -64,8 +64,8 @@ def status_lines(url: str, status: dict, holder=None) -> list[str]:
     if holder is not None:
         if holder.released is not None:
             lock = f"free (released {holder.released_utc} by host {holder.host}, pid {holder.pid}, user {holder.user})"
-        elif holder.stale_reason() is not None:
-            lock = f"stale: {holder.describe()}; another run may take it over ({holder.stale_reason()})"
+        elif stale is not None:
+            lock = f"stale: {holder.describe()}; another run may take it over ({stale})"
         else:
             lock = f"held by {holder.describe()}; lease {holder.lease_s:g} s"
         lines.append(f"  lock:        {lock}")

@@ -190,19 +190,12 @@ def _generation_name(generation: int) -> str:
     return f"{LOCK_FOLDER}/{generation:09d}.json"
 
 
-def _io(location: OutputLocation, deadline_s: float | None) -> dict:
-    """Keyword arguments that give a call on an asynchronous (object-storage) file system a deadline."""
-    from fsspec.asyn import AsyncFileSystem
-
-    return {"timeout": deadline_s} if deadline_s and isinstance(location.fs, AsyncFileSystem) else {}
-
-
 def _generations(location: OutputLocation, deadline_s: float | None = None) -> list[int]:
     """The lock generations in the folder, ascending (a fresh listing, whatever the storage options say)."""
     folder = location.path(LOCK_FOLDER)
     try:
         location.fs.invalidate_cache(folder)
-        entries = location.fs.ls(folder, detail=False, **_io(location, deadline_s))
+        entries = location.fs.ls(folder, detail=False, **location.deadline(deadline_s))
     except FileNotFoundError:
         return []
     except Exception as exc:
@@ -329,7 +322,7 @@ def _read(location: OutputLocation, generation: int, deadline_s: float | None = 
     rel = _generation_name(generation)
     for attempt in range(5):  # an O_EXCL create may be read before its content is written
         try:
-            data = location.fs.cat_file(location.path(rel), **_io(location, deadline_s))
+            data = location.fs.cat_file(location.path(rel), **location.deadline(deadline_s))
             return LockHolder.from_json(generation, json.loads(data))
         except FileNotFoundError:
             return None
@@ -350,7 +343,7 @@ def _read(location: OutputLocation, generation: int, deadline_s: float | None = 
 def _ours(location: OutputLocation, rel: str, lease_id: str, deadline_s: float | None) -> bool | None:
     """Whether ``rel`` holds our ``lease_id``; None when it does not exist."""
     try:
-        data = json.loads(location.fs.cat_file(location.path(rel), **_io(location, deadline_s)))
+        data = json.loads(location.fs.cat_file(location.path(rel), **location.deadline(deadline_s)))
     except FileNotFoundError:
         return None
     except (ValueError, TypeError):
@@ -371,7 +364,7 @@ def _create_exclusive(location: OutputLocation, rel: str, data: bytes, lease_id:
             return _create_local(target, data)
         if "s3" in _protocols(location.fs):
             try:
-                location.fs.pipe_file(target, data, mode="create", **_io(location, deadline_s))  # If-None-Match: *
+                location.fs.pipe_file(target, data, mode="create", **location.deadline(deadline_s))  # If-None-Match: *
                 return True
             except Exception as exc:  # a conflict (412/409, mapped variously), or an error after it landed
                 mine = _ours(location, rel, lease_id, deadline_s)
@@ -736,6 +729,12 @@ class RunLock:
             self._last_error = f"{type(exc).__name__}: {exc}"
             logger.warning("could not record the run's workers in its lock on %s (the next heartbeat will): %s",
                            self.location.url, exc)
+
+    @property
+    def workers(self) -> list | None:
+        """The run's recorded local worker processes (None: unknown or remote)."""
+        holder = self._holder
+        return None if holder is None else holder.workers
 
     @property
     def lost(self) -> str | None:
