@@ -32,8 +32,8 @@ from pathlib import Path
 
 def _run_stage(config, device, workers: int):
     """Run the pipeline once; returns its summary. GPU runs use workers with the GPU resource."""
-    from pipelines.cluster import open_cluster
-    from pipelines.graph import run_pipeline
+    from pipelines.driver.cluster import open_cluster
+    from pipelines.driver.run import run_pipeline
 
     if device.type == "cuda":
         from distributed import Client, LocalCluster
@@ -58,7 +58,7 @@ def main():
     from opso_core.ml.utils import inference_input, inference_network
     from opso_core.testing import make_archive
     from pipelines.config import load_config
-    from pipelines.outputs import OutputLocation
+    from pipelines.outputs.location import OutputLocation
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="audio minutes in the archive [10]")

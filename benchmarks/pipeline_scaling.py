@@ -34,10 +34,10 @@ def _worker_peak_rss_mb():
 
 def run(archive: Path, out: Path, *, workers: int, sample_rate_hz: int, extra=None) -> dict:
     """One pipeline run in this process's cluster; the summary, task records and worker peak memory."""
-    from pipelines.cluster import open_cluster
     from pipelines.config import load_config
-    from pipelines.graph import run_pipeline
-    from pipelines.outputs import OutputLocation
+    from pipelines.driver.cluster import open_cluster
+    from pipelines.driver.run import run_pipeline
+    from pipelines.outputs.location import OutputLocation
 
     cfg = {"input": {"url": str(archive)}, "output": {"url": str(out)}, "clips": {"duration": 2.0},
            "spectrogram": {"sample_rate": sample_rate_hz}, "ribbit": SPECIES,

@@ -155,10 +155,10 @@ def _quiet_shutdown() -> None:
 
 
 def _run(config, cluster_kind=None, overwrite=False, progress=True, steal_lock=False):
-    from pipelines.cluster import open_cluster
     from pipelines.config import JOBQUEUE_KINDS
-    from pipelines.graph import run_pipeline
-    from pipelines.preflight import check_run
+    from pipelines.driver.cluster import open_cluster
+    from pipelines.driver.preflight import check_run
+    from pipelines.driver.run import run_pipeline
 
     _hide_secrets_of(config)
     preflight = check_run(config, cluster_kind=cluster_kind, overwrite=overwrite, steal_lock=steal_lock)
@@ -233,7 +233,7 @@ def _status_target(args) -> tuple[str, dict]:
 
 def _cmd_status(args) -> int:
     from pipelines.errors import StorageError
-    from pipelines.results import read_lock_holder, read_status, status_lines
+    from pipelines.outputs.results import read_lock_holder, read_status, status_lines
 
     url, options = _status_target(args)
     _REDACTION.add(secrets_of(options))
@@ -259,7 +259,7 @@ def _cmd_status(args) -> int:
 
 
 def _has_lock(url: str, options: dict) -> bool:
-    from pipelines.results import read_lock_holder
+    from pipelines.outputs.results import read_lock_holder
 
     try:
         return read_lock_holder(url, options) is not None
@@ -354,7 +354,7 @@ _LONG_WORD = re.compile(rf"\S{{{MAX_WORD_CHARS + 1},}}")
 
 
 def _elide_words(text: str) -> str:
-    from pipelines.run_summary import elide
+    from pipelines.driver.summary import elide
 
     return elide(_LONG_WORD.sub(lambda m: elide(m[0], MAX_WORD_CHARS), text), MAX_LINE_CHARS)
 

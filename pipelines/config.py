@@ -72,7 +72,7 @@ def _storage_defaults(data, url_key: str = "url"):
     section's ``url`` (:func:`pipelines.storage_options.with_storage_defaults`; the user's values win)."""
     if isinstance(data, dict) and isinstance(data.get(url_key), str) and \
             isinstance(data.get("storage_options", {}), dict):
-        from pipelines.storage_options import with_storage_defaults
+        from pipelines.outputs.storage_options import with_storage_defaults
 
         options = with_storage_defaults(data[url_key], data.get("storage_options"))
         if options:
@@ -125,8 +125,8 @@ class OutputConfig(_WithStorage):
 
     @model_validator(mode="after")
     def _lease_for_object_storage(self):
-        from pipelines.run_lock import write_deadline_s
-        from pipelines.storage_options import protocol_of
+        from pipelines.outputs.run_lock import write_deadline_s
+        from pipelines.outputs.storage_options import protocol_of
 
         if protocol_of(self.url) != "file" and self.lease_s < MIN_REMOTE_LEASE_S:
             raise ValueError(f"output.lease_s must be at least {MIN_REMOTE_LEASE_S:g} s on object storage: a write "
@@ -604,8 +604,8 @@ def check_sizes(clips: ClipConfig, spectrogram: SpectrogramConfig, sample_rate_h
                           f"make Zarr chunks of {_gb(chunk_bytes)} (at most {_gb(MAX_CHUNK_BYTES)}; readers load a "
                           f"whole chunk); use at most {fits:,}")
     if output is not None and spectrogram.store != "none":
-        from pipelines.run_lock import write_deadline_s
-        from pipelines.storage_options import protocol_of
+        from pipelines.outputs.run_lock import write_deadline_s
+        from pipelines.outputs.storage_options import protocol_of
 
         deadline_s = write_deadline_s(output.lease_s)
         if protocol_of(output.url) != "file" and chunk_bytes > deadline_s * MIN_WRITE_RATE_BPS:

@@ -14,7 +14,7 @@ DEPLOY = Path(__file__).parent.parent / "deploy"
 @pytest.mark.parametrize("kind", ["slurm", "pbs"])
 def test_example_configuration(kind):
     pytest.importorskip("dask_jobqueue")
-    from pipelines.cluster import job_script
+    from pipelines.driver.cluster import job_script
 
     config = load_config(DEPLOY / kind / "frogs.yaml", environ={})
     assert config.cluster.kind == kind and config.cluster.n_workers == 16

@@ -7,7 +7,7 @@ import matplotlib
 import pytest
 
 from pipelines.demo import prepare_demo
-from pipelines.graph import run_pipeline
+from pipelines.driver.run import run_pipeline
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 

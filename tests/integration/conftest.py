@@ -153,7 +153,7 @@ def slurm(tmp_path_factory):
 
 def _run_tables(out) -> dict:
     """A run's tables, sorted so that two runs of one configuration compare equal."""
-    from pipelines.outputs import OutputLocation
+    from pipelines.outputs.location import OutputLocation
 
     loc = OutputLocation(str(out))
     key = ["file", "start_time"]

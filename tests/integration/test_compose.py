@@ -160,7 +160,7 @@ def test_one_shot_run_on_the_stack_equals_a_local_run(compose_stack, archive, da
     import s3fs
 
     from pipelines.config import load_config
-    from pipelines.graph import run_pipeline
+    from pipelines.driver.run import run_pipeline
 
     env = compose_stack["env"]
     host_options = {"key": "opso", "secret": "opso-secret-key",

@@ -147,7 +147,7 @@ def test_all_files_failing_leaves_readable_empty_tables(work, capsys, monkeypatc
 
 
 def test_each_detector_is_read_with_one_call(work, capsys):
-    from pipelines.results import list_detectors, read_detections, read_scores
+    from pipelines.outputs.results import list_detectors, read_detections, read_scores
 
     config = write_config(work, ribbit=[FROG, {**FROG, "name": "toad", "pulse_rate_range": [3, 8]}])
     assert opso(capsys, "run", config)[0] == 0
@@ -390,8 +390,8 @@ def test_status_prints_a_summary_and_survives_a_closed_pipe(work, capsys):
 
 def test_status_of_a_run_before_its_run_json(work, capsys):
     """A run in its checks or starting its cluster holds the folder but has no run.json yet."""
-    from pipelines.outputs import OutputLocation
-    from pipelines.run_lock import RunLock
+    from pipelines.outputs.location import OutputLocation
+    from pipelines.outputs.run_lock import RunLock
 
     lock = RunLock(OutputLocation(str(work / "out"))).acquire()
     try:

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from pipelines.config import load_config
-from pipelines.graph import run_pipeline
+from pipelines.driver.run import run_pipeline
 
 pytestmark = pytest.mark.slow
 

@@ -15,9 +15,9 @@ from opso_core.ml import cnn_architectures as ca
 from opso_core.ml.cnn import CNN
 from opso_core.testing import make_archive
 from pipelines.config import load_config
+from pipelines.driver.run import run_pipeline
 from pipelines.errors import ConfigError
-from pipelines.graph import run_pipeline
-from pipelines.outputs import OutputLocation
+from pipelines.outputs.location import OutputLocation
 
 CLASSES = ["frog", "other"]
 TOLERANCE = 1e-4  # torch's antialiased resize on the device vs PIL's in CNN.predict

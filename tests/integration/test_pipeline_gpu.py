@@ -11,8 +11,8 @@ from opso_core.ml import cnn_architectures as ca
 from opso_core.ml.cnn import CNN
 from opso_core.testing import make_archive
 from pipelines.config import load_config
-from pipelines.graph import run_pipeline
-from pipelines.outputs import OutputLocation
+from pipelines.driver.run import run_pipeline
+from pipelines.outputs.location import OutputLocation
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none is visible)")]

@@ -9,8 +9,8 @@ import pytest
 
 from opso_core.testing import make_archive
 from pipelines.config import load_config
-from pipelines.graph import run_pipeline
-from pipelines.localization_stage import LOCALIZATION_SCHEMA
+from pipelines.driver.run import run_pipeline
+from pipelines.stages.localization import LOCALIZATION_SCHEMA
 
 SR = 16000
 FROG = {"name": "frog", "signal_band": [1500, 2500], "pulse_rate_range": [9, 15],
@@ -78,7 +78,7 @@ def test_localizes_calls_on_a_grid(grid, tmp_path, dask_client):
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "run" / "localizations"), result)
 
     # every candidate event is either localized or counted as dropped, with the reason
-    from pipelines.localization_stage import DROP_REASONS, candidate_events, read_recorders_table
+    from pipelines.stages.localization import DROP_REASONS, candidate_events, read_recorders_table
 
     detections = pd.read_parquet(tmp_path / "run" / "detections")
     inventory = pd.read_parquet(tmp_path / "run" / "inventory.parquet")
@@ -135,7 +135,7 @@ def test_localization_on_s3_equals_local(grid, tmp_path, dask_client, s3_storage
     }, environ={})
     remote = run_pipeline(config, dask_client, progress=False)
     assert remote.status == "complete"
-    from pipelines.outputs import OutputLocation
+    from pipelines.outputs.location import OutputLocation
 
     got = OutputLocation("s3://opso-loc/run", s3_storage_options).read_parquet_folder("localizations")
     want = pd.read_parquet(tmp_path / "local" / "localizations")
@@ -179,7 +179,7 @@ def test_localization_tasks_stay_off_gpu_workers(grid, tmp_path):
 
     from distributed import Client, LocalCluster
 
-    from pipelines.outputs import OutputLocation
+    from pipelines.outputs.location import OutputLocation
 
     archive, table = grid
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",

@@ -15,8 +15,8 @@ from opso_core import Audio, Spectrogram
 from opso_core.ribbit import ribbit
 from opso_core.utils import generate_clip_times_df
 from pipelines.config import load_config
+from pipelines.driver.run import read_status, run_pipeline
 from pipelines.errors import OutputConflictError
-from pipelines.graph import read_status, run_pipeline
 
 SR = 16000
 SPECIES = {"name": "frog12", "signal_band": [1800, 2200], "pulse_rate_range": [9, 15],
@@ -51,7 +51,7 @@ class Run:
 @pytest.fixture(scope="module", params=["local", pytest.param("s3", marks=pytest.mark.s3)])
 def run(request, archive, dask_client, tmp_path_factory):
     """The pipeline run once per storage kind; every test below checks it."""
-    from pipelines.outputs import OutputLocation
+    from pipelines.outputs.location import OutputLocation
 
     if request.param == "local":
         options = {}

@@ -10,8 +10,8 @@ import xarray as xr
 import yaml
 
 from pipelines.config import load_config
-from pipelines.graph import run_pipeline
-from pipelines.outputs import OutputLocation
+from pipelines.driver.run import run_pipeline
+from pipelines.outputs.location import OutputLocation
 
 pytestmark = pytest.mark.slow
 

@@ -19,8 +19,8 @@ import yaml
 
 from opso_core.testing import make_archive
 from pipelines.config import load_config
-from pipelines.graph import run_pipeline
-from pipelines.outputs import OutputLocation
+from pipelines.driver.run import run_pipeline
+from pipelines.outputs.location import OutputLocation
 
 pytestmark = pytest.mark.slow
 

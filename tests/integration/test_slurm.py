@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from pipelines.cli import main
-from pipelines.cluster import open_cluster
 from pipelines.config import load_config
+from pipelines.driver.cluster import open_cluster
+from pipelines.driver.run import run_pipeline
 from pipelines.errors import ClusterError
-from pipelines.graph import run_pipeline
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

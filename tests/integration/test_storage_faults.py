@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from opso_core.testing import make_archive
-from pipelines.outputs import OutputLocation
+from pipelines.outputs.location import OutputLocation
 
 from .fault_proxy import FaultProxy
 

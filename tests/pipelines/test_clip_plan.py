@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
 
-from pipelines.clip_plan import PLAN_COLUMNS, ClipRange, chunk_ranges, plan_clips
+from pipelines.driver.clip_plan import PLAN_COLUMNS, ClipRange, chunk_ranges, plan_clips
 
 
 def inventory():

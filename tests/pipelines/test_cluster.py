@@ -2,14 +2,14 @@ import logging
 
 import pytest
 
-from pipelines.cluster import (
+from pipelines.config import ClusterConfig
+from pipelines.driver.cluster import (
     ClusterSession,
     check_cluster_settings,
     job_script,
     jobqueue_kwargs,
     open_cluster,
 )
-from pipelines.config import ClusterConfig
 from pipelines.errors import ClusterError, ConfigError
 
 

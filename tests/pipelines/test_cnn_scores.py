@@ -4,7 +4,7 @@ import os
 
 import torch
 
-from pipelines.cnn_scores import MAX_DEFAULT_PREPARE_THREADS, prepare_threads
+from pipelines.stages.cnn import MAX_DEFAULT_PREPARE_THREADS, prepare_threads
 
 
 def test_prepare_threads_defaults():

@@ -6,9 +6,8 @@ import pytest
 
 from opso_core.errors import ParseError
 from opso_core.testing import tone, write_audiomoth_wav, write_bad_files
-from pipelines.clip_plan import plan_clips
-from pipelines.errors import StorageError
-from pipelines.inventory import (
+from pipelines.driver.clip_plan import plan_clips
+from pipelines.driver.inventory import (
     INVENTORY_COLUMNS,
     add_clip_counts_and_warnings,
     inventory_files,
@@ -16,6 +15,7 @@ from pipelines.inventory import (
     recorder_of,
     start_time_of,
 )
+from pipelines.errors import StorageError
 
 UTC = datetime.UTC
 
@@ -144,7 +144,7 @@ def test_readable_files_without_a_clip_are_listed(tmp_path):
 
 def test_a_folder_that_cannot_be_listed_becomes_a_failed_row(tmp_path, monkeypatch):
     """A recorder folder opso may not read (mode 000 for another user) is named, never silently empty."""
-    from pipelines.inventory import list_archive, unlisted_folder_rows
+    from pipelines.driver.inventory import list_archive, unlisted_folder_rows
 
     for site in ("siteA", "siteB"):
         tone(1000, 1.0, 8000).save(tmp_path / site / "a.wav", metadata_format=None)

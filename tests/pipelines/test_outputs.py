@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from pipelines.outputs import OutputLocation
+from pipelines.outputs.location import OutputLocation
 
 
 @pytest.mark.parametrize("kind", ["local", "memory"])

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.demo import prepare_demo
-from pipelines.graph import run_pipeline
+from pipelines.driver.run import run_pipeline
 
 DOC = Path(__file__).parents[2] / "docs" / "outputs.md"
 

@@ -4,8 +4,8 @@ import pytest
 
 from opso_core.testing import make_archive
 from pipelines.config import load_config
+from pipelines.driver.preflight import check_locations, check_run
 from pipelines.errors import ConfigError, OutputConflictError, StorageError
-from pipelines.preflight import check_locations, check_run
 
 
 def config(inp, out, **sections):
@@ -101,7 +101,7 @@ def test_an_unreadable_recorders_table_is_a_config_error(monkeypatch, tmp_path):
     import contextlib
 
     import opso_core.storage
-    from pipelines.localization_stage import read_recorders_table
+    from pipelines.stages.localization import read_recorders_table
 
     @contextlib.contextmanager
     def failing_open(url, storage_options=None):

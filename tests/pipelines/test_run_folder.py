@@ -3,8 +3,8 @@
 import pytest
 
 from pipelines.errors import OutputConflictError
-from pipelines.outputs import OutputLocation
-from pipelines.run_folder import (
+from pipelines.outputs.location import OutputLocation
+from pipelines.outputs.run_folder import (
     clear_run_outputs,
     decide_start,
     is_run_output,

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from pipelines.errors import RunLockHeldError, RunLockLostError
-from pipelines.outputs import OutputLocation
-from pipelines.run_lock import Lease, RunLock, read_holder
+from pipelines.outputs.location import OutputLocation
+from pipelines.outputs.run_lock import Lease, RunLock, read_holder
 
 
 def race(location: OutputLocation, n: int = 8, lease_s: float = 60.0):
@@ -109,7 +109,7 @@ def test_a_dead_driver_and_workers_on_this_host_are_taken_over_at_once(tmp_path)
     import subprocess
     import sys
 
-    from pipelines.run_lock import this_machine, worker_identity
+    from pipelines.outputs.run_lock import this_machine, worker_identity
 
     location = OutputLocation(str(tmp_path / "run"))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -287,7 +287,7 @@ def test_worker_records_and_their_failures(tmp_path, monkeypatch):
     """The lock says "no worker" until the run records its workers (strictly, before any task); a
     later record that cannot be written waits for the next heartbeat instead of failing the run."""
     from pipelines.errors import StorageError
-    from pipelines.run_lock import this_machine
+    from pipelines.outputs.run_lock import this_machine
 
     location = OutputLocation(str(tmp_path / "run"))
     lock = RunLock(location, lease_s=60).acquire()
@@ -323,8 +323,8 @@ def test_a_clock_ahead_cannot_make_a_rerun_wait_for_hours(tmp_path, caplog):
 def test_a_run_that_lost_its_lock_says_why_whatever_failed_last(tmp_path):
     """The heartbeat gave up during a storage outage while the driver's own write failed too: exit code 4
     (or 5 when another run took over), never 2, and run.json is not written."""
+    from pipelines.driver.run import _record_stop
     from pipelines.errors import RunStorageError, StorageError, exit_code_of
-    from pipelines.graph import _record_stop
 
     location = OutputLocation(str(tmp_path / "run"))
     lock = RunLock(location, lease_s=60).acquire()

@@ -8,10 +8,15 @@ import soundfile
 from opso_core import Audio, Spectrogram
 from opso_core.spectrogram import SpectrogramParams
 from opso_core.testing import tone
-from pipelines.clip_plan import ClipRange, plan_clips
-from pipelines.outputs import OutputLocation
-from pipelines.spectrogram_stage import SpectrogramTask
-from pipelines.spectrogram_store import StoreEncoding, clip_audio_batch, create_store, open_store
+from pipelines.driver.clip_plan import ClipRange, plan_clips
+from pipelines.outputs.location import OutputLocation
+from pipelines.outputs.spectrogram_store import (
+    StoreEncoding,
+    clip_audio_batch,
+    create_store,
+    open_store,
+)
+from pipelines.stages.spectrograms import SpectrogramTask
 
 
 def test_clip_audio_matches_from_file(tmp_path):

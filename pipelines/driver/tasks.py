@@ -4,7 +4,7 @@ A :class:`Stage` is a clip plan cut into :class:`~pipelines.clip_plan.ClipRange`
 object, ``task(clip_range, clips, location) -> record``, that analyses one range and writes its
 outputs. :func:`run_stage_task` wraps every task the same way: it returns at once when the range's
 marker exists (so a task Dask recomputes after losing a worker does no work twice), and writes the
-marker after the outputs. ``pipelines/graph.py`` submits, waits for and summarises any list of
+marker after the outputs. ``pipelines/driver/run.py`` submits, waits for and summarises any list of
 stages without knowing what they compute; a new stage is a new module that builds a ``Stage``.
 
 A record (the marker's content) holds ``n_clips``, ``n_ok`` (clips analysed), ``failures``
@@ -20,8 +20,8 @@ import time
 
 import pandas as pd
 
-from pipelines.clip_plan import ClipRange
-from pipelines.outputs import OutputLocation
+from pipelines.driver.clip_plan import ClipRange
+from pipelines.outputs.location import OutputLocation
 
 __all__ = ["Stage", "run_stage_task", "task_ranges"]
 

@@ -29,7 +29,7 @@ from opso_core.aru import audiomoth_start_time, parse_audiomoth_comment, resolve
 from opso_core.audio_info import audio_file_info
 from opso_core.errors import ParseError
 from pipelines.errors import StorageError
-from pipelines.storage_options import with_storage_defaults
+from pipelines.outputs.storage_options import with_storage_defaults
 
 __all__ = ["INVENTORY_COLUMNS", "START_TIME_TOLERANCE_S", "ArchiveListing", "add_clip_counts_and_warnings",
            "count_warnings", "inventory_file", "inventory_files", "list_archive", "list_audio_files", "recorder_of", "start_time_of",

@@ -3,12 +3,12 @@
 A run that would fail on its configuration, its input, its output folder or its cluster settings
 fails here, in seconds, with one message, leaving the output folder as it was:
 
-1. the cluster settings (kind, address, batch-system requirements; :mod:`pipelines.cluster`);
+1. the cluster settings (kind, address, batch-system requirements; :mod:`pipelines.driver.cluster`);
 2. input and output are different places, neither inside the other;
 3. the input can be listed and ``input.pattern`` matches files (credentials and endpoint work);
 4. every CNN model can be read and its preprocessing reproduced; the recorders table is readable;
 5. the output folder is writable and no other run holds it: the run takes its lock here
-   (:mod:`pipelines.run_lock`), and from here on the folder is this run's until it releases it;
+   (:mod:`pipelines.outputs.run_lock`), and from here on the folder is this run's until it releases it;
 6. the output folder holds no other configuration's finished work (unless ``--overwrite``).
 
 When the check after the lock fails, the lock is released (and deleted: nothing was written)
@@ -27,11 +27,11 @@ import os
 import fsspec
 
 from pipelines.config import RunConfig
+from pipelines.driver.inventory import list_archive
 from pipelines.errors import ConfigError, StorageError
-from pipelines.inventory import list_archive
-from pipelines.outputs import OutputLocation
-from pipelines.run_folder import PreviousRun, decide_start, read_previous_run
-from pipelines.run_lock import RunLock
+from pipelines.outputs.location import OutputLocation
+from pipelines.outputs.run_folder import PreviousRun, decide_start, read_previous_run
+from pipelines.outputs.run_lock import RunLock
 
 __all__ = ["Preflight", "check_locations", "check_run"]
 
@@ -136,7 +136,7 @@ def check_run(config: RunConfig, *, cluster_kind: str | None = None, overwrite: 
     """
     kind = None
     if check_cluster:
-        from pipelines.cluster import check_cluster_settings
+        from pipelines.driver.cluster import check_cluster_settings
 
         kind = check_cluster_settings(config.cluster, cluster_kind)
     check_locations(config)
@@ -147,12 +147,12 @@ def check_run(config: RunConfig, *, cluster_kind: str | None = None, overwrite: 
     for folder, message in listing.unlisted:
         logger.warning("cannot list %s (%s): its recordings are not part of the run", folder, message)
     if config.cnn:
-        from pipelines.cnn_scores import describe_cnn_detector
+        from pipelines.stages.cnn import describe_cnn_detector
 
         for model in config.cnn:
             describe_cnn_detector(model, config.spectrogram.sample_rate)
     if config.localization is not None:
-        from pipelines.localization_stage import check_localization
+        from pipelines.stages.localization import check_localization
 
         check_localization(config)
     location = OutputLocation(config.output.url, config.output.storage_options)

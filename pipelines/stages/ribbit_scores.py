@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 
 from opso_core.ribbit import RibbitParams, ribbit_batch
-from pipelines.clip_plan import ClipRange
-from pipelines.outputs import OutputLocation
-from pipelines.score_tables import DETECTION_SCHEMA, ID_COLUMNS, detections_of, score_schema
+from pipelines.driver.clip_plan import ClipRange
+from pipelines.outputs.location import OutputLocation
+from pipelines.outputs.tables import DETECTION_SCHEMA, ID_COLUMNS, detections_of, score_schema
 
 __all__ = ["detector_name", "score_clips"]
 

@@ -33,11 +33,11 @@ import pandas as pd
 import pyarrow as pa
 
 from opso_core.spectrogram import SpectrogramParams
-from pipelines.clip_plan import ClipRange
 from pipelines.config import CnnModelConfig
+from pipelines.driver.clip_plan import ClipRange
 from pipelines.errors import ConfigError, StorageError
-from pipelines.outputs import OutputLocation
-from pipelines.score_tables import DETECTION_SCHEMA, ID_COLUMNS, detections_of, score_schema
+from pipelines.outputs.location import OutputLocation
+from pipelines.outputs.tables import DETECTION_SCHEMA, ID_COLUMNS, detections_of, score_schema
 
 __all__ = ["CnnDetector", "CnnTask", "cnn_stage", "describe_cnn_detector", "infer_clips"]
 
@@ -222,7 +222,11 @@ class _Batch:
 
 
 def _prepare(detector: CnnDetector, clips: pd.DataFrame, storage_options, audio_only: bool) -> _Batch:
-    from pipelines.spectrogram_store import clip_audio_batch, clip_failures, clip_spectrograms
+    from pipelines.outputs.spectrogram_store import (
+        clip_audio_batch,
+        clip_failures,
+        clip_spectrograms,
+    )
 
     if not audio_only:
         spec = clip_spectrograms(clips, params=detector.params, sample_rate_hz=detector.sample_rate_hz,
@@ -356,7 +360,7 @@ def cnn_stage(detector: CnnDetector, plan: pd.DataFrame, *, input_storage_option
     thousand 2 s clips: more than a second of GPU work for a ResNet18 on an H200, so per-task overhead
     stays small), rounded to whole batches.
     """
-    from pipelines.stages import Stage, task_ranges
+    from pipelines.driver.tasks import Stage, task_ranges
 
     step_s = detector.clip_duration_s - detector.overlap_s
     per_task = detector.clips_per_task or max(1, round(task_audio_s / step_s)) * (GPU_TASK_FACTOR if gpu_workers else 1)

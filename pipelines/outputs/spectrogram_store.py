@@ -46,8 +46,8 @@ import pandas as pd
 from opso_core.audio import load_clips
 from opso_core.spectrogram import SpectrogramParams, spectrograms_from_clips
 from opso_core.stft import window_times
-from pipelines.clip_plan import ClipRange
-from pipelines.outputs import OutputLocation
+from pipelines.driver.clip_plan import ClipRange
+from pipelines.outputs.location import OutputLocation
 
 __all__ = ["STORE_NAME", "ClipSpectrograms", "StoreEncoding", "clip_audio_batch", "clip_spectrograms",
            "create_store", "open_store", "write_clip_coords", "write_values"]

@@ -8,7 +8,7 @@ The output contract names every file a run writes::
     detections/part-<detector>-<range>.parquet
     localizations/part-<...>.parquet
     _progress/<stage>/<range>.json
-    _lock/<generation>.json                (the run's lock: pipelines.run_lock; never deleted here)
+    _lock/<generation>.json                (the run's lock: pipelines.outputs.run_lock; never deleted here)
 
 :func:`clear_run_outputs` (``--overwrite``, or replacing a run that finished no task) deletes those
 names and nothing else: a user's ``notes.txt`` beside them, or recordings in the same bucket,
@@ -26,7 +26,7 @@ import os
 import re
 
 from pipelines.errors import OutputConflictError
-from pipelines.outputs import OutputLocation
+from pipelines.outputs.location import OutputLocation
 
 __all__ = ["RUN_FILES", "RUN_FOLDERS", "PreviousRun", "clear_run_outputs", "decide_start", "has_finished_tasks",
            "is_run_output", "read_previous_run", "remove_temporaries"]

@@ -31,12 +31,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pipelines.clip_plan import ClipRange
 from pipelines.config import LocalizationConfig, RunConfig
+from pipelines.driver.clip_plan import ClipRange
+from pipelines.driver.tasks import Stage, task_ranges
 from pipelines.errors import ConfigError
-from pipelines.outputs import OutputLocation
-from pipelines.stages import Stage, task_ranges
-from pipelines.storage_options import with_storage_defaults
+from pipelines.outputs.location import OutputLocation
+from pipelines.outputs.storage_options import with_storage_defaults
 
 __all__ = ["LOCALIZATION_SCHEMA", "LocalizationTask", "candidate_events", "check_localization",
            "localization_stage", "read_recorders_table"]
@@ -111,7 +111,7 @@ def check_localization(config: RunConfig) -> None:
     read_recorders_table(config.input.recorders_table, config.input.storage_options)
     kind, _, name = cfg.detector.partition(":")
     if kind == "cnn":
-        from pipelines.cnn_scores import describe_cnn_detector
+        from pipelines.stages.cnn import describe_cnn_detector
 
         model = next(m for m in config.cnn if m.name == name)
         classes = describe_cnn_detector(model, config.spectrogram.sample_rate).classes
@@ -288,7 +288,7 @@ def localization_stage(config: RunConfig, location: OutputLocation, inventory: p
                        sample_rate_hz: int) -> tuple[Stage, list[list[str]], dict[str, int]]:
     """The localization stage of a run whose detector stages have finished, the grouping's failure
     rows (``[item, error_type, message]``) and what the grouping dropped (``{reason: count}``)."""
-    from pipelines.results import read_detections
+    from pipelines.outputs.results import read_detections
 
     cfg = config.localization
     recorders = read_recorders_table(config.input.recorders_table, config.input.storage_options)

@@ -75,7 +75,7 @@ import time
 import uuid
 
 from pipelines.errors import RunLockHeldError, RunLockLostError, RunStorageError, StorageError
-from pipelines.outputs import OutputLocation
+from pipelines.outputs.location import OutputLocation
 
 __all__ = ["DEFAULT_LEASE_S", "LOCK_FOLDER", "Lease", "LockHolder", "RunLock", "local_worker_processes",
            "read_holder", "this_machine", "worker_identity"]

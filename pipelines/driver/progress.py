@@ -12,7 +12,7 @@ import time
 
 __all__ = ["StageProgress"]
 
-logger = logging.getLogger("pipelines.progress")
+logger = logging.getLogger("pipelines.driver.progress")
 
 
 class StageProgress:

@@ -15,11 +15,11 @@ import pandas as pd
 
 from opso_core.ribbit import RibbitParams
 from opso_core.spectrogram import SpectrogramParams
-from pipelines.clip_plan import ClipRange
 from pipelines.config import RunConfig
-from pipelines.outputs import OutputLocation
-from pipelines.ribbit_scores import score_clips
-from pipelines.spectrogram_store import (
+from pipelines.driver.clip_plan import ClipRange
+from pipelines.driver.tasks import Stage, task_ranges
+from pipelines.outputs.location import OutputLocation
+from pipelines.outputs.spectrogram_store import (
     STORE_NAME,
     StoreEncoding,
     clip_spectrograms,
@@ -27,7 +27,7 @@ from pipelines.spectrogram_store import (
     write_clip_coords,
     write_values,
 )
-from pipelines.stages import Stage, task_ranges
+from pipelines.stages.ribbit_scores import score_clips
 
 __all__ = ["SpectrogramTask", "spectrogram_stage"]
 

@@ -2,20 +2,20 @@
 
 A local write goes to a hidden temporary name in the same folder (``.<name>.tmp-<32 hex>``: a
 leading dot, so pandas, pyarrow, DuckDB and ``*.parquet`` globs never read it) and is renamed into
-place; the temporary is removed when the write fails (a full disk), and :mod:`pipelines.run_folder`
+place; the temporary is removed when the write fails (a full disk), and :mod:`pipelines.outputs.run_folder`
 removes those a killed process left. A write to object storage is a single PUT. Either way a reader
 sees a whole file or none, so a crashed task leaves nothing half-written, and a retried task
 overwrites instead of duplicating.
 
-Storage options get opso's time limits and fresh listings (:mod:`pipelines.storage_options`), so
+Storage options get opso's time limits and fresh listings (:mod:`pipelines.outputs.storage_options`), so
 no request hangs a run and no listing comes from a cache.
 
-A location may carry the run's lease (:mod:`pipelines.run_lock`): every write and delete through it
+A location may carry the run's lease (:mod:`pipelines.outputs.run_lock`): every write and delete through it
 first checks that the lease is still the run folder's, so a run that lost its lock writes nothing.
 
 Every storage failure (missing bucket, wrong credentials, unreachable endpoint) is raised as
 :class:`~pipelines.errors.StorageError` naming the URL; a missing file stays ``FileNotFoundError``.
-Deleting is not here: :mod:`pipelines.run_folder` deletes only what a run wrote.
+Deleting is not here: :mod:`pipelines.outputs.run_folder` deletes only what a run wrote.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import fsspec
 import pandas as pd
 
 from pipelines.errors import StorageError
-from pipelines.storage_options import with_storage_defaults
+from pipelines.outputs.storage_options import with_storage_defaults
 
 __all__ = ["OutputLocation", "temporary_name"]
 
@@ -145,7 +145,7 @@ class OutputLocation:
 
     def _deadline_s(self) -> float | None:
         """Seconds a write to object storage may take, with its retries, under the location's lease
-        (its write deadline, :mod:`pipelines.run_lock`): a write that passed the lease check lands in
+        (its write deadline, :mod:`pipelines.outputs.run_lock`): a write that passed the lease check lands in
         time, or fails. None without a lease."""
         return None if self.lease is None else self.lease.write_deadline_s
 
@@ -235,7 +235,7 @@ class OutputLocation:
     DELETE_BATCH = 1000
 
     def remove_files(self, rels: list[str]) -> None:
-        """Delete these files (paths relative to the location); used by :mod:`pipelines.run_folder` only.
+        """Delete these files (paths relative to the location); used by :mod:`pipelines.outputs.run_folder` only.
         Under a lease, in batches, each checked and (on object storage) within the write deadline."""
         for i in range(0, len(rels), self.DELETE_BATCH):
             self.check_lease()
@@ -244,7 +244,7 @@ class OutputLocation:
                            **self.deadline(self._deadline_s()))
 
     def remove_tree(self, rel: str) -> None:
-        """Delete folder ``rel`` and everything in it; used by :mod:`pipelines.run_folder` only."""
+        """Delete folder ``rel`` and everything in it; used by :mod:`pipelines.outputs.run_folder` only."""
         self.remove_files(self.find(rel))
         if self.is_local and os.path.isdir(self.path(rel)):
             with self._errors("delete", rel):

@@ -1,0 +1,575 @@
+"""The one place that turns the stages into Dask work.
+
+``run_pipeline(config, client)``: inventory -> clip plan -> the stages (:mod:`pipelines.driver.tasks`):
+spectrograms (with RIBBIT) and one per CNN, writing the output contract (``docs/pipeline.md``)
+under ``config.output.url``:
+
+    run.json, inventory.parquet, spectrograms.zarr, scores/detector=<detector>/part-*.parquet,
+    detections/part-*.parquet, failures.parquet, _progress/<stage>/<range>.json
+
+Before anything is written, :func:`pipelines.preflight.check_run` has checked the configuration,
+input, output folder and (from the CLI) the cluster settings, and taken the output folder's lock
+(:mod:`pipelines.outputs.run_lock`); every write of the run, the driver's and the tasks', goes through a
+location carrying that lease, so a run that lost the folder writes nothing more. A previous run
+is cleared only then, and only of the files a run writes (:mod:`pipelines.outputs.run_folder`).
+
+Resume: every task writes its outputs atomically under names derived from its clip range, then a
+marker in ``_progress/``. The marker is the truth: a task whose marker exists returns at once. The
+driver drops each future as soon as it is done, so finished results are not kept (and not
+recomputed) on the workers. A rerun of the same configuration reuses the stored inventory (so the
+clip plan, and every name, is the same) and submits only the ranges without a marker.
+
+``run.json`` is never left ``running`` by an error: a run that stops on an error says ``failed``
+with the message (a storage failure too, where the storage takes the write within a few retries),
+one stopped by Ctrl-C or SIGTERM says ``interrupted``. A run killed outright says ``running``, but
+its lock shows no live holder (``opso status``).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime
+import logging
+import platform
+import re
+import time
+import warnings
+from importlib.metadata import PackageNotFoundError, version
+
+import pandas as pd
+import pyarrow as pa
+
+from pipelines.config import RunConfig, check_sizes, check_species_bands
+from pipelines.driver.clip_plan import plan_clips
+from pipelines.driver.inventory import (
+    add_clip_counts_and_warnings,
+    count_warnings,
+    inventory_files,
+    unlisted_folder_rows,
+)
+from pipelines.driver.preflight import Preflight, check_run
+from pipelines.driver.progress import StageProgress
+from pipelines.driver.summary import RunSummary, elide
+from pipelines.driver.tasks import run_stage_task
+from pipelines.driver.waiting import wait_for_futures
+from pipelines.errors import RunLockLostError, RunStorageError, StorageError
+from pipelines.outputs.location import OutputLocation
+from pipelines.outputs.results import read_status
+from pipelines.outputs.run_folder import clear_run_outputs, remove_temporaries
+from pipelines.outputs.run_lock import local_worker_processes
+from pipelines.outputs.tables import (
+    DETECTION_SCHEMA,
+    FAILURE_COLUMNS,
+    FAILURE_SCHEMA,
+    empty_detections,
+    score_schema,
+)
+from pipelines.stages.cnn import cnn_stage, describe_cnn_detector
+from pipelines.stages.localization import LOCALIZATION_SCHEMA, localization_stage
+from pipelines.stages.ribbit_scores import detector_name
+from pipelines.stages.spectrograms import spectrogram_stage
+
+__all__ = ["FAILURE_COLUMNS", "RunSummary", "elide", "read_status", "run_pipeline"]
+
+logger = logging.getLogger(__name__)
+
+INVENTORY_BATCH_FILES = 32
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("opso", "numpy", "scipy", "pandas", "soundfile", "dask", "distributed", "xarray", "zarr",
+                "pyarrow", "fsspec"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+# ---- the driver
+
+def run_pipeline(config: RunConfig, client, *, overwrite: bool = False, progress: bool = True,
+                 preflight: Preflight | None = None, watch=None, steal_lock: bool = False) -> RunSummary:
+    """Run (or resume) every configured stage on ``client``'s cluster; see the module docstring.
+
+    Parameters
+    ----------
+    config : RunConfig
+    client : distributed.Client
+    overwrite : bool
+        Clear a previous run's outputs (only the files a run writes) and start over.
+    progress : bool
+        Progress bars on a terminal, or a log line every 10 s elsewhere.
+    preflight : Preflight, optional
+        The result of :func:`pipelines.preflight.check_run` (the CLI runs it before starting the
+        cluster), holding the output folder's lock, which the caller releases; by default the checks
+        run here and the lock is taken and released here.
+    watch : callable, optional
+        Called every few seconds while tasks run (:meth:`pipelines.cluster.ClusterSession.check`);
+        an error it raises stops the run. By default: stop when no worker has been connected for
+        ``cluster.no_workers_timeout_s``.
+    steal_lock : bool
+        With no ``preflight``: take the output folder even from a live holder (``--steal-lock``).
+
+    Raises
+    ------
+    ConfigError, StorageError, OutputConflictError
+        From the checks (nothing written or deleted), or a configuration error that needs the
+        archive's sample rate (``run.json`` then says ``failed``). ``RunLockHeldError`` when another
+        run holds the folder.
+    RunStorageError
+        The storage failed during the run (``run.json``: ``failed`` where it could be written; resumable).
+    RunLockLostError
+        The run lost the folder's lock; it wrote nothing after that.
+    ClusterError
+        The cluster lost every worker for too long (``run.json``: ``failed``; the run resumes).
+    """
+    started = time.perf_counter()
+    own_preflight = preflight is None
+    if own_preflight:
+        preflight = check_run(config, overwrite=overwrite, check_cluster=False, steal_lock=steal_lock)
+    try:
+        return _run_locked(config, client, preflight, progress, watch, started)
+    finally:
+        if own_preflight:
+            preflight.release()
+
+
+def _run_locked(config: RunConfig, client, preflight: Preflight, progress: bool, watch, started: float) -> RunSummary:
+    if watch is None:
+        from pipelines.driver.cluster import ClusterSession
+
+        watch = ClusterSession(client, "address", config.cluster).check
+    lock = preflight.lock
+    if lock is not None:
+        watch = _watching_lock(watch, lock, client)
+        lock.wait_until_quiet()  # tasks of a run this one took the folder from may still be writing
+        lock.mark_used()
+    location = OutputLocation(config.output.url, config.output.storage_options, lease=preflight.lease)
+    session = {"started": _now(), "host": platform.node(), "wall_s": None}
+    run_info = {"status": "running", "fingerprint": config.fingerprint(), "config": config.public_dict(),
+                "versions": _versions(), "started": session["started"], "sessions": [session]}
+    if preflight.start == "resume":
+        logger.info("resuming the run in %s", location.url)
+        previous = preflight.previous.info
+        run_info["started"] = previous.get("started", run_info["started"])
+        run_info["sessions"] = [*_previous_sessions(previous), session]
+        run_info["resumed"] = session["started"]
+    try:
+        if lock is not None:  # before any task: a rerun on this host can then tell when all have ended
+            lock.set_workers(local_worker_processes(client), strict=True)
+        if preflight.start == "overwrite":
+            logger.warning("--overwrite: removing the previous run's outputs from %s (only files opso wrote)",
+                           location.url)
+            clear_run_outputs(location)
+        elif preflight.start == "replace":
+            logger.info("replacing the run of another configuration in %s, which finished no task", location.url)
+            clear_run_outputs(location)
+        remove_temporaries(location)
+        location.write_json("run.json", run_info)
+        summary = _run_stages(config, client, location, preflight, run_info, progress, watch, started)
+    except BaseException as exc:
+        raise _record_stop(location, run_info, exc, started, lock) from None
+    if lock is not None:
+        lock.mark_quiesced()  # every task has finished: a later run need not wait for any
+    return summary
+
+
+def _previous_sessions(info: dict) -> list[dict]:
+    """The sessions recorded in an earlier ``run.json`` (one made before sessions were recorded
+    counts as one session of its summary's wall time)."""
+    if "sessions" in info:
+        return list(info["sessions"])
+    wall = (info.get("summary") or {}).get("wall_s")
+    return [{"started": info.get("started"), "host": None, "wall_s": wall}]
+
+
+def _watching_lock(watch, lock, client):
+    """``watch``, a stop as soon as the folder's lock is lost, and the lock's record of the local worker
+    processes kept current (workers restart, or join)."""
+    last = [time.monotonic()]
+
+    def check():
+        lock.check()
+        watch()
+        if lock.workers is not None and time.monotonic() - last[0] >= lock.lease_s / 8:  # local clusters only
+            last[0] = time.monotonic()
+            lock.set_workers(local_worker_processes(client))
+
+    return check
+
+
+def _record_stop(location: OutputLocation, run_info: dict, exc: BaseException, started: float,
+                 lock=None) -> BaseException:
+    """Record how the run stopped in ``run.json``; returns the exception to raise (a storage failure
+    during the run becomes :class:`RunStorageError`, exit code 4)."""
+    if isinstance(exc, RunLockLostError):
+        return exc  # the folder may be another run's now: write nothing
+    if lock is not None and lock.lost:  # the same, found by the heartbeat: say why (exit code 5, or 4)
+        if isinstance(exc, RunStorageError):
+            return exc
+        try:
+            lock.check()
+        except (RunLockLostError, RunStorageError) as lost:
+            return lost
+    if isinstance(exc, StorageError) and not isinstance(exc, RunStorageError):
+        exc = RunStorageError(f"the storage failed during the run: {exc}; run the same command again to resume "
+                              "once it works")
+    interrupted = isinstance(exc, KeyboardInterrupt)
+    run_info.update(status="interrupted" if interrupted else "failed", finished=_now())
+    run_info["sessions"][-1]["wall_s"] = round(time.perf_counter() - started, 3)
+    if not interrupted:
+        run_info["error"] = {"type": type(exc).__name__, "message": elide(str(exc))}
+    attempts = 5 if isinstance(exc, StorageError) else 1  # the storage may be back in a few seconds
+    for attempt in range(attempts):
+        try:
+            location.write_json("run.json", run_info, in_place_when_full=True)
+            break
+        except RunLockLostError:
+            break
+        except Exception as write_error:  # the storage itself may be what failed; the first error is the news
+            if attempt == attempts - 1:
+                logger.error("could not record the run's end in run.json: %s", write_error)
+            else:
+                time.sleep(2 ** attempt)
+    return exc
+
+
+def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: Preflight, run_info: dict,
+                progress: bool, watch, started: float) -> RunSummary:
+    stage_s = {}
+    t0 = time.perf_counter()
+    found, stored = _inventory(config, location, client, preflight, progress, watch)
+    stage_s["inventory"] = time.perf_counter() - t0
+
+    sample_rate_hz = _sample_rate(config, found)
+    params = config.spectrogram.params(sample_rate_hz)
+    if config.spectrogram.sample_rate is None:  # else checked with the configuration
+        if config.ribbit:
+            check_species_bands(config.ribbit, sample_rate_hz, params.step_samples)
+        check_sizes(config.clips, config.spectrogram, sample_rate_hz, config.output)
+    clips_cfg = config.clips
+    spectrogram_stage_runs = bool(config.ribbit) or config.spectrogram.store != "none"
+    if not spectrogram_stage_runs:  # nothing would use the spectrograms: the CNNs compute their own input
+        logger.info("no spectrogram stage: no RIBBIT species and spectrogram.store is 'none'")
+    detectors = [describe_cnn_detector(m, sample_rate_hz) for m in config.cnn]
+    det_plans = [plan_clips(found, clip_duration=det.clip_duration_s, clip_overlap=det.overlap_s,
+                            final_clip=det.final_clip) for det in detectors]
+    if spectrogram_stage_runs:
+        plan = plan_clips(found, clip_duration=clips_cfg.duration, clip_overlap=clips_cfg.overlap,
+                          final_clip=clips_cfg.final_clip)
+    else:  # without a spectrogram stage the first CNN's clips are the run's clips
+        plan = det_plans[0]
+    logger.info("%d clips at %d Hz", len(plan), sample_rate_hz)
+    inventory = add_clip_counts_and_warnings(found, plan.groupby("file", sort=False).size())
+    if not stored or not inventory.equals(found):  # a stored inventory is rewritten only if it lacks these
+        location.write_parquet("inventory.parquet", inventory)
+    readable = inventory[inventory["status"] != "failed"]
+
+    gpu_workers, _ = _workers_by_kind(client)
+    stages = []
+    no_clip_rows: list[dict] = []
+    if spectrogram_stage_runs:
+        location.check_lease()  # the store's metadata is written with zarr, not through the location
+        stages.append(spectrogram_stage(config, plan, params=params, sample_rate_hz=sample_rate_hz, location=location))
+    if detectors:
+        logger.info("CNN tasks go to %s", f"{len(gpu_workers)} GPU worker(s)" if gpu_workers else "CPU workers")
+    for det, det_plan in zip(detectors, det_plans, strict=True):
+        stage = cnn_stage(det, det_plan, input_storage_options=config.input.storage_options,
+                          task_audio_s=config.spectrogram.task_audio_s, gpu_workers=bool(gpu_workers))
+        if det_plan is plan:
+            stage = dataclasses.replace(stage, counts_clips=True)
+        else:  # files with clips for the run but none of this model's length
+            missing = sorted(set(readable["file"]) - set(det_plan["file"]) - set(inventory.loc[
+                inventory["status"] == "no_clips", "file"]))
+            no_clip_rows += [dict(stage=stage.name, item=f, error_type="NoClips", message=(
+                f"shorter than one clip of the model ({det.clip_duration_s:g} s); not scored by {stage.name}"))
+                for f in missing]
+        stages.append(stage)
+
+    if preflight.lock is not None:
+        preflight.lock.mark_tasks_started()
+    futures = _submit_tasks(client, location, stages, config.fingerprint())
+    task_failures: list[dict] = []
+    stage_s.update(_wait_for_tasks(futures, task_failures, progress, watch))
+    grouping_failures: list[dict] = []
+    dropped: dict[str, dict[str, int]] = {}
+    if config.localization is not None:  # needs every detection: runs after the detector stages
+        if task_failures:
+            logger.warning("localization waits for a complete run: %d detector tasks failed; run again to "
+                           "finish them, then localize", len(task_failures))
+        else:
+            t0 = time.perf_counter()
+            stage, rows, grouping_dropped = localization_stage(config, location, inventory,
+                                                               sample_rate_hz=sample_rate_hz)
+            grouping_failures = [dict(stage=stage.name, item=item, error_type=et, message=msg)
+                                 for item, et, msg in rows]
+            if grouping_dropped:
+                dropped[stage.name] = dict(grouping_dropped)
+            stages.append(stage)
+            futures = _submit_tasks(client, location, [stage], config.fingerprint())
+            _wait_for_tasks(futures, task_failures, progress, _retagging(watch, client))
+            stage_s[stage.name] = time.perf_counter() - t0
+
+    # ---- collect what every task recorded, whether it ran now or in an earlier attempt: the markers,
+    # listed once each and fresh (never a cached listing)
+    failures = _failure_rows_from_inventory(inventory) + no_clip_rows
+    n_clips_ok = 0
+    detections = {detector_name(s.name): 0 for s in config.ribbit} | {d.detector: 0 for d in detectors}
+    if config.localization is not None:
+        detections[f"localized:{config.localization.class_name}"] = 0
+    finished_at = []
+    for stage in stages:
+        for name in location.list(stage.progress):
+            if not name.endswith(".json"):
+                continue
+            record = location.read_json(f"{stage.progress}/{name}")
+            if stage.counts_clips:
+                n_clips_ok += record["n_ok"]
+            failures += [dict(stage=stage.name, item=item, error_type=et, message=msg)
+                         for item, et, msg in record["failures"]]
+            for det, n in record["detections"].items():
+                detections[det] = detections.get(det, 0) + n
+            for why, n in (record.get("dropped") or {}).items():
+                counts = dropped.setdefault(stage.name, {})
+                counts[why] = counts.get(why, 0) + n
+            if record.get("finished"):
+                finished_at.append(float(record["finished"]))
+    _write_empty_tables(location, config, detectors)
+    failures += grouping_failures + task_failures
+    failures_df = pd.DataFrame(failures, columns=FAILURE_COLUMNS)
+    failures_df["message"] = failures_df["message"].map(lambda m: elide(m) if isinstance(m, str) else m)
+    failures_df = failures_df.sort_values(["stage", "item"], kind="stable").reset_index(drop=True)
+    location.write_parquet("failures.parquet", failures_df, schema=FAILURE_SCHEMA)
+
+    files = inventory[~inventory["file"].str.endswith("/")]
+    complete = not task_failures
+    wall_s = time.perf_counter() - started
+    sessions = run_info["sessions"]
+    sessions[-1]["wall_s"] = round(wall_s, 3)
+    summary = RunSummary(
+        output_url=location.url, status=("complete" if not len(failures_df) else "complete_with_failures")
+        if complete else "incomplete",
+        n_files=len(files), n_files_ok=int((files.status == "ok").sum()),
+        n_files_truncated=int((files.status == "truncated").sum()),
+        n_files_failed=int((files.status == "failed").sum()),
+        audio_hours=float(readable["duration_s"].sum()) / 3600, n_clips=len(plan),
+        n_clips_failed=len(plan) - n_clips_ok, detections=detections, n_failures=len(failures_df),
+        wall_s=wall_s, stage_wall_s=stage_s, n_files_no_clips=int((files.status == "no_clips").sum()),
+        n_folders_unlisted=len(inventory) - len(files), warnings=count_warnings(inventory),
+        dropped=dropped, total_wall_s=_total_wall_s(sessions, finished_at), n_sessions=len(sessions),
+        failure_overview=_failure_overview(failures_df),
+        task_failures=dict(collections.Counter(f["error_type"] for f in task_failures)))
+    run_info.update(status=summary.status, finished=_now(),
+                    summary={k: v for k, v in dataclasses.asdict(summary).items() if k != "output_url"},
+                    sample_rate_hz=sample_rate_hz, spectrogram_params=params.as_dict())
+    location.write_json("run.json", run_info)
+    return summary
+
+
+def _total_wall_s(sessions: list[dict], finished_at: list[float]) -> float:
+    """Seconds over every session; a session killed outright (no recorded wall time) counts until its
+    last task finished."""
+    total = 0.0
+    for i, session in enumerate(sessions):
+        if session.get("wall_s") is not None:
+            total += float(session["wall_s"])
+            continue
+        try:
+            begin = datetime.datetime.fromisoformat(session["started"]).timestamp()
+            end = (datetime.datetime.fromisoformat(sessions[i + 1]["started"]).timestamp()
+                   if i + 1 < len(sessions) else time.time())
+        except (KeyError, TypeError, ValueError):
+            continue
+        during = [t for t in finished_at if begin <= t <= end]
+        total += max(during) - begin if during else 0.0
+    return total
+
+
+def _failure_overview(failures: pd.DataFrame, most: int = 4) -> list[str]:
+    """The commonest failures, one line per stage and error type: ``inventory: 2 AudioFormatError (e.g. ...)``."""
+    lines = []
+    if failures.empty:
+        return lines
+    groups = failures.groupby(["stage", "error_type"], sort=False)
+    for (stage, error_type), group in sorted(groups, key=lambda kv: -len(kv[1]))[:most]:
+        example = elide(str(group["message"].iloc[0]), 160)
+        lines.append(f"{stage}: {len(group)} {error_type} (e.g. {example})")
+    if groups.ngroups > most:
+        lines.append(f"... and {groups.ngroups - most} more kinds (see failures.parquet)")
+    return lines
+
+
+def _inventory(config: RunConfig, location: OutputLocation, client, preflight: Preflight, progress: bool,
+               watch) -> tuple[pd.DataFrame, bool]:
+    """(the inventory, whether it came from the run folder): a resumed run reuses the stored one, so
+    its clip plan and every output name are the same."""
+    if location.exists("inventory.parquet"):
+        logger.info("reusing the stored inventory")
+        return location.read_parquet("inventory.parquet"), True
+    inp = config.input
+    files = preflight.files
+    logger.info("inventory of %d files", len(files))
+    batches = [list(files[i : i + INVENTORY_BATCH_FILES]) for i in range(0, len(files), INVENTORY_BATCH_FILES)]
+    futures = client.map(inventory_files, batches, storage_options=inp.storage_options,
+                         recorder_rule=inp.recorder, timezone=inp.timezone, pure=False)
+    frames = [None] * len(futures)
+    bar = StageProgress({"inventory": len(futures)}, enabled=progress)
+
+    def done(fut, index):
+        frames[index] = fut.result()
+        bar.advance("inventory")
+
+    try:
+        wait_for_futures({fut: i for i, fut in enumerate(futures)}, done, watch=watch, tick=bar.tick)
+    finally:
+        bar.close()
+    del futures
+    if preflight.unlisted:
+        frames.append(unlisted_folder_rows(preflight.unlisted, inp.recorder))
+    frames = [f for f in frames if len(f)] or frames[:1]
+    return pd.concat(frames, ignore_index=True), False
+
+
+def _sample_rate(config: RunConfig, inventory: pd.DataFrame) -> int:
+    if config.spectrogram.sample_rate:
+        return int(config.spectrogram.sample_rate)
+    rates = inventory.loc[inventory["status"] != "failed", "sample_rate"].dropna()
+    if rates.empty:
+        return 32000
+    return int(rates.mode().min())
+
+
+def _failure_rows_from_inventory(inventory: pd.DataFrame) -> list[dict]:
+    """A row per file the inventory could not fully use: failed, truncated, or without a clip."""
+    rows = []
+    for r in inventory[inventory["status"] != "ok"].itertuples(index=False):
+        error_type, _, message = (r.error or "Error: unknown").partition(": ")
+        rows.append(dict(stage="inventory", item=r.file, error_type=error_type, message=message))
+    return rows
+
+
+def _workers_by_kind(client) -> tuple[list[str], list[str]]:
+    """Addresses of the workers with the ``GPU`` resource and of the others."""
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    gpu = [a for a, w in workers.items() if "GPU" in (w.get("resources") or {})]
+    return gpu, [a for a in workers if a not in gpu]
+
+
+#: Dask resource opso gives the workers without ``GPU`` when a stage must stay off GPU workers
+CPU_RESOURCE = "opso-cpu"
+
+
+async def _tag_cpu_worker(dask_worker) -> None:
+    await dask_worker.set_resources(**{CPU_RESOURCE: dask_worker.state.nthreads})
+
+
+def _cpu_only_resources(client) -> dict | None:
+    """Resources that keep a task off GPU workers: when the cluster has workers with and without the
+    ``GPU`` resource, the others are given ``opso-cpu`` (one per thread) and ``{"opso-cpu": 1}`` is
+    returned; None when no restriction is needed (no GPU worker) or possible (only GPU workers)."""
+    gpu, cpu = _workers_by_kind(client)
+    if not cpu or not gpu:
+        return None
+    client.run(_tag_cpu_worker, workers=cpu)
+    return {CPU_RESOURCE: 1}
+
+
+def _retagging(watch, client, every_s: float = 10.0):
+    """``watch``, plus: every ``every_s`` seconds give CPU workers that joined or restarted since the
+    tasks were submitted their ``opso-cpu`` resource, so CPU-only tasks never wait for a tag."""
+    last = [time.monotonic()]
+
+    def check():
+        watch()
+        if time.monotonic() - last[0] >= every_s:
+            last[0] = time.monotonic()
+            _cpu_only_resources(client)
+
+    return check
+
+
+def _submit_tasks(client, location: OutputLocation, stages, fingerprint: str) -> dict:
+    """Submit every task without a marker, one batch per stage; returns ``{future: (stage, ClipRange)}``
+    (the only references to the futures)."""
+    futures: dict = {}
+    for stage in stages:
+        done = {n.removesuffix(".json") for n in location.list(stage.progress)}
+        todo = [r for r in stage.ranges if r.name not in done]
+        if not todo:
+            continue
+        with warnings.catch_warnings():  # each task carries its rows of the plan: a large graph is expected
+            warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
+            futs = client.map(run_stage_task, [stage.task] * len(todo), todo,
+                              [stage.plan.iloc[r.start : r.stop] for r in todo], [location] * len(todo),
+                              [stage.marker(r) for r in todo],
+                              key=[f"{stage.name}-{fingerprint}-{r.name}" for r in todo], retries=1,
+                              resources=_cpu_only_resources(client) if stage.cpu_only else stage.resources,
+                              pure=False)
+        futures.update({fut: (stage.name, r) for fut, r in zip(futs, todo, strict=True)})
+    n_ranges = sum(len(stage.ranges) for stage in stages)
+    logger.info("%d tasks to run (%d in %d stages)", len(futures), n_ranges, len(stages))
+    return futures
+
+
+def _wait_for_tasks(futures: dict, task_failures: list, progress: bool, watch) -> dict:
+    """Wait for the tasks (``futures`` is emptied as they finish); returns each stage's wall time (s)."""
+    totals = collections.Counter(stage for stage, _ in futures.values())
+    bar = StageProgress(dict(totals), enabled=progress)
+    remaining = dict(totals)
+    stage_s = {}
+    t0 = time.perf_counter()
+
+    def done(fut, label):
+        stage, r = label
+        if fut.status == "error":
+            exc = fut.exception()
+            if isinstance(exc, RunLockLostError):  # the folder is no longer this run's: stop at once
+                raise exc
+            logger.error("%s task for clips %s failed: %s", stage, r.name, exc)
+            task_failures.append(dict(stage=stage, item=f"clips {r.start}-{r.stop - 1}",
+                                      error_type=type(exc).__name__, message=str(exc)))
+        bar.advance(stage)
+        remaining[stage] -= 1
+        if remaining[stage] == 0:
+            stage_s[stage] = time.perf_counter() - t0
+
+    try:
+        wait_for_futures(futures, done, watch=watch, tick=bar.tick)
+    except BaseException:
+        for fut in list(futures):  # stopped (lost lock, cluster, Ctrl-C): no task starts any more
+            fut.cancel()
+        raise
+    finally:
+        bar.close()
+    return stage_s
+
+
+def _write_empty_tables(location: OutputLocation, config: RunConfig, detectors) -> None:
+    """Give every configured detector a readable (possibly zero-row) score table, and the run a
+    readable ``detections/`` folder, also when no clip could be analysed."""
+    tables = [(detector_name(s.name), [s.name], f"ribbit-{s.name}", pa.float64()) for s in config.ribbit]
+    tables += [(d.detector, list(d.classes), f"cnn-{d.name}", pa.float32()) for d in detectors]
+    empty_range = "000000000-000000000"
+    written = location.list("detections")
+    for detector, classes, part, value_type in tables:
+        if not location.list(f"scores/detector={detector}"):
+            schema = score_schema(classes, value_type)
+            location.write_parquet(f"scores/detector={detector}/part-{empty_range}.parquet",
+                                   schema.empty_table().to_pandas(), schema=schema)
+        own = re.compile(rf"^part-{re.escape(part)}-\d{{9}}-\d{{9}}\.parquet$")
+        if not any(own.match(n) for n in written):
+            location.write_parquet(f"detections/part-{part}-{empty_range}.parquet", empty_detections(),
+                                   schema=DETECTION_SCHEMA)
+    if not location.list("detections"):
+        location.write_parquet(f"detections/part-none-{empty_range}.parquet", empty_detections(),
+                               schema=DETECTION_SCHEMA)
+    if config.localization is not None and not location.list("localizations"):
+        location.write_parquet(f"localizations/part-{empty_range}.parquet",
+                               LOCALIZATION_SCHEMA.empty_table().to_pandas(), schema=LOCALIZATION_SCHEMA)

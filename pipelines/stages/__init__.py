@@ -1,0 +1,1 @@
+"""Stage kinds (filled in below)."""
