@@ -1,6 +1,7 @@
 """The ``opso`` command. This module is the only place that configures logging.
 
     opso run CONFIG.yaml [--cluster local|slurm|pbs|tcp://host:8786] [--overwrite] [--steal-lock] [--no-progress]
+                         [--dry-run]
     opso status OUTPUT_URL|CONFIG.yaml [--storage-options JSON] [--json]
     opso demo [--out DIR]
     opso --version
@@ -201,6 +202,11 @@ def _cmd_run(args) -> int:
     from pipelines.config import load_config
 
     config = load_config(args.config)
+    if args.dry_run:
+        from pipelines.driver.dry_run import plan_run
+
+        print("\n".join(plan_run(config, overwrite=args.overwrite)))
+        return EXIT_OK
     summary = _run(config, cluster_kind=args.cluster, overwrite=args.overwrite, progress=not args.no_progress,
                    steal_lock=args.steal_lock)
     return _exit_code(summary)
@@ -315,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="take the output folder even from a run that still seems alive (for a run you know "
                           "is dead, e.g. on a node that was lost; its tasks stop writing)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars or progress lines")
+    run.add_argument("--dry-run", action="store_true",
+                     help="say, per stage, what the run would keep, compute, recompute (naming the changed "
+                          "settings) and remove in its output folder; starts no cluster, writes nothing")
     run.set_defaults(func=_cmd_run)
 
     status = sub.add_parser("status", parents=[verbosity], help="show the state of a run from its run.json")

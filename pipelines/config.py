@@ -401,7 +401,9 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _something_to_do(self):
-        if not self.ribbit and not self.cnn and self.spectrogram.store == "none":
+        from pipelines.stages import enabled_kinds
+
+        if not any(kind.phase == 1 for kind in enabled_kinds(self)):
             raise ValueError("nothing to compute: add ribbit species or a cnn model, or keep spectrograms "
                              "(spectrogram.store: compact or full)")
         return self
@@ -427,12 +429,8 @@ class RunConfig(_Strict):
     def public_dict(self) -> dict:
         """The configuration without credentials (storage options) or cluster settings."""
         data = self.model_dump(mode="json", by_alias=True)
-        data["input"].pop("storage_options", None)
-        data["output"].pop("storage_options", None)
-        for model in data.get("cnn", []):
-            model.pop("storage_options", None)
         data.pop("cluster", None)
-        return data
+        return _without_storage_options(data)
 
     def fingerprint(self) -> str:
         """Hash of everything that changes outputs (not credentials, not the cluster, not the lock)."""
@@ -440,6 +438,15 @@ class RunConfig(_Strict):
         public["output"].pop("url", None)
         public["output"].pop("lease_s", None)
         return hashlib.sha256(json.dumps(public, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _without_storage_options(value):
+    """``value`` without any ``storage_options`` key, at any depth (credentials never reach outputs)."""
+    if isinstance(value, dict):
+        return {k: _without_storage_options(v) for k, v in value.items() if k != "storage_options"}
+    if isinstance(value, list):
+        return [_without_storage_options(v) for v in value]
+    return value
 
 
 def _expanded_size(node, memo: dict, open_nodes: set) -> int:

@@ -7,8 +7,10 @@ audio is loaded and trimmed — ``to_spec``, ``bandpass``, ``to_tensor``, ``resc
 form that gives the same numbers (:func:`opso_core.stft.spectrogram_batch`, the same float64 STFT;
 :func:`opso_core.ml.spectrogram_tensors.spectrograms_to_tensor`, the same image scaling and
 OpenSoundscape 0.9.0's resize, to float32 rounding). :func:`batch_preprocessor` decides whether a
-preprocessor qualifies; anything else (another class, an inserted or replaced step, an active
-augmentation after ``to_spec``) keeps the per-sample path. Samples whose batch step fails are
+preprocessor qualifies, with the rule :func:`opso_core.ml.model_input.batch_form` that also
+decides what :func:`~opso_core.ml.model_input.inference_spec` can describe; anything else
+(another class, an inserted or replaced step, an active augmentation after ``to_spec``) keeps the
+per-sample path. Samples whose batch step fails are
 retried one at a time with the preprocessor's own steps, so errors are the ones the per-sample path
 raises.
 """
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 
 from opso_core.errors import OpsoError
+from opso_core.ml.model_input import BATCH_STEPS, NotBatchableError, PreprocessingSteps, batch_form
 from opso_core.ml.spectrogram_tensors import (
     TensorSettings,
     spectrograms_on_device,
@@ -30,12 +33,9 @@ from opso_core.ml.spectrogram_tensors import (
 )
 from opso_core.stft import SpectrogramParams, spectrogram_batch
 
-__all__ = ["BatchPreprocessor", "batch_preprocessor"]
+__all__ = ["BATCH_STEPS", "BatchPreprocessor", "batch_preprocessor"]
 
 logger = logging.getLogger(__name__)
-
-#: the steps after the audio that have a batch form, in the order they must run
-BATCH_STEPS = ("to_spec", "bandpass", "to_tensor", "rescale")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -148,46 +148,30 @@ def batch_preprocessor(preprocessor, bypass_augmentations=True) -> BatchPreproce
 
     It has one when it is a ``SpectrogramPreprocessor`` (not a subclass) whose active steps from
     ``to_spec`` on are a subset of ``to_spec, bandpass, to_tensor, rescale``, in that order, each the
-    standard action (same class and function), with ``to_spec`` and ``to_tensor`` active. Steps
-    before ``to_spec`` (loading, trimming, audio augmentations) may be anything: they run per sample.
+    standard action (same class and function), with ``to_spec`` (in dB) and ``to_tensor`` active.
+    Steps before ``to_spec`` (loading, trimming, audio augmentations) may be anything: they run per
+    sample. The rule is :func:`opso_core.ml.model_input.batch_form` (the one ``inference_spec``
+    applies); why a preprocessor has no batch form is logged at DEBUG level.
 
     Parameters
     ----------
     preprocessor : BasePreprocessor
     bypass_augmentations : bool
         As given to ``predict``: augmentations are then inactive.
-    """
-    from opso_core.preprocess.preprocessors import SpectrogramPreprocessor, is_standard_action
 
-    if type(preprocessor) is not SpectrogramPreprocessor or "to_spec" not in preprocessor.pipeline.index:
-        return None
-    out_shape = tuple(preprocessor.out_shape)
-    if len(out_shape) != 3 or not all(isinstance(v, int | np.integer) and v > 0 for v in out_shape):
-        return None
-    keys = list(preprocessor.pipeline.index)
-    split = keys.index("to_spec")
-    reference = SpectrogramPreprocessor(preprocessor.sample_duration, out_shape=out_shape).pipeline
-    active = {}
-    for key in keys[split:]:
-        action = preprocessor.pipeline[key]
-        if action.bypass or (action.is_augmentation and bypass_augmentations):
-            continue
-        if key not in BATCH_STEPS or action.is_augmentation or not is_standard_action(action, reference[key]):
-            return None
-        active[key] = dict(action.params)
-    if list(active) != [k for k in BATCH_STEPS if k in active] or not {"to_spec", "to_tensor"} <= set(active):
-        return None
+    Returns
+    -------
+    BatchPreprocessor or None
+    """
     try:
-        TensorSettings.from_steps(out_shape, active["to_spec"].get("decibel_limits", (-100, -20)),
-                                  bandpass=active.get("bandpass"), to_tensor=active["to_tensor"],
-                                  rescale=active.get("rescale"))
-        SpectrogramParams.resolve(32000, **active["to_spec"])
-    except (OpsoError, TypeError, KeyError, ValueError):  # settings the per-sample steps report their own way
+        form = batch_form(PreprocessingSteps.of_preprocessor(preprocessor), bypass_augmentations=bypass_augmentations)
+    except NotBatchableError as exc:
+        logger.debug("per-sample preprocessing: %s", exc)
         return None
     audio_steps = copy.copy(preprocessor)
-    audio_steps.pipeline = preprocessor.pipeline.iloc[:split]
+    audio_steps.pipeline = preprocessor.pipeline.iloc[:form.split]
     spectrogram_steps = copy.copy(preprocessor)
-    spectrogram_steps.pipeline = preprocessor.pipeline.iloc[split:]
-    return BatchPreprocessor(audio_steps=audio_steps, spectrogram_steps=spectrogram_steps, to_spec=active["to_spec"],
-                             bandpass=active.get("bandpass"), to_tensor=active["to_tensor"],
-                             rescale=active.get("rescale"), out_shape=out_shape)
+    spectrogram_steps.pipeline = preprocessor.pipeline.iloc[form.split:]
+    return BatchPreprocessor(audio_steps=audio_steps, spectrogram_steps=spectrogram_steps, to_spec=form.to_spec,
+                             bandpass=form.bandpass, to_tensor=form.to_tensor, rescale=form.rescale,
+                             out_shape=form.out_shape)

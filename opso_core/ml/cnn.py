@@ -24,9 +24,13 @@ from opso_core.ml import cnn_architectures
 from opso_core.ml.loss import BCEWithLogitsLoss_hot, CrossEntropyLoss_hot, ResampleLoss
 from opso_core.ml.persistence import (
     PickleNotAllowedError,
+    build_network,
+    build_preprocessor,
+    check_description,
     file_kind,
+    from_json_value,
     is_opso_model_file,
-    load_safe,
+    read_safe,
     save_safe,
 )
 from opso_core.ml.utils import BaseModule, best_device
@@ -310,6 +314,59 @@ class CNN(BaseModule):
                     "sample_shape": list(self.sample_shape)}, path)
 
     @classmethod
+    def from_description(cls, description, network, device=None):
+        """A model rebuilt from its description (the JSON part of a :meth:`save` file) and its network.
+
+        :func:`load_model` reads both from the file (``persistence.read_safe`` and
+        ``persistence.build_network``) and calls this; nothing is unpickled.
+
+        Parameters
+        ----------
+        description : dict
+            A model description, as :func:`opso_core.ml.persistence.read_description` returns it:
+            model class, classes, sample duration (s) and shape (height, width, channels),
+            single_target, the preprocessor and the training settings.
+        network : torch.nn.Module
+            The network, weights loaded (``persistence.build_network(description, state)``).
+        device : str or torch.device, optional
+            Where the model runs (default: the first GPU if available, else the CPU). The network is
+            not moved here; ``load_model`` moves it.
+
+        Returns
+        -------
+        CNN
+            Of the class the description names (``CNN``, ``InceptionV3``, or ``cls`` when it names
+            ``cls``).
+
+        Raises
+        ------
+        OpsoValueError
+            The description is damaged, or names a model class that is not a CNN opso knows.
+        """
+        description = check_description(description)
+        name = description.get("model_class", "CNN")
+        model_cls = cls if name == cls.__name__ else globals().get(name)
+        if not (isinstance(model_cls, type) and issubclass(model_cls, CNN)):
+            raise OpsoValueError(f"unknown model class {name!r} in the model description")
+        model = CNN.__new__(model_cls)
+        CNN.__init__(model, network, description["classes"], description["sample_duration"],
+                     single_target=description["single_target"], sample_shape=tuple(description["sample_shape"]))
+        model.preprocessor = build_preprocessor(description["preprocessor"])
+        training = description["training"]
+        model.optimizer_cls = getattr(torch.optim, training["optimizer_class"], torch.optim.SGD)
+        model.optimizer_params = from_json_value(training["optimizer_params"])
+        model.lr_update_interval = training["lr_update_interval"]
+        model.lr_cooling_factor = training["lr_cooling_factor"]
+        model.current_epoch = training["current_epoch"]
+        model.loss_hist = {int(k): v for k, v in training["loss_hist"].items()}
+        model.prediction_threshold = training["prediction_threshold"]
+        if training.get("loss_fn") == "ResampleLoss":
+            model.loss_cls = ResampleLoss
+        if device is not None:
+            model.device = device
+        return model
+
+    @classmethod
     def from_torch_dict(cls, path):
         """A model rebuilt from a file written by :meth:`save_torch_dict` (read with ``weights_only=True``)."""
         d = torch.load(path, map_location="cpu", weights_only=True)
@@ -376,7 +433,11 @@ def load_model(path, device=None, *, allow_pickle=False):
     if not path.exists():
         raise FileNotFoundError(f"no model file at {path}")
     if is_opso_model_file(path):
-        model = load_safe(path, device=device)
+        description, state = read_safe(path)
+        try:
+            model = CNN.from_description(description, build_network(description, state), device=device)
+        except OpsoValueError as exc:
+            raise OpsoValueError(f"{path}: {exc}") from exc
     else:
         kind = file_kind(path)
         if "pickle" not in kind and kind != "not a model file":

@@ -9,7 +9,9 @@ The default model file (``CNN.save(path)``) is a zip archive holding
 - ``weights.pt``: the network's ``state_dict``, read back with ``torch.load(weights_only=True)``,
   which only accepts tensors and plain containers.
 
-Loading it constructs everything from the JSON description; nothing is unpickled. A model pickled
+Loading it constructs everything from the JSON description; nothing is unpickled: this module reads
+the file (:func:`read_safe`) and builds the network and preprocessor; ``load_model`` then makes the
+model with ``CNN.from_description``, so this module never imports :mod:`opso_core.ml.cnn`. A model pickled
 whole (OpenSoundscape's own ``.model`` files, or ``save(..., pickle=True)``) loads only with
 ``load_model(path, allow_pickle=True)``, because unpickling runs code from the file.
 """
@@ -23,12 +25,12 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from opso_core.errors import OpsoError, OpsoValueError
 
-__all__ = ["FORMAT_NAME", "PickleNotAllowedError", "UnsafeToDescribeError", "file_kind", "from_json_value",
-           "is_opso_model_file", "load_safe", "read_description", "save_safe"]
+__all__ = ["FORMAT_NAME", "PickleNotAllowedError", "UnsafeToDescribeError", "build_network", "build_preprocessor",
+           "check_description", "describe_preprocessor", "file_kind", "from_json_value", "is_opso_model_file",
+           "read_description", "read_safe", "save_safe"]
 
 FORMAT_NAME = "opso-model"
 FORMAT_VERSION = 1
@@ -116,8 +118,19 @@ def file_kind(source) -> str:
     return "not a model file"
 
 
-def _check_description(description) -> dict:
-    """``description`` if it has the keys and types a model description needs, else OpsoValueError."""
+def check_description(description) -> dict:
+    """``description`` if it has the keys and types a model description needs.
+
+    Parameters
+    ----------
+    description : dict
+        A parsed ``opso_model.json``.
+
+    Raises
+    ------
+    OpsoValueError
+        It is not a model description, a key is missing or has the wrong type, or a newer opso wrote it.
+    """
     def bad(what):
         return OpsoValueError(f"its description ({_JSON_NAME}) is damaged: {what}; save the model again with "
                               "CNN.save(path)")
@@ -178,10 +191,18 @@ def read_description(source) -> dict:
     except (ValueError, UnicodeDecodeError) as exc:
         raise OpsoValueError(f"its description ({_JSON_NAME}) is not valid JSON ({exc}); save the model again "
                              "with CNN.save(path)") from exc
-    return _check_description(description)
+    return check_description(description)
 
 
 def describe_preprocessor(preprocessor) -> dict:
+    """The JSON description of a preprocessor: class, ``init`` arguments and each action's
+    ``params``, ``bypass`` and ``is_augmentation`` (``overlay`` left out: its table is training data).
+
+    Raises
+    ------
+    UnsafeToDescribeError
+        The class is not one of opso's, or an action is not the class's own.
+    """
     from opso_core.preprocess import preprocessors as pp
 
     cls = type(preprocessor)
@@ -209,6 +230,8 @@ def _preprocessor_init_kwargs(preprocessor) -> dict:
 
 
 def build_preprocessor(description: dict):
+    """The preprocessor a :func:`describe_preprocessor` description describes (opso's own class and
+    actions, with the saved parameters and flags)."""
     from opso_core.preprocess import preprocessors as pp
 
     cls = getattr(pp, description["class"], None)
@@ -244,6 +267,8 @@ def describe_architecture(network) -> dict:
 
 def save_safe(model, path) -> None:
     """Write ``model`` (a CNN) as JSON description + weights (see module docstring)."""
+    import torch
+
     from opso_core import __version__
 
     description = {
@@ -289,10 +314,27 @@ def is_opso_model_file(path) -> bool:
         return False
 
 
-def load_safe(path, device=None):
-    """Rebuild a CNN from a file written by :func:`save_safe`; runs no pickled code."""
-    from opso_core.ml import cnn as cnn_module
-    from opso_core.ml.cnn_architectures import build_architecture
+def read_safe(path) -> tuple[dict, dict]:
+    """The description and the weights of a file written by :func:`save_safe`; runs no pickled code.
+
+    Parameters
+    ----------
+    path : str or path-like
+
+    Returns
+    -------
+    (dict, dict)
+        The checked description (as :func:`read_description`) and the network's ``state_dict``
+        (tensors on the CPU, read with ``torch.load(weights_only=True)``).
+
+    Raises
+    ------
+    PickleNotAllowedError
+        The file is a pickled model.
+    OpsoValueError
+        The file is not a model in the safe format, or has no weights; the message names ``path``.
+    """
+    import torch
 
     try:
         description = read_description(path)
@@ -302,30 +344,29 @@ def load_safe(path, device=None):
         if _WEIGHTS_NAME not in zf.namelist():
             raise OpsoValueError(f"{path} holds no {_WEIGHTS_NAME}; save the model again with CNN.save(path)")
         weights_bytes = zf.read(_WEIGHTS_NAME)
-    cls = getattr(cnn_module, description["model_class"], None)
-    if cls is None:
-        raise OpsoValueError(f"unknown model class {description['model_class']!r} in {path}")
+    state = torch.load(io.BytesIO(weights_bytes), map_location="cpu", weights_only=True)
+    return description, state
+
+
+def build_network(description: dict, state=None):
+    """The network a model description names (a registered architecture and its arguments), without
+    pretrained weights; with ``state`` (a ``state_dict``) loaded into it when given.
+
+    Parameters
+    ----------
+    description : dict
+        A model description (:func:`read_description`).
+    state : dict, optional
+        The network's ``state_dict`` (:func:`read_safe`).
+
+    Returns
+    -------
+    torch.nn.Module
+    """
+    from opso_core.ml.cnn_architectures import build_architecture
+
     arch = description["architecture"]
     network = build_architecture(arch["name"], **_from_json(arch["kwargs"]))
-    state = torch.load(io.BytesIO(weights_bytes), map_location="cpu", weights_only=True)
-    network.load_state_dict(state)
-    model = cnn_module.CNN.__new__(cls)
-    cnn_module.CNN.__init__(model, network, description["classes"], description["sample_duration"],
-                            single_target=description["single_target"],
-                            sample_shape=tuple(description["sample_shape"]))
-    model.preprocessor = build_preprocessor(description["preprocessor"])
-    training = description["training"]
-    model.optimizer_cls = getattr(torch.optim, training["optimizer_class"], torch.optim.SGD)
-    model.optimizer_params = _from_json(training["optimizer_params"])
-    model.lr_update_interval = training["lr_update_interval"]
-    model.lr_cooling_factor = training["lr_cooling_factor"]
-    model.current_epoch = training["current_epoch"]
-    model.loss_hist = {int(k): v for k, v in training["loss_hist"].items()}
-    model.prediction_threshold = training["prediction_threshold"]
-    if training.get("loss_fn") == "ResampleLoss":
-        from opso_core.ml.loss import ResampleLoss
-
-        model.loss_cls = ResampleLoss
-    if device is not None:
-        model.device = torch.device(device)
-    return model
+    if state is not None:
+        network.load_state_dict(state)
+    return network

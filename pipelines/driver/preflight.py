@@ -6,10 +6,12 @@ fails here, in seconds, with one message, leaving the output folder as it was:
 1. the cluster settings (kind, address, batch-system requirements; :mod:`pipelines.driver.cluster`);
 2. input and output are different places, neither inside the other;
 3. the input can be listed and ``input.pattern`` matches files (credentials and endpoint work);
-4. every CNN model can be read and its preprocessing reproduced; the recorders table is readable;
+4. every enabled stage kind's own checks (:meth:`pipelines.stages.base.StageKind.check`: a CNN model can be
+   read and its preprocessing reproduced, the recorders table is readable, ...);
 5. the output folder is writable and no other run holds it: the run takes its lock here
    (:mod:`pipelines.outputs.run_lock`), and from here on the folder is this run's until it releases it;
-6. the output folder holds no other configuration's finished work (unless ``--overwrite``).
+6. the output folder holds no other archive's finished work (unless ``--overwrite``); a run of the same
+   archive with other settings is updated (:func:`pipelines.driver.identity.decide_start`).
 
 When the check after the lock fails, the lock is released (and deleted: nothing was written)
 before the error propagates.
@@ -27,11 +29,13 @@ import os
 import fsspec
 
 from pipelines.config import RunConfig
+from pipelines.driver.identity import decide_start
 from pipelines.driver.inventory import list_archive
 from pipelines.errors import ConfigError, StorageError
 from pipelines.outputs.location import OutputLocation
-from pipelines.outputs.run_folder import PreviousRun, decide_start, read_previous_run
+from pipelines.outputs.run_folder import PreviousRun, read_previous_run
 from pipelines.outputs.run_lock import RunLock
+from pipelines.stages import enabled_kinds, output_names
 
 __all__ = ["Preflight", "check_locations", "check_run"]
 
@@ -43,8 +47,8 @@ class Preflight:
     """What the checks found: the input files, the folders that could not be listed, how the run
     starts in its output folder, and the output folder's lock, held until :meth:`release`.
 
-    ``start`` is ``new``, ``resume``, ``overwrite`` or ``replace``
-    (:func:`pipelines.run_folder.decide_start`).
+    ``start`` is ``new``, ``resume``, ``update``, ``overwrite`` or ``replace``
+    (:func:`pipelines.driver.identity.decide_start`).
     """
 
     files: tuple[str, ...]
@@ -146,22 +150,15 @@ def check_run(config: RunConfig, *, cluster_kind: str | None = None, overwrite: 
         raise StorageError(f"no files match input.pattern {inp.pattern!r} under {inp.url}")
     for folder, message in listing.unlisted:
         logger.warning("cannot list %s (%s): its recordings are not part of the run", folder, message)
-    if config.cnn:
-        from pipelines.stages.cnn import describe_cnn_detector
-
-        for model in config.cnn:
-            describe_cnn_detector(model, config.spectrogram.sample_rate)
-    if config.localization is not None:
-        from pipelines.stages.localization import check_localization
-
-        check_localization(config)
+    for stage_kind in enabled_kinds(config):
+        stage_kind.check(config)
     location = OutputLocation(config.output.url, config.output.storage_options)
-    read_previous_run(location)  # a folder of foreign outputs is refused before anything is written
+    read_previous_run(location, output_names())  # a folder of foreign outputs is refused before anything is written
     location.check_writable()
     lock = RunLock(location, config.output.lease_s, steal=steal_lock).acquire()
     try:
-        previous = read_previous_run(location)
-        start = decide_start(location, previous, config.fingerprint(), overwrite)
+        previous = read_previous_run(location, output_names())
+        start = decide_start(location, previous, config, overwrite)
     except BaseException:
         lock.release()
         raise

@@ -32,16 +32,15 @@ import dataclasses
 import datetime
 import logging
 import platform
-import re
 import time
 import warnings
 from importlib.metadata import PackageNotFoundError, version
 
 import pandas as pd
-import pyarrow as pa
 
-from pipelines.config import RunConfig, check_sizes, check_species_bands
+from pipelines.config import RunConfig, check_sizes
 from pipelines.driver.clip_plan import plan_clips
+from pipelines.driver.identity import compare_outputs, resolve_products
 from pipelines.driver.inventory import (
     add_clip_counts_and_warnings,
     count_warnings,
@@ -56,19 +55,22 @@ from pipelines.driver.waiting import wait_for_futures
 from pipelines.errors import RunLockLostError, RunStorageError, StorageError
 from pipelines.outputs.location import OutputLocation
 from pipelines.outputs.results import read_status
-from pipelines.outputs.run_folder import clear_run_outputs, remove_temporaries
+from pipelines.outputs.run_folder import (
+    OutputName,
+    clear_run_outputs,
+    remove_markers,
+    remove_outputs,
+    remove_temporaries,
+)
 from pipelines.outputs.run_lock import local_worker_processes
 from pipelines.outputs.tables import (
     DETECTION_SCHEMA,
     FAILURE_COLUMNS,
     FAILURE_SCHEMA,
     empty_detections,
-    score_schema,
 )
-from pipelines.stages.cnn import cnn_stage, describe_cnn_detector
-from pipelines.stages.localization import LOCALIZATION_SCHEMA, localization_stage
-from pipelines.stages.ribbit_scores import detector_name
-from pipelines.stages.spectrograms import spectrogram_stage
+from pipelines.stages import enabled_kinds, output_names
+from pipelines.stages.base import RunContext
 
 __all__ = ["FAILURE_COLUMNS", "RunSummary", "elide", "read_status", "run_pipeline"]
 
@@ -155,23 +157,26 @@ def _run_locked(config: RunConfig, client, preflight: Preflight, progress: bool,
     session = {"started": _now(), "host": platform.node(), "wall_s": None}
     run_info = {"status": "running", "fingerprint": config.fingerprint(), "config": config.public_dict(),
                 "versions": _versions(), "started": session["started"], "sessions": [session]}
-    if preflight.start == "resume":
-        logger.info("resuming the run in %s", location.url)
+    if preflight.start in ("resume", "update"):
+        logger.info("%s the run in %s", "resuming" if preflight.start == "resume" else "updating", location.url)
         previous = preflight.previous.info
         run_info["started"] = previous.get("started", run_info["started"])
         run_info["sessions"] = [*_previous_sessions(previous), session]
         run_info["resumed"] = session["started"]
+        for key in ("outputs", "stages", "legacy_markers"):  # until this run has worked out its own
+            if key in previous:
+                run_info[key] = previous[key]
     try:
         if lock is not None:  # before any task: a rerun on this host can then tell when all have ended
             lock.set_workers(local_worker_processes(client), strict=True)
         if preflight.start == "overwrite":
             logger.warning("--overwrite: removing the previous run's outputs from %s (only files opso wrote)",
                            location.url)
-            clear_run_outputs(location)
+            clear_run_outputs(location, output_names())
         elif preflight.start == "replace":
             logger.info("replacing the run of another configuration in %s, which finished no task", location.url)
-            clear_run_outputs(location)
-        remove_temporaries(location)
+            clear_run_outputs(location, output_names())
+        remove_temporaries(location, output_names())
         location.write_json("run.json", run_info)
         summary = _run_stages(config, client, location, preflight, run_info, progress, watch, started)
     except BaseException as exc:
@@ -250,82 +255,74 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
 
     sample_rate_hz = _sample_rate(config, found)
     params = config.spectrogram.params(sample_rate_hz)
+    kinds = enabled_kinds(config)
     if config.spectrogram.sample_rate is None:  # else checked with the configuration
-        if config.ribbit:
-            check_species_bands(config.ribbit, sample_rate_hz, params.step_samples)
+        for kind in kinds:
+            kind.check_at_sample_rate(config, sample_rate_hz, params)
         check_sizes(config.clips, config.spectrogram, sample_rate_hz, config.output)
-    clips_cfg = config.clips
-    spectrogram_stage_runs = bool(config.ribbit) or config.spectrogram.store != "none"
-    if not spectrogram_stage_runs:  # nothing would use the spectrograms: the CNNs compute their own input
-        logger.info("no spectrogram stage: no RIBBIT species and spectrogram.store is 'none'")
-    detectors = [describe_cnn_detector(m, sample_rate_hz) for m in config.cnn]
-    det_plans = [plan_clips(found, clip_duration=det.clip_duration_s, clip_overlap=det.overlap_s,
-                            final_clip=det.final_clip) for det in detectors]
-    if spectrogram_stage_runs:
-        plan = plan_clips(found, clip_duration=clips_cfg.duration, clip_overlap=clips_cfg.overlap,
-                          final_clip=clips_cfg.final_clip)
-    else:  # without a spectrogram stage the first CNN's clips are the run's clips
-        plan = det_plans[0]
+    clip_settings, counting_stage = next(c for c in (kind.run_clips(config) for kind in kinds) if c is not None)
+    plan = plan_clips(found, clip_duration=clip_settings.duration_s, clip_overlap=clip_settings.overlap_s,
+                      final_clip=clip_settings.final_clip)
     logger.info("%d clips at %d Hz", len(plan), sample_rate_hz)
     inventory = add_clip_counts_and_warnings(found, plan.groupby("file", sort=False).size())
-    if not stored or not inventory.equals(found):  # a stored inventory is rewritten only if it lacks these
+    if not stored or not _same_table(inventory, found):  # a stored inventory is rewritten only if it lacks these
         location.write_parquet("inventory.parquet", inventory)
     readable = inventory[inventory["status"] != "failed"]
 
     gpu_workers, _ = _workers_by_kind(client)
-    stages = []
-    no_clip_rows: list[dict] = []
-    if spectrogram_stage_runs:
-        location.check_lease()  # the store's metadata is written with zarr, not through the location
-        stages.append(spectrogram_stage(config, plan, params=params, sample_rate_hz=sample_rate_hz, location=location))
-    if detectors:
-        logger.info("CNN tasks go to %s", f"{len(gpu_workers)} GPU worker(s)" if gpu_workers else "CPU workers")
-    for det, det_plan in zip(detectors, det_plans, strict=True):
-        stage = cnn_stage(det, det_plan, input_storage_options=config.input.storage_options,
-                          task_audio_s=config.spectrogram.task_audio_s, gpu_workers=bool(gpu_workers))
-        if det_plan is plan:
-            stage = dataclasses.replace(stage, counts_clips=True)
-        else:  # files with clips for the run but none of this model's length
-            missing = sorted(set(readable["file"]) - set(det_plan["file"]) - set(inventory.loc[
-                inventory["status"] == "no_clips", "file"]))
-            no_clip_rows += [dict(stage=stage.name, item=f, error_type="NoClips", message=(
-                f"shorter than one clip of the model ({det.clip_duration_s:g} s); not scored by {stage.name}"))
-                for f in missing]
-        stages.append(stage)
+    ctx = RunContext(config, location, inventory, plan, clip_settings, sample_rate_hz, params, bool(gpu_workers))
+    resolved = resolve_products([p for kind in kinds for p in kind.products(ctx)])
+    settled = _apply_changes(location, preflight, run_info, resolved)
+    run_info.update(outputs={n: r.record() for n, r in resolved.items()},
+                    stages={name: {"settled": ok} for name, ok in settled.items()},
+                    sample_rate_hz=sample_rate_hz, gpu_workers=bool(gpu_workers))
+    location.write_json("run.json", run_info)
+    if any(p.product.stage.startswith("cnn:") for p in resolved.values()):
+        logger.info("GPU-capable tasks go to %s", f"{len(gpu_workers)} GPU worker(s)" if gpu_workers else "CPU workers")
 
     if preflight.lock is not None:
         preflight.lock.mark_tasks_started()
-    futures = _submit_tasks(client, location, stages, config.fingerprint())
     task_failures: list[dict] = []
-    stage_s.update(_wait_for_tasks(futures, task_failures, progress, watch))
-    grouping_failures: list[dict] = []
-    dropped: dict[str, dict[str, int]] = {}
-    if config.localization is not None:  # needs every detection: runs after the detector stages
-        if task_failures:
-            logger.warning("localization waits for a complete run: %d detector tasks failed; run again to "
-                           "finish them, then localize", len(task_failures))
-        else:
-            t0 = time.perf_counter()
-            stage, rows, grouping_dropped = localization_stage(config, location, inventory,
-                                                               sample_rate_hz=sample_rate_hz)
-            grouping_failures = [dict(stage=stage.name, item=item, error_type=et, message=msg)
-                                 for item, et, msg in rows]
-            if grouping_dropped:
-                dropped[stage.name] = dict(grouping_dropped)
-            stages.append(stage)
-            futures = _submit_tasks(client, location, [stage], config.fingerprint())
-            _wait_for_tasks(futures, task_failures, progress, _retagging(watch, client))
-            stage_s[stage.name] = time.perf_counter() - t0
+    stages = []
+    for phase in sorted({kind.phase for kind in kinds}):
+        if phase > 1 and task_failures:
+            logger.warning("the stages that read every detection (%s) wait for a complete run: %d tasks failed; "
+                           "run again to finish them", ", ".join(k.name for k in kinds if k.phase == phase),
+                           len(task_failures))
+            break
+        t0 = time.perf_counter()
+        planned = []
+        for kind in (k for k in kinds if k.phase == phase):
+            for stage in kind.plan(ctx, resolved):
+                own = {n: r.identity for n, r in resolved.items() if r.stage == stage.name}
+                planned.append(dataclasses.replace(stage, products=own, counts_clips=stage.name == counting_stage))
+        futures = _submit_tasks(client, location, planned, config.fingerprint(), settled,
+                                run_info.get("legacy_markers") or {})
+        before = len(task_failures)
+        times = _wait_for_tasks(futures, task_failures, progress, watch if phase == 1 else _retagging(watch, client))
+        stage_s.update(times if phase == 1 else {s.name: time.perf_counter() - t0 for s in planned})
+        failed = {f["stage"] for f in task_failures[before:]}
+        for stage in planned:
+            settled[stage.name] = stage.name not in failed
+        stages += planned
+        for kind in (k for k in kinds if k.phase == phase):  # the next phase reads complete table folders
+            kind.write_empty(ctx)
+    run_info["stages"] = {name: {"settled": ok} for name, ok in settled.items()}
 
     # ---- collect what every task recorded, whether it ran now or in an earlier attempt: the markers,
     # listed once each and fresh (never a cached listing)
-    failures = _failure_rows_from_inventory(inventory) + no_clip_rows
+    failures = _failure_rows_from_inventory(inventory)
     n_clips_ok = 0
-    detections = {detector_name(s.name): 0 for s in config.ribbit} | {d.detector: 0 for d in detectors}
-    if config.localization is not None:
-        detections[f"localized:{config.localization.class_name}"] = 0
+    detections: dict[str, int] = {}
+    for kind in kinds:
+        detections.update(kind.counters(config))
+    dropped: dict[str, dict[str, int]] = {}
     finished_at = []
     for stage in stages:
+        failures += [dict(stage=stage.name, item=item, error_type=et, message=msg) for item, et, msg in stage.failures]
+        for why, n in stage.dropped.items():
+            counts = dropped.setdefault(stage.name, {})
+            counts[why] = counts.get(why, 0) + n
         for name in location.list(stage.progress):
             if not name.endswith(".json"):
                 continue
@@ -333,23 +330,29 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
             if stage.counts_clips:
                 n_clips_ok += record["n_ok"]
             failures += [dict(stage=stage.name, item=item, error_type=et, message=msg)
-                         for item, et, msg in record["failures"]]
-            for det, n in record["detections"].items():
-                detections[det] = detections.get(det, 0) + n
+                         for item, et, msg in record.get("failures", [])]
+            for det, n in (record.get("detections") or {}).items():
+                if det in detections:
+                    detections[det] += n
             for why, n in (record.get("dropped") or {}).items():
                 counts = dropped.setdefault(stage.name, {})
                 counts[why] = counts.get(why, 0) + n
             if record.get("finished"):
                 finished_at.append(float(record["finished"]))
-    _write_empty_tables(location, config, detectors)
-    failures += grouping_failures + task_failures
+    for kind in kinds:  # the kinds of a phase that did not run too
+        kind.write_empty(ctx)
+    if not location.list("detections"):  # a run without detectors still has a readable detections/ folder
+        location.write_parquet("detections/part-none-000000000-000000000.parquet", empty_detections(),
+                               schema=DETECTION_SCHEMA)
+    failures += task_failures
     failures_df = pd.DataFrame(failures, columns=FAILURE_COLUMNS)
     failures_df["message"] = failures_df["message"].map(lambda m: elide(m) if isinstance(m, str) else m)
     failures_df = failures_df.sort_values(["stage", "item"], kind="stable").reset_index(drop=True)
-    location.write_parquet("failures.parquet", failures_df, schema=FAILURE_SCHEMA)
+    if not (location.exists("failures.parquet") and _same_table(location.read_parquet("failures.parquet"), failures_df)):
+        location.write_parquet("failures.parquet", failures_df, schema=FAILURE_SCHEMA)
 
     files = inventory[~inventory["file"].str.endswith("/")]
-    complete = not task_failures
+    complete = not task_failures and all(settled.get(s, False) for s in {r.stage for r in resolved.values()})
     wall_s = time.perf_counter() - started
     sessions = run_info["sessions"]
     sessions[-1]["wall_s"] = round(wall_s, 3)
@@ -371,6 +374,56 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
                     sample_rate_hz=sample_rate_hz, spectrogram_params=params.as_dict())
     location.write_json("run.json", run_info)
     return summary
+
+
+def _apply_changes(location: OutputLocation, preflight: Preflight, run_info: dict, resolved: dict) -> dict[str, bool]:
+    """Compare this run's products with the previous run's (:func:`pipelines.driver.identity.compare_outputs`),
+    delete the outputs of the changed and removed ones (and the markers of stages none of whose products
+    is kept), and log what happens; returns ``{stage: settled}``: True where every range already holds
+    this run's identities, so only ranges without a marker need a task."""
+    stages = {r.stage for r in resolved.values()}
+    previous_outputs = run_info.get("outputs")
+    if previous_outputs is None and preflight.start == "resume":
+        # a run begun by an opso without per-product identities, resumed with the same configuration:
+        # its markers hold the products the run has now
+        legacy = {}
+        for name, r in resolved.items():
+            legacy.setdefault(r.stage, {})[name] = r.identity
+        run_info["legacy_markers"] = legacy
+        return dict.fromkeys(stages, True)
+    previous_stages = run_info.get("stages") or {}
+    changes = compare_outputs(previous_outputs, resolved)
+    by_stage: dict[str, list] = {}
+    for change in changes:
+        by_stage.setdefault(change.stage, []).append(change)
+        if change.action == "changed":
+            logger.info("%s: recompute (changed: %s)", change.name, "; ".join(change.keys))
+        elif change.action == "removed":
+            logger.info("%s: no longer configured; removing its outputs", change.name)
+        elif change.action == "new" and previous_outputs:
+            logger.info("%s: new; computing it", change.name)
+        if change.action in ("changed", "removed"):
+            recorded = (change.record or {}).get("outputs")
+            names = [OutputName(*n) for n in recorded] if recorded is not None else \
+                list(resolved[change.name].product.outputs) if change.name in resolved else []
+            remove_outputs(location, names)
+    settled = {}
+    for stage, items in by_stage.items():
+        kept = [c for c in items if c.action == "kept"]
+        if not kept:  # nothing of the stage stays: its ranges may be others now
+            remove_markers(location, stage.replace(":", "-"))
+        if stage in stages:
+            settled[stage] = len(kept) == len(items) and previous_stages.get(stage, {}).get("settled", False)
+    return settled
+
+
+def _same_table(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    """The same values, columns and order (string columns read back from Parquet may differ in dtype only)."""
+    try:
+        pd.testing.assert_frame_equal(a, b, check_dtype=False)
+    except AssertionError:
+        return False
+    return True
 
 
 def _total_wall_s(sessions: list[dict], finished_at: list[float]) -> float:
@@ -495,20 +548,25 @@ def _retagging(watch, client, every_s: float = 10.0):
     return check
 
 
-def _submit_tasks(client, location: OutputLocation, stages, fingerprint: str) -> dict:
-    """Submit every task without a marker, one batch per stage; returns ``{future: (stage, ClipRange)}``
-    (the only references to the futures)."""
+def _submit_tasks(client, location: OutputLocation, stages, fingerprint: str, settled: dict[str, bool],
+                  legacy_markers: dict) -> dict:
+    """Submit the tasks of ``stages``, one batch per stage; returns ``{future: (stage, ClipRange)}`` (the
+    only references to the futures). A settled stage gets tasks for its ranges without a marker; another
+    for every range (each task reads its marker and computes only the products whose identity changed)."""
     futures: dict = {}
     for stage in stages:
-        done = {n.removesuffix(".json") for n in location.list(stage.progress)}
-        todo = [r for r in stage.ranges if r.name not in done]
+        todo = list(stage.ranges)
+        if settled.get(stage.name):
+            done = {n.removesuffix(".json") for n in location.list(stage.progress)}
+            todo = [r for r in todo if r.name not in done]
         if not todo:
             continue
         with warnings.catch_warnings():  # each task carries its rows of the plan: a large graph is expected
             warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
-            futs = client.map(run_stage_task, [stage.task] * len(todo), todo,
-                              [stage.plan.iloc[r.start : r.stop] for r in todo], [location] * len(todo),
-                              [stage.marker(r) for r in todo],
+            n = len(todo)
+            futs = client.map(run_stage_task, [stage.task] * n, todo, [stage.plan.iloc[r.start : r.stop] for r in todo],
+                              [location] * n, [stage.marker(r) for r in todo], [stage.products] * n,
+                              [legacy_markers.get(stage.name)] * n,
                               key=[f"{stage.name}-{fingerprint}-{r.name}" for r in todo], retries=1,
                               resources=_cpu_only_resources(client) if stage.cpu_only else stage.resources,
                               pure=False)
@@ -549,27 +607,3 @@ def _wait_for_tasks(futures: dict, task_failures: list, progress: bool, watch) -
     finally:
         bar.close()
     return stage_s
-
-
-def _write_empty_tables(location: OutputLocation, config: RunConfig, detectors) -> None:
-    """Give every configured detector a readable (possibly zero-row) score table, and the run a
-    readable ``detections/`` folder, also when no clip could be analysed."""
-    tables = [(detector_name(s.name), [s.name], f"ribbit-{s.name}", pa.float64()) for s in config.ribbit]
-    tables += [(d.detector, list(d.classes), f"cnn-{d.name}", pa.float32()) for d in detectors]
-    empty_range = "000000000-000000000"
-    written = location.list("detections")
-    for detector, classes, part, value_type in tables:
-        if not location.list(f"scores/detector={detector}"):
-            schema = score_schema(classes, value_type)
-            location.write_parquet(f"scores/detector={detector}/part-{empty_range}.parquet",
-                                   schema.empty_table().to_pandas(), schema=schema)
-        own = re.compile(rf"^part-{re.escape(part)}-\d{{9}}-\d{{9}}\.parquet$")
-        if not any(own.match(n) for n in written):
-            location.write_parquet(f"detections/part-{part}-{empty_range}.parquet", empty_detections(),
-                                   schema=DETECTION_SCHEMA)
-    if not location.list("detections"):
-        location.write_parquet(f"detections/part-none-{empty_range}.parquet", empty_detections(),
-                               schema=DETECTION_SCHEMA)
-    if config.localization is not None and not location.list("localizations"):
-        location.write_parquet(f"localizations/part-{empty_range}.parquet",
-                               LOCALIZATION_SCHEMA.empty_table().to_pandas(), schema=LOCALIZATION_SCHEMA)

@@ -46,6 +46,12 @@ class Stage:
         Its records' ``n_ok`` are the run's analysed clips (the spectrogram stage).
     cpu_only : bool
         Its tasks run only on workers without the ``GPU`` resource (when there are any).
+    products : dict
+        ``{product name: identity}`` of the outputs its tasks write (set by the driver).
+    failures : tuple
+        ``(item, error_type, message)`` found while planning (e.g. files too short for a model's clip).
+    dropped : dict
+        ``{reason: count}`` of items left out while planning (the summary's ``dropped``).
     """
 
     name: str
@@ -55,6 +61,9 @@ class Stage:
     resources: dict | None = None
     counts_clips: bool = False
     cpu_only: bool = False
+    products: dict = dataclasses.field(default_factory=dict)
+    failures: tuple = ()
+    dropped: dict = dataclasses.field(default_factory=dict)
 
     @property
     def progress(self) -> str:
@@ -101,25 +110,61 @@ def tune_allocator() -> None:
         mallopt(m_trim_threshold, 256 * 2**20)  # keep up to 256 MB of freed heap for the next task
 
 
-def run_stage_task(task, clip_range: ClipRange, clips: pd.DataFrame, location: OutputLocation, marker: str) -> dict:
-    """Run one task unless its ``marker`` exists; write the marker after the task's outputs.
+def run_stage_task(task, clip_range: ClipRange, clips: pd.DataFrame, location: OutputLocation, marker: str,
+                   products: dict | None = None, legacy_products: dict | None = None) -> dict:
+    """Bring one range's outputs to ``products``' identities; write the marker after the outputs.
+
+    Parameters
+    ----------
+    products : dict
+        ``{product: identity}`` the range must hold.
+    legacy_products : dict, optional
+        What a marker without ``products`` holds (written by an opso from before per-product identities,
+        in a run resumed since: the products the run had then).
 
     Returns
     -------
     dict
-        The task's record (from the marker when the task had already run).
+        The range's record (the marker's content).
     """
-    if location.exists(marker):  # the marker is the truth: done before (a recomputation or a retry)
-        return location.read_json(marker)
+    products = dict(products or {})
+    previous = location.read_json(marker) if location.exists(marker) else None
+    held = {}
+    if previous is not None:
+        held = previous.get("products")
+        if held is None:
+            held = dict(legacy_products) if legacy_products is not None else dict(products)
+    needed = frozenset(p for p, identity in products.items() if held.get(p) != identity)
+    if previous is not None and not needed:
+        if set(held) == set(products):  # the marker is the truth: done before (a recomputation or a retry)
+            return previous
+        record = _kept_part(previous, held, products)  # products removed from the run: forget them
+        record["products"] = products
+        location.write_json(marker, record)
+        return record
     tune_allocator()
     started = time.perf_counter()
-    record = task(clip_range, clips, location)
+    new = task(clip_range, clips, location, needed)
     try:
         from distributed import get_worker
 
         worker = get_worker().address
     except (ImportError, ValueError):
         worker = None
-    record.update(task_s=round(time.perf_counter() - started, 4), finished=time.time(), worker=worker)
+    record = _kept_part(previous, held, products) if previous is not None else {}
+    detections = {**record.get("detections", {}), **new.pop("detections", {})}
+    record.update(new)
+    record.update(products=products, detections=detections, task_s=round(time.perf_counter() - started, 4),
+                  finished=time.time(), worker=worker)
     location.write_json(marker, record)
+    return record
+
+
+def _kept_part(previous: dict, held: dict, products: dict) -> dict:
+    """The part of an earlier record still true: without the detection counts of detection products
+    the run no longer has (``detections:<detector>`` held but not in ``products``); the task's new
+    counts replace the others it recomputed."""
+    record = dict(previous)
+    record["detections"] = {d: n for d, n in (previous.get("detections") or {}).items()
+                            if not (f"detections:{d}" in held and f"detections:{d}" not in products)}
     return record

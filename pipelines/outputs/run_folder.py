@@ -1,22 +1,24 @@
 """What an opso run writes in its output folder, and the only code that deletes from it.
 
-The output contract names every file a run writes::
+The output contract: the driver's files and the tasks' markers::
 
     run.json  inventory.parquet  failures.parquet
-    spectrograms.zarr/  spectrograms-<detector>.zarr/
-    scores/detector=<detector>/part-<range>.parquet
-    detections/part-<detector>-<range>.parquet
-    localizations/part-<...>.parquet
     _progress/<stage>/<range>.json
     _lock/<generation>.json                (the run's lock: pipelines.outputs.run_lock; never deleted here)
+
+and the names each registered stage kind declares (:class:`OutputName`, collected by
+:func:`pipelines.stages.output_names`), e.g. ``spectrograms.zarr/``,
+``scores/detector=<detector>/part-<range>.parquet``, ``detections/part-<detector>-<range>.parquet``,
+``localizations/part-<range>.parquet``.
 
 :func:`clear_run_outputs` (``--overwrite``, or replacing a run that finished no task) deletes those
 names and nothing else: a user's ``notes.txt`` beside them, or recordings in the same bucket,
 are never touched. ``run.json`` goes last, so an interrupted clean-up is still recognised as an
-opso run folder. :func:`remove_temporaries` removes the hidden temporaries (``.<name>.tmp-<hex>``)
-that a process killed between a write and its rename left beside those names. A folder that holds contract names but no ``run.json`` is not treated as a run:
-it is refused rather than written into.
-"""
+opso run folder. :func:`remove_outputs` deletes one product's names (a detector removed from the
+configuration, or recomputed under another identity). :func:`remove_temporaries` removes the hidden
+temporaries (``.<name>.tmp-<hex>``) that a process killed between a write and its rename left beside
+those names. A folder that holds contract names but no ``run.json`` is not treated as a run: it is
+refused rather than written into."""
 
 from __future__ import annotations
 
@@ -28,28 +30,63 @@ import re
 from pipelines.errors import OutputConflictError
 from pipelines.outputs.location import OutputLocation
 
-__all__ = ["RUN_FILES", "RUN_FOLDERS", "PreviousRun", "clear_run_outputs", "decide_start", "has_finished_tasks",
-           "is_run_output", "read_previous_run", "remove_temporaries"]
+__all__ = ["PROGRESS", "RUN_FILES", "OutputName", "PreviousRun", "clear_run_outputs",
+           "has_finished_tasks", "is_run_output", "read_previous_run", "remove_markers", "remove_outputs",
+           "remove_temporaries"]
 
 logger = logging.getLogger(__name__)
 
 RUN_JSON = "run.json"
-#: files at the top of a run folder
+#: files at the top of a run folder, written by the driver
 RUN_FILES = (RUN_JSON, "inventory.parquet", "failures.parquet")
-#: folders a run fills with files named as below
-RUN_FOLDERS = ("scores", "detections", "localizations", "_progress")
+#: the tasks' markers: ``_progress/<stage>/<range>.json``
 PROGRESS = "_progress"
 
 # leftovers of a local write interrupted before its rename: ".<name>.tmp-<hex>" (and "<name>.tmp-<hex>",
 # as opso wrote them before temporaries were hidden)
 _TEMPORARY = re.compile(r"^(?:\.(?P<hidden>.+)|(?P<plain>.+))\.tmp-[0-9a-f]{32}$")
 _RUN_FILE = re.compile(rf"^(?:{'|'.join(re.escape(f) for f in RUN_FILES)})$")
-_FOLDER_FILE = re.compile(
-    r"^(?:scores/detector=[^/]+/part-[^/]+\.parquet"
-    r"|detections/part-[^/]+\.parquet"
-    r"|localizations/part-[^/]+\.parquet"
-    r"|_progress/(?:[^/]+/)*[^/]+\.json)$")
-_STORE = re.compile(r"^spectrograms(?:-[A-Za-z0-9_.-]+)?\.zarr$")
+_MARKER = re.compile(r"^_progress/(?:[^/]+/)*[^/]+\.json$")
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputName:
+    """A family of names a stage kind writes in the run folder (the output contract).
+
+    Attributes
+    ----------
+    folder : str
+        The folder the names are in, relative to the run folder (``""``: the top).
+    pattern : str
+        Regular expression a name matches, relative to ``folder`` (``part-ribbit-gpt-\\d{9}-\\d{9}\\.parquet``),
+        or the store's name when ``store``.
+    store : bool
+        A Zarr store (a folder with ``.zgroup``), deleted whole.
+    """
+
+    folder: str
+    pattern: str
+    store: bool = False
+
+    def matches(self, rel: str) -> bool:
+        """True if ``rel`` (relative to the run folder) is one of these names (a store: inside it)."""
+        prefix = f"{self.folder}/" if self.folder else ""
+        if not rel.startswith(prefix):
+            return False
+        inner = rel[len(prefix):]
+        if self.store:
+            top = inner.split("/", 1)[0]
+            return re.fullmatch(self.pattern, top) is not None
+        return re.fullmatch(self.pattern, inner) is not None
+
+    @property
+    def top(self) -> str:
+        """The run folder's entry these names are under (a folder, or the store's name pattern)."""
+        return self.folder.split("/", 1)[0] if self.folder else self.pattern
+
+
+#: names the driver writes beside the stages': the zero-row detection table of a run without detectors
+DRIVER_NAMES = (OutputName("detections", r"part-none-\d{9}-\d{9}\.parquet"),)
 
 
 def _temporary_target(rel: str) -> str | None:
@@ -62,15 +99,16 @@ def _temporary_target(rel: str) -> str | None:
     return f"{folder}/{target}" if folder else target
 
 
-def _is_output_name(rel: str) -> bool:
-    return bool(_RUN_FILE.match(rel) or _FOLDER_FILE.match(rel))
+def _is_output_name(rel: str, names) -> bool:
+    return bool(_RUN_FILE.match(rel) or _MARKER.match(rel)) or any(
+        n.matches(rel) for n in (*names, *DRIVER_NAMES) if not n.store)
 
 
-def is_run_output(rel: str) -> bool:
-    """True if ``rel`` (a path relative to the run folder) is a file name a run writes, or the
-    temporary of one."""
+def is_run_output(rel: str, names) -> bool:
+    """True if ``rel`` (a path relative to the run folder) is a file name a run writes (the driver's
+    files, the markers, or one of ``names``: :func:`pipelines.stages.output_names`), or the temporary of one."""
     target = _temporary_target(rel)
-    return _is_output_name(rel) or (target is not None and _is_output_name(target))
+    return _is_output_name(rel, names) or (target is not None and _is_output_name(target, names))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,8 +120,10 @@ class PreviousRun:
     info: dict
 
 
-def read_previous_run(location: OutputLocation) -> PreviousRun | None:
+def read_previous_run(location: OutputLocation, names) -> PreviousRun | None:
     """The run already in ``location``, or None for a folder that holds no opso output.
+
+    ``names``: the stage kinds' output names (:func:`pipelines.stages.output_names`).
 
     Raises
     ------
@@ -94,7 +134,10 @@ def read_previous_run(location: OutputLocation) -> PreviousRun | None:
     if location.exists(RUN_JSON):
         info = location.read_json(RUN_JSON)
         return PreviousRun(info.get("status"), info.get("fingerprint"), info)
-    present = [name for name in location.list("") if name in RUN_FILES or name in RUN_FOLDERS or _STORE.match(name)]
+    tops = {n.top for n in names if not n.store}
+    stores = [n.pattern for n in names if n.store]
+    present = [name for name in location.list("") if name in RUN_FILES or name == PROGRESS or name in tops
+               or any(re.fullmatch(p, name) for p in stores)]
     if present:
         raise OutputConflictError(
             f"{location.url} holds {', '.join(present)} but no run.json, so it is not an opso run folder; "
@@ -107,38 +150,17 @@ def has_finished_tasks(location: OutputLocation) -> bool:
     return any(location.list(f"{PROGRESS}/{stage}") for stage in location.list(PROGRESS))
 
 
-def decide_start(location: OutputLocation, previous: PreviousRun | None, fingerprint: str, overwrite: bool) -> str:
-    """How a run with ``fingerprint`` starts in ``location``.
-
-    Returns
-    -------
-    str
-        ``"new"`` (nothing there), ``"resume"`` (the same configuration: finish what is missing),
-        ``"overwrite"`` (``overwrite=True``: clear the previous run's outputs first) or ``"replace"``
-        (another configuration whose run finished no task, e.g. one that stopped at a configuration
-        error: its outputs are cleared, as nothing of value is lost).
-
-    Raises
-    ------
-    OutputConflictError
-        Another configuration's run finished tasks there and ``overwrite`` is False.
-    """
-    if previous is None:
-        return "new"
-    if overwrite:
-        return "overwrite"
-    if previous.fingerprint == fingerprint:
-        return "resume"
-    if not has_finished_tasks(location):
-        return "replace"
-    raise OutputConflictError(
-        f"{location.url} holds a run with a different configuration (fingerprint {previous.fingerprint} != "
-        f"{fingerprint}, status {previous.status}); use another output URL, or start over with --overwrite "
-        "(deletes that run's outputs, nothing else)")
+def _folders(names) -> list[str]:
+    return sorted({n.folder for n in names if not n.store and n.folder})
 
 
-def clear_run_outputs(location: OutputLocation) -> int:
-    """Delete the files a run writes (the contract's names) from ``location``; ``run.json`` last.
+def remove_outputs(location: OutputLocation, names) -> int:
+    """Delete the files (and Zarr stores) matching ``names`` from ``location``, and nothing else.
+
+    Parameters
+    ----------
+    names : sequence of OutputName
+        E.g. one product's names (a detector's detection parts), or every kind's.
 
     Returns
     -------
@@ -146,19 +168,55 @@ def clear_run_outputs(location: OutputLocation) -> int:
         Number of files and stores deleted.
     """
     n = 0
-    for folder in RUN_FOLDERS:
-        own = [rel for rel in location.find(folder) if is_run_output(rel)]
+    for folder in _folders(names):
+        own = [rel for rel in location.find(folder)
+               if any(name.matches(rel) for name in names if not name.store)
+               or ((target := _temporary_target(rel)) is not None and any(name.matches(target) for name in names))]
         location.remove_files(own)
         n += len(own)
-    for name in location.list(""):
-        if _STORE.match(name) and location.exists(f"{name}/.zgroup"):
-            location.remove_tree(name)
-            n += 1
-    own = [name for name in location.list("") if is_run_output(name) and name != RUN_JSON]
+    own = [rel for rel in location.list("") if any(name.matches(rel) for name in names if not name.store and
+                                                  not name.folder)]
+    location.remove_files(own)
+    n += len(own)
+    stores = [name for name in names if name.store]
+    if stores:
+        for entry in location.list(""):
+            if any(s.matches(entry) for s in stores) and (location.exists(f"{entry}/.zgroup") or
+                                                         location.exists(f"{entry}/zarr.json")):
+                location.remove_tree(entry)
+                n += 1
+    if location.is_local:
+        _remove_empty_folders(location, _folders(names))
+    return n
+
+
+def remove_markers(location: OutputLocation, stage_folder: str) -> int:
+    """Delete the markers of one stage (``_progress/<stage>/*.json``); returns how many."""
+    own = [rel for rel in location.find(f"{PROGRESS}/{stage_folder}") if is_run_output(rel, ())]
+    location.remove_files(own)
+    if location.is_local:
+        _remove_empty_folders(location, [f"{PROGRESS}/{stage_folder}"])
+    return len(own)
+
+
+def clear_run_outputs(location: OutputLocation, names) -> int:
+    """Delete the files a run writes (the driver's files, the markers, and ``names``: every stage kind's,
+    :func:`pipelines.stages.output_names`) from ``location``; ``run.json`` last.
+
+    Returns
+    -------
+    int
+        Number of files and stores deleted.
+    """
+    n = remove_outputs(location, (*names, *DRIVER_NAMES))
+    markers = [rel for rel in location.find(PROGRESS) if is_run_output(rel, names)]
+    location.remove_files(markers)
+    n += len(markers)
+    own = [name for name in location.list("") if is_run_output(name, names) and name != RUN_JSON]
     location.remove_files(own)
     n += len(own)
     if location.is_local:
-        _remove_empty_folders(location)
+        _remove_empty_folders(location, [PROGRESS])
     if location.exists(RUN_JSON):
         location.remove_files([RUN_JSON])
         n += 1
@@ -166,9 +224,9 @@ def clear_run_outputs(location: OutputLocation) -> int:
     return n
 
 
-def remove_temporaries(location: OutputLocation) -> int:
+def remove_temporaries(location: OutputLocation, names) -> int:
     """Delete the temporaries of interrupted local writes (``.<name>.tmp-<hex>``) of the run's files,
-    inside its spectrogram stores too; object storage has none (a write is one PUT).
+    inside its Zarr stores too; object storage has none (a write is one PUT).
 
     Returns
     -------
@@ -177,20 +235,25 @@ def remove_temporaries(location: OutputLocation) -> int:
     """
     if not location.is_local:
         return 0
-    found = [rel for rel in location.list("") if _temporary_target(rel) is not None and is_run_output(rel)]
-    for folder in RUN_FOLDERS:
-        found += [rel for rel in location.find(folder) if _temporary_target(rel) is not None and is_run_output(rel)]
-    for name in location.list(""):
-        if _STORE.match(name):
-            found += [rel for rel in location.find(name) if _temporary_target(rel) is not None]
+    found = [rel for rel in location.list("") if _temporary_target(rel) is not None and is_run_output(rel, names)]
+    for folder in [PROGRESS, *_folders(names)]:
+        found += [rel for rel in location.find(folder) if _temporary_target(rel) is not None and
+                  is_run_output(rel, names)]
+    stores = [name for name in names if name.store]
+    for entry in location.list(""):
+        if any(s.matches(entry) for s in stores):
+            found += [rel for rel in location.find(entry) if _temporary_target(rel) is not None]
+    found = sorted(set(found))
     location.remove_files(found)
     if found:
         logger.info("removed %d temporary files of interrupted writes from %s", len(found), location.url)
     return len(found)
 
 
-def _remove_empty_folders(location: OutputLocation) -> None:
-    for folder in RUN_FOLDERS:
+def _remove_empty_folders(location: OutputLocation, folders) -> None:
+    """Remove the empty folders left under each of ``folders``' first component (``scores`` for
+    ``scores/detector=x``), that component too when empty."""
+    for folder in sorted({f.split("/", 1)[0] for f in folders}):
         top = location.path(folder)
         if not os.path.isdir(top):
             continue

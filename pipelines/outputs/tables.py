@@ -11,7 +11,8 @@ import pandas as pd
 import pyarrow as pa
 
 __all__ = ["DETECTION_COLUMNS", "DETECTION_SCHEMA", "FAILURE_COLUMNS", "FAILURE_SCHEMA", "ID_COLUMNS",
-           "detections_of", "empty_detections", "score_schema"]
+           "detection_part", "detections_of", "empty_detections", "rederive_detections", "score_part", "score_schema",
+           "write_detections"]
 
 #: Columns identifying a clip, first in every score table.
 ID_COLUMNS = ["file", "recorder", "start_time", "end_time", "start_time_utc"]
@@ -45,3 +46,48 @@ def detections_of(scores: pd.DataFrame, detector: str, class_name: str, threshol
 def empty_detections() -> pd.DataFrame:
     """A zero-row detection table with the contract's columns."""
     return DETECTION_SCHEMA.empty_table().to_pandas()
+
+
+def score_part(detector: str, range_name: str) -> str:
+    """Path of a detector's score table for one task range: ``scores/detector=<detector>/part-<range>.parquet``."""
+    return f"scores/detector={detector}/part-{range_name}.parquet"
+
+
+def detection_part(detector: str, range_name: str) -> str:
+    """Path of a detector's detection table for one task range: ``detections/part-<kind>-<name>-<range>.parquet``."""
+    return f"detections/part-{detector.replace(':', '-')}-{range_name}.parquet"
+
+
+def write_detections(location, scores: pd.DataFrame, detector: str, range_name: str,
+                     thresholds: dict[str, float]) -> int:
+    """Write the detections of one range's score table: every class at or above its threshold.
+
+    Parameters
+    ----------
+    location : OutputLocation
+    scores : pandas.DataFrame
+        The range's score table (id columns, one column per class).
+    thresholds : dict
+        ``{class: threshold}``, in the order the classes' rows are written.
+
+    Returns
+    -------
+    int
+        Number of detections written.
+    """
+    frames = [detections_of(scores, detector, cls, threshold) for cls, threshold in thresholds.items()]
+    detections = pd.concat(frames, ignore_index=True) if frames else empty_detections()
+    location.write_parquet(detection_part(detector, range_name), detections, schema=DETECTION_SCHEMA)
+    return len(detections)
+
+
+def rederive_detections(location, detector: str, range_name: str, thresholds: dict[str, float]) -> int:
+    """Detections of one range from its stored score table (a changed threshold: no audio is read).
+
+    Returns
+    -------
+    int
+        Number of detections written.
+    """
+    scores = location.read_parquet(score_part(detector, range_name))
+    return write_detections(location, scores, detector, range_name, thresholds)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 import tempfile
 import threading
 import time
@@ -33,16 +34,26 @@ import pandas as pd
 import pyarrow as pa
 
 from opso_core.spectrogram import SpectrogramParams
-from pipelines.config import CnnModelConfig
+from pipelines.config import CnnModelConfig, RunConfig
 from pipelines.driver.clip_plan import ClipRange
+from pipelines.driver.tasks import Stage, task_ranges
 from pipelines.errors import ConfigError, StorageError
 from pipelines.outputs.location import OutputLocation
-from pipelines.outputs.tables import DETECTION_SCHEMA, ID_COLUMNS, detections_of, score_schema
+from pipelines.outputs.run_folder import OutputName
+from pipelines.outputs.tables import (
+    DETECTION_SCHEMA,
+    ID_COLUMNS,
+    empty_detections,
+    rederive_detections,
+    score_part,
+    score_schema,
+    write_detections,
+)
+from pipelines.stages.base import RANGE, ClipSettings, Product, RunContext, StageKind, flat_settings
 
-__all__ = ["CnnDetector", "CnnTask", "cnn_stage", "describe_cnn_detector", "infer_clips"]
+__all__ = ["KIND", "CnnDetector", "CnnTask", "describe_cnn_detector", "infer_clips"]
 
-# steps of SpectrogramPreprocessor the stage reproduces; augmentations are skipped at inference anyway
-_SUPPORTED_ACTIONS = {"load_audio", "trim_audio", "to_spec", "bandpass", "to_tensor", "rescale"}
+_EMPTY_RANGE = "000000000-000000000"
 
 _PROVISIONAL_SAMPLE_RATE_HZ = 32000  # stands in for a rate not yet known, where only rate-free checks count
 _MODELS: dict = {}
@@ -88,18 +99,23 @@ def _read_model_file(url, storage_options) -> bytes:
         raise StorageError(f"cannot read the cnn model {url}: {type(exc).__name__}: {exc}") from exc
 
 
-def _description(data: bytes, url: str) -> dict:
+def _inference_spec(data: bytes, cfg: CnnModelConfig):
+    """The library's answer to "what input does this model expect" (:func:`opso_core.ml.inference_spec`),
+    its errors as configuration errors naming the model."""
     from opso_core.errors import OpsoValueError
-    from opso_core.ml.persistence import PickleNotAllowedError, read_description
+    from opso_core.ml import NotBatchableError, inference_spec
+    from opso_core.ml.persistence import PickleNotAllowedError
 
     try:
-        return read_description(data)
+        return inference_spec(data)
     except PickleNotAllowedError as exc:
-        raise ConfigError(f"cnn model {url}: {exc}; a pickled model is refused (unpickling runs code from the "
-                          "file): if you trust it, load it with load_model(path, allow_pickle=True) and save it "
+        raise ConfigError(f"cnn model {cfg.model}: {exc}; a pickled model is refused (unpickling runs code from "
+                          "the file): if you trust it, load it with load_model(path, allow_pickle=True) and save it "
                           "again with model.save(path)") from exc
+    except NotBatchableError as exc:
+        raise ConfigError(f"cnn.{cfg.name}: the pipeline cannot reproduce this model's input: {exc}") from exc
     except OpsoValueError as exc:
-        raise ConfigError(f"cnn model {url}: {exc}") from exc
+        raise ConfigError(f"cnn model {cfg.model}: {exc}") from exc
 
 
 def describe_cnn_detector(cfg: CnnModelConfig, run_sample_rate_hz: int | None) -> CnnDetector:
@@ -111,40 +127,23 @@ def describe_cnn_detector(cfg: CnnModelConfig, run_sample_rate_hz: int | None) -
     Raises
     ------
     ConfigError
-        The file is missing or pickled, its preprocessing has steps the stage cannot reproduce,
-        or the thresholds do not match its classes.
+        The file is missing or pickled, its preprocessing has no batch form the stage can reproduce
+        (:class:`opso_core.ml.NotBatchableError`), its band does not fit the sample rate, or the
+        thresholds do not match its classes.
     """
-    from opso_core.ml.persistence import from_json_value
-    from opso_core.ml.spectrogram_tensors import TensorSettings
+    from opso_core.ml.model_input import SampleRateError
 
     data = _read_model_file(cfg.model, cfg.storage_options)
-    desc = _description(data, cfg.model)
-    pre = desc["preprocessor"]
-    if pre["class"] != "SpectrogramPreprocessor":
-        raise ConfigError(f"cnn.{cfg.name}: the pipeline reproduces SpectrogramPreprocessor only, not {pre['class']}")
-    actions = {k: v for k, v in pre["actions"].items() if not v["bypass"] and not v["is_augmentation"]}
-    unsupported = sorted(set(actions) - _SUPPORTED_ACTIONS)
-    if unsupported:
-        raise ConfigError(f"cnn.{cfg.name}: the model's preprocessing has steps the pipeline cannot reproduce: "
-                          f"{unsupported}")
-    init = from_json_value(pre["init"])
-    load = from_json_value(actions.get("load_audio", {}).get("params", {}))
-    sample_rate = load.get("sample_rate") or run_sample_rate_hz
-    rate_known = sample_rate is not None
+    spec = _inference_spec(data, cfg)
+    sample_rate = spec.sample_rate_hz or run_sample_rate_hz
+    if sample_rate is not None:
+        try:
+            spec.check_sample_rate(int(sample_rate))
+        except SampleRateError as exc:
+            raise ConfigError(f"cnn.{cfg.name}: {exc} (set spectrogram.sample_rate higher, or the model's "
+                              "bandpass)") from exc
     sample_rate = int(sample_rate or _PROVISIONAL_SAMPLE_RATE_HZ)
-    to_spec = from_json_value(actions["to_spec"]["params"]) if "to_spec" in actions else {}
-    params = SpectrogramParams.resolve(sample_rate, **to_spec)
-    bandpass = from_json_value(actions["bandpass"]["params"]) if "bandpass" in actions else None
-    if bandpass is not None and rate_known and not bandpass.get("out_of_bounds_ok", True) and \
-            (bandpass["min_f"] < 0 or bandpass["max_f"] > sample_rate / 2):
-        raise ConfigError(
-            f"cnn.{cfg.name}: the model bandpasses {bandpass['min_f']}-{bandpass['max_f']} Hz with "
-            f"out_of_bounds_ok=False, but clips at {sample_rate} Hz reach only {sample_rate / 2} Hz; every sample "
-            "would fail (set spectrogram.sample_rate higher, or the model's bandpass)")
-    step_params = {name: from_json_value(actions[name]["params"]) if name in actions else None
-                   for name in ("to_tensor", "rescale")}
-    settings = TensorSettings.from_steps(init["out_shape"], params.decibel_limits, bandpass=bandpass, **step_params)
-    classes = tuple(desc["classes"])
+    classes = tuple(spec.classes)
     if isinstance(cfg.threshold, dict):
         missing = sorted(set(classes) - set(cfg.threshold))
         if missing:
@@ -152,14 +151,14 @@ def describe_cnn_detector(cfg: CnnModelConfig, run_sample_rate_hz: int | None) -
         thresholds = tuple(float(cfg.threshold[c]) for c in classes)
     else:
         thresholds = (float(cfg.threshold),) * len(classes)
-    duration = float(desc["sample_duration"])
+    duration = float(spec.sample_duration_s)
     return CnnDetector(name=cfg.name, url=cfg.model, sha256=hashlib.sha256(data).hexdigest(),
                        storage_options=dict(cfg.storage_options), classes=classes, activation=cfg.activation,
                        thresholds=thresholds, batch_size=cfg.batch_size, device=cfg.device,
                        clip_duration_s=duration, overlap_s=cfg.overlap_fraction * duration,
-                       final_clip=cfg.final_clip, sample_rate_hz=sample_rate, params=params,
-                       tensor_settings=settings, clips_per_task=cfg.clips_per_task,
-                       prepare_threads=cfg.prepare_threads)
+                       final_clip=cfg.final_clip, sample_rate_hz=sample_rate,
+                       params=spec.spectrogram_params(sample_rate), tensor_settings=spec.tensor_settings(sample_rate),
+                       clips_per_task=cfg.clips_per_task, prepare_threads=cfg.prepare_threads)
 
 
 def _device(name: str):
@@ -195,16 +194,25 @@ def _model(detector: CnnDetector):
 
 @dataclasses.dataclass(frozen=True)
 class CnnTask:
-    """What one CNN task does (picklable): score a range of the detector's clips and write its tables."""
+    """What one CNN task does (picklable): score a range of the detector's clips and write its tables,
+    or, when only the detections are needed (a changed threshold), re-derive them from the stored scores."""
 
     detector: CnnDetector
     input_storage_options: dict
 
-    def __call__(self, clip_range: ClipRange, clips: pd.DataFrame, location: OutputLocation) -> dict:
-        result = infer_clips(clip_range, clips, location=location, detector=self.detector,
+    def __call__(self, clip_range: ClipRange, clips: pd.DataFrame, location: OutputLocation,
+                 needed: frozenset | None = None) -> dict:
+        det = self.detector
+        if needed is not None and f"scores:{det.detector}" not in needed:
+            if f"detections:{det.detector}" not in needed:
+                return {}
+            n = rederive_detections(location, det.detector, clip_range.name, dict(zip(det.classes, det.thresholds,
+                                                                                      strict=True)))
+            return {"detections": {det.detector: n}}
+        result = infer_clips(clip_range, clips, location=location, detector=det,
                              input_storage_options=self.input_storage_options)
         return {"n_clips": len(clip_range), "n_ok": result["n_ok"], "failures": result["failures"],
-                "detections": {self.detector.detector: result["detections"]}, "device": result["device"],
+                "detections": {det.detector: result["detections"]}, "device": result["device"],
                 "model_load_s": result["model_load_s"], "forward_s": result["forward_s"],
                 "prepare_threads": result["prepare_threads"]}
 
@@ -304,16 +312,13 @@ def infer_clips(clip_range: ClipRange, clips: pd.DataFrame, *, location: OutputL
     forward_s = time.perf_counter() - loop_started - wait_s
     ids = clips[ID_COLUMNS].reset_index(drop=True)
     table = pd.concat([ids, pd.DataFrame(scores, columns=list(detector.classes))], axis=1)[valid].reset_index(drop=True)
-    detections = pd.concat([detections_of(table, detector.detector, cls, threshold)
-                            for cls, threshold in zip(detector.classes, detector.thresholds, strict=True)],
-                           ignore_index=True)
-    location.write_parquet(f"detections/part-cnn-{detector.name}-{clip_range.name}.parquet", detections,
-                           schema=DETECTION_SCHEMA)
-    location.write_parquet(f"scores/detector={detector.detector}/part-{clip_range.name}.parquet", table,
+    n_detections = write_detections(location, table, detector.detector, clip_range.name,
+                                    dict(zip(detector.classes, detector.thresholds, strict=True)))
+    location.write_parquet(score_part(detector.detector, clip_range.name), table,
                            schema=score_schema(detector.classes, pa.float32()))
     file_failures = [[_merge_items(file, items), error_type, message]
                      for file, (error_type, message, items) in failures.items()]
-    return {"detections": len(detections), "n_ok": int(valid.sum()), "failures": file_failures, "device": str(device),
+    return {"detections": n_detections, "n_ok": int(valid.sum()), "failures": file_failures, "device": str(device),
             "model_load_s": model_load_s, "forward_s": round(forward_s, 4), "prepare_threads": threads}
 
 
@@ -351,19 +356,112 @@ def _merge_items(file: str, items: list[str]) -> str:
 GPU_TASK_FACTOR = 64
 
 
-def cnn_stage(detector: CnnDetector, plan: pd.DataFrame, *, input_storage_options: dict, task_audio_s: float,
-              gpu_workers: bool):
-    """The stage of one CNN detector over its own clip plan.
-
-    A task covers ``clips_per_task`` clips (the ``cnn`` entry's), or by default ``task_audio_s``
-    seconds of audio on CPU workers and :data:`GPU_TASK_FACTOR` times that on GPU workers (about ten
-    thousand 2 s clips: more than a second of GPU work for a ResNet18 on an H200, so per-task overhead
-    stays small), rounded to whole batches.
-    """
-    from pipelines.driver.tasks import Stage, task_ranges
-
+def _per_task(detector: CnnDetector, task_audio_s: float, gpu_workers: bool) -> int:
+    """Clips per task: the ``cnn`` entry's ``clips_per_task``, or by default ``task_audio_s`` seconds of
+    audio on CPU workers and :data:`GPU_TASK_FACTOR` times that on GPU workers (about ten thousand 2 s
+    clips: more than a second of GPU work for a ResNet18 on an H200, so per-task overhead stays small)."""
     step_s = detector.clip_duration_s - detector.overlap_s
-    per_task = detector.clips_per_task or max(1, round(task_audio_s / step_s)) * (GPU_TASK_FACTOR if gpu_workers else 1)
-    ranges = task_ranges(len(plan), per_task, align=detector.batch_size)
-    return Stage(detector.detector, plan, ranges, CnnTask(detector, dict(input_storage_options)),
-                 resources={"GPU": 1} if gpu_workers else None)
+    return detector.clips_per_task or max(1, round(task_audio_s / step_s)) * (GPU_TASK_FACTOR if gpu_workers else 1)
+
+
+_DESCRIBED: dict = {}
+
+
+def _described(cfg: CnnModelConfig, sample_rate_hz: int | None) -> CnnDetector:
+    """:func:`describe_cnn_detector`, read once per model file and rate in this process (the driver asks
+    for the products, the plan and the checks; a model file may be hundreds of megabytes)."""
+    key = (cfg.model_dump_json(), sample_rate_hz)
+    if key not in _DESCRIBED:
+        if len(_DESCRIBED) > 64:
+            _DESCRIBED.clear()
+        _DESCRIBED[key] = describe_cnn_detector(cfg, sample_rate_hz)
+    return _DESCRIBED[key]
+
+
+class CnnKind(StageKind):
+    """One stage per ``cnn`` entry: the model's scores and detections over its own clips."""
+
+    name = "cnn"
+    phase = 1
+    output_names = (
+        OutputName("scores", rf"detector=cnn:[^/]+/part-{RANGE}\.parquet"),
+        OutputName("detections", rf"part-cnn-[A-Za-z0-9_.-]+-{RANGE}\.parquet"),
+    )
+
+    def enabled(self, config: RunConfig) -> bool:
+        return bool(config.cnn)
+
+    def check(self, config: RunConfig) -> None:
+        for model in config.cnn:
+            _described(model, config.spectrogram.sample_rate)
+
+    def check_at_sample_rate(self, config: RunConfig, sample_rate_hz: int, params) -> None:
+        for model in config.cnn:
+            _described(model, sample_rate_hz)
+
+    def run_clips(self, config: RunConfig):
+        if not config.cnn:
+            return None
+        det = _described(config.cnn[0], config.spectrogram.sample_rate)
+        return ClipSettings(det.clip_duration_s, det.overlap_s, det.final_clip), det.detector
+
+    def products(self, ctx: RunContext) -> list[Product]:
+        products = []
+        for model in ctx.config.cnn:
+            det = _described(model, ctx.sample_rate_hz)
+            own = flat_settings(f"cnn[{model.name}]", model.model_dump(mode="json"), drop=(
+                "name", "model", "storage_options", "threshold", "device", "prepare_threads", "clips_per_task"))
+            own.update({f"cnn[{model.name}].model_sha256": det.sha256,
+                        f"cnn[{model.name}].sample_rate_hz": det.sample_rate_hz,
+                        f"cnn[{model.name}].clips_per_task": _per_task(det, ctx.config.spectrogram.task_audio_s,
+                                                                         ctx.gpu_workers)})
+            products.append(Product(f"scores:{det.detector}", det.detector, own, outputs=(
+                OutputName(f"scores/detector={det.detector}", rf"part-{RANGE}\.parquet"),)))
+            products.append(Product(f"detections:{det.detector}", det.detector,
+                                    {f"cnn[{model.name}].threshold": model.threshold},
+                                    inputs=(f"scores:{det.detector}",), detector=det.detector, outputs=(
+                OutputName("detections", rf"part-cnn-{re.escape(model.name)}-{RANGE}\.parquet"),)))
+        return products
+
+    def plan(self, ctx: RunContext, products: dict) -> list[Stage]:
+        from pipelines.driver.clip_plan import plan_clips
+
+        config, inventory = ctx.config, ctx.inventory
+        readable = inventory[inventory["status"] != "failed"]
+        no_clips = set(inventory.loc[inventory["status"] == "no_clips", "file"])
+        stages = []
+        for model in config.cnn:
+            det = _described(model, ctx.sample_rate_hz)
+            settings = ClipSettings(det.clip_duration_s, det.overlap_s, det.final_clip)
+            plan = ctx.plan if settings == ctx.clip_settings else plan_clips(
+                inventory, clip_duration=det.clip_duration_s, clip_overlap=det.overlap_s, final_clip=det.final_clip)
+            failures = ()
+            if plan is not ctx.plan:  # files with clips for the run but none of this model's length
+                missing = sorted(set(readable["file"]) - set(plan["file"]) - no_clips)
+                failures = tuple((f, "NoClips", f"shorter than one clip of the model ({det.clip_duration_s:g} s); "
+                                  f"not scored by {det.detector}") for f in missing)
+            ranges = task_ranges(len(plan), _per_task(det, config.spectrogram.task_audio_s, ctx.gpu_workers),
+                                 align=det.batch_size)
+            stages.append(Stage(det.detector, plan, ranges, CnnTask(det, dict(config.input.storage_options)),
+                                resources={"GPU": 1} if ctx.gpu_workers else None, failures=failures))
+        return stages
+
+    def counters(self, config: RunConfig) -> dict[str, int]:
+        return {f"cnn:{m.name}": 0 for m in config.cnn}
+
+    def write_empty(self, ctx: RunContext) -> None:
+        location = ctx.location
+        written = location.list("detections")
+        for model in ctx.config.cnn:
+            det = _described(model, ctx.sample_rate_hz)
+            if not location.list(f"scores/detector={det.detector}"):
+                schema = score_schema(det.classes, pa.float32())
+                location.write_parquet(score_part(det.detector, _EMPTY_RANGE), schema.empty_table().to_pandas(),
+                                       schema=schema)
+            own = OutputName("", rf"part-cnn-{re.escape(model.name)}-{RANGE}\.parquet")
+            if not any(own.matches(n) for n in written):
+                location.write_parquet(f"detections/part-cnn-{model.name}-{_EMPTY_RANGE}.parquet",
+                                       empty_detections(), schema=DETECTION_SCHEMA)
+
+
+KIND = CnnKind()

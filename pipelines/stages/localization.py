@@ -25,6 +25,7 @@ files are listed in ``failures.parquet``.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 
 import numpy as np
@@ -36,9 +37,11 @@ from pipelines.driver.clip_plan import ClipRange
 from pipelines.driver.tasks import Stage, task_ranges
 from pipelines.errors import ConfigError
 from pipelines.outputs.location import OutputLocation
+from pipelines.outputs.run_folder import OutputName
 from pipelines.outputs.storage_options import with_storage_defaults
+from pipelines.stages.base import RANGE, Product, RunContext, StageKind, flat_settings
 
-__all__ = ["LOCALIZATION_SCHEMA", "LocalizationTask", "candidate_events", "check_localization",
+__all__ = ["KIND", "LOCALIZATION_SCHEMA", "LocalizationTask", "candidate_events", "check_localization",
            "localization_stage", "read_recorders_table"]
 
 logger = logging.getLogger(__name__)
@@ -214,7 +217,8 @@ class LocalizationTask:
     speed_of_sound: float
     min_n_receivers: int
 
-    def __call__(self, clip_range: ClipRange, events: pd.DataFrame, location: OutputLocation) -> dict:
+    def __call__(self, clip_range: ClipRange, events: pd.DataFrame, location: OutputLocation,
+                 needed: frozenset | None = None) -> dict:
         positions = dict(self.positions)
         rows, failures, dropped = [], [], {}
         for event in events.itertuples(index=False):
@@ -285,9 +289,9 @@ class LocalizationTask:
 
 
 def localization_stage(config: RunConfig, location: OutputLocation, inventory: pd.DataFrame, *,
-                       sample_rate_hz: int) -> tuple[Stage, list[list[str]], dict[str, int]]:
-    """The localization stage of a run whose detector stages have finished, the grouping's failure
-    rows (``[item, error_type, message]``) and what the grouping dropped (``{reason: count}``)."""
+                       sample_rate_hz: int) -> Stage:
+    """The localization stage of a run whose detector stages have finished, with the grouping's failure
+    rows (``Stage.failures``) and what the grouping dropped (``Stage.dropped``)."""
     from pipelines.outputs.results import read_detections
 
     cfg = config.localization
@@ -311,5 +315,43 @@ def localization_stage(config: RunConfig, location: OutputLocation, inventory: p
         residual_threshold_m=cfg.residual_threshold_m, speed_of_sound=cfg.speed_of_sound,
         min_n_receivers=cfg.min_n_receivers)
     dropped = {DROP_REASONS["no_event"]: no_event} if no_event else {}
-    return (Stage(STAGE_NAME, events, task_ranges(len(events), cfg.events_per_task), task, cpu_only=True), failures,
-            dropped)
+    return Stage(STAGE_NAME, events, task_ranges(len(events), cfg.events_per_task), task, cpu_only=True,
+                 failures=tuple(tuple(f) for f in failures), dropped=dropped)
+
+
+class LocalizationKind(StageKind):
+    """Phase 2: localize the events a detector found on several recorders (see the module docstring)."""
+
+    name = "localization"
+    phase = 2
+    output_names = (OutputName("localizations", rf"part-{RANGE}\.parquet"),)
+
+    def enabled(self, config: RunConfig) -> bool:
+        return config.localization is not None
+
+    def check(self, config: RunConfig) -> None:
+        check_localization(config)
+
+    def products(self, ctx: RunContext) -> list[Product]:
+        config = ctx.config
+        cfg = config.localization
+        recorders = read_recorders_table(config.input.recorders_table, config.input.storage_options)
+        table = hashlib.sha256(recorders.to_csv().encode()).hexdigest()[:16]
+        own = {**flat_settings("localization", cfg.model_dump(mode="json", by_alias=True)),
+               "input.recorders_table.sha256": table, "localization.sample_rate_hz": ctx.sample_rate_hz}
+        return [Product("localizations", STAGE_NAME, own, inputs=(f"detections:{cfg.detector}",),
+                        outputs=self.output_names)]
+
+    def plan(self, ctx: RunContext, products: dict) -> list[Stage]:
+        return [localization_stage(ctx.config, ctx.location, ctx.inventory, sample_rate_hz=ctx.sample_rate_hz)]
+
+    def counters(self, config: RunConfig) -> dict[str, int]:
+        return {f"localized:{config.localization.class_name}": 0}
+
+    def write_empty(self, ctx: RunContext) -> None:
+        if not ctx.location.list("localizations"):
+            ctx.location.write_parquet("localizations/part-000000000-000000000.parquet",
+                                       LOCALIZATION_SCHEMA.empty_table().to_pandas(), schema=LOCALIZATION_SCHEMA)
+
+
+KIND = LocalizationKind()

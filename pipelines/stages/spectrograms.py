@@ -1,24 +1,46 @@
-"""The spectrogram stage: one task per range of clips reads their audio, computes their
+"""The spectrogram stage kind: one task per range of clips reads their audio, computes their
 spectrograms, scores them with every RIBBIT species while they are in memory, and writes them to
 ``spectrograms.zarr`` (compact, full, or not at all: ``spectrogram.store``).
 
 A task covers ``spectrogram.task_audio_s`` seconds of audio (whole Zarr chunks of
 ``clips_per_chunk`` clips), so per-task overhead is small next to the work, and no two tasks write
 the same chunk. RIBBIT reads the values as computed, whatever precision the store keeps.
+
+Per species ``<name>`` a task writes
+
+- ``scores/detector=ribbit:<name>/part-<range>.parquet``: one row per clip, columns ``file,
+  recorder, start_time, end_time, start_time_utc, <name>``;
+- ``detections/part-ribbit-<name>-<range>.parquet``: the clips scoring at or above the species'
+  threshold, long format ``detector, class, file, recorder, start_time, end_time, start_time_utc,
+  score``.
+
+Scores equal ``opso_core.ribbit.ribbit_batch`` on the values: for each clip, ``ribbit()`` on that
+clip's spectrogram with ``clip_duration`` = the clip length and ``final_clip="full"``. Clips whose
+audio could not be read are not scored; they are in ``failures.parquet``.
+
+Products and what a rerun recomputes: the store (``spectrograms``) depends on the clip and
+spectrogram settings; a species' scores on those (not the store's encoding) and its own settings
+less the threshold; its detections on its scores and the threshold. A changed threshold re-derives
+the detections from the stored scores (no audio read). An added species, or a store whose encoding
+changed, reads the audio again and computes the spectrograms once more, in full precision: scoring
+the stored values instead would give other scores than a clean run wherever the store is compact
+(0.625 dB steps) or absent, and the tables must not depend on the order the species were added in.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pandas as pd
 
-from opso_core.ribbit import RibbitParams
+from opso_core.ribbit import RibbitParams, ribbit_batch
 from opso_core.spectrogram import SpectrogramParams
-from pipelines.config import RunConfig
+from pipelines.config import RunConfig, check_species_bands
 from pipelines.driver.clip_plan import ClipRange
 from pipelines.driver.tasks import Stage, task_ranges
 from pipelines.outputs.location import OutputLocation
+from pipelines.outputs.run_folder import OutputName
 from pipelines.outputs.spectrogram_store import (
     STORE_NAME,
     StoreEncoding,
@@ -27,9 +49,66 @@ from pipelines.outputs.spectrogram_store import (
     write_clip_coords,
     write_values,
 )
-from pipelines.stages.ribbit_scores import score_clips
+from pipelines.outputs.tables import (
+    DETECTION_SCHEMA,
+    ID_COLUMNS,
+    empty_detections,
+    rederive_detections,
+    score_part,
+    score_schema,
+    write_detections,
+)
+from pipelines.stages.base import RANGE, ClipSettings, Product, RunContext, StageKind, flat_settings
 
-__all__ = ["SpectrogramTask", "spectrogram_stage"]
+__all__ = ["KIND", "SpectrogramTask", "detector_name", "score_clips"]
+
+STAGE_NAME = "spectrograms"
+#: the store's product name
+STORE_PRODUCT = "spectrograms"
+_EMPTY_RANGE = "000000000-000000000"
+
+
+def detector_name(species_name: str) -> str:
+    """``ribbit:<species>``: the species' detector in the output tables."""
+    return f"ribbit:{species_name}"
+
+
+def score_clips(clip_range: ClipRange, clips: pd.DataFrame, values: np.ndarray, ok: np.ndarray,
+                frequencies: np.ndarray, window_step_s: float, *, location: OutputLocation,
+                species: list[RibbitParams], thresholds: dict[str, float]) -> dict[str, int]:
+    """Score the clips of ``clip_range`` for every species and write their score and detection tables.
+
+    Parameters
+    ----------
+    clip_range : ClipRange
+    clips : pandas.DataFrame
+        The plan rows of ``clip_range``, in order.
+    values : numpy.ndarray, shape (n_clips, n_frequencies, n_times)
+        dB values.
+    ok : numpy.ndarray of bool, shape (n_clips,)
+        Clips whose audio was read; the others get no score row.
+    frequencies : numpy.ndarray
+        Hz.
+    window_step_s : float
+        Seconds between consecutive windows.
+
+    Returns
+    -------
+    dict
+        ``{detector name: number of detections}``.
+    """
+    ids = clips[ID_COLUMNS].reset_index(drop=True)[ok].reset_index(drop=True)
+    scores = ribbit_batch(values[ok], frequencies, window_step_s, species) if ok.any() else {
+        sp.name: np.zeros(0) for sp in species}
+    detections = {}
+    for sp in species:
+        table = ids.copy()
+        table[sp.name] = scores[sp.name]
+        detector = detector_name(sp.name)
+        detections[detector] = write_detections(location, table, detector, clip_range.name,
+                                                {sp.name: thresholds[sp.name]})
+        location.write_parquet(score_part(detector, clip_range.name), table, schema=score_schema([sp.name]))
+    return detections
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,39 +125,133 @@ class SpectrogramTask:
     clips_per_chunk: int = 64
     store_name: str = STORE_NAME
 
-    def __call__(self, clip_range: ClipRange, clips: pd.DataFrame, location: OutputLocation) -> dict:
-        spec = clip_spectrograms(clips, params=self.params, sample_rate_hz=self.sample_rate_hz,
-                                 clip_duration_s=self.clip_duration_s, storage_options=self.input_storage_options)
-        detections = {}
-        if self.species:
-            detections = score_clips(clip_range, clips, spec.values, spec.ok, spec.frequencies,
-                                     self.params.step_samples / self.sample_rate_hz, location=location,
-                                     species=list(self.species), thresholds=dict(self.thresholds))
-        if self.encoding is not None:
-            write_values(location, clip_range, spec.values, encoding=self.encoding,
-                         clips_per_chunk=self.clips_per_chunk, store_name=self.store_name)
-            write_clip_coords(location, clip_range, clips, clips_per_chunk=self.clips_per_chunk,
-                              store_name=self.store_name)
-        return {"n_ok": int(spec.ok.sum()), "n_clips": len(clip_range), "failures": [list(f) for f in spec.failures],
-                "detections": detections}
+    def __call__(self, clip_range: ClipRange, clips: pd.DataFrame, location: OutputLocation,
+                 needed: frozenset | None = None) -> dict:
+        """Write the products in ``needed`` (all by default) for the clips of ``clip_range``."""
+        if needed is None:
+            needed = frozenset([STORE_PRODUCT] if self.encoding is not None else []) | {
+                f"{kind}:{detector_name(sp.name)}" for sp in self.species for kind in ("scores", "detections")}
+        thresholds = dict(self.thresholds)
+        scored = [sp for sp in self.species if f"scores:{detector_name(sp.name)}" in needed]
+        record: dict = {"detections": {}}
+        if scored or (self.encoding is not None and STORE_PRODUCT in needed):
+            spec = clip_spectrograms(clips, params=self.params, sample_rate_hz=self.sample_rate_hz,
+                                     clip_duration_s=self.clip_duration_s, storage_options=self.input_storage_options)
+            if scored:
+                record["detections"] = score_clips(
+                    clip_range, clips, spec.values, spec.ok, spec.frequencies,
+                    self.params.step_samples / self.sample_rate_hz, location=location, species=scored,
+                    thresholds=thresholds)
+            if self.encoding is not None and STORE_PRODUCT in needed:
+                write_values(location, clip_range, spec.values, encoding=self.encoding,
+                             clips_per_chunk=self.clips_per_chunk, store_name=self.store_name)
+                write_clip_coords(location, clip_range, clips, clips_per_chunk=self.clips_per_chunk,
+                                  store_name=self.store_name)
+            record.update(n_ok=int(spec.ok.sum()), n_clips=len(clip_range),
+                          failures=[list(f) for f in spec.failures])
+        for sp in self.species:  # a changed threshold: from the stored scores, no audio read
+            detector = detector_name(sp.name)
+            if f"detections:{detector}" in needed and sp not in scored:
+                record["detections"][detector] = rederive_detections(location, detector, clip_range.name,
+                                                                     {sp.name: thresholds[sp.name]})
+        return record
 
 
-def spectrogram_stage(config: RunConfig, plan: pd.DataFrame, *, params: SpectrogramParams, sample_rate_hz: int,
-                      location: OutputLocation) -> Stage:
-    """The run's spectrogram stage; creates ``spectrograms.zarr``'s metadata when the run keeps one."""
-    sc, clips_cfg = config.spectrogram, config.clips
-    encoding = None
-    if sc.store != "none":
-        encoding = StoreEncoding(sc.store, sc.compact_step_db, tuple(sc.decibel_limits))
-        if not location.exists(f"{STORE_NAME}/.zmetadata"):
-            create_store(location, plan, params=params, sample_rate_hz=sample_rate_hz,
-                         clip_duration_s=clips_cfg.duration, clips_per_chunk=sc.clips_per_chunk, encoding=encoding)
-    species = tuple(RibbitParams(name=s.name, signal_band=s.signal_band, pulse_rate_range=s.pulse_rate_range,
-                                 noise_bands=tuple(s.noise_bands), nfft=s.nfft) for s in config.ribbit)
-    task = SpectrogramTask(params=params, sample_rate_hz=sample_rate_hz, clip_duration_s=clips_cfg.duration,
-                           input_storage_options=dict(config.input.storage_options), encoding=encoding,
-                           species=species, thresholds=tuple((s.name, s.threshold) for s in config.ribbit),
-                           clips_per_chunk=sc.clips_per_chunk)
-    step_s = clips_cfg.duration - clips_cfg.overlap
-    ranges = task_ranges(len(plan), max(1, round(sc.task_audio_s / step_s)), align=sc.clips_per_chunk)
-    return Stage("spectrograms", plan, ranges, task, counts_clips=True)
+def _species(config: RunConfig) -> tuple[RibbitParams, ...]:
+    return tuple(RibbitParams(name=s.name, signal_band=s.signal_band, pulse_rate_range=s.pulse_rate_range,
+                              noise_bands=tuple(s.noise_bands), nfft=s.nfft) for s in config.ribbit)
+
+
+class SpectrogramKind(StageKind):
+    """Spectrograms (the store) and RIBBIT scores and detections, computed in one pass over the audio."""
+
+    name = "spectrograms"
+    phase = 1
+    output_names = (
+        OutputName("", r"spectrograms\.zarr", store=True),
+        OutputName("scores", rf"detector=ribbit:[^/]+/part-{RANGE}\.parquet"),
+        OutputName("detections", rf"part-ribbit-[A-Za-z0-9_.-]+-{RANGE}\.parquet"),
+    )
+
+    def enabled(self, config: RunConfig) -> bool:
+        return bool(config.ribbit) or config.spectrogram.store != "none"
+
+    def check_at_sample_rate(self, config: RunConfig, sample_rate_hz: int, params: SpectrogramParams) -> None:
+        if config.ribbit:
+            check_species_bands(config.ribbit, sample_rate_hz, params.step_samples)
+
+    def run_clips(self, config: RunConfig):
+        if not self.enabled(config):
+            return None
+        c = config.clips
+        return ClipSettings(c.duration, c.overlap, c.final_clip), STAGE_NAME
+
+    def products(self, ctx: RunContext) -> list[Product]:
+        config = ctx.config
+        sc = config.spectrogram.model_dump(mode="json")
+        layout = {**flat_settings("clips", config.clips.model_dump(mode="json")),
+                  **flat_settings("spectrogram", sc, drop=("store", "compact_step_db", "sample_rate")),
+                  "spectrogram.sample_rate_hz": ctx.sample_rate_hz}
+        products = []
+        if config.spectrogram.store != "none":
+            products.append(Product(STORE_PRODUCT, STAGE_NAME, {
+                **layout, "spectrogram.store": sc["store"],
+                **({"spectrogram.compact_step_db": sc["compact_step_db"]} if sc["store"] == "compact" else {})},
+                outputs=(OutputName("", re_escape(STORE_NAME), store=True),)))
+        for s in config.ribbit:
+            detector = detector_name(s.name)
+            own = flat_settings(f"ribbit[{s.name}]", s.model_dump(mode="json"), drop=("name", "threshold"))
+            products.append(Product(f"scores:{detector}", STAGE_NAME, {**layout, **own}, outputs=(
+                OutputName(f"scores/detector={detector}", rf"part-{RANGE}\.parquet"),)))
+            products.append(Product(f"detections:{detector}", STAGE_NAME,
+                                    {f"ribbit[{s.name}].threshold": s.threshold}, inputs=(f"scores:{detector}",),
+                                    outputs=(OutputName("detections", rf"part-ribbit-{re_escape(s.name)}-{RANGE}\.parquet"),),
+                                    detector=detector))
+        return products
+
+    def plan(self, ctx: RunContext, products: dict) -> list[Stage]:
+        config, location = ctx.config, ctx.location
+        sc, clips_cfg = config.spectrogram, config.clips
+        encoding = None
+        if sc.store != "none":
+            encoding = StoreEncoding(sc.store, sc.compact_step_db, tuple(sc.decibel_limits))
+            location.check_lease()  # the store's metadata is written with zarr, not through the location
+            if not location.exists(f"{STORE_NAME}/.zmetadata"):
+                create_store(location, ctx.plan, params=ctx.spectrogram_params, sample_rate_hz=ctx.sample_rate_hz,
+                             clip_duration_s=clips_cfg.duration, clips_per_chunk=sc.clips_per_chunk,
+                             encoding=encoding)
+        task = SpectrogramTask(params=ctx.spectrogram_params, sample_rate_hz=ctx.sample_rate_hz,
+                               clip_duration_s=clips_cfg.duration,
+                               input_storage_options=dict(config.input.storage_options), encoding=encoding,
+                               species=_species(config), thresholds=tuple((s.name, s.threshold) for s in config.ribbit),
+                               clips_per_chunk=sc.clips_per_chunk)
+        step_s = clips_cfg.duration - clips_cfg.overlap
+        ranges = task_ranges(len(ctx.plan), max(1, round(sc.task_audio_s / step_s)), align=sc.clips_per_chunk)
+        return [Stage(STAGE_NAME, ctx.plan, ranges, task)]
+
+    def counters(self, config: RunConfig) -> dict[str, int]:
+        return {detector_name(s.name): 0 for s in config.ribbit}
+
+    def write_empty(self, ctx: RunContext) -> None:
+        location = ctx.location
+        written = location.list("detections")
+        for s in ctx.config.ribbit:
+            detector = detector_name(s.name)
+            if not location.list(f"scores/detector={detector}"):
+                schema = score_schema([s.name])
+                location.write_parquet(score_part(detector, _EMPTY_RANGE), schema.empty_table().to_pandas(),
+                                       schema=schema)
+            own = OutputName("", rf"part-ribbit-{re_escape(s.name)}-{RANGE}\.parquet")
+            if not any(own.matches(n) for n in written):
+                location.write_parquet(f"detections/part-ribbit-{s.name}-{_EMPTY_RANGE}.parquet", empty_detections(),
+                                       schema=DETECTION_SCHEMA)
+
+
+def re_escape(text: str) -> str:
+    """``text`` as a literal in a regular expression."""
+    import re
+
+    return re.escape(text)
+
+
+KIND = SpectrogramKind()

@@ -72,16 +72,23 @@ def test_overwrite_keeps_foreign_files_and_replaces_the_run(work, capsys):
     (work / "out" / "notes.txt").write_text("site visits")
     (work / "out" / "scores" / "my-summary.csv").write_text("a,b")
     first = json.loads((work / "out" / "run.json").read_text())
+    # the same archive with other settings: updated in place, what depends on the change recomputed
     changed = write_config(work, clips={"duration": 1.0})
-    rc, err = opso(capsys, "run", changed)
-    assert rc == 2 and "different configuration" in err and "--overwrite" in err
-    assert opso(capsys, "run", changed, "--overwrite")[0] == 0
-    assert (work / "out" / "notes.txt").read_text() == "site visits"
-    assert (work / "out" / "scores" / "my-summary.csv").exists()
+    assert opso(capsys, "run", changed)[0] == 0
     second = json.loads((work / "out" / "run.json").read_text())
     assert second["fingerprint"] != first["fingerprint"] and second["status"] == "complete"
     assert second["summary"]["n_clips"] == 2 * first["summary"]["n_clips"]  # 1 s clips now, none left over
     assert len(pd.read_parquet(work / "out" / "scores" / "detector=ribbit:frog")) == second["summary"]["n_clips"]
+    # another archive: refused, naming the key, unless --overwrite
+    other = write_config(work, "other.yaml", clips={"duration": 1.0}, input={"pattern": "rec00/*.WAV"})
+    rc, err = opso(capsys, "run", other)
+    assert rc == 2 and "another archive" in err and "input.pattern" in err and "--overwrite" in err
+    assert opso(capsys, "run", other, "--overwrite")[0] == 0
+    assert (work / "out" / "notes.txt").read_text() == "site visits"
+    assert (work / "out" / "scores" / "my-summary.csv").exists()
+    third = json.loads((work / "out" / "run.json").read_text())
+    assert third["summary"]["n_clips"] == second["summary"]["n_clips"] // 2  # one of the two recorders
+    assert len(pd.read_parquet(work / "out" / "scores" / "detector=ribbit:frog")) == third["summary"]["n_clips"]
 
 
 def test_overwrite_with_a_bad_input_keeps_the_previous_results(work, capsys):

@@ -146,3 +146,31 @@ def test_scores_do_not_depend_on_what_the_store_keeps(cnn_archive, model_file, d
             assert summary.n_clips == len(tables[store]) == 12
     pd.testing.assert_frame_equal(tables["compact"], tables["full"])
     pd.testing.assert_frame_equal(tables["compact"], tables["none"])
+
+
+def test_a_changed_threshold_rederives_detections_from_the_stored_scores(cnn_archive, model_file, dask_client,
+                                                                          tmp_path):
+    path, _ = model_file
+    out = tmp_path / "out"
+    run_pipeline(config(cnn_archive.root, out, path), dask_client, progress=False)
+    scores = {p: p.read_bytes() for p in (out / "scores").rglob("*.parquet")}
+    markers = {p: p.read_text() for p in (out / "_progress" / "cnn-toy").glob("*.json")}
+    assert markers
+
+    summary = run_pipeline(config(cnn_archive.root, out, path, threshold={"frog": 0.3, "other": 0.6}), dask_client,
+                           progress=False)
+
+    assert {p: p.read_bytes() for p in (out / "scores").rglob("*.parquet")} == scores
+    import json
+
+    for marker, before in markers.items():  # the network did not run again: its timings are the first run's
+        old, new = json.loads(before), json.loads(marker.read_text())
+        assert new["forward_s"] == old["forward_s"] and new["products"] != old["products"]
+    clean = tmp_path / "clean"
+    reference = run_pipeline(config(cnn_archive.root, clean, path, threshold={"frog": 0.3, "other": 0.6}),
+                             dask_client, progress=False)
+    key = ["class", "file", "start_time"]
+    got = pd.read_parquet(out / "detections").sort_values(key).reset_index(drop=True)
+    want = pd.read_parquet(clean / "detections").sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, want)
+    assert summary.detections == reference.detections and len(got) > 0

@@ -177,15 +177,16 @@ class TestPipelineConformance:
         assert "secret" not in str(status)
         assert status["versions"]["numpy"]
 
-    def test_rerun_is_a_no_op_and_config_change_is_refused(self, run, dask_client):
+    def test_rerun_is_a_no_op_and_another_archive_is_refused(self, run, dask_client):
         before = self.read(run, "detections").sort_values(["detector", "file", "start_time"]).reset_index(drop=True)
         config = run.config
         again = run_pipeline(config, dask_client, progress=False)
         assert again.stage_wall_s.keys() == {"inventory"}  # nothing left to compute
         after = self.read(run, "detections").sort_values(["detector", "file", "start_time"]).reset_index(drop=True)
         pd.testing.assert_frame_equal(before, after)
-        changed = config.model_copy(update={"clips": config.clips.model_copy(update={"duration": 3.0})})
-        with pytest.raises(OutputConflictError, match="different configuration"):
+        # another archive (here: another pattern) in the same folder is refused, naming the key
+        changed = config.model_copy(update={"input": config.input.model_copy(update={"pattern": "**/*.wav"})})
+        with pytest.raises(OutputConflictError, match=r"another archive \(changed: input.pattern"):
             run_pipeline(changed, dask_client, progress=False)
 
 

@@ -140,6 +140,41 @@ def test_files_that_are_not_models_say_what_they_are(trained, tmp_path):
         read_description((tmp_path / "pickled.model").read_bytes())
 
 
+def test_from_description_builds_the_model_load_model_returns(tmp_path):
+    """load_model = persistence.read_safe + build_network + CNN.from_description (persistence never
+    imports cnn)."""
+    from opso_core.ml.persistence import build_network, read_safe
+
+    torch.manual_seed(3)
+    model = small_cnn(single_target=True)
+    model.preprocessor.pipeline.to_spec.set(window_samples=256)
+    model.optimizer_params["lr"] = 0.002
+    model.loss_hist = {0: 0.5}
+    model.save(tmp_path / "m.model")
+    description, state = read_safe(tmp_path / "m.model")
+    assert description["model_class"] == "CNN" and set(state) == set(model.network.state_dict())
+    rebuilt = CNN.from_description(description, build_network(description, state), device="cpu")
+    assert type(rebuilt) is CNN and rebuilt.device == torch.device("cpu") and rebuilt.single_target
+    assert rebuilt.classes == ["frog", "other"] and rebuilt.sample_shape == SHAPE
+    assert rebuilt.preprocessor.pipeline.to_spec.params["window_samples"] == 256
+    assert rebuilt.optimizer_params["lr"] == 0.002 and rebuilt.loss_hist == {0: 0.5}
+    for key, value in model.network.state_dict().items():
+        assert torch.equal(rebuilt.network.state_dict()[key], value), key
+    # the class the description names: opso's (InceptionV3), or the class it is called on
+    assert type(CNN.from_description({**description, "model_class": "InceptionV3"}, rebuilt.network)) is InceptionV3
+
+    class MyCNN(CNN):
+        pass
+
+    assert type(MyCNN.from_description({**description, "model_class": "MyCNN"}, rebuilt.network)) is MyCNN
+    with pytest.raises(OpsoValueError, match="unknown model class 'MyCNN'"):
+        CNN.from_description({**description, "model_class": "MyCNN"}, rebuilt.network)
+    with pytest.raises(OpsoValueError, match="unknown model class 'Path'"):
+        CNN.from_description({**description, "model_class": "Path"}, rebuilt.network)
+    with pytest.raises(OpsoValueError, match="not an opso-model description"):
+        CNN.from_description({"classes": ["a"]}, rebuilt.network)
+
+
 def test_safe_format_refuses_custom_architecture(tmp_path):
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(32 * 32 * 3, 2))
     model = CNN(net, ["a", "b"], 1.0, sample_shape=SHAPE)
