@@ -57,8 +57,9 @@ def plan_run(config: RunConfig, *, overwrite: bool = False) -> list[str]:
         rate = _PROVISIONAL_SAMPLE_RATE_HZ
         if start in ("resume", "update"):
             lines.append("(the archive's sample rate is not recorded yet: the inventory finds it)")
-    ctx = RunContext(config, None, None, None, None, int(rate), config.spectrogram.params(int(rate)),
-                     bool(info.get("gpu_workers", False)))
+    layout = bool(info.get("gpu_layout", False))
+    ctx = RunContext(config, None, None, None, None, int(rate), config.spectrogram.params(int(rate)), layout,
+                     gpu_layout=layout)
     resolved = resolve_products([p for kind in kinds for p in kind.products(ctx)])
     if start == "resume" and "outputs" not in info:  # begun by an opso without identities: all of it is kept
         changes = [OutputChange(n, r.stage, "kept") for n, r in resolved.items()]

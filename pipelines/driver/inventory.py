@@ -265,6 +265,11 @@ def add_clip_counts_and_warnings(inventory: pd.DataFrame, clips_per_file: pd.Ser
     readable = out["status"] != "failed"
     counts = out["file"].map(clips_per_file).fillna(0).astype("int64")
     out["n_clips"] = pd.array(counts.where(readable), dtype="Int64")
+    # the status is worked out afresh (an update with shorter clips may give a no_clips file clips)
+    for i in out.index[(out["status"] == "no_clips") & (counts > 0)]:
+        rest = [part for part in str(out.at[i, "error"] or "").split("; ") if part and not part.startswith("NoClips:")]
+        out.at[i, "error"] = "; ".join(rest) if rest else None
+        out.at[i, "status"] = "truncated" if rest and rest[0].startswith("TruncatedAudio:") else "ok"
     empty = readable & (counts == 0) & (out["status"] != "no_clips")
     for i in out.index[empty]:
         reason = (f"NoClips: {out.at[i, 'duration_s']:.6g} s of audio is shorter than one clip (see clips.duration "

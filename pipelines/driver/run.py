@@ -163,7 +163,8 @@ def _run_locked(config: RunConfig, client, preflight: Preflight, progress: bool,
         run_info["started"] = previous.get("started", run_info["started"])
         run_info["sessions"] = [*_previous_sessions(previous), session]
         run_info["resumed"] = session["started"]
-        for key in ("outputs", "stages", "legacy_markers"):  # until this run has worked out its own
+        for key in ("outputs", "stages", "legacy_markers", "epoch", "pending_removals", "gpu_layout"):  # until this
+            # run has worked out its own
             if key in previous:
                 run_info[key] = previous[key]
     try:
@@ -270,15 +271,18 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
     readable = inventory[inventory["status"] != "failed"]
 
     gpu_workers, _ = _workers_by_kind(client)
-    ctx = RunContext(config, location, inventory, plan, clip_settings, sample_rate_hz, params, bool(gpu_workers))
+    # the task layout follows the first session's workers: a resume whose GPU workers have not joined yet
+    # must not see other ranges (and recompute everything)
+    gpu_layout = bool(run_info.get("gpu_layout", bool(gpu_workers))) if preflight.start in ("resume", "update") \
+        else bool(gpu_workers)
+    ctx = RunContext(config, location, inventory, plan, clip_settings, sample_rate_hz, params, bool(gpu_workers),
+                     gpu_layout=gpu_layout)
     resolved = resolve_products([p for kind in kinds for p in kind.products(ctx)])
-    settled = _apply_changes(location, preflight, run_info, resolved)
-    run_info.update(outputs={n: r.record() for n, r in resolved.items()},
-                    stages={name: {"settled": ok} for name, ok in settled.items()},
-                    sample_rate_hz=sample_rate_hz, gpu_workers=bool(gpu_workers))
+    run_info.update(sample_rate_hz=sample_rate_hz, gpu_layout=gpu_layout)
+    settled, tokens = _apply_changes(location, preflight, run_info, resolved)
     location.write_json("run.json", run_info)
-    if any(p.product.stage.startswith("cnn:") for p in resolved.values()):
-        logger.info("GPU-capable tasks go to %s", f"{len(gpu_workers)} GPU worker(s)" if gpu_workers else "CPU workers")
+    if gpu_workers:
+        logger.info("tasks that can use a GPU go to %d GPU worker(s)", len(gpu_workers))
 
     if preflight.lock is not None:
         preflight.lock.mark_tasks_started()
@@ -294,7 +298,7 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
         planned = []
         for kind in (k for k in kinds if k.phase == phase):
             for stage in kind.plan(ctx, resolved):
-                own = {n: r.identity for n, r in resolved.items() if r.stage == stage.name}
+                own = {n: tokens[n] for n, r in resolved.items() if r.stage == stage.name}
                 planned.append(dataclasses.replace(stage, products=own, counts_clips=stage.name == counting_stage))
         futures = _submit_tasks(client, location, planned, config.fingerprint(), settled,
                                 run_info.get("legacy_markers") or {})
@@ -331,8 +335,11 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
                 n_clips_ok += record["n_ok"]
             failures += [dict(stage=stage.name, item=item, error_type=et, message=msg)
                          for item, et, msg in record.get("failures", [])]
+            held = record.get("products")
             for det, n in (record.get("detections") or {}).items():
-                if det in detections:
+                product = f"detections:{det}"
+                if det in detections and (held is None or product not in stage.products or
+                                          held.get(product) == stage.products[product]):
                     detections[det] += n
             for why, n in (record.get("dropped") or {}).items():
                 counts = dropped.setdefault(stage.name, {})
@@ -376,24 +383,42 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
     return summary
 
 
-def _apply_changes(location: OutputLocation, preflight: Preflight, run_info: dict, resolved: dict) -> dict[str, bool]:
+def _apply_changes(location: OutputLocation, preflight: Preflight, run_info: dict,
+                   resolved: dict) -> tuple[dict[str, bool], dict[str, str]]:
     """Compare this run's products with the previous run's (:func:`pipelines.driver.identity.compare_outputs`),
-    delete the outputs of the changed and removed ones (and the markers of stages none of whose products
-    is kept), and log what happens; returns ``{stage: settled}``: True where every range already holds
-    this run's identities, so only ranges without a marker need a task."""
+    record them in ``run_info`` (and ``run.json``) *before* deleting the outputs of the changed and removed
+    ones (and the markers of stages none of whose products is kept), and log what happens.
+
+    Each product's marker token is its identity and an epoch, a number renewed whenever its outputs are
+    deleted: a range whose marker still holds an earlier token (a change interrupted half-way, then
+    undone) is recomputed, never trusted. Deletions are listed in ``run.json`` (``pending_removals``)
+    before they start and done again by the next run if this one stops half-way.
+
+    Returns
+    -------
+    (dict, dict)
+        ``{stage: settled}`` (True where every range already holds this run's tokens, so only ranges
+        without a marker need a task) and ``{product: marker token}``.
+    """
+    names_allowed = output_names()
+    _remove_pending(location, run_info, names_allowed)  # a previous run stopped while deleting
     stages = {r.stage for r in resolved.values()}
     previous_outputs = run_info.get("outputs")
     if previous_outputs is None and preflight.start == "resume":
         # a run begun by an opso without per-product identities, resumed with the same configuration:
-        # its markers hold the products the run has now
-        legacy = {}
+        # its markers (which have no ``products``) hold the products the run has now
+        tokens = {name: f"{r.identity}.0" for name, r in resolved.items()}
+        legacy: dict[str, dict] = {}
         for name, r in resolved.items():
-            legacy.setdefault(r.stage, {})[name] = r.identity
-        run_info["legacy_markers"] = legacy
-        return dict.fromkeys(stages, True)
+            legacy.setdefault(r.stage, {})[name] = tokens[name]
+        run_info.update(legacy_markers=legacy, epoch=0,
+                        outputs={n: {**r.record(), "epoch": 0} for n, r in resolved.items()},
+                        stages={stage: {"settled": True} for stage in stages})
+        return dict.fromkeys(stages, True), tokens
     previous_stages = run_info.get("stages") or {}
     changes = compare_outputs(previous_outputs, resolved)
-    by_stage: dict[str, list] = {}
+    epoch = int(run_info.get("epoch", 0))
+    records, pending, by_stage = {}, [], {}
     for change in changes:
         by_stage.setdefault(change.stage, []).append(change)
         if change.action == "changed":
@@ -402,19 +427,41 @@ def _apply_changes(location: OutputLocation, preflight: Preflight, run_info: dic
             logger.info("%s: no longer configured; removing its outputs", change.name)
         elif change.action == "new" and previous_outputs:
             logger.info("%s: new; computing it", change.name)
+        if change.action == "kept":
+            records[change.name] = {**resolved[change.name].record(), "epoch": int(change.record.get("epoch", 0))}
+        elif change.name in resolved:
+            epoch += 1
+            records[change.name] = {**resolved[change.name].record(), "epoch": epoch}
         if change.action in ("changed", "removed"):
             recorded = (change.record or {}).get("outputs")
-            names = [OutputName(*n) for n in recorded] if recorded is not None else \
-                list(resolved[change.name].product.outputs) if change.name in resolved else []
-            remove_outputs(location, names)
+            names = recorded if recorded is not None else [[n.folder, n.pattern, n.store] for n in
+                                                            resolved[change.name].product.outputs]
+            pending += [["outputs", *n] for n in names]
     settled = {}
     for stage, items in by_stage.items():
         kept = [c for c in items if c.action == "kept"]
         if not kept:  # nothing of the stage stays: its ranges may be others now
-            remove_markers(location, stage.replace(":", "-"))
+            pending.append(["markers", stage.replace(":", "-")])
         if stage in stages:
             settled[stage] = len(kept) == len(items) and previous_stages.get(stage, {}).get("settled", False)
-    return settled
+    tokens = {name: f"{record['identity']}.{record['epoch']}" for name, record in records.items()}
+    run_info.update(outputs=records, stages={name: {"settled": ok} for name, ok in settled.items()}, epoch=epoch,
+                    pending_removals=pending)
+    location.write_json("run.json", run_info)  # what is about to be deleted, before it is
+    _remove_pending(location, run_info, names_allowed)
+    return settled, tokens
+
+
+def _remove_pending(location: OutputLocation, run_info: dict, names_allowed) -> None:
+    """Do the deletions ``run_info['pending_removals']`` lists (only names a registered kind may write),
+    then forget them (the caller writes ``run.json`` before any task starts)."""
+    for item in run_info.get("pending_removals") or []:
+        if item[0] == "markers":
+            remove_markers(location, item[1])
+            continue
+        name = OutputName(*item[1:])
+        remove_outputs(location, [name], within=names_allowed)
+    run_info.pop("pending_removals", None)
 
 
 def _same_table(a: pd.DataFrame, b: pd.DataFrame) -> bool:

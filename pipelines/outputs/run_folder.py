@@ -154,34 +154,41 @@ def _folders(names) -> list[str]:
     return sorted({n.folder for n in names if not n.store and n.folder})
 
 
-def remove_outputs(location: OutputLocation, names) -> int:
+def remove_outputs(location: OutputLocation, names, *, within=None) -> int:
     """Delete the files (and Zarr stores) matching ``names`` from ``location``, and nothing else.
 
     Parameters
     ----------
     names : sequence of OutputName
         E.g. one product's names (a detector's detection parts), or every kind's.
+    within : sequence of OutputName, optional
+        Delete only what also matches one of these (the registered kinds' names), e.g. when ``names``
+        were read from a ``run.json``.
 
     Returns
     -------
     int
         Number of files and stores deleted.
     """
+    def allowed(rel: str) -> bool:
+        return within is None or any(a.matches(rel) for a in within)
+
     n = 0
     for folder in _folders(names):
         own = [rel for rel in location.find(folder)
-               if any(name.matches(rel) for name in names if not name.store)
-               or ((target := _temporary_target(rel)) is not None and any(name.matches(target) for name in names))]
+               if (any(name.matches(rel) for name in names if not name.store) and allowed(rel))
+               or ((target := _temporary_target(rel)) is not None and
+                   any(name.matches(target) for name in names) and allowed(target))]
         location.remove_files(own)
         n += len(own)
     own = [rel for rel in location.list("") if any(name.matches(rel) for name in names if not name.store and
-                                                  not name.folder)]
+                                                  not name.folder) and allowed(rel)]
     location.remove_files(own)
     n += len(own)
     stores = [name for name in names if name.store]
     if stores:
         for entry in location.list(""):
-            if any(s.matches(entry) for s in stores) and (location.exists(f"{entry}/.zgroup") or
+            if any(s.matches(entry) for s in stores) and allowed(entry) and (location.exists(f"{entry}/.zgroup") or
                                                          location.exists(f"{entry}/zarr.json")):
                 location.remove_tree(entry)
                 n += 1
@@ -191,8 +198,17 @@ def remove_outputs(location: OutputLocation, names) -> int:
 
 
 def remove_markers(location: OutputLocation, stage_folder: str) -> int:
-    """Delete the markers of one stage (``_progress/<stage>/*.json``); returns how many."""
-    own = [rel for rel in location.find(f"{PROGRESS}/{stage_folder}") if is_run_output(rel, ())]
+    """Delete the markers of one stage (``_progress/<stage>/*.json``); returns how many.
+
+    Raises
+    ------
+    ValueError
+        ``stage_folder`` is not one folder name (``cnn-birds``).
+    """
+    if not re.fullmatch(r"[A-Za-z0-9_.=-]+", stage_folder) or stage_folder in (".", ".."):
+        raise ValueError(f"not a stage's marker folder: {stage_folder!r}")
+    prefix = f"{PROGRESS}/{stage_folder}/"
+    own = [rel for rel in location.find(prefix.rstrip("/")) if rel.startswith(prefix) and is_run_output(rel, ())]
     location.remove_files(own)
     if location.is_local:
         _remove_empty_folders(location, [f"{PROGRESS}/{stage_folder}"])

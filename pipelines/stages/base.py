@@ -61,7 +61,10 @@ class Product:
     outputs : tuple of OutputName
         Its names in the run folder: deleted when it is recomputed under another identity or removed.
     detector : str or None
-        For detection tables: the detector whose detections count in the summary.
+        For detection tables: the detector whose detections count in the summary. A detection
+        table's product is named ``detections:<detector>`` and its tasks report
+        ``{"detections": {<detector>: count}}`` (the driver keeps a range's count only while the
+        range's marker holds that product's current identity).
     """
 
     name: str
@@ -100,7 +103,10 @@ class RunContext:
     spectrogram_params : SpectrogramParams
         ``spectrogram.*`` resolved at ``sample_rate_hz``.
     gpu_workers : bool
-        The cluster has workers with the ``GPU`` resource.
+        The cluster has workers with the ``GPU`` resource (where tasks that can use one go).
+    gpu_layout : bool
+        Size tasks for GPU workers: as the run's first session found its cluster, so that a resume
+        whose GPU workers have not joined yet plans the same ranges.
     """
 
     config: RunConfig
@@ -111,6 +117,7 @@ class RunContext:
     sample_rate_hz: int
     spectrogram_params: SpectrogramParams
     gpu_workers: bool = False
+    gpu_layout: bool = False
 
 
 class StageKind:

@@ -414,7 +414,7 @@ class CnnKind(StageKind):
             own.update({f"cnn[{model.name}].model_sha256": det.sha256,
                         f"cnn[{model.name}].sample_rate_hz": det.sample_rate_hz,
                         f"cnn[{model.name}].clips_per_task": _per_task(det, ctx.config.spectrogram.task_audio_s,
-                                                                         ctx.gpu_workers)})
+                                                                         ctx.gpu_layout)})
             products.append(Product(f"scores:{det.detector}", det.detector, own, outputs=(
                 OutputName(f"scores/detector={det.detector}", rf"part-{RANGE}\.parquet"),)))
             products.append(Product(f"detections:{det.detector}", det.detector,
@@ -440,7 +440,7 @@ class CnnKind(StageKind):
                 missing = sorted(set(readable["file"]) - set(plan["file"]) - no_clips)
                 failures = tuple((f, "NoClips", f"shorter than one clip of the model ({det.clip_duration_s:g} s); "
                                   f"not scored by {det.detector}") for f in missing)
-            ranges = task_ranges(len(plan), _per_task(det, config.spectrogram.task_audio_s, ctx.gpu_workers),
+            ranges = task_ranges(len(plan), _per_task(det, config.spectrogram.task_audio_s, ctx.gpu_layout),
                                  align=det.batch_size)
             stages.append(Stage(det.detector, plan, ranges, CnnTask(det, dict(config.input.storage_options)),
                                 resources={"GPU": 1} if ctx.gpu_workers else None, failures=failures))

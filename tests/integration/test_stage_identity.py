@@ -207,3 +207,30 @@ def test_dry_run_from_the_command_line_writes_nothing(archive, dask_client, tmp_
     assert main(["run", str(tmp_path / "lower.yaml"), "--dry-run", "--overwrite"]) == 0
     assert "--overwrite: the previous run's outputs are deleted first" in capsys.readouterr().out
     assert snapshot(first_run) == before
+
+
+def test_a_change_interrupted_half_way_then_undone_ends_like_a_clean_run(archive, dask_client, tmp_path, first_run,
+                                                                         monkeypatch):
+    """A range whose marker still holds an earlier identity is recomputed, never trusted: each product's
+    marker token has an epoch renewed whenever its outputs are deleted."""
+    import pipelines.stages.spectrograms as spectrograms
+
+    out = first_run
+    reference = tables(out)
+    rederive = spectrograms.rederive_detections
+
+    def fails_late(location, detector, range_name, thresholds):
+        if int(range_name.split("-")[0]) >= 64:
+            raise RuntimeError("injected")
+        return rederive(location, detector, range_name, thresholds)
+
+    monkeypatch.setattr(spectrograms, "rederive_detections", fails_late)
+    lower = config_for(tmp_path, "lower", archive.root, out, species=({**FROG, "threshold": 0.005},))
+    assert run_pipeline(lower, dask_client, progress=False).status == "incomplete"
+    monkeypatch.setattr(spectrograms, "rederive_detections", rederive)
+    again = run_pipeline(config_for(tmp_path, "first", archive.root, out), dask_client, progress=False)
+    assert again.status == "complete_with_failures" and not again.task_failures
+    got = tables(out)
+    for name in reference:
+        pd.testing.assert_frame_equal(reference[name], got[name], obj=name)
+    assert again.detections["ribbit:frog12"] == len(got["detections"])

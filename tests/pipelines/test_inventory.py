@@ -171,3 +171,22 @@ def test_a_folder_that_cannot_be_listed_becomes_a_failed_row(tmp_path, monkeypat
     row = rows.iloc[0]
     assert row.file == locked + "/" and row.recorder == "siteB" and row.status == "failed"
     assert row.error.startswith("PermissionError: Permission denied (this folder could not be listed")
+
+
+def test_a_file_without_clips_gets_its_status_back_when_shorter_clips_fit():
+    """An update with shorter clips reuses the stored inventory: ``no_clips`` is worked out afresh."""
+    from pipelines.driver.inventory import add_clip_counts_and_warnings
+
+    rows = pd.DataFrame({"file": ["a.wav", "b.wav"], "recorder": ["r", "r"], "start_time_utc": [pd.NaT, pd.NaT],
+                         "sample_rate": [16000, 16000], "channels": [1, 1], "frames": [48000, 16000],
+                         "duration_s": [3.0, 1.0], "size_bytes": [1, 1], "n_clips": [None, None],
+                         "status": ["ok", "truncated"], "error": [None, "TruncatedAudio: header declares 32000 frames"],
+                         "warning": [None, None]})
+    long_clips = add_clip_counts_and_warnings(rows, pd.Series({"x": 1}))
+    assert long_clips["status"].tolist() == ["no_clips", "no_clips"]
+    assert long_clips["error"][1].startswith("NoClips:") and "TruncatedAudio" in long_clips["error"][1]
+    short_clips = add_clip_counts_and_warnings(long_clips, pd.Series({"a.wav": 3, "b.wav": 1}))
+    assert short_clips["status"].tolist() == ["ok", "truncated"]
+    assert pd.isna(short_clips["error"][0])
+    assert short_clips["error"][1] == "TruncatedAudio: header declares 32000 frames"
+    assert short_clips["n_clips"].tolist() == [3, 1]
