@@ -33,7 +33,6 @@ import datetime
 import logging
 import platform
 import time
-import warnings
 from importlib.metadata import PackageNotFoundError, version
 
 import pandas as pd
@@ -49,8 +48,9 @@ from pipelines.driver.inventory import (
 )
 from pipelines.driver.preflight import Preflight, check_run
 from pipelines.driver.progress import StageProgress
+from pipelines.driver.resources import retagging, workers_by_kind
 from pipelines.driver.summary import RunSummary, elide
-from pipelines.driver.tasks import run_stage_task
+from pipelines.driver.tasks import submit_tasks, wait_for_tasks
 from pipelines.driver.waiting import wait_for_futures
 from pipelines.errors import RunLockLostError, RunStorageError, StorageError
 from pipelines.outputs.location import OutputLocation
@@ -270,7 +270,7 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
         location.write_parquet("inventory.parquet", inventory)
     readable = inventory[inventory["status"] != "failed"]
 
-    gpu_workers, _ = _workers_by_kind(client)
+    gpu_workers, _ = workers_by_kind(client)
     # the task layout follows the first session's workers: a resume whose GPU workers have not joined yet
     # must not see other ranges (and recompute everything)
     gpu_layout = bool(run_info.get("gpu_layout", bool(gpu_workers))) if preflight.start in ("resume", "update") \
@@ -300,10 +300,10 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
             for stage in kind.plan(ctx, resolved):
                 own = {n: tokens[n] for n, r in resolved.items() if r.stage == stage.name}
                 planned.append(dataclasses.replace(stage, products=own, counts_clips=stage.name == counting_stage))
-        futures = _submit_tasks(client, location, planned, config.fingerprint(), settled,
+        futures = submit_tasks(client, location, planned, config.fingerprint(), settled,
                                 run_info.get("legacy_markers") or {})
         before = len(task_failures)
-        times = _wait_for_tasks(futures, task_failures, progress, watch if phase == 1 else _retagging(watch, client))
+        times = wait_for_tasks(futures, task_failures, progress, watch if phase == 1 else retagging(watch, client))
         stage_s.update(times if phase == 1 else {s.name: time.perf_counter() - t0 for s in planned})
         failed = {f["stage"] for f in task_failures[before:]}
         for stage in planned:
@@ -555,102 +555,3 @@ def _failure_rows_from_inventory(inventory: pd.DataFrame) -> list[dict]:
     return rows
 
 
-def _workers_by_kind(client) -> tuple[list[str], list[str]]:
-    """Addresses of the workers with the ``GPU`` resource and of the others."""
-    workers = client.scheduler_info(n_workers=-1)["workers"]
-    gpu = [a for a, w in workers.items() if "GPU" in (w.get("resources") or {})]
-    return gpu, [a for a in workers if a not in gpu]
-
-
-#: Dask resource opso gives the workers without ``GPU`` when a stage must stay off GPU workers
-CPU_RESOURCE = "opso-cpu"
-
-
-async def _tag_cpu_worker(dask_worker) -> None:
-    await dask_worker.set_resources(**{CPU_RESOURCE: dask_worker.state.nthreads})
-
-
-def _cpu_only_resources(client) -> dict | None:
-    """Resources that keep a task off GPU workers: when the cluster has workers with and without the
-    ``GPU`` resource, the others are given ``opso-cpu`` (one per thread) and ``{"opso-cpu": 1}`` is
-    returned; None when no restriction is needed (no GPU worker) or possible (only GPU workers)."""
-    gpu, cpu = _workers_by_kind(client)
-    if not cpu or not gpu:
-        return None
-    client.run(_tag_cpu_worker, workers=cpu)
-    return {CPU_RESOURCE: 1}
-
-
-def _retagging(watch, client, every_s: float = 10.0):
-    """``watch``, plus: every ``every_s`` seconds give CPU workers that joined or restarted since the
-    tasks were submitted their ``opso-cpu`` resource, so CPU-only tasks never wait for a tag."""
-    last = [time.monotonic()]
-
-    def check():
-        watch()
-        if time.monotonic() - last[0] >= every_s:
-            last[0] = time.monotonic()
-            _cpu_only_resources(client)
-
-    return check
-
-
-def _submit_tasks(client, location: OutputLocation, stages, fingerprint: str, settled: dict[str, bool],
-                  legacy_markers: dict) -> dict:
-    """Submit the tasks of ``stages``, one batch per stage; returns ``{future: (stage, ClipRange)}`` (the
-    only references to the futures). A settled stage gets tasks for its ranges without a marker; another
-    for every range (each task reads its marker and computes only the products whose identity changed)."""
-    futures: dict = {}
-    for stage in stages:
-        todo = list(stage.ranges)
-        if settled.get(stage.name):
-            done = {n.removesuffix(".json") for n in location.list(stage.progress)}
-            todo = [r for r in todo if r.name not in done]
-        if not todo:
-            continue
-        with warnings.catch_warnings():  # each task carries its rows of the plan: a large graph is expected
-            warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
-            n = len(todo)
-            futs = client.map(run_stage_task, [stage.task] * n, todo, [stage.plan.iloc[r.start : r.stop] for r in todo],
-                              [location] * n, [stage.marker(r) for r in todo], [stage.products] * n,
-                              [legacy_markers.get(stage.name)] * n,
-                              key=[f"{stage.name}-{fingerprint}-{r.name}" for r in todo], retries=1,
-                              resources=_cpu_only_resources(client) if stage.cpu_only else stage.resources,
-                              pure=False)
-        futures.update({fut: (stage.name, r) for fut, r in zip(futs, todo, strict=True)})
-    n_ranges = sum(len(stage.ranges) for stage in stages)
-    logger.info("%d tasks to run (%d in %d stages)", len(futures), n_ranges, len(stages))
-    return futures
-
-
-def _wait_for_tasks(futures: dict, task_failures: list, progress: bool, watch) -> dict:
-    """Wait for the tasks (``futures`` is emptied as they finish); returns each stage's wall time (s)."""
-    totals = collections.Counter(stage for stage, _ in futures.values())
-    bar = StageProgress(dict(totals), enabled=progress)
-    remaining = dict(totals)
-    stage_s = {}
-    t0 = time.perf_counter()
-
-    def done(fut, label):
-        stage, r = label
-        if fut.status == "error":
-            exc = fut.exception()
-            if isinstance(exc, RunLockLostError):  # the folder is no longer this run's: stop at once
-                raise exc
-            logger.error("%s task for clips %s failed: %s", stage, r.name, exc)
-            task_failures.append(dict(stage=stage, item=f"clips {r.start}-{r.stop - 1}",
-                                      error_type=type(exc).__name__, message=str(exc)))
-        bar.advance(stage)
-        remaining[stage] -= 1
-        if remaining[stage] == 0:
-            stage_s[stage] = time.perf_counter() - t0
-
-    try:
-        wait_for_futures(futures, done, watch=watch, tick=bar.tick)
-    except BaseException:
-        for fut in list(futures):  # stopped (lost lock, cluster, Ctrl-C): no task starts any more
-            fut.cancel()
-        raise
-    finally:
-        bar.close()
-    return stage_s

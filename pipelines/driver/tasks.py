@@ -14,16 +14,25 @@ A record (the marker's content) holds ``n_clips``, ``n_ok`` (clips analysed), ``
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import logging
 import math
 import time
+import warnings
 
 import pandas as pd
 
 from pipelines.driver.clip_plan import ClipRange
+from pipelines.driver.progress import StageProgress
+from pipelines.driver.resources import cpu_only_resources
+from pipelines.driver.waiting import wait_for_futures
+from pipelines.errors import RunLockLostError
 from pipelines.outputs.location import OutputLocation
 
-__all__ = ["Stage", "run_stage_task", "task_ranges"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["Stage", "run_stage_task", "submit_tasks", "task_ranges", "wait_for_tasks"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -168,3 +177,64 @@ def _kept_part(previous: dict, held: dict, products: dict) -> dict:
     record["detections"] = {d: n for d, n in (previous.get("detections") or {}).items()
                             if not (f"detections:{d}" in held and f"detections:{d}" not in products)}
     return record
+
+
+def submit_tasks(client, location: OutputLocation, stages, fingerprint: str, settled: dict[str, bool],
+                  legacy_markers: dict) -> dict:
+    """Submit the tasks of ``stages``, one batch per stage; returns ``{future: (stage, ClipRange)}`` (the
+    only references to the futures). A settled stage gets tasks for its ranges without a marker; another
+    for every range (each task reads its marker and computes only the products whose identity changed)."""
+    futures: dict = {}
+    for stage in stages:
+        todo = list(stage.ranges)
+        if settled.get(stage.name):
+            done = {n.removesuffix(".json") for n in location.list(stage.progress)}
+            todo = [r for r in todo if r.name not in done]
+        if not todo:
+            continue
+        with warnings.catch_warnings():  # each task carries its rows of the plan: a large graph is expected
+            warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
+            n = len(todo)
+            futs = client.map(run_stage_task, [stage.task] * n, todo, [stage.plan.iloc[r.start : r.stop] for r in todo],
+                              [location] * n, [stage.marker(r) for r in todo], [stage.products] * n,
+                              [legacy_markers.get(stage.name)] * n,
+                              key=[f"{stage.name}-{fingerprint}-{r.name}" for r in todo], retries=1,
+                              resources=cpu_only_resources(client) if stage.cpu_only else stage.resources,
+                              pure=False)
+        futures.update({fut: (stage.name, r) for fut, r in zip(futs, todo, strict=True)})
+    n_ranges = sum(len(stage.ranges) for stage in stages)
+    logger.info("%d tasks to run (%d in %d stages)", len(futures), n_ranges, len(stages))
+    return futures
+
+
+def wait_for_tasks(futures: dict, task_failures: list, progress: bool, watch) -> dict:
+    """Wait for the tasks (``futures`` is emptied as they finish); returns each stage's wall time (s)."""
+    totals = collections.Counter(stage for stage, _ in futures.values())
+    bar = StageProgress(dict(totals), enabled=progress)
+    remaining = dict(totals)
+    stage_s = {}
+    t0 = time.perf_counter()
+
+    def done(fut, label):
+        stage, r = label
+        if fut.status == "error":
+            exc = fut.exception()
+            if isinstance(exc, RunLockLostError):  # the folder is no longer this run's: stop at once
+                raise exc
+            logger.error("%s task for clips %s failed: %s", stage, r.name, exc)
+            task_failures.append(dict(stage=stage, item=f"clips {r.start}-{r.stop - 1}",
+                                      error_type=type(exc).__name__, message=str(exc)))
+        bar.advance(stage)
+        remaining[stage] -= 1
+        if remaining[stage] == 0:
+            stage_s[stage] = time.perf_counter() - t0
+
+    try:
+        wait_for_futures(futures, done, watch=watch, tick=bar.tick)
+    except BaseException:
+        for fut in list(futures):  # stopped (lost lock, cluster, Ctrl-C): no task starts any more
+            fut.cancel()
+        raise
+    finally:
+        bar.close()
+    return stage_s
