@@ -30,6 +30,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime
+import functools
 import logging
 import platform
 import time
@@ -79,6 +80,7 @@ logger = logging.getLogger(__name__)
 INVENTORY_BATCH_FILES = 32
 
 
+@functools.cache
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for pkg in ("opso", "numpy", "scipy", "pandas", "soundfile", "dask", "distributed", "xarray", "zarr",
@@ -156,7 +158,7 @@ def _run_locked(config: RunConfig, client, preflight: Preflight, progress: bool,
     location = OutputLocation(config.output.url, config.output.storage_options, lease=preflight.lease)
     session = {"started": _now(), "host": platform.node(), "wall_s": None}
     run_info = {"status": "running", "fingerprint": config.fingerprint(), "config": config.public_dict(),
-                "versions": _versions(), "started": session["started"], "sessions": [session]}
+                "versions": dict(_versions()), "started": session["started"], "sessions": [session]}
     if preflight.start in ("resume", "update"):
         logger.info("%s the run in %s", "resuming" if preflight.start == "resume" else "updating", location.url)
         previous = preflight.previous.info
@@ -177,7 +179,10 @@ def _run_locked(config: RunConfig, client, preflight: Preflight, progress: bool,
         elif preflight.start == "replace":
             logger.info("replacing the run of another configuration in %s, which finished no task", location.url)
             clear_run_outputs(location, output_names())
-        remove_temporaries(location, output_names())
+        finished_cleanly = preflight.start in ("resume", "update") and \
+            str(preflight.previous.info.get("status", "")).startswith("complete")
+        if not finished_cleanly:  # temporaries are left only by a process killed between a write and its rename
+            remove_temporaries(location, output_names())
         location.write_json("run.json", run_info)
         summary = _run_stages(config, client, location, preflight, run_info, progress, watch, started)
     except BaseException as exc:

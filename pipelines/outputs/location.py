@@ -199,18 +199,28 @@ class OutputLocation:
     def read_json(self, rel: str):
         return json.loads(self.read_bytes(rel))
 
-    def write_parquet(self, rel: str, df: pd.DataFrame, schema=None) -> None:
-        """Write ``df`` to ``rel`` atomically, with the Arrow ``schema`` if given (types of empty tables)."""
+    def write_parquet(self, rel: str, df, schema=None) -> None:
+        """Write ``df`` (a DataFrame, or an Arrow table) to ``rel`` atomically, with the Arrow ``schema`` if
+        given (types of empty tables)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        table = pa.Table.from_pandas(df, schema=schema, preserve_index=False)
+        if isinstance(df, pa.Table):
+            table = df if schema is None else df.cast(schema)
+        else:
+            table = pa.Table.from_pandas(df, schema=schema, preserve_index=False)
         buf = io.BytesIO()
         pq.write_table(table, buf)
         self.write_bytes(rel, buf.getvalue())
 
     def read_parquet(self, rel: str) -> pd.DataFrame:
         return pd.read_parquet(io.BytesIO(self.read_bytes(rel)))
+
+    def read_arrow(self, rel: str):
+        """The Parquet file ``rel`` as a ``pyarrow.Table`` (no pandas conversion)."""
+        import pyarrow.parquet as pq
+
+        return pq.read_table(io.BytesIO(self.read_bytes(rel)))
 
     def list(self, rel: str) -> list[str]:
         """Names (not paths) of the files directly in folder ``rel``; empty if it does not exist."""

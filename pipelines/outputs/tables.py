@@ -84,10 +84,24 @@ def write_detections(location, scores: pd.DataFrame, detector: str, range_name: 
 def rederive_detections(location, detector: str, range_name: str, thresholds: dict[str, float]) -> int:
     """Detections of one range from its stored score table (a changed threshold: no audio is read).
 
+    The same rows, in the same order, as :func:`write_detections` on the table in memory; done in
+    Arrow (no pandas round trip), as a threshold change runs one of these per task range.
+
     Returns
     -------
     int
         Number of detections written.
     """
-    scores = location.read_parquet(score_part(detector, range_name))
-    return write_detections(location, scores, detector, range_name, thresholds)
+    import pyarrow.compute as pc
+
+    scores = location.read_arrow(score_part(detector, range_name))
+    parts = []
+    for cls, threshold in thresholds.items():
+        hits = scores.filter(pc.greater_equal(scores[cls], threshold))
+        n = hits.num_rows
+        parts.append(pa.table([pa.array([detector] * n, pa.string()), pa.array([cls] * n, pa.string()),
+                               *(hits[c] for c in ID_COLUMNS), hits[cls].cast(pa.float64())],
+                              schema=DETECTION_SCHEMA))
+    detections = pa.concat_tables(parts) if parts else DETECTION_SCHEMA.empty_table()
+    location.write_parquet(detection_part(detector, range_name), detections, schema=DETECTION_SCHEMA)
+    return detections.num_rows
