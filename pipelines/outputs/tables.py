@@ -11,8 +11,8 @@ import pandas as pd
 import pyarrow as pa
 
 __all__ = ["DETECTION_COLUMNS", "DETECTION_SCHEMA", "FAILURE_COLUMNS", "FAILURE_SCHEMA", "ID_COLUMNS",
-           "detection_part", "detections_of", "empty_detections", "rederive_detections", "score_part", "score_schema",
-           "write_detections"]
+           "EMPTY_RANGE", "detection_part", "detections_of", "empty_detections", "rederive_detections", "score_part",
+           "score_schema", "write_detections", "write_empty_detector_tables"]
 
 #: Columns identifying a clip, first in every score table.
 ID_COLUMNS = ["file", "recorder", "start_time", "end_time", "start_time_utc"]
@@ -79,6 +79,24 @@ def write_detections(location, scores: pd.DataFrame, detector: str, range_name: 
     detections = pd.concat(frames, ignore_index=True) if frames else empty_detections()
     location.write_parquet(detection_part(detector, range_name), detections, schema=DETECTION_SCHEMA)
     return len(detections)
+
+
+#: the range name of the zero-row parts that keep a table folder readable when no task wrote one
+EMPTY_RANGE = "000000000-000000000"
+
+
+def write_empty_detector_tables(location, detector: str, classes, value_type: pa.DataType | None = None) -> None:
+    """Give ``detector`` a readable score table and detection part where no task wrote one: zero-row
+    parts named with :data:`EMPTY_RANGE` (a run whose files all failed still has every table)."""
+    import re
+
+    if not location.list(f"scores/detector={detector}"):
+        schema = score_schema(classes, value_type)
+        location.write_parquet(score_part(detector, EMPTY_RANGE), schema.empty_table(), schema=schema)
+    own = re.compile(rf"^part-{re.escape(detector.replace(':', '-'))}-\d{{9}}-\d{{9}}\.parquet$")
+    if not any(own.match(n) for n in location.list("detections")):
+        location.write_parquet(detection_part(detector, EMPTY_RANGE), DETECTION_SCHEMA.empty_table(),
+                               schema=DETECTION_SCHEMA)
 
 
 def rederive_detections(location, detector: str, range_name: str, thresholds: dict[str, float]) -> int:

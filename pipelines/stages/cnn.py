@@ -41,19 +41,16 @@ from pipelines.errors import ConfigError, StorageError
 from pipelines.outputs.location import OutputLocation
 from pipelines.outputs.run_folder import OutputName
 from pipelines.outputs.tables import (
-    DETECTION_SCHEMA,
     ID_COLUMNS,
-    empty_detections,
     rederive_detections,
     score_part,
     score_schema,
     write_detections,
+    write_empty_detector_tables,
 )
 from pipelines.stages.base import RANGE, ClipSettings, Product, RunContext, StageKind, flat_settings
 
 __all__ = ["KIND", "CnnDetector", "CnnTask", "describe_cnn_detector", "infer_clips"]
-
-_EMPTY_RANGE = "000000000-000000000"
 
 _PROVISIONAL_SAMPLE_RATE_HZ = 32000  # stands in for a rate not yet known, where only rate-free checks count
 _MODELS: dict = {}
@@ -450,18 +447,9 @@ class CnnKind(StageKind):
         return {f"cnn:{m.name}": 0 for m in config.cnn}
 
     def write_empty(self, ctx: RunContext) -> None:
-        location = ctx.location
-        written = location.list("detections")
         for model in ctx.config.cnn:
             det = _described(model, ctx.sample_rate_hz)
-            if not location.list(f"scores/detector={det.detector}"):
-                schema = score_schema(det.classes, pa.float32())
-                location.write_parquet(score_part(det.detector, _EMPTY_RANGE), schema.empty_table().to_pandas(),
-                                       schema=schema)
-            own = OutputName("", rf"part-cnn-{re.escape(model.name)}-{RANGE}\.parquet")
-            if not any(own.matches(n) for n in written):
-                location.write_parquet(f"detections/part-cnn-{model.name}-{_EMPTY_RANGE}.parquet",
-                                       empty_detections(), schema=DETECTION_SCHEMA)
+            write_empty_detector_tables(ctx.location, det.detector, det.classes, pa.float32())
 
 
 KIND = CnnKind()

@@ -30,6 +30,7 @@ the stored values instead would give other scores than a clean run wherever the 
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pandas as pd
@@ -50,13 +51,12 @@ from pipelines.outputs.spectrogram_store import (
     write_values,
 )
 from pipelines.outputs.tables import (
-    DETECTION_SCHEMA,
     ID_COLUMNS,
-    empty_detections,
     rederive_detections,
     score_part,
     score_schema,
     write_detections,
+    write_empty_detector_tables,
 )
 from pipelines.stages.base import RANGE, ClipSettings, Product, RunContext, StageKind, flat_settings
 
@@ -65,7 +65,6 @@ __all__ = ["KIND", "SpectrogramTask", "detector_name", "score_clips"]
 STAGE_NAME = "spectrograms"
 #: the store's product name
 STORE_PRODUCT = "spectrograms"
-_EMPTY_RANGE = "000000000-000000000"
 
 
 def detector_name(species_name: str) -> str:
@@ -197,7 +196,7 @@ class SpectrogramKind(StageKind):
             products.append(Product(STORE_PRODUCT, STAGE_NAME, {
                 **layout, "spectrogram.store": sc["store"],
                 **({"spectrogram.compact_step_db": sc["compact_step_db"]} if sc["store"] == "compact" else {})},
-                outputs=(OutputName("", re_escape(STORE_NAME), store=True),)))
+                outputs=(OutputName("", re.escape(STORE_NAME), store=True),)))
         for s in config.ribbit:
             detector = detector_name(s.name)
             own = flat_settings(f"ribbit[{s.name}]", s.model_dump(mode="json"), drop=("name", "threshold"))
@@ -205,7 +204,7 @@ class SpectrogramKind(StageKind):
                 OutputName(f"scores/detector={detector}", rf"part-{RANGE}\.parquet"),)))
             products.append(Product(f"detections:{detector}", STAGE_NAME,
                                     {f"ribbit[{s.name}].threshold": s.threshold}, inputs=(f"scores:{detector}",),
-                                    outputs=(OutputName("detections", rf"part-ribbit-{re_escape(s.name)}-{RANGE}\.parquet"),),
+                                    outputs=(OutputName("detections", rf"part-ribbit-{re.escape(s.name)}-{RANGE}\.parquet"),),
                                     detector=detector))
         return products
 
@@ -233,25 +232,8 @@ class SpectrogramKind(StageKind):
         return {detector_name(s.name): 0 for s in config.ribbit}
 
     def write_empty(self, ctx: RunContext) -> None:
-        location = ctx.location
-        written = location.list("detections")
         for s in ctx.config.ribbit:
-            detector = detector_name(s.name)
-            if not location.list(f"scores/detector={detector}"):
-                schema = score_schema([s.name])
-                location.write_parquet(score_part(detector, _EMPTY_RANGE), schema.empty_table().to_pandas(),
-                                       schema=schema)
-            own = OutputName("", rf"part-ribbit-{re_escape(s.name)}-{RANGE}\.parquet")
-            if not any(own.matches(n) for n in written):
-                location.write_parquet(f"detections/part-ribbit-{s.name}-{_EMPTY_RANGE}.parquet", empty_detections(),
-                                       schema=DETECTION_SCHEMA)
-
-
-def re_escape(text: str) -> str:
-    """``text`` as a literal in a regular expression."""
-    import re
-
-    return re.escape(text)
+            write_empty_detector_tables(ctx.location, detector_name(s.name), [s.name])
 
 
 KIND = SpectrogramKind()
