@@ -284,7 +284,7 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
                      gpu_layout=gpu_layout)
     resolved = resolve_products([p for kind in kinds for p in kind.products(ctx)])
     run_info.update(sample_rate_hz=sample_rate_hz, gpu_layout=gpu_layout)
-    settled, tokens = _apply_changes(location, preflight, run_info, resolved)
+    settled, tokens, rederive_only = _apply_changes(location, preflight, run_info, resolved)
     location.write_json("run.json", run_info)
     if gpu_workers:
         logger.info("tasks that can use a GPU go to %d GPU worker(s)", len(gpu_workers))
@@ -306,7 +306,7 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
                 own = {n: tokens[n] for n, r in resolved.items() if r.stage == stage.name}
                 planned.append(dataclasses.replace(stage, products=own, counts_clips=stage.name == counting_stage))
         futures = submit_tasks(client, location, planned, config.fingerprint(), settled,
-                                run_info.get("legacy_markers") or {})
+                               run_info.get("legacy_markers") or {}, rederive_only)
         before = len(task_failures)
         times = wait_for_tasks(futures, task_failures, progress, watch if phase == 1 else retagging(watch, client))
         stage_s.update(times if phase == 1 else {s.name: time.perf_counter() - t0 for s in planned})
@@ -401,9 +401,10 @@ def _apply_changes(location: OutputLocation, preflight: Preflight, run_info: dic
 
     Returns
     -------
-    (dict, dict)
+    (dict, dict, frozenset)
         ``{stage: settled}`` (True where every range already holds this run's tokens, so only ranges
-        without a marker need a task) and ``{product: marker token}``.
+        without a marker need a task), ``{product: marker token}``, and the stages where only
+        re-derivable products changed (their ranges are batched).
     """
     names_allowed = output_names()
     _remove_pending(location, run_info, names_allowed)  # a previous run stopped while deleting
@@ -419,7 +420,7 @@ def _apply_changes(location: OutputLocation, preflight: Preflight, run_info: dic
         run_info.update(legacy_markers=legacy, epoch=0,
                         outputs={n: {**r.record(), "epoch": 0} for n, r in resolved.items()},
                         stages={stage: {"settled": True} for stage in stages})
-        return dict.fromkeys(stages, True), tokens
+        return dict.fromkeys(stages, True), tokens, frozenset()
     previous_stages = run_info.get("stages") or {}
     changes = compare_outputs(previous_outputs, resolved)
     epoch = int(run_info.get("epoch", 0))
@@ -442,19 +443,24 @@ def _apply_changes(location: OutputLocation, preflight: Preflight, run_info: dic
             names = recorded if recorded is not None else [[n.folder, n.pattern, n.store] for n in
                                                             resolved[change.name].product.outputs]
             pending += [["outputs", *n] for n in names]
-    settled = {}
+    settled, rederive_only = {}, set()
+    kept_names = {c.name for c in changes if c.action == "kept"}
     for stage, items in by_stage.items():
         kept = [c for c in items if c.action == "kept"]
         if not kept:  # nothing of the stage stays: its ranges may be others now
             pending.append(["markers", stage.replace(":", "-")])
         if stage in stages:
             settled[stage] = len(kept) == len(items) and previous_stages.get(stage, {}).get("settled", False)
+            redo = [resolved[c.name].product for c in items if c.action in ("new", "changed")]
+            if kept and not settled[stage] and previous_stages.get(stage, {}).get("settled", False) and all(
+                    p.rederivable and set(p.inputs) <= kept_names for p in redo):
+                rederive_only.add(stage)  # e.g. a threshold: milliseconds per range, many ranges per task
     tokens = {name: f"{record['identity']}.{record['epoch']}" for name, record in records.items()}
     run_info.update(outputs=records, stages={name: {"settled": ok} for name, ok in settled.items()}, epoch=epoch,
                     pending_removals=pending)
     location.write_json("run.json", run_info)  # what is about to be deleted, before it is
     _remove_pending(location, run_info, names_allowed)
-    return settled, tokens
+    return settled, tokens, frozenset(rederive_only)
 
 
 def _remove_pending(location: OutputLocation, run_info: dict, names_allowed) -> None:

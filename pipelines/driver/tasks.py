@@ -32,7 +32,8 @@ from pipelines.outputs.location import OutputLocation
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Stage", "run_stage_task", "submit_tasks", "task_ranges", "wait_for_tasks"]
+__all__ = ["RANGES_PER_REDERIVE_TASK", "Stage", "run_stage_batch", "run_stage_task", "submit_tasks", "task_ranges",
+           "wait_for_tasks"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -179,31 +180,66 @@ def _kept_part(previous: dict, held: dict, products: dict) -> dict:
     return record
 
 
+#: most ranges one task re-derives when only cheap products changed (detections from stored scores)
+RANGES_PER_REDERIVE_TASK = 64
+
+
+def run_stage_batch(task, clip_ranges, clips: list, location: OutputLocation, markers: list, products: dict | None = None,
+                    legacy_products: dict | None = None) -> list[dict]:
+    """:func:`run_stage_task` for consecutive ranges in one task (ranges whose work is a few
+    milliseconds: a per-range task would cost more in scheduling than in work)."""
+    return [run_stage_task(task, r, c, location, m, products, legacy_products)
+            for r, c, m in zip(clip_ranges, clips, markers, strict=True)]
+
+
 def submit_tasks(client, location: OutputLocation, stages, fingerprint: str, settled: dict[str, bool],
-                  legacy_markers: dict) -> dict:
+                 legacy_markers: dict, rederive_only: frozenset = frozenset()) -> dict:
     """Submit the tasks of ``stages``, one batch per stage; returns ``{future: (stage, ClipRange)}`` (the
-    only references to the futures). A settled stage gets tasks for its ranges without a marker; another
-    for every range (each task reads its marker and computes only the products whose identity changed)."""
+    only references to the futures; a task of several ranges is labelled with the range they span).
+
+    A settled stage gets tasks for its ranges without a marker; another for every range (each task reads
+    its marker and computes only the products whose identity changed). In a stage of
+    ``rederive_only`` (only products re-derived from stored inputs changed), the ranges with a marker
+    go up to :data:`RANGES_PER_REDERIVE_TASK` to a task (fewer when that leaves threads idle)."""
     futures: dict = {}
     for stage in stages:
         todo = list(stage.ranges)
-        if settled.get(stage.name):
+        done = None
+        if settled.get(stage.name) or stage.name in rederive_only:
             done = {n.removesuffix(".json") for n in location.list(stage.progress)}
+        if settled.get(stage.name):
             todo = [r for r in todo if r.name not in done]
-        if not todo:
-            continue
+        batches = []
+        if stage.name in rederive_only:
+            marked = [r for r in todo if r.name in done]
+            todo = [r for r in todo if r.name not in done]
+            threads = max(1, sum(client.nthreads().values()))  # at least one task per thread
+            size = max(1, min(RANGES_PER_REDERIVE_TASK, math.ceil(len(marked) / threads)))
+            batches = [marked[i : i + size] for i in range(0, len(marked), size)]
+        resources = cpu_only_resources(client) if stage.cpu_only and (todo or batches) else stage.resources
         with warnings.catch_warnings():  # each task carries its rows of the plan: a large graph is expected
             warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
-            n = len(todo)
-            futs = client.map(run_stage_task, [stage.task] * n, todo, [stage.plan.iloc[r.start : r.stop] for r in todo],
-                              [location] * n, [stage.marker(r) for r in todo], [stage.products] * n,
-                              [legacy_markers.get(stage.name)] * n,
-                              key=[f"{stage.name}-{fingerprint}-{r.name}" for r in todo], retries=1,
-                              resources=cpu_only_resources(client) if stage.cpu_only else stage.resources,
-                              pure=False)
-        futures.update({fut: (stage.name, r) for fut, r in zip(futs, todo, strict=True)})
+            if todo:
+                n = len(todo)
+                futs = client.map(run_stage_task, [stage.task] * n, todo,
+                                  [stage.plan.iloc[r.start : r.stop] for r in todo], [location] * n,
+                                  [stage.marker(r) for r in todo], [stage.products] * n,
+                                  [legacy_markers.get(stage.name)] * n,
+                                  key=[f"{stage.name}-{fingerprint}-{r.name}" for r in todo], retries=1,
+                                  resources=resources, pure=False)
+                futures.update({fut: (stage.name, r) for fut, r in zip(futs, todo, strict=True)})
+            if batches:
+                n = len(batches)
+                futs = client.map(run_stage_batch, [stage.task] * n, batches,
+                                  [[stage.plan.iloc[r.start : r.stop] for r in b] for b in batches], [location] * n,
+                                  [[stage.marker(r) for r in b] for b in batches], [stage.products] * n,
+                                  [legacy_markers.get(stage.name)] * n,
+                                  key=[f"{stage.name}-{fingerprint}-{b[0].name}-{len(b)}" for b in batches],
+                                  retries=1, resources=resources, pure=False)
+                futures.update({fut: (stage.name, ClipRange(b[0].start, b[-1].stop))
+                                for fut, b in zip(futs, batches, strict=True)})
     n_ranges = sum(len(stage.ranges) for stage in stages)
-    logger.info("%d tasks to run (%d in %d stages)", len(futures), n_ranges, len(stages))
+    logger.info("%d tasks to run (%d ranges in %d stages)", len(futures), n_ranges, len(stages))
     return futures
 
 

@@ -65,6 +65,9 @@ class Product:
         table's product is named ``detections:<detector>`` and its tasks report
         ``{"detections": {<detector>: count}}`` (the driver keeps a range's count only while the
         range's marker holds that product's current identity).
+    rederivable : bool
+        Recomputed from its stored inputs alone, in milliseconds (detections from scores): when only
+        such products of a stage changed, the driver gives each task many ranges.
     """
 
     name: str
@@ -73,6 +76,7 @@ class Product:
     inputs: tuple[str, ...] = ()
     outputs: tuple[OutputName, ...] = ()
     detector: str | None = None
+    rederivable: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

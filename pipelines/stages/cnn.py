@@ -416,7 +416,7 @@ class CnnKind(StageKind):
                 OutputName(f"scores/detector={det.detector}", rf"part-{RANGE}\.parquet"),)))
             products.append(Product(f"detections:{det.detector}", det.detector,
                                     {f"cnn[{model.name}].threshold": model.threshold},
-                                    inputs=(f"scores:{det.detector}",), detector=det.detector, outputs=(
+                                    inputs=(f"scores:{det.detector}",), detector=det.detector, rederivable=True, outputs=(
                 OutputName("detections", rf"part-cnn-{re.escape(model.name)}-{RANGE}\.parquet"),)))
         return products
 

@@ -205,7 +205,7 @@ class SpectrogramKind(StageKind):
             products.append(Product(f"detections:{detector}", STAGE_NAME,
                                     {f"ribbit[{s.name}].threshold": s.threshold}, inputs=(f"scores:{detector}",),
                                     outputs=(OutputName("detections", rf"part-ribbit-{re.escape(s.name)}-{RANGE}\.parquet"),),
-                                    detector=detector))
+                                    detector=detector, rederivable=True))
         return products
 
     def plan(self, ctx: RunContext, products: dict) -> list[Stage]:

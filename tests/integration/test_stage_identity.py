@@ -77,7 +77,8 @@ def first_run(archive, dask_client, tmp_path):
     return out
 
 
-def test_a_changed_threshold_rewrites_only_that_detectors_detections(archive, dask_client, tmp_path, first_run):
+def test_a_changed_threshold_rewrites_only_that_detectors_detections(archive, dask_client, tmp_path, first_run,
+                                                                      caplog):
     out = first_run
     before = snapshot(out)
     scores_before = content(out, "scores")
@@ -88,7 +89,10 @@ def test_a_changed_threshold_rewrites_only_that_detectors_detections(archive, da
     assert "  scores:ribbit:frog12: kept" in lines and "  spectrograms: kept" in lines
     assert "  detections:ribbit:frog12: recompute (changed: ribbit[frog12].threshold 0.02 → 0.005)" in lines
 
-    summary = run_pipeline(config, dask_client, progress=False)
+    with caplog.at_level("INFO", logger="pipelines.driver.tasks"):
+        summary = run_pipeline(config, dask_client, progress=False)
+    n_ranges = len([r for r in before if r.startswith("_progress/")])
+    assert n_ranges > 2 and f"2 tasks to run ({n_ranges} ranges in 1 stages)" in caplog.text  # one per worker
 
     rewritten = changed(before, snapshot(out))
     assert {r for r in rewritten if not r.startswith("_progress/")} == {
