@@ -211,7 +211,9 @@ def _watching_lock(watch, lock, client):
         watch()
         if lock.workers is not None and time.monotonic() - last[0] >= lock.lease_s / 8:  # local clusters only
             last[0] = time.monotonic()
-            lock.set_workers(local_worker_processes(client))
+            found = local_worker_processes(client)
+            if found is not None:  # None: the workers did not answer in time (load, a restart): keep the record,
+                lock.set_workers(found)  # else a killed run would look alive until its lease ran out
 
     return check
 
