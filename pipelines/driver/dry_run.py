@@ -14,6 +14,7 @@ from pipelines.driver.identity import (
     compare_outputs,
     decide_start,
     dry_run_lines,
+    flatten_config,
     resolve_products,
 )
 from pipelines.driver.inventory import list_archive
@@ -64,14 +65,15 @@ def plan_run(config: RunConfig, *, overwrite: bool = False) -> list[str]:
     if start == "resume" and "outputs" not in info:  # begun by an opso without identities: all of it is kept
         changes = [OutputChange(n, r.stage, "kept") for n, r in resolved.items()]
     else:
-        changes = compare_outputs(info.get("outputs"), resolved)
+        changes = compare_outputs(info.get("outputs"), resolved, flatten_config(config.public_dict()))
     all_kept = all(c.action == "kept" for c in changes)
     if start == "resume" and all_kept:
         finished = str(info.get("status", "")).startswith("complete")
         lines.append("the same configuration, and the run is complete: nothing to compute" if finished else
                      f"the same configuration (run status {info.get('status')}): its unfinished tasks run")
     elif start == "resume":
-        lines.append("the same configuration, other inputs (a model file changed?)")
+        lines.append("the same configuration as the last (interrupted) run; outputs whose identity differs are "
+                     "recomputed")
     elif start == "update":
         lines.append("the same archive, other settings: outputs whose identity is unchanged are kept")
     lines += dry_run_lines(start, changes, info.get("stages"))

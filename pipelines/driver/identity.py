@@ -189,10 +189,13 @@ class OutputChange:
     record: dict | None = None  # the previous run's record of it (for removed and changed products)
 
 
-def compare_outputs(previous_outputs: dict | None, resolved: dict[str, ResolvedProduct]) -> list[OutputChange]:
+def compare_outputs(previous_outputs: dict | None, resolved: dict[str, ResolvedProduct],
+                    current: dict | None = None) -> list[OutputChange]:
     """Each product of this run and of the previous one, with what happens to it (see the module docstring).
 
-    ``previous_outputs`` is the previous ``run.json``'s ``outputs`` (None: everything is new).
+    ``previous_outputs`` is the previous ``run.json``'s ``outputs`` (None: everything is new);
+    ``current``, this run's flattened configuration (:func:`flatten_config`): a removed product whose
+    settings name a key this run sets otherwise (``spectrogram.store`` now ``none``) says so.
     """
     previous_outputs = previous_outputs or {}
     changes = []
@@ -208,7 +211,10 @@ def compare_outputs(previous_outputs: dict | None, resolved: dict[str, ResolvedP
                                         record=before))
     for name, before in previous_outputs.items():
         if name not in resolved:
-            changes.append(OutputChange(name, before.get("stage", "?"), "removed", record=before))
+            settings = before.get("settings") or {}
+            why = {k: v for k, v in (current or {}).items() if k in settings and settings[k] != v}
+            changes.append(OutputChange(name, before.get("stage", "?"), "removed",
+                                        tuple(describe_changes({k: settings[k] for k in why}, why)), record=before))
     return changes
 
 
@@ -231,12 +237,15 @@ def dry_run_lines(start: str, changes: list[OutputChange], previous_stages: dict
         for c in items:
             if start not in ("resume", "update"):
                 lines.append(f"  {c.name}: compute")
+            elif c.action == "kept" and unsettled:
+                lines.append(f"  {c.name}: finish (ranges an interrupted change left with an earlier identity are "
+                             "recomputed)")
             elif c.action == "kept":
                 lines.append(f"  {c.name}: kept")
             elif c.action == "new":
                 lines.append(f"  {c.name}: compute (new)")
             elif c.action == "removed":
-                lines.append(f"  {c.name}: remove (no longer configured)")
+                lines.append(f"  {c.name}: remove ({'changed: ' + '; '.join(c.keys) if c.keys else 'no longer configured'})")
             else:
                 lines.append(f"  {c.name}: recompute (changed: {'; '.join(c.keys)})")
     return lines

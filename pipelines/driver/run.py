@@ -40,7 +40,7 @@ import pandas as pd
 
 from pipelines.config import RunConfig, check_sizes
 from pipelines.driver.clip_plan import plan_clips
-from pipelines.driver.identity import compare_outputs, resolve_products
+from pipelines.driver.identity import compare_outputs, flatten_config, resolve_products
 from pipelines.driver.inventory import (
     add_clip_counts_and_warnings,
     count_warnings,
@@ -424,7 +424,7 @@ def _apply_changes(location: OutputLocation, preflight: Preflight, run_info: dic
                         stages={stage: {"settled": True} for stage in stages})
         return dict.fromkeys(stages, True), tokens, frozenset()
     previous_stages = run_info.get("stages") or {}
-    changes = compare_outputs(previous_outputs, resolved)
+    changes = compare_outputs(previous_outputs, resolved, flatten_config(run_info.get("config") or {}))
     epoch = int(run_info.get("epoch", 0))
     records, pending, by_stage = {}, [], {}
     for change in changes:
@@ -432,7 +432,8 @@ def _apply_changes(location: OutputLocation, preflight: Preflight, run_info: dic
         if change.action == "changed":
             logger.info("%s: recompute (changed: %s)", change.name, "; ".join(change.keys))
         elif change.action == "removed":
-            logger.info("%s: no longer configured; removing its outputs", change.name)
+            logger.info("%s: %s; removing its outputs", change.name,
+                        f"changed: {'; '.join(change.keys)}" if change.keys else "no longer configured")
         elif change.action == "new" and previous_outputs:
             logger.info("%s: new; computing it", change.name)
         if change.action == "kept":

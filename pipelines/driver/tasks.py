@@ -239,7 +239,8 @@ def submit_tasks(client, location: OutputLocation, stages, fingerprint: str, set
                 futures.update({fut: (stage.name, ClipRange(b[0].start, b[-1].stop))
                                 for fut, b in zip(futs, batches, strict=True)})
     n_ranges = sum(len(stage.ranges) for stage in stages)
-    logger.info("%d tasks to run (%d ranges in %d stages)", len(futures), n_ranges, len(stages))
+    logger.info("%d tasks to run (%d ranges in %d stage%s)", len(futures), n_ranges, len(stages),
+                "" if len(stages) == 1 else "s")
     return futures
 
 

@@ -616,7 +616,7 @@ class RunLock:
             self._holder = mine
             self.lease = Lease(mine.generation, mine.lease_id, self.lease_s)
             self._prune(mine.generation)
-            logger.info("took the run folder %s (lock generation %d, lease %g s)", self.location.url,
+            logger.debug("took the run folder %s (lock generation %d, lease %g s)", self.location.url,
                         mine.generation, self.lease_s)
             self._thread = threading.Thread(target=self._heartbeats, name="opso-run-lock", daemon=True)
             self._thread.start()  # the last step: nothing after it can fail and leave a renewed lock behind
@@ -635,7 +635,7 @@ class RunLock:
         if holder is None:
             return 0.0
         now = time.time()
-        ahead = max(holder.heartbeat, holder.released or 0.0, holder.tasks_quiet_at or 0.0) - now
+        ahead = max(holder.heartbeat, holder.released or 0.0) - now  # write times (tasks_quiet_at is a future one)
         if ahead > 5:
             logger.warning("the lock of %s was written by a clock %.0f s ahead of this machine's; check that "
                            "the machines' clocks are synchronised (NTP)", self.location.url, ahead)

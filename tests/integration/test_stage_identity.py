@@ -92,7 +92,7 @@ def test_a_changed_threshold_rewrites_only_that_detectors_detections(archive, da
     with caplog.at_level("INFO", logger="pipelines.driver.tasks"):
         summary = run_pipeline(config, dask_client, progress=False)
     n_ranges = len([r for r in before if r.startswith("_progress/")])
-    assert n_ranges > 2 and f"2 tasks to run ({n_ranges} ranges in 1 stages)" in caplog.text  # one per worker
+    assert n_ranges > 2 and f"2 tasks to run ({n_ranges} ranges in 1 stage)" in caplog.text  # one per worker
 
     rewritten = changed(before, snapshot(out))
     assert {r for r in rewritten if not r.startswith("_progress/")} == {
@@ -238,3 +238,11 @@ def test_a_change_interrupted_half_way_then_undone_ends_like_a_clean_run(archive
     for name in reference:
         pd.testing.assert_frame_equal(reference[name], got[name], obj=name)
     assert again.detections["ribbit:frog12"] == len(got["detections"])
+
+
+def test_a_store_switched_off_is_removed_naming_the_setting(archive, dask_client, tmp_path, first_run):
+    config = config_for(tmp_path, "no-store", archive.root, first_run, store="none")
+    assert "  spectrograms: remove (changed: spectrogram.store compact → none)" in plan_run(config)
+    run_pipeline(config, dask_client, progress=False)
+    assert not (first_run / "spectrograms.zarr").exists() and len(pd.read_parquet(first_run / "detections")) > 0
+    assert "  spectrograms: compute (new)" in plan_run(config_for(tmp_path, "store", archive.root, first_run))
