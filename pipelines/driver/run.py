@@ -171,7 +171,11 @@ def _run_locked(config: RunConfig, client, preflight: Preflight, progress: bool,
                 run_info[key] = previous[key]
     try:
         if lock is not None:  # before any task: a rerun on this host can then tell when all have ended
-            lock.set_workers(local_worker_processes(client), strict=True)
+            workers = local_worker_processes(client, attempts=5)
+            if workers is None and _local_scheduler(client):
+                logger.warning("the local workers did not say which processes they are: if this run is killed, "
+                               "a rerun can take its folder only after its lease (%g s)", lock.lease_s)
+            lock.set_workers(workers, strict=True)
         if preflight.start == "overwrite":
             logger.warning("--overwrite: removing the previous run's outputs from %s (only files opso wrote)",
                            location.url)
@@ -199,6 +203,12 @@ def _previous_sessions(info: dict) -> list[dict]:
         return list(info["sessions"])
     wall = (info.get("summary") or {}).get("wall_s")
     return [{"started": info.get("started"), "host": None, "wall_s": wall}]
+
+
+def _local_scheduler(client) -> bool:
+    """True when the client's scheduler listens on this machine (a local cluster)."""
+    address = str(getattr(client.scheduler, "address", "") or "")
+    return address.startswith(("inproc://", "tcp://127.", "tcp://localhost", "tcp://[::1]"))
 
 
 def _watching_lock(watch, lock, client):

@@ -170,18 +170,41 @@ def _alive(pid: int, start_ticks: int | None) -> bool:
     return True
 
 
-def local_worker_processes(client) -> list[list[int]] | None:
+def local_worker_processes(client, attempts: int = 1) -> list[list[int]] | None:
     """``[[pid, start ticks], ...]`` of the client's workers when all run on this machine (a local
-    cluster), else None (their end cannot be seen from here)."""
-    try:
-        found = client.run(worker_identity)
-    except Exception as exc:  # workers leaving or arriving: try again at the next heartbeat
-        logger.debug("could not ask the workers who they are: %s", exc)
+    cluster), else None (their end cannot be seen from here). Workers that do not answer are asked
+    again, up to ``attempts`` times, half a second apart (None when they never do)."""
+    found = None
+    for attempt in range(attempts):
+        try:
+            found = client.run(worker_identity)
+            break
+        except Exception as exc:  # workers leaving or arriving, or a loaded machine: ask again
+            logger.debug("could not ask the workers who they are (attempt %d): %s", attempt + 1, exc)
+            if attempt + 1 < attempts:
+                time.sleep(0.5)
+    if found is None:
         return None
     mine = this_machine()
     if not found or any(v["machine"] != mine or v["machine"]["boot_id"] is None for v in found.values()):
         return None
     return sorted(v["process"] for v in found.values())
+
+
+#: seconds a new run waits for the workers of a run whose driver has ended (a SIGKILLed process group takes
+#: a moment to exit, longer on a loaded machine) before it calls the folder held
+WORKERS_EXIT_WAIT_S = 10.0
+
+
+def _wait_for_workers_to_end(holder: LockHolder, wait_s: float = WORKERS_EXIT_WAIT_S) -> str | None:
+    """The holder's stale reason once its workers have ended, or None if they still run after ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        reason = holder.stale_reason()
+        if reason is not None:
+            return reason
+        time.sleep(0.1)
+    return None
 
 
 # ---- the lock files
@@ -278,6 +301,10 @@ class LockHolder:
         """True when the driver and every recorded local worker process surely no longer exist."""
         return (self._same_machine() and self.workers is not None and not _alive(self.pid, self.start_ticks)
                 and not any(_alive(int(pid), ticks) for pid, ticks in self.workers))
+
+    def driver_gone(self) -> bool:
+        """True when the run's driver process, on this machine, surely no longer exists (its workers may)."""
+        return self._same_machine() and self.workers is not None and not _alive(self.pid, self.start_ticks)
 
     def stale_reason(self, now: float | None = None) -> str | None:
         """Why another run may take this lock over without ``--steal-lock``, or None."""
@@ -588,6 +615,8 @@ class RunLock:
             reason = None
             if holder is not None and holder.released is None:
                 reason = holder.stale_reason()
+                if reason is None and not self.steal and holder.driver_gone():
+                    reason = _wait_for_workers_to_end(holder)  # killed a moment ago: its workers are exiting
                 if reason is None and not self.steal:
                     raise RunLockHeldError(self._held_message(holder))
             now = time.time()
