@@ -9,6 +9,7 @@ recorded there (:mod:`pipelines.driver.identity`).
 from __future__ import annotations
 
 from pipelines.config import RunConfig
+from pipelines.driver.context import RunContext
 from pipelines.driver.identity import (
     OutputChange,
     compare_outputs,
@@ -23,7 +24,6 @@ from pipelines.errors import StorageError
 from pipelines.outputs.location import OutputLocation
 from pipelines.outputs.run_folder import read_previous_run
 from pipelines.stages import enabled_kinds, output_names
-from pipelines.stages.base import RunContext
 
 __all__ = ["plan_run"]
 

@@ -40,6 +40,7 @@ import pandas as pd
 
 from pipelines.config import RunConfig, check_sizes
 from pipelines.driver.clip_plan import plan_clips
+from pipelines.driver.context import RunContext
 from pipelines.driver.identity import compare_outputs, flatten_config, resolve_products
 from pipelines.driver.inventory import (
     add_clip_counts_and_warnings,
@@ -71,7 +72,6 @@ from pipelines.outputs.tables import (
     empty_detections,
 )
 from pipelines.stages import enabled_kinds, output_names
-from pipelines.stages.base import RunContext
 
 __all__ = ["FAILURE_COLUMNS", "RunSummary", "elide", "read_status", "run_pipeline"]
 
