@@ -1,4 +1,4 @@
-"""How the pipeline scales: 1 -> 2 workers, thousands of small files, one 24-hour file.
+"""How the pipeline scales: 1 -> 2 workers, thousands of small files, one 24-hour file, a million audio-hours.
 
 - ``workers``: the RIBBIT run of ``versus_opensoundscape.py``'s archive (4 x 3 x 10 min, 32 kHz)
   on 1 and on 2 local workers; speed-up of the whole run and of the spectrogram stage.
@@ -7,8 +7,20 @@
   of the run that is not task work.
 - ``long``: one 24-hour file (16 kHz 16-bit WAV, 2.8 GB; at 32 kHz it would pass the 4 GiB that a
   WAV header can describe): peak memory of each worker.
+- ``interrupt``: ``opso run`` (RIBBIT, 2 local workers) on an archive of 10,000 one-hour FLAC files
+  (hard links of one generated file, so the disk holds one hour): the driver's peak resident memory
+  after the inventory, the planning and ``--interrupt-after-s`` seconds of tasks, then the seconds from
+  a Ctrl-C (SIGINT to the process group, as a terminal sends it) to the end of the process.
+- ``plan``: the driver's planning path over a generated inventory of 10,000 / 100,000 / 1,000,000
+  one-hour files (a fake reader: no audio, the inventory as the workers would return it; RIBBIT, 2 s
+  clips at 32 kHz): planning time, the driver process's peak memory, tasks, and the pickled size of a
+  task's description, each size in a fresh process. With ``--before REV`` the same sizes (up to
+  ``--before-max-files``) are planned by the code of commit REV (a git worktree in the work folder) as
+  its driver did (the whole clip table, and each task's rows of it), for the before -> after table.
 
-    python benchmarks/pipeline_scaling.py [--only workers,files,long] [--work DIR]
+    python benchmarks/pipeline_scaling.py [--only workers,files,long,interrupt,plan] [--work DIR]
+                                          [--files 5000] [--flac-files 10000] [--interrupt-after-s 30]
+                                          [--plan-sizes 10000,100000,1000000] [--before REV]
 """
 
 from __future__ import annotations
@@ -137,14 +149,211 @@ def long_table(work: Path):
         print(f"  worker {worker}: peak resident memory {mb:,.0f} MB")
 
 
+def flac_archive(work: Path, n_files: int, sample_rate_hz: int = 16000) -> Path:
+    root = work / f"flac-{n_files}"
+    marker = root / "archive.json"
+    if marker.exists():
+        return root
+    import soundfile
+
+    source = work / "one-hour.flac"
+    if not source.exists():
+        rng = np.random.default_rng(2)
+        with soundfile.SoundFile(source, "w", samplerate=sample_rate_hz, channels=1, format="FLAC",
+                                 subtype="PCM_16") as f:
+            for _ in range(60):
+                f.write((0.001 * rng.standard_normal(60 * sample_rate_hz)).astype(np.float32))
+    for k in range(n_files):
+        folder = root / f"site{k // 1000:02d}" / f"rec{k // 100:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d_%H%M%S", time.gmtime(1714543200 + 3600 * (k % 100)))
+        os.link(source, folder / f"{stamp}.flac")
+    marker.write_text(json.dumps({"files": n_files}))
+    return root
+
+
+def _peak_kb(pid: int) -> int:
+    """Peak resident memory (kB) of a process (VmHWM), 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def interrupt_table(work: Path, n_files: int, interrupt_after_s: float):
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    archive = flac_archive(work, n_files)
+    out = work / "flac-run"
+    shutil.rmtree(out, ignore_errors=True)
+    config = work / "flac-run.yaml"
+    config.write_text(yaml.safe_dump({
+        "input": {"url": str(archive), "pattern": "**/*.flac"}, "output": {"url": str(out)},
+        "clips": {"duration": 2.0}, "spectrogram": {"sample_rate": 16000, "store": "none"}, "ribbit": SPECIES,
+        "cluster": {"kind": "local", "n_workers": 2, "threads_per_worker": 1}}))
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", str(config), "--no-progress"],
+                            cwd=str(REPO), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines, tasks_at = [], None
+    import threading
+
+    def read():
+        for line in proc.stderr:
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, _peak_kb(proc.pid))
+        if tasks_at is None and any("tasks to run" in line for line in lines):
+            tasks_at = time.monotonic()
+        if tasks_at is not None and time.monotonic() - tasks_at >= interrupt_after_s:
+            break
+        time.sleep(0.2)
+    markers = len(list((out / "_progress" / "spectrograms").glob("*.json")))
+    peak = max(peak, _peak_kb(proc.pid))
+    signalled = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait()
+    stopped_s = time.monotonic() - signalled
+    reader.join(5)
+    info = json.loads((out / "run.json").read_text())
+    print(f"\nopso run on {n_files:,} one-hour FLAC files ({n_files:,} audio hours, 16 kHz; RIBBIT, store none), "
+          "2 local workers x 1 thread")
+    print(f"tasks announced {tasks_at - started if tasks_at else float('nan'):.1f} s after the start; "
+          f"{markers} tasks finished in the next {interrupt_after_s:g} s")
+    print(f"driver peak resident memory: {peak / 1024:,.0f} MB (target <= 1,000 MB)")
+    print(f"Ctrl-C -> process ended: {stopped_s:.1f} s (target <= 10 s); exit code {proc.returncode}, run.json "
+          f"status {info['status']!r}")
+    print("".join(lines[-3:]).rstrip())
+
+
+def generated_inventory(n_files: int, sample_rate_hz: int = 32000):
+    """The inventory the workers would return for ``n_files`` one-hour FLAC files on object storage:
+    100 consecutive hours per recorder, 10 recorders per site."""
+    import pandas as pd
+
+    k = np.arange(n_files)
+    recorders = np.array([f"site{r // 10:04d}-rec{r % 10}" for r in range(-(-n_files // 100))], dtype=object)
+    recorder = recorders[k // 100]
+    start = pd.Timestamp("2024-05-01", tz="UTC") + pd.to_timedelta(k % 100, unit="h")
+    files = [f"s3://nwfp-archive/{r.split('-')[0]}/{r}/{t:%Y%m%d_%H%M%S}.flac" for r, t in zip(recorder, start,
+                                                                                                strict=True)]
+    frames = 3600 * sample_rate_hz
+    return pd.DataFrame({
+        "file": files, "recorder": recorder, "start_time_utc": start, "start_time_source": "file_name",
+        "sample_rate": pd.array([sample_rate_hz] * n_files, dtype="Int64"), "channels": pd.array([1] * n_files,
+                                                                                               dtype="Int64"),
+        "frames": pd.array([frames] * n_files, dtype="Int64"), "duration_s": 3600.0,
+        "size_bytes": pd.array([frames] * n_files, dtype="Int64"), "n_clips": pd.array([None] * n_files, dtype="Int64"),
+        "status": "ok", "error": None, "warning": None})
+
+
+def _plan_config(work: Path):
+    from pipelines.config import load_config
+
+    return load_config({"input": {"url": str(work / "no-archive")}, "output": {"url": str(work / "plan-out")},
+                        "clips": {"duration": 2.0}, "spectrogram": {"sample_rate": 32000}, "ribbit": SPECIES},
+                       environ={})
+
+
+def plan_child(n_files: int, work: Path, before: bool) -> dict:
+    """Plan a run over a generated inventory in this (fresh) process; before: as the old driver did."""
+    import pickle
+
+    inventory = generated_inventory(n_files)
+    config = _plan_config(work)
+    baseline_mb = _worker_peak_rss_mb()
+    started = time.perf_counter()
+    if not before:
+        from pipelines.driver.plan_only import plan_summary
+
+        plan = plan_summary(config, inventory)
+        stage = plan.stages[0]
+        return {"plan_s": time.perf_counter() - started, "peak_mb": _worker_peak_rss_mb(), "baseline_mb": baseline_mb,
+                "clips": stage.n_items, "tasks": stage.n_tasks, "task_bytes": stage.task_bytes}
+    from pipelines.driver.clip_plan import plan_clips
+    from pipelines.driver.inventory import add_clip_counts_and_warnings
+    from pipelines.driver.tasks import task_ranges
+
+    plan = plan_clips(inventory, clip_duration=2.0)
+    add_clip_counts_and_warnings(inventory, plan.groupby("file", sort=False).size())
+    ranges = task_ranges(len(plan), round(config.spectrogram.task_audio_s / 2.0), align=config.spectrogram.clips_per_chunk)
+    rows = [plan.iloc[r.start : r.stop] for r in ranges]  # what submit_tasks sent, one slice per task
+    task_bytes = max(len(pickle.dumps(rows[i])) for i in (0, len(rows) // 2, len(rows) - 1))
+    return {"plan_s": time.perf_counter() - started, "peak_mb": _worker_peak_rss_mb(), "baseline_mb": baseline_mb,
+            "clips": len(plan), "tasks": len(ranges), "task_bytes": task_bytes}
+
+
+def _checkout(work: Path, rev: str) -> Path:
+    import subprocess
+
+    where = work / f"code-{rev}"
+    if not where.exists():
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-f", str(where), rev], check=True,
+                       capture_output=True)
+    return where
+
+
+def plan_table(work: Path, sizes: list[int], before: str | None, before_max_files: int):
+    import subprocess
+    import sys
+
+    def child(n, code: Path, old: bool):
+        env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": "1"}
+        cmd = [sys.executable, str(code / "benchmarks/pipeline_scaling.py") if not old else str(Path(__file__)),
+               "--plan-child", str(n), "--work", str(work)] + (["--old"] if old else [])
+        out = subprocess.run(cmd, env=env, cwd=str(code), capture_output=True, text=True)
+        if out.returncode:
+            return {"error": (out.stderr.strip().splitlines() or ["killed"])[-1]}
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    old_code = _checkout(work, before) if before else None
+    print("\nplanning a RIBBIT run (2 s clips, 32 kHz) over N one-hour files: driver process, fresh per size")
+    print(f"{'files = audio-hours':>20} {'code':>7} {'clips':>15} {'tasks':>11} {'plan s':>8} {'peak MB':>9} "
+          f"{'bytes per task':>15}")
+    for n in sizes:
+        rows = [("after", child(n, REPO, False))]
+        if old_code is not None:
+            rows.insert(0, ("before", child(n, old_code, True) if n <= before_max_files else
+                            {"error": f"not run (over --before-max-files {before_max_files:,})"}))
+        for label, r in rows:
+            if "error" in r:
+                print(f"{n:>20,} {label:>7}   {r['error']}")
+                continue
+            print(f"{n:>20,} {label:>7} {r['clips']:>15,} {r['tasks']:>11,} {r['plan_s']:>8.1f} {r['peak_mb']:>9,.0f} "
+                  f"{r['task_bytes']:>15,}")
+    print("(peak MB: the whole driver process, the generated inventory and the imports included; "
+          "the targets for 1,000,000 audio-hours: <= 2,000 MB and <= 60 s)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default=str(REPO / ".bench/work"))
-    parser.add_argument("--only", default="workers,files,long")
+    parser.add_argument("--only", default="workers,files,long,interrupt,plan")
     parser.add_argument("--files", type=int, default=5000)
+    parser.add_argument("--plan-sizes", default="10000,100000,1000000")
+    parser.add_argument("--flac-files", type=int, default=10000)
+    parser.add_argument("--interrupt-after-s", type=float, default=30.0)
+    parser.add_argument("--before", default=None, help="a commit to plan the same sizes with (git worktree)")
+    parser.add_argument("--before-max-files", type=int, default=10000)
+    parser.add_argument("--plan-child", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--old", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    if args.plan_child is not None:
+        print(json.dumps(plan_child(args.plan_child, work, args.old)))
+        return
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
     only = set(args.only.split(","))
     if "workers" in only:
@@ -153,6 +362,10 @@ def main():
         files_table(work, args.files)
     if "long" in only:
         long_table(work)
+    if "interrupt" in only:
+        interrupt_table(work, args.flac_files, args.interrupt_after_s)
+    if "plan" in only:
+        plan_table(work, [int(n) for n in args.plan_sizes.split(",")], args.before, args.before_max_files)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The ``opso`` command. This module is the only place that configures logging.
 
     opso run CONFIG.yaml [--cluster local|slurm|pbs|tcp://host:8786] [--overwrite] [--steal-lock] [--no-progress]
-                         [--dry-run]
+                         [--dry-run | --plan-only]
     opso status OUTPUT_URL|CONFIG.yaml [--storage-options JSON] [--json]
     opso demo [--out DIR]
     opso --version
@@ -202,6 +202,11 @@ def _cmd_run(args) -> int:
     from pipelines.config import load_config
 
     config = load_config(args.config)
+    if args.plan_only:
+        from pipelines.driver.plan_only import plan_lines
+
+        print("\n".join(plan_lines(config, overwrite=args.overwrite)))
+        return EXIT_OK
     if args.dry_run:
         from pipelines.driver.dry_run import plan_run
 
@@ -324,6 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true",
                      help="say, per stage, what the run would keep, compute, recompute (naming the changed "
                           "settings) and remove in its output folder; starts no cluster, writes nothing")
+    run.add_argument("--plan-only", action="store_true",
+                     help="--dry-run, then plan the run (the stored inventory, or every file's header read here) "
+                          "and print its files, audio hours, clips and tasks per stage, the size of a task's "
+                          "description and the driver's time and memory; starts no cluster, writes nothing")
     run.set_defaults(func=_cmd_run)
 
     status = sub.add_parser("status", parents=[verbosity], help="show the state of a run from its run.json")

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
 
     from opso_core.spectrogram import SpectrogramParams
     from pipelines.config import RunConfig
+    from pipelines.driver.clip_plan import ClipIndex
     from pipelines.outputs.location import OutputLocation
 
 __all__ = ["ClipSettings", "RunContext"]
@@ -35,8 +36,9 @@ class RunContext:
         The run folder, carrying the run's lease.
     inventory : pandas.DataFrame
         ``inventory.parquet`` (with ``n_clips``).
-    plan : pandas.DataFrame
-        The run's clip plan (:func:`pipelines.driver.clip_plan.plan_clips` with :attr:`clip_settings`).
+    clip_index : ClipIndex
+        The run's clips, per file (:class:`pipelines.driver.clip_plan.ClipIndex` with :attr:`clip_settings`):
+        a stage's ``Stage.plan``, or the clips it cuts its own from. Never a row per clip.
     clip_settings : ClipSettings
     sample_rate_hz : int
         The run's sample rate (``spectrogram.sample_rate``, or the archive's commonest).
@@ -52,7 +54,7 @@ class RunContext:
     config: RunConfig
     location: OutputLocation | None
     inventory: pd.DataFrame | None
-    plan: pd.DataFrame | None
+    clip_index: ClipIndex | None
     clip_settings: ClipSettings | None
     sample_rate_hz: int
     spectrogram_params: SpectrogramParams

@@ -8,6 +8,8 @@ recorded there (:mod:`pipelines.driver.identity`).
 
 from __future__ import annotations
 
+import dataclasses
+
 from pipelines.config import RunConfig
 from pipelines.driver.context import RunContext
 from pipelines.driver.identity import (
@@ -18,14 +20,14 @@ from pipelines.driver.identity import (
     flatten_config,
     resolve_products,
 )
-from pipelines.driver.inventory import list_archive
+from pipelines.driver.inventory import ArchiveListing, list_archive
 from pipelines.driver.preflight import check_locations
 from pipelines.errors import StorageError
 from pipelines.outputs.location import OutputLocation
 from pipelines.outputs.run_folder import read_previous_run
 from pipelines.stages import enabled_kinds, output_names
 
-__all__ = ["plan_run"]
+__all__ = ["DryRun", "dry_run", "plan_run"]
 
 #: stands in for the archive's sample rate before an inventory has found it (no product is kept then)
 _PROVISIONAL_SAMPLE_RATE_HZ = 32000
@@ -40,6 +42,22 @@ def plan_run(config: RunConfig, *, overwrite: bool = False) -> list[str]:
     ConfigError, StorageError, OutputConflictError
         As the run itself would, before its cluster starts (a run of another archive in the folder, ...).
     """
+    return dry_run(config, overwrite=overwrite).lines
+
+
+@dataclasses.dataclass(frozen=True)
+class DryRun:
+    """What :func:`dry_run` found: its lines, the input listing, how the run would start and the
+    previous run's ``run.json`` (empty unless resumed or updated)."""
+
+    lines: list[str]
+    listing: ArchiveListing
+    start: str
+    info: dict
+
+
+def dry_run(config: RunConfig, *, overwrite: bool = False) -> DryRun:
+    """:func:`plan_run`, with what it found on the way (for ``--plan-only``)."""
     check_locations(config)
     inp = config.input
     listing = list_archive(inp.url, inp.pattern, inp.storage_options)
@@ -77,4 +95,4 @@ def plan_run(config: RunConfig, *, overwrite: bool = False) -> list[str]:
     elif start == "update":
         lines.append("the same archive, other settings: outputs whose identity is unchanged are kept")
     lines += dry_run_lines(start, changes, info.get("stages"))
-    return lines
+    return DryRun(lines, listing, start, info)

@@ -222,7 +222,7 @@ def inventory_file(path: str, *, storage_options=None, recorder_rule="parent_dir
     return row
 
 
-def inventory_files(paths: list[str], *, storage_options=None, recorder_rule="parent_dir",
+def inventory_files(paths: list[str], storage_options=None, recorder_rule="parent_dir",
                     timezone="UTC") -> pd.DataFrame:
     """Inventory rows for many files (one task's batch), as a DataFrame with INVENTORY_COLUMNS."""
     rows = [inventory_file(p, storage_options=storage_options, recorder_rule=recorder_rule, timezone=timezone)
@@ -290,7 +290,7 @@ def add_clip_counts_and_warnings(inventory: pd.DataFrame, clips_per_file: pd.Ser
             previous = out.at[i, "warning"]
             out.at[i, "warning"] = f"{previous}{_NOTE_SEPARATOR}{note}" if isinstance(previous, str) and previous \
                 else note
-    return _as_frame(out.to_dict("records"))
+    return _as_frame(out)
 
 
 _NOTE_SEPARATOR = " | "

@@ -34,12 +34,14 @@ import functools
 import logging
 import platform
 import time
+import uuid
 from importlib.metadata import PackageNotFoundError, version
 
 import pandas as pd
 
 from pipelines.config import RunConfig, check_sizes
-from pipelines.driver.clip_plan import plan_clips
+from pipelines.driver.bounded import Job, run_bounded
+from pipelines.driver.clip_plan import ClipIndex
 from pipelines.driver.context import RunContext
 from pipelines.driver.identity import compare_outputs, flatten_config, resolve_products
 from pipelines.driver.inventory import (
@@ -50,10 +52,10 @@ from pipelines.driver.inventory import (
 )
 from pipelines.driver.preflight import Preflight, check_run
 from pipelines.driver.progress import StageProgress
+from pipelines.driver.records import RecordTally
 from pipelines.driver.resources import retagging, workers_by_kind
 from pipelines.driver.summary import RunSummary, elide
-from pipelines.driver.tasks import submit_tasks, wait_for_tasks
-from pipelines.driver.waiting import wait_for_futures
+from pipelines.driver.tasks import run_tasks
 from pipelines.errors import RunLockLostError, RunStorageError, StorageError
 from pipelines.outputs.location import OutputLocation
 from pipelines.outputs.results import read_status
@@ -73,7 +75,7 @@ from pipelines.outputs.tables import (
 )
 from pipelines.stages import enabled_kinds, output_names
 
-__all__ = ["FAILURE_COLUMNS", "RunSummary", "elide", "read_status", "run_pipeline"]
+__all__ = ["FAILURE_COLUMNS", "RunSummary", "elide", "read_status", "run_pipeline", "run_sample_rate"]
 
 logger = logging.getLogger(__name__)
 
@@ -271,7 +273,7 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
     found, stored = _inventory(config, location, client, preflight, progress, watch)
     stage_s["inventory"] = time.perf_counter() - t0
 
-    sample_rate_hz = _sample_rate(config, found)
+    sample_rate_hz = run_sample_rate(config, found)
     params = config.spectrogram.params(sample_rate_hz)
     kinds = enabled_kinds(config)
     if config.spectrogram.sample_rate is None:  # else checked with the configuration
@@ -279,10 +281,10 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
             kind.check_at_sample_rate(config, sample_rate_hz, params)
         check_sizes(config.clips, config.spectrogram, sample_rate_hz, config.output)
     clip_settings, counting_stage = next(c for c in (kind.run_clips(config) for kind in kinds) if c is not None)
-    plan = plan_clips(found, clip_duration=clip_settings.duration_s, clip_overlap=clip_settings.overlap_s,
-                      final_clip=clip_settings.final_clip)
-    logger.info("%d clips at %d Hz", len(plan), sample_rate_hz)
-    inventory = add_clip_counts_and_warnings(found, plan.groupby("file", sort=False).size())
+    clip_index = ClipIndex.from_inventory(found, clip_duration=clip_settings.duration_s,
+                                          clip_overlap=clip_settings.overlap_s, final_clip=clip_settings.final_clip)
+    logger.info("%d clips at %d Hz", clip_index.n_clips, sample_rate_hz)
+    inventory = add_clip_counts_and_warnings(found, clip_index.clips_per_file())
     if not stored or not _same_table(inventory, found):  # a stored inventory is rewritten only if it lacks these
         location.write_parquet("inventory.parquet", inventory)
     readable = inventory[inventory["status"] != "failed"]
@@ -292,8 +294,8 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
     # must not see other ranges (and recompute everything)
     gpu_layout = bool(run_info.get("gpu_layout", bool(gpu_workers))) if preflight.start in ("resume", "update") \
         else bool(gpu_workers)
-    ctx = RunContext(config, location, inventory, plan, clip_settings, sample_rate_hz, params, bool(gpu_workers),
-                     gpu_layout=gpu_layout)
+    ctx = RunContext(config, location, inventory, clip_index, clip_settings, sample_rate_hz, params,
+                     bool(gpu_workers), gpu_layout=gpu_layout)
     resolved = resolve_products([p for kind in kinds for p in kind.products(ctx)])
     run_info.update(sample_rate_hz=sample_rate_hz, gpu_layout=gpu_layout)
     settled, tokens, rederive_only = _apply_changes(location, preflight, run_info, resolved)
@@ -305,6 +307,8 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
         preflight.lock.mark_tasks_started()
     task_failures: list[dict] = []
     stages = []
+    tallies: dict[str, RecordTally] = {}
+    windows = _killed_session_windows(run_info["sessions"])
     for phase in sorted({kind.phase for kind in kinds}):
         if phase > 1 and task_failures:
             logger.warning("the stages that read every detection (%s) wait for a complete run: %d tasks failed; "
@@ -317,10 +321,12 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
             for stage in kind.plan(ctx, resolved):
                 own = {n: tokens[n] for n, r in resolved.items() if r.stage == stage.name}
                 planned.append(dataclasses.replace(stage, products=own, counts_clips=stage.name == counting_stage))
-        futures = submit_tasks(client, location, planned, config.fingerprint(), settled,
-                               run_info.get("legacy_markers") or {}, rederive_only)
+        for stage in planned:
+            tallies[stage.name] = RecordTally(stage.products, stage.counts_clips, windows)
         before = len(task_failures)
-        times = wait_for_tasks(futures, task_failures, progress, watch if phase == 1 else retagging(watch, client))
+        times = run_tasks(client, location, planned, config.fingerprint(), settled, run_info.get("legacy_markers") or {},
+                          rederive_only, task_failures=task_failures, tallies=tallies, progress=progress,
+                          watch=watch if phase == 1 else retagging(watch, client))
         stage_s.update(times if phase == 1 else {s.name: time.perf_counter() - t0 for s in planned})
         failed = {f["stage"] for f in task_failures[before:]}
         for stage in planned:
@@ -330,39 +336,28 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
             kind.write_empty(ctx)
     run_info["stages"] = {name: {"settled": ok} for name, ok in settled.items()}
 
-    # ---- collect what every task recorded, whether it ran now or in an earlier attempt: the markers,
-    # listed once each and fresh (never a cached listing)
+    # ---- what every task recorded, whether it ran now (its result) or in an earlier session (its
+    # marker, read by tally tasks on the workers)
     failures = _failure_rows_from_inventory(inventory)
     n_clips_ok = 0
     detections: dict[str, int] = {}
     for kind in kinds:
         detections.update(kind.counters(config))
     dropped: dict[str, dict[str, int]] = {}
-    finished_at = []
+    last_finished: dict[int, float] = {}
     for stage in stages:
+        tally = tallies[stage.name]
         failures += [dict(stage=stage.name, item=item, error_type=et, message=msg) for item, et, msg in stage.failures]
-        for why, n in stage.dropped.items():
+        failures += [dict(stage=stage.name, item=item, error_type=et, message=msg) for item, et, msg in tally.failures]
+        for why, n in [*stage.dropped.items(), *tally.dropped.items()]:
             counts = dropped.setdefault(stage.name, {})
             counts[why] = counts.get(why, 0) + n
-        for name in location.list(stage.progress):
-            if not name.endswith(".json"):
-                continue
-            record = location.read_json(f"{stage.progress}/{name}")
-            if stage.counts_clips:
-                n_clips_ok += record["n_ok"]
-            failures += [dict(stage=stage.name, item=item, error_type=et, message=msg)
-                         for item, et, msg in record.get("failures", [])]
-            held = record.get("products")
-            for det, n in (record.get("detections") or {}).items():
-                product = f"detections:{det}"
-                if det in detections and (held is None or product not in stage.products or
-                                          held.get(product) == stage.products[product]):
-                    detections[det] += n
-            for why, n in (record.get("dropped") or {}).items():
-                counts = dropped.setdefault(stage.name, {})
-                counts[why] = counts.get(why, 0) + n
-            if record.get("finished"):
-                finished_at.append(float(record["finished"]))
+        n_clips_ok += tally.n_ok
+        for det, n in tally.detections.items():
+            if det in detections:
+                detections[det] += n
+        for i, t in tally.last_finished.items():
+            last_finished[i] = max(last_finished.get(i, 0.0), t)
     for kind in kinds:  # the kinds of a phase that did not run too
         kind.write_empty(ctx)
     if not location.list("detections"):  # a run without detectors still has a readable detections/ folder
@@ -386,11 +381,11 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
         n_files=len(files), n_files_ok=int((files.status == "ok").sum()),
         n_files_truncated=int((files.status == "truncated").sum()),
         n_files_failed=int((files.status == "failed").sum()),
-        audio_hours=float(readable["duration_s"].sum()) / 3600, n_clips=len(plan),
-        n_clips_failed=len(plan) - n_clips_ok, detections=detections, n_failures=len(failures_df),
+        audio_hours=float(readable["duration_s"].sum()) / 3600, n_clips=clip_index.n_clips,
+        n_clips_failed=clip_index.n_clips - n_clips_ok, detections=detections, n_failures=len(failures_df),
         wall_s=wall_s, stage_wall_s=stage_s, n_files_no_clips=int((files.status == "no_clips").sum()),
         n_folders_unlisted=len(inventory) - len(files), warnings=count_warnings(inventory),
-        dropped=dropped, total_wall_s=_total_wall_s(sessions, finished_at), n_sessions=len(sessions),
+        dropped=dropped, total_wall_s=_total_wall_s(sessions, windows, last_finished), n_sessions=len(sessions),
         failure_overview=_failure_overview(failures_df),
         task_failures=dict(collections.Counter(f["error_type"] for f in task_failures)))
     run_info.update(status=summary.status, finished=_now(),
@@ -497,22 +492,29 @@ def _same_table(a: pd.DataFrame, b: pd.DataFrame) -> bool:
     return True
 
 
-def _total_wall_s(sessions: list[dict], finished_at: list[float]) -> float:
-    """Seconds over every session; a session killed outright (no recorded wall time) counts until its
-    last task finished."""
-    total = 0.0
-    for i, session in enumerate(sessions):
+def _killed_session_windows(sessions: list[dict]) -> tuple[tuple[float, float], ...]:
+    """(begin, end) in Unix seconds of each earlier session that was killed outright (no wall time
+    recorded): from its start to the next session's; the latest task finished in it ends it."""
+    windows = []
+    for i, session in enumerate(sessions[:-1]):
         if session.get("wall_s") is not None:
-            total += float(session["wall_s"])
             continue
         try:
             begin = datetime.datetime.fromisoformat(session["started"]).timestamp()
-            end = (datetime.datetime.fromisoformat(sessions[i + 1]["started"]).timestamp()
-                   if i + 1 < len(sessions) else time.time())
+            end = datetime.datetime.fromisoformat(sessions[i + 1]["started"]).timestamp()
         except (KeyError, TypeError, ValueError):
-            continue
-        during = [t for t in finished_at if begin <= t <= end]
-        total += max(during) - begin if during else 0.0
+            begin = end = float("nan")  # never matches a time
+        windows.append((begin, end))
+    return tuple(windows)
+
+
+def _total_wall_s(sessions: list[dict], windows, last_finished: dict[int, float]) -> float:
+    """Seconds over every session; a session killed outright (no recorded wall time) counts until its
+    last task finished (``last_finished[i]`` for ``windows[i]``)."""
+    total = sum(float(s["wall_s"]) for s in sessions if s.get("wall_s") is not None)
+    for i, (begin, _) in enumerate(windows):
+        if i in last_finished:
+            total += last_finished[i] - begin
     return total
 
 
@@ -540,28 +542,37 @@ def _inventory(config: RunConfig, location: OutputLocation, client, preflight: P
     inp = config.input
     files = preflight.files
     logger.info("inventory of %d files", len(files))
-    batches = [list(files[i : i + INVENTORY_BATCH_FILES]) for i in range(0, len(files), INVENTORY_BATCH_FILES)]
-    futures = client.map(inventory_files, batches, storage_options=inp.storage_options,
-                         recorder_rule=inp.recorder, timezone=inp.timezone, pure=False)
-    frames = [None] * len(futures)
-    bar = StageProgress({"inventory": len(futures)}, enabled=progress)
+    n_batches = -(-len(files) // INVENTORY_BATCH_FILES)
+    token = uuid.uuid4().hex[:12]
+    jobs = (Job(inventory_files, (list(files[i : i + INVENTORY_BATCH_FILES]), inp.storage_options, inp.recorder,
+                                  inp.timezone), key=f"inventory-{token}-{i // INVENTORY_BATCH_FILES}",
+                label=i // INVENTORY_BATCH_FILES, retries=0)
+            for i in range(0, len(files), INVENTORY_BATCH_FILES))
+    frames = [None] * n_batches
+    bar = StageProgress({"inventory": n_batches}, enabled=progress)
 
-    def done(fut, index):
-        frames[index] = fut.result()
-        bar.advance("inventory")
+    def done(batch):
+        failed = [fut for fut, _ in batch if fut.status != "finished"]
+        if failed:  # inventory_files turns every bad file into a row: this is the cluster or the code
+            raise failed[0].exception() if failed[0].status == "error" else RuntimeError("an inventory task was "
+                                                                                         f"{failed[0].status}")
+        for (_, index), frame in zip(batch, client.gather([fut for fut, _ in batch]), strict=True):
+            frames[index] = frame
+        bar.advance("inventory", len(batch))
 
     try:
-        wait_for_futures({fut: i for i, fut in enumerate(futures)}, done, watch=watch, tick=bar.tick)
+        run_bounded(client, jobs, done, watch=watch, tick=bar.tick)
     finally:
         bar.close()
-    del futures
     if preflight.unlisted:
         frames.append(unlisted_folder_rows(preflight.unlisted, inp.recorder))
     frames = [f for f in frames if len(f)] or frames[:1]
     return pd.concat(frames, ignore_index=True), False
 
 
-def _sample_rate(config: RunConfig, inventory: pd.DataFrame) -> int:
+def run_sample_rate(config: RunConfig, inventory: pd.DataFrame) -> int:
+    """The run's sample rate (Hz): ``spectrogram.sample_rate``, else the commonest of the readable files (the
+    lowest of equally common ones), else 32 kHz."""
     if config.spectrogram.sample_rate:
         return int(config.spectrogram.sample_rate)
     rates = inventory.loc[inventory["status"] != "failed", "sample_rate"].dropna()

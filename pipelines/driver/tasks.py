@@ -1,39 +1,42 @@
 """The one shape every stage of the pipeline has: what it plans, what one task does, where its markers live.
 
-A :class:`Stage` is a clip plan cut into :class:`~pipelines.clip_plan.ClipRange` tasks and a task
-object, ``task(clip_range, clips, location) -> record``, that analyses one range and writes its
-outputs. :func:`run_stage_task` wraps every task the same way: it returns at once when the range's
-marker exists (so a task Dask recomputes after losing a worker does no work twice), and writes the
-marker after the outputs. ``pipelines/driver/run.py`` submits, waits for and summarises any list of
-stages without knowing what they compute; a new stage is a new module that builds a ``Stage``.
+A :class:`Stage` is a set of items (the run's clips, as a :class:`~pipelines.driver.clip_plan.ClipIndex`,
+or a table of rows such as candidate events) cut into :class:`~pipelines.driver.clip_plan.ClipRange`
+tasks, and a task object, ``task(clip_range, clips, location, needed) -> record``, that analyses one
+range and writes its outputs. A task is sent a description of its items, not their rows: a
+:class:`~pipelines.driver.clip_plan.ClipSpan` (a few numbers per file) that the worker expands, or
+its own rows of a table. :func:`run_stage_task` wraps every task the same way: it returns at once
+when the range's marker holds its products (so a task Dask recomputes after losing a worker does no
+work twice), and writes the marker after the outputs. :func:`run_tasks` keeps a bounded number of
+tasks in flight (:mod:`pipelines.driver.bounded`), whatever the number of ranges.
 
 A record (the marker's content) holds ``n_clips``, ``n_ok`` (clips analysed), ``failures``
 (``[item, error_type, message]`` lists) and ``detections`` (``{detector: count}``), plus the task's
-``task_s``, ``finished`` and ``worker``.
+``task_s``, ``finished`` and ``worker``; the driver adds them up (:mod:`pipelines.driver.records`).
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
+import itertools
 import logging
 import math
 import time
-import warnings
 
+import numpy as np
 import pandas as pd
 
-from pipelines.driver.clip_plan import ClipRange
+from pipelines.driver.bounded import Job, run_bounded
+from pipelines.driver.clip_plan import ClipIndex, ClipRange, ClipSpan, TaskRanges
 from pipelines.driver.progress import StageProgress
+from pipelines.driver.records import MARKERS_PER_TASK, RecordTally, tally_markers
 from pipelines.driver.resources import cpu_only_resources
-from pipelines.driver.waiting import wait_for_futures
-from pipelines.errors import RunLockLostError
+from pipelines.errors import RunLockLostError, RunStorageError
 from pipelines.outputs.location import OutputLocation
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RANGES_PER_REDERIVE_TASK", "Stage", "run_stage_batch", "run_stage_task", "submit_tasks", "task_ranges",
-           "wait_for_tasks"]
+__all__ = ["RANGES_PER_REDERIVE_TASK", "Stage", "run_stage_batch", "run_stage_task", "run_tasks", "task_ranges"]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -44,12 +47,14 @@ class Stage:
     ----------
     name : str
         ``spectrograms`` or a detector (``cnn:<name>``); the ``stage`` of its rows in ``failures.parquet``.
-    plan : pandas.DataFrame
-        The clips its ranges index (a clip plan, global clip numbers).
-    ranges : tuple of ClipRange
-        One task each.
+    plan : ClipIndex or pandas.DataFrame
+        What its ranges index: the run's clips (a :class:`~pipelines.driver.clip_plan.ClipIndex`; each
+        task is sent a :class:`~pipelines.driver.clip_plan.ClipSpan` and gets the span's rows of the
+        clip table) or a table (each task gets its rows, e.g. candidate events).
+    ranges : sequence of ClipRange
+        One task each (:func:`task_ranges`: made on demand).
     task : callable
-        ``task(clip_range, clips, location) -> dict``; picklable (a frozen dataclass), run on workers.
+        ``task(clip_range, rows, location, needed) -> dict``; picklable (a frozen dataclass), run on workers.
     resources : dict, optional
         Dask resources each task needs (``{"GPU": 1}``).
     counts_clips : bool
@@ -65,8 +70,8 @@ class Stage:
     """
 
     name: str
-    plan: pd.DataFrame
-    ranges: tuple[ClipRange, ...]
+    plan: ClipIndex | pd.DataFrame
+    ranges: TaskRanges
     task: object
     resources: dict | None = None
     counts_clips: bool = False
@@ -83,12 +88,18 @@ class Stage:
     def marker(self, clip_range: ClipRange) -> str:
         return f"{self.progress}/{clip_range.name}.json"
 
+    def work(self, clip_range: ClipRange):
+        """What a task of ``clip_range`` is sent: its :class:`~pipelines.driver.clip_plan.ClipSpan`, or its rows."""
+        if isinstance(self.plan, ClipIndex):
+            return self.plan.span(clip_range)
+        return self.plan.iloc[clip_range.start : clip_range.stop]
 
-def task_ranges(n_clips: int, clips_per_task: int, align: int = 1) -> tuple[ClipRange, ...]:
+
+def task_ranges(n_clips: int, clips_per_task: int, align: int = 1) -> TaskRanges:
     """Consecutive ranges of ``clips_per_task`` clips (rounded up to a multiple of ``align``, so tasks
-    own whole Zarr chunks), covering ``0..n_clips``."""
+    own whole Zarr chunks), covering ``0..n_clips``; a sequence of :class:`ClipRange` made on demand."""
     size = max(align, int(math.ceil(clips_per_task / align)) * align)
-    return tuple(ClipRange(i, min(i + size, n_clips)) for i in range(0, n_clips, size))
+    return TaskRanges(int(n_clips), size)
 
 
 _ALLOCATOR_TUNED = []
@@ -120,12 +131,14 @@ def tune_allocator() -> None:
         mallopt(m_trim_threshold, 256 * 2**20)  # keep up to 256 MB of freed heap for the next task
 
 
-def run_stage_task(task, clip_range: ClipRange, clips: pd.DataFrame, location: OutputLocation, marker: str,
+def run_stage_task(task, clip_range: ClipRange, clips, location: OutputLocation, marker: str,
                    products: dict | None = None, legacy_products: dict | None = None) -> dict:
     """Bring one range's outputs to ``products``' identities; write the marker after the outputs.
 
     Parameters
     ----------
+    clips : ClipSpan or pandas.DataFrame
+        The range's items (:meth:`Stage.work`); a span is expanded only when the task has work to do.
     products : dict
         ``{product: identity}`` the range must hold.
     legacy_products : dict, optional
@@ -154,6 +167,8 @@ def run_stage_task(task, clip_range: ClipRange, clips: pd.DataFrame, location: O
         return record
     tune_allocator()
     started = time.perf_counter()
+    if isinstance(clips, ClipSpan):  # expanded here, on the worker: the driver never holds a row per clip
+        clips = clips.clips()
     new = task(clip_range, clips, location, needed)
     try:
         from distributed import get_worker
@@ -192,86 +207,133 @@ def run_stage_batch(task, clip_ranges, clips: list, location: OutputLocation, ma
             for r, c, m in zip(clip_ranges, clips, markers, strict=True)]
 
 
-def submit_tasks(client, location: OutputLocation, stages, fingerprint: str, settled: dict[str, bool],
-                 legacy_markers: dict, rederive_only: frozenset = frozenset()) -> dict:
-    """Submit the tasks of ``stages``, one batch per stage; returns ``{future: (stage, ClipRange)}`` (the
-    only references to the futures; a task of several ranges is labelled with the range they span).
 
-    A settled stage gets tasks for its ranges without a marker; another for every range (each task reads
-    its marker and computes only the products whose identity changed). In a stage of
-    ``rederive_only`` (only products re-derived from stored inputs changed), the ranges with a marker
-    go up to :data:`RANGES_PER_REDERIVE_TASK` to a task (fewer when that leaves threads idle)."""
-    futures: dict = {}
+def _done_positions(stage: Stage, names) -> np.ndarray:
+    """A mask over ``stage.ranges``: the ranges whose marker is among ``names`` (a listing of the stage's
+    marker folder)."""
+    done = np.zeros(len(stage.ranges), dtype=bool)
+    if isinstance(stage.ranges, TaskRanges):
+        position = stage.ranges.position
+    else:
+        index = {r.name: i for i, r in enumerate(stage.ranges)}
+        position = index.get
+    for name in names:
+        if name.endswith(".json"):
+            i = position(name.removesuffix(".json"))
+            if i is not None:
+                done[i] = True
+    return done
+
+
+def _stage_jobs(stage: Stage, location: OutputLocation, fingerprint: str, legacy, resources, done, batch_size: int,
+                tally_template: RecordTally | None):
+    """The jobs of one stage, made as they are submitted: a task per range to compute (``done`` False,
+    or every range when ``done`` is None), and with ``batch_size`` the ranges with a marker in tasks of
+    up to ``batch_size`` ranges; then, with ``tally_template``, tasks reading the markers of the ranges
+    skipped (finished in an earlier session)."""
+    legacy_products = legacy.get(stage.name)
+    batch: list[ClipRange] = []
+
+    def batch_job(ranges):
+        return Job(run_stage_batch, (stage.task, ranges, [stage.work(r) for r in ranges], location,
+                                     [stage.marker(r) for r in ranges], stage.products, legacy_products),
+                   key=f"{stage.name}-{fingerprint}-{ranges[0].name}-{len(ranges)}",
+                   label=(stage.name, ClipRange(ranges[0].start, ranges[-1].stop)), resources=resources)
+
+    for i, r in enumerate(stage.ranges):
+        if done is not None and done[i]:
+            if batch_size:
+                batch.append(r)
+                if len(batch) == batch_size:
+                    yield batch_job(batch)
+                    batch = []
+            continue
+        yield Job(run_stage_task, (stage.task, r, stage.work(r), location, stage.marker(r), stage.products,
+                                   legacy_products),
+                  key=f"{stage.name}-{fingerprint}-{r.name}", label=(stage.name, r), resources=resources)
+    if batch:
+        yield batch_job(batch)
+    if tally_template is not None and done is not None and not batch_size:
+        skipped = np.flatnonzero(done)
+        for k in range(0, len(skipped), MARKERS_PER_TASK):
+            markers = [stage.marker(stage.ranges[int(i)]) for i in skipped[k : k + MARKERS_PER_TASK]]
+            yield Job(tally_markers, (location, markers, tally_template),
+                      key=f"tally-{stage.name}-{fingerprint}-{k // MARKERS_PER_TASK}", label=("tally", stage.name))
+
+
+def run_tasks(client, location: OutputLocation, stages, fingerprint: str, settled: dict[str, bool],
+              legacy_markers: dict, rederive_only: frozenset = frozenset(), *, task_failures: list,
+              tallies: dict[str, RecordTally], progress: bool = True, watch=None) -> dict[str, float]:
+    """Run the tasks of ``stages`` with a bounded number in flight (:func:`pipelines.driver.bounded.run_bounded`);
+    returns each stage's wall time (s).
+
+    A settled stage gets tasks for its ranges without a marker (one listing of its marker folder), and
+    its other ranges' markers are read by tally tasks on the workers; another stage gets a task for every
+    range (each task reads its marker and computes only the products whose identity changed). In a
+    stage of ``rederive_only`` (only products re-derived from stored inputs changed), the ranges with a
+    marker go up to :data:`RANGES_PER_REDERIVE_TASK` to a task (fewer when that leaves threads idle).
+
+    Every finished task's record is added to ``tallies[stage]``; a failed task adds a row to
+    ``task_failures`` (a task that lost the run's lock stops the run at once).
+    """
+    threads = max(1, sum(client.nthreads().values()))
+    totals, iterators = {}, []
     for stage in stages:
-        todo = list(stage.ranges)
-        done = None
+        n = len(stage.ranges)
+        done, batch_size = None, 0
         if settled.get(stage.name) or stage.name in rederive_only:
-            done = {n.removesuffix(".json") for n in location.list(stage.progress)}
-        if settled.get(stage.name):
-            todo = [r for r in todo if r.name not in done]
-        batches = []
+            done = _done_positions(stage, location.list(stage.progress))
+        n_done = int(done.sum()) if done is not None else 0
         if stage.name in rederive_only:
-            marked = [r for r in todo if r.name in done]
-            todo = [r for r in todo if r.name not in done]
-            threads = max(1, sum(client.nthreads().values()))  # at least one task per thread
-            size = max(1, min(RANGES_PER_REDERIVE_TASK, math.ceil(len(marked) / threads)))
-            batches = [marked[i : i + size] for i in range(0, len(marked), size)]
-        resources = cpu_only_resources(client) if stage.cpu_only and (todo or batches) else stage.resources
-        with warnings.catch_warnings():  # each task carries its rows of the plan: a large graph is expected
-            warnings.filterwarnings("ignore", message="Sending large graph", category=UserWarning)
-            if todo:
-                n = len(todo)
-                futs = client.map(run_stage_task, [stage.task] * n, todo,
-                                  [stage.plan.iloc[r.start : r.stop] for r in todo], [location] * n,
-                                  [stage.marker(r) for r in todo], [stage.products] * n,
-                                  [legacy_markers.get(stage.name)] * n,
-                                  key=[f"{stage.name}-{fingerprint}-{r.name}" for r in todo], retries=1,
-                                  resources=resources, pure=False)
-                futures.update({fut: (stage.name, r) for fut, r in zip(futs, todo, strict=True)})
-            if batches:
-                n = len(batches)
-                futs = client.map(run_stage_batch, [stage.task] * n, batches,
-                                  [[stage.plan.iloc[r.start : r.stop] for r in b] for b in batches], [location] * n,
-                                  [[stage.marker(r) for r in b] for b in batches], [stage.products] * n,
-                                  [legacy_markers.get(stage.name)] * n,
-                                  key=[f"{stage.name}-{fingerprint}-{b[0].name}-{len(b)}" for b in batches],
-                                  retries=1, resources=resources, pure=False)
-                futures.update({fut: (stage.name, ClipRange(b[0].start, b[-1].stop))
-                                for fut, b in zip(futs, batches, strict=True)})
+            batch_size = max(1, min(RANGES_PER_REDERIVE_TASK, math.ceil(n_done / threads)))
+            totals[stage.name] = n - n_done + math.ceil(n_done / batch_size)
+        else:
+            totals[stage.name] = n - n_done
+        if not settled.get(stage.name) and stage.name not in rederive_only:
+            done = None
+        resources = stage.resources
+        if stage.cpu_only and totals[stage.name]:
+            resources = cpu_only_resources(client)
+        iterators.append(_stage_jobs(stage, location, fingerprint, legacy_markers, resources, done, batch_size,
+                                     tallies[stage.name]))
     n_ranges = sum(len(stage.ranges) for stage in stages)
-    logger.info("%d tasks to run (%d ranges in %d stage%s)", len(futures), n_ranges, len(stages),
+    logger.info("%d tasks to run (%d ranges in %d stage%s)", sum(totals.values()), n_ranges, len(stages),
                 "" if len(stages) == 1 else "s")
-    return futures
-
-
-def wait_for_tasks(futures: dict, task_failures: list, progress: bool, watch) -> dict:
-    """Wait for the tasks (``futures`` is emptied as they finish); returns each stage's wall time (s)."""
-    totals = collections.Counter(stage for stage, _ in futures.values())
-    bar = StageProgress(dict(totals), enabled=progress)
+    totals = {name: n for name, n in totals.items() if n}
+    bar = StageProgress(totals, enabled=progress)
     remaining = dict(totals)
-    stage_s = {}
+    stage_s: dict[str, float] = {}
     t0 = time.perf_counter()
 
-    def done(fut, label):
-        stage, r = label
-        if fut.status == "error":
-            exc = fut.exception()
-            if isinstance(exc, RunLockLostError):  # the folder is no longer this run's: stop at once
-                raise exc
-            logger.error("%s task for clips %s failed: %s", stage, r.name, exc)
-            task_failures.append(dict(stage=stage, item=f"clips {r.start}-{r.stop - 1}",
-                                      error_type=type(exc).__name__, message=str(exc)))
-        bar.advance(stage)
-        remaining[stage] -= 1
-        if remaining[stage] == 0:
-            stage_s[stage] = time.perf_counter() - t0
+    def done_batch(batch):
+        finished = [(f, label) for f, label in batch if f.status == "finished"]
+        results = client.gather([f for f, _ in finished]) if finished else []
+        for (_, label), result in zip(finished, results, strict=True):
+            if label[0] == "tally":
+                tallies[label[1]].merge(result)
+                continue
+            for record in result if isinstance(result, list) else [result]:
+                tallies[label[0]].add(record)
+        for fut, label in batch:
+            if fut.status != "finished":
+                exc = fut.exception() if fut.status == "error" else RuntimeError(f"task {fut.status}")
+                if isinstance(exc, RunLockLostError):  # the folder is no longer this run's: stop at once
+                    raise exc
+                stage, r = label
+                if stage == "tally":
+                    raise RunStorageError(f"could not read the markers of {r}'s finished ranges: {exc}") from exc
+                logger.error("%s task for clips %s failed: %s", stage, r.name, exc)
+                task_failures.append(dict(stage=stage, item=f"clips {r.start}-{r.stop - 1}",
+                                          error_type=type(exc).__name__, message=str(exc)))
+            if label[0] == "tally":
+                continue
+            bar.advance(label[0])
+            remaining[label[0]] -= 1
+            if remaining[label[0]] == 0:
+                stage_s[label[0]] = time.perf_counter() - t0
 
     try:
-        wait_for_futures(futures, done, watch=watch, tick=bar.tick)
-    except BaseException:
-        for fut in list(futures):  # stopped (lost lock, cluster, Ctrl-C): no task starts any more
-            fut.cancel()
-        raise
+        run_bounded(client, itertools.chain.from_iterable(iterators), done_batch, watch=watch, tick=bar.tick)
     finally:
         bar.close()
     return stage_s

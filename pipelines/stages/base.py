@@ -105,7 +105,7 @@ class StageKind:
         return None
 
     def products(self, ctx: RunContext) -> list[Product]:
-        """The kind's outputs and what each depends on (no plan or inventory needed: ``ctx.plan`` may be None)."""
+        """The kind's outputs and what each depends on (no inventory needed: ``ctx.clip_index`` may be None)."""
         raise NotImplementedError
 
     def plan(self, ctx: RunContext, products: dict[str, Product]) -> list[Stage]:

@@ -421,25 +421,24 @@ class CnnKind(StageKind):
         return products
 
     def plan(self, ctx: RunContext, products: dict) -> list[Stage]:
-        from pipelines.driver.clip_plan import plan_clips
+        from pipelines.driver.clip_plan import ClipIndex
 
         config, inventory = ctx.config, ctx.inventory
-        readable = inventory[inventory["status"] != "failed"]
-        no_clips = set(inventory.loc[inventory["status"] == "no_clips", "file"])
         stages = []
         for model in config.cnn:
             det = _described(model, ctx.sample_rate_hz)
             settings = ClipSettings(det.clip_duration_s, det.overlap_s, det.final_clip)
-            plan = ctx.plan if settings == ctx.clip_settings else plan_clips(
+            clip_index = ctx.clip_index if settings == ctx.clip_settings else ClipIndex.from_inventory(
                 inventory, clip_duration=det.clip_duration_s, clip_overlap=det.overlap_s, final_clip=det.final_clip)
             failures = ()
-            if plan is not ctx.plan:  # files with clips for the run but none of this model's length
-                missing = sorted(set(readable["file"]) - set(plan["file"]) - no_clips)
+            if clip_index is not ctx.clip_index:  # files with clips for the run but none of this model's length
+                run_counts = ctx.clip_index.counts
+                missing = clip_index.files[(clip_index.counts == 0) & (run_counts > 0)]
                 failures = tuple((f, "NoClips", f"shorter than one clip of the model ({det.clip_duration_s:g} s); "
-                                  f"not scored by {det.detector}") for f in missing)
-            ranges = task_ranges(len(plan), _per_task(det, config.spectrogram.task_audio_s, ctx.gpu_layout),
+                                  f"not scored by {det.detector}") for f in sorted(missing))
+            ranges = task_ranges(clip_index.n_clips, _per_task(det, config.spectrogram.task_audio_s, ctx.gpu_layout),
                                  align=det.batch_size)
-            stages.append(Stage(det.detector, plan, ranges, CnnTask(det, dict(config.input.storage_options)),
+            stages.append(Stage(det.detector, clip_index, ranges, CnnTask(det, dict(config.input.storage_options)),
                                 resources={"GPU": 1} if ctx.gpu_workers else None, failures=failures))
         return stages
 

@@ -123,6 +123,7 @@ class SpectrogramTask:
     thresholds: tuple[tuple[str, float], ...] = ()
     clips_per_chunk: int = 64
     store_name: str = STORE_NAME
+    n_clips: int = 0  # the store's clips (its ``clip`` coordinate)
 
     def __call__(self, clip_range: ClipRange, clips: pd.DataFrame, location: OutputLocation,
                  needed: frozenset | None = None) -> dict:
@@ -145,7 +146,7 @@ class SpectrogramTask:
                 write_values(location, clip_range, spec.values, encoding=self.encoding,
                              clips_per_chunk=self.clips_per_chunk, store_name=self.store_name)
                 write_clip_coords(location, clip_range, clips, clips_per_chunk=self.clips_per_chunk,
-                                  store_name=self.store_name)
+                                  n_clips=self.n_clips, store_name=self.store_name)
             record.update(n_ok=int(spec.ok.sum()), n_clips=len(clip_range),
                           failures=[list(f) for f in spec.failures])
         for sp in self.species:  # a changed threshold: from the stored scores, no audio read
@@ -209,24 +210,26 @@ class SpectrogramKind(StageKind):
         return products
 
     def plan(self, ctx: RunContext, products: dict) -> list[Stage]:
-        config, location = ctx.config, ctx.location
+        config, location, clip_index = ctx.config, ctx.location, ctx.clip_index
         sc, clips_cfg = config.spectrogram, config.clips
         encoding = None
         if sc.store != "none":
             encoding = StoreEncoding(sc.store, sc.compact_step_db, tuple(sc.decibel_limits))
+        if encoding is not None and location is not None:  # no location: planned only (opso run --dry-run)
             location.check_lease()  # the store's metadata is written with zarr, not through the location
             if not location.exists(f"{STORE_NAME}/.zmetadata"):
-                create_store(location, ctx.plan, params=ctx.spectrogram_params, sample_rate_hz=ctx.sample_rate_hz,
+                create_store(location, clip_index.n_clips, params=ctx.spectrogram_params,
+                             sample_rate_hz=ctx.sample_rate_hz,
                              clip_duration_s=clips_cfg.duration, clips_per_chunk=sc.clips_per_chunk,
                              encoding=encoding)
         task = SpectrogramTask(params=ctx.spectrogram_params, sample_rate_hz=ctx.sample_rate_hz,
                                clip_duration_s=clips_cfg.duration,
                                input_storage_options=dict(config.input.storage_options), encoding=encoding,
                                species=_species(config), thresholds=tuple((s.name, s.threshold) for s in config.ribbit),
-                               clips_per_chunk=sc.clips_per_chunk)
+                               clips_per_chunk=sc.clips_per_chunk, n_clips=clip_index.n_clips)
         step_s = clips_cfg.duration - clips_cfg.overlap
-        ranges = task_ranges(len(ctx.plan), max(1, round(sc.task_audio_s / step_s)), align=sc.clips_per_chunk)
-        return [Stage(STAGE_NAME, ctx.plan, ranges, task)]
+        ranges = task_ranges(clip_index.n_clips, max(1, round(sc.task_audio_s / step_s)), align=sc.clips_per_chunk)
+        return [Stage(STAGE_NAME, clip_index, ranges, task)]
 
     def counters(self, config: RunConfig) -> dict[str, int]:
         return {detector_name(s.name): 0 for s in config.ribbit}

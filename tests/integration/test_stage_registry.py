@@ -124,13 +124,13 @@ def every_kind_config(tmp_path_factory, archive):
 
 def test_every_registered_kind_keeps_the_contract(archive, dask_client, tmp_path, every_kind_config, monkeypatch):
     planned = []
-    submit = driver_run.submit_tasks
+    submit = driver_run.run_tasks
 
-    def recording(client, location, stages, *args):
+    def recording(client, location, stages, *args, **kwargs):
         planned.append(list(stages))
-        return submit(client, location, stages, *args)
+        return submit(client, location, stages, *args, **kwargs)
 
-    monkeypatch.setattr(driver_run, "submit_tasks", recording)
+    monkeypatch.setattr(driver_run, "run_tasks", recording)
     out = tmp_path / "run"
     config = every_kind_config(archive.root, out)
     run_pipeline(config, dask_client, progress=False)

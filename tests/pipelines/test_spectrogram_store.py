@@ -60,10 +60,10 @@ def test_task_memory_does_not_grow_with_file_length(tmp_path):
     params = SpectrogramParams.resolve(sr)
     loc = OutputLocation(str(tmp_path / "out"))
     encoding = StoreEncoding("full")
-    create_store(loc, plan, params=params, sample_rate_hz=sr, clip_duration_s=2.0, clips_per_chunk=16,
+    create_store(loc, len(plan), params=params, sample_rate_hz=sr, clip_duration_s=2.0, clips_per_chunk=16,
                  encoding=encoding)
     task = SpectrogramTask(params=params, sample_rate_hz=sr, clip_duration_s=2.0, input_storage_options={},
-                           encoding=encoding, clips_per_chunk=16)
+                           encoding=encoding, clips_per_chunk=16, n_clips=len(plan))
     r = ClipRange(640, 656)  # clips from the middle of the file
     tracemalloc.start()
     record = task(r, plan.iloc[r.start : r.stop], loc)
@@ -90,10 +90,10 @@ def test_store_encodings_round_trip_through_xarray(tmp_path, kind):
     params = SpectrogramParams.resolve(sr, window_samples=256)
     encoding = StoreEncoding(kind, 0.625, (-100.0, -20.0))
     loc = OutputLocation(str(tmp_path / "out"))
-    create_store(loc, plan, params=params, sample_rate_hz=sr, clip_duration_s=2.0, clips_per_chunk=2,
+    create_store(loc, len(plan), params=params, sample_rate_hz=sr, clip_duration_s=2.0, clips_per_chunk=2,
                  encoding=encoding)
     task = SpectrogramTask(params=params, sample_rate_hz=sr, clip_duration_s=2.0, input_storage_options={},
-                           encoding=encoding, clips_per_chunk=2)
+                           encoding=encoding, clips_per_chunk=2, n_clips=len(plan))
     record = task(ClipRange(0, 5), plan, loc)  # the last chunk is partial: padded as zarr stores it
     assert record["n_ok"] == 4 and record["failures"][0][0].endswith("gone.wav clips 4-4")
     ds = xr.open_zarr(loc.url_of("spectrograms.zarr"))
@@ -114,3 +114,32 @@ def test_store_encodings_round_trip_through_xarray(tmp_path, kind):
     assert ds.start_time_utc.isnull().all()
     raw = open_store(loc, mode="r")["spectrogram"]
     assert raw.dtype == (np.uint8 if kind == "compact" else np.float32)
+
+
+def test_clip_index_chunks_are_written_by_the_task_holding_their_first_clip(tmp_path, monkeypatch):
+    """A store's ``clip`` coordinate has chunks of CLIP_INDEX_CHUNK clips (xarray reads it whole on
+    opening); each is written by the task whose range holds its first clip, so the driver writes none."""
+    import xarray as xr
+
+    from pipelines.outputs import spectrogram_store
+
+    monkeypatch.setattr(spectrogram_store, "CLIP_INDEX_CHUNK", 4)
+    sr = 8000
+    path = tmp_path / "a.wav"
+    soundfile.write(path, np.zeros(sr * 22, dtype=np.float32), sr, subtype="PCM_16")
+    inv = pd.DataFrame({"file": [str(path)], "recorder": ["r"], "start_time_utc": [pd.NaT], "duration_s": [22.0],
+                        "status": ["ok"]})
+    plan = plan_clips(inv, clip_duration=2.0)  # 11 clips: index chunks [0-3] [4-7] [8-10 + padding]
+    params = SpectrogramParams.resolve(sr, window_samples=256)
+    loc = OutputLocation(str(tmp_path / "out"))
+    create_store(loc, len(plan), params=params, sample_rate_hz=sr, clip_duration_s=2.0, clips_per_chunk=2)
+    task = SpectrogramTask(params=params, sample_rate_hz=sr, clip_duration_s=2.0, input_storage_options={},
+                           encoding=StoreEncoding(), clips_per_chunk=2, n_clips=len(plan))
+    assert not (tmp_path / "out/spectrograms.zarr/clip/0").exists()
+    for start, stop in [(0, 6), (6, 10), (10, 11)]:
+        task(ClipRange(start, stop), plan.iloc[start:stop], loc)
+    assert sorted(p.name for p in (tmp_path / "out/spectrograms.zarr/clip").iterdir() if p.name[0] != ".") == \
+        ["0", "1", "2"]
+    ds = xr.open_zarr(loc.url_of("spectrograms.zarr"))
+    assert list(ds["clip"].values) == list(range(11))
+    assert ds.spectrogram.sel(clip=9).shape == ds.spectrogram.isel(clip=0).shape
