@@ -158,6 +158,7 @@ def run_bounded(client, jobs: Iterable[Job], on_done: Callable[[list], None], *,
                         in_flight[fut] = job.label
                         pending.add(fut)
                     n_run += len(batch)
+                    del futures, fut  # only in_flight refers to them: a handled one is forgotten at once
             if not in_flight and exhausted:
                 return n_run
             now = time.monotonic()

@@ -127,3 +127,58 @@ def test_a_killed_worker_costs_only_its_unfinished_tasks(archive, reference, tmp
     n_tasks = -(-summary.n_clips // 4)
     assert len(watch.first) == n_tasks  # one marker per task ...
     assert watch.rewritten == set()  # ... written once: no finished task ran again after the worker loss
+
+
+SLOW_PLANNER = '''
+import sys, time
+from pathlib import Path
+from pipelines.driver.clip_plan import ClipIndex
+plan = ClipIndex.from_inventory.__func__
+
+def slow(cls, *args, **kwargs):  # a planner working for a minute in Python (as a huge archive's would)
+    Path(sys.argv[1]).write_text("planning")
+    for _ in range(600):
+        time.sleep(0.1)
+    return plan(cls, *args, **kwargs)
+
+if __name__ == "__main__":  # the cluster's worker processes import this file too
+    ClipIndex.from_inventory = classmethod(slow)
+    from pipelines.cli import main
+    sys.exit(main(sys.argv[2:]))
+'''
+
+
+def test_ctrl_c_while_planning_is_honoured_within_seconds(archive, tmp_path):
+    script = tmp_path / "slow_planner.py"
+    script.write_text(SLOW_PLANNER)
+    flag = tmp_path / "planning"
+    write_config(tmp_path / "run.yaml", archive.root, tmp_path / "out")
+    proc = subprocess.Popen([sys.executable, str(script), str(flag), "run", str(tmp_path / "run.yaml"),
+                             "--no-progress"], env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not flag.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert flag.exists(), proc.communicate()[1]
+    signalled = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - signalled <= 10, err
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "opso: interrupted; run the same command again to resume"
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["status"] == "interrupted"
+
+
+def test_plan_only_prints_the_plan_and_writes_nothing(archive, tmp_path, capsys):
+    from pipelines.cli import main
+
+    write_config(tmp_path / "run.yaml", archive.root, tmp_path / "out")
+    assert main(["run", str(tmp_path / "run.yaml"), "--plan-only"]) == 0
+    out = capsys.readouterr().out
+    assert not (tmp_path / "out").exists()
+    assert "spectrograms: compute" in out
+    lines = {line.split(":")[0].strip(): line for line in out.splitlines()}
+    assert "readable)" in lines["plan"] and "audio hours at 16000 Hz" in lines["plan"]
+    # 0.5 s clips, tasks of 2 s of audio in whole chunks of 4 clips: 4 clips a task
+    assert "in " in lines["spectrograms"] and "tasks of up to 4; a task's description" in lines["spectrograms"]
+    assert lines["tasks"].startswith("tasks: ") and "peak memory of this process" in lines["driver"]

@@ -1,0 +1,58 @@
+import time
+
+import pytest
+
+from pipelines.driver.bounded import Job, in_flight_limit, run_bounded
+
+
+def _slow_square(x):
+    time.sleep(0.01)
+    return x * x
+
+
+def test_a_bounded_number_of_tasks_is_in_flight_and_every_result_comes_back(dask_client):
+    pulled, results, most = [0], {}, [0]
+
+    def jobs():
+        for i in range(120):
+            pulled[0] += 1
+            most[0] = max(most[0], pulled[0] - len(results))
+            yield Job(_slow_square, (i,), key=f"square-bounded-{i}", label=i)
+
+    def done(batch):
+        for (fut, label), value in zip(batch, dask_client.gather([f for f, _ in batch]), strict=True):
+            results[label] = value
+
+    assert run_bounded(dask_client, jobs(), done, limit=5) == 120
+    assert results == {i: i * i for i in range(120)}
+    assert most[0] <= 5 + 1  # the job being made when the count was taken
+    deadline = time.monotonic() + 5  # nothing of the run is kept on the cluster (released asynchronously)
+    while dask_client.futures and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not dask_client.futures
+
+
+def test_the_limit_follows_the_cluster():
+    assert in_flight_limit(0) == 32  # workers of a batch system may not have joined yet
+    assert in_flight_limit(250) == 1000
+
+
+def test_a_stop_cancels_the_tasks_in_flight(dask_client):
+    def jobs():
+        for i in range(1000):
+            yield Job(time.sleep, (0.2,), key=f"sleep-bounded-{i}", label=i)
+
+    calls = [0]
+
+    def done(batch):
+        calls[0] += 1
+        raise KeyboardInterrupt
+
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_bounded(dask_client, jobs(), done, limit=4)
+    assert calls[0] == 1 and time.monotonic() - started < 5
+    deadline = time.monotonic() + 5
+    while dask_client.futures and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not dask_client.futures
