@@ -116,7 +116,7 @@ def files_table(work: Path, n_files: int):
     busy = task_s / 2  # two workers
     print(f"\n{n_files} one-minute files ({s.audio_hours:.1f} audio hours, 16 kHz), 2 local workers x 1 thread")
     print(f"whole run {r['wall_s']:.1f} s: inventory {s.stage_wall_s['inventory']:.1f} s, spectrogram stage "
-          f"{stage:.1f} s ({n_tasks} tasks, graph of {n_tasks} tasks), task work {busy:.1f} s per worker")
+          f"{stage:.1f} s ({n_tasks} tasks), task work {busy:.1f} s per worker")
     overhead = s.wall_s - busy  # inventory, driver (plan, store metadata, submission, summary) and scheduling
     print(f"the scheduler ran {n_tasks / stage:.1f} tasks/s; inventory + driver + scheduling: {overhead:.1f} s = "
           f"{overhead / r['wall_s']:.1%} of the run (target <= 10%); cluster start and shut-down: "

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import os
 import posixpath
 import re
@@ -32,7 +33,8 @@ from pipelines.errors import StorageError
 from pipelines.outputs.storage_options import with_storage_defaults
 
 __all__ = ["INVENTORY_COLUMNS", "START_TIME_TOLERANCE_S", "ArchiveListing", "add_clip_counts_and_warnings",
-           "count_warnings", "inventory_file", "inventory_files", "list_archive", "list_audio_files", "recorder_of", "start_time_of",
+           "count_warnings", "inventory_file", "inventory_files", "inventory_part", "inventory_part_name",
+           "list_archive", "read_inventory_part", "list_audio_files", "recorder_of", "start_time_of",
            "unlisted_folder_rows"]
 
 INVENTORY_COLUMNS = ["file", "recorder", "start_time_utc", "start_time_source", "sample_rate", "channels", "frames",
@@ -228,6 +230,28 @@ def inventory_files(paths: list[str], storage_options=None, recorder_rule="paren
     rows = [inventory_file(p, storage_options=storage_options, recorder_rule=recorder_rule, timezone=timezone)
             for p in paths]
     return _as_frame(rows)
+
+
+def inventory_part_name(index: int, paths) -> str:
+    """The run-folder name of the inventory part of batch ``index`` (``paths``, in listing order): the
+    batch's number and a hash of its files, so that a part made from another listing is not reused."""
+    digest = hashlib.sha256("\n".join(paths).encode()).hexdigest()[:12]
+    return f"_inventory/part-{index:09d}-{digest}.parquet"
+
+
+def inventory_part(paths: list[str], storage_options, recorder_rule: str, timezone: str, location,
+                   name: str) -> pd.DataFrame:
+    """:func:`inventory_files` for one batch, also written to the run folder as ``name``
+    (:func:`inventory_part_name`), so that a run stopped during its inventory does not read these
+    headers again (runs on a worker)."""
+    frame = inventory_files(paths, storage_options, recorder_rule, timezone)
+    location.write_parquet(name, frame)
+    return frame
+
+
+def read_inventory_part(location, name: str) -> pd.DataFrame:
+    """An inventory part written by :func:`inventory_part`, with the columns' types it was made with."""
+    return _as_frame(location.read_parquet(name))
 
 
 def _as_frame(rows) -> pd.DataFrame:

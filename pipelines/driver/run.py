@@ -47,7 +47,9 @@ from pipelines.driver.identity import compare_outputs, flatten_config, resolve_p
 from pipelines.driver.inventory import (
     add_clip_counts_and_warnings,
     count_warnings,
-    inventory_files,
+    inventory_part,
+    inventory_part_name,
+    read_inventory_part,
     unlisted_folder_rows,
 )
 from pipelines.driver.preflight import Preflight, check_run
@@ -60,6 +62,7 @@ from pipelines.errors import RunLockLostError, RunStorageError, StorageError
 from pipelines.outputs.location import OutputLocation
 from pipelines.outputs.results import read_status
 from pipelines.outputs.run_folder import (
+    INVENTORY_PARTS,
     OutputName,
     clear_run_outputs,
     remove_markers,
@@ -287,6 +290,7 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
     inventory = add_clip_counts_and_warnings(found, clip_index.clips_per_file())
     if not stored or not _same_table(inventory, found):  # a stored inventory is rewritten only if it lacks these
         location.write_parquet("inventory.parquet", inventory)
+    remove_outputs(location, [INVENTORY_PARTS])  # inventory.parquet holds them now
     readable = inventory[inventory["status"] != "failed"]
 
     gpu_workers, _ = workers_by_kind(client)
@@ -538,16 +542,26 @@ def _inventory(config: RunConfig, location: OutputLocation, client, preflight: P
     its clip plan and every output name are the same."""
     if location.exists("inventory.parquet"):
         logger.info("reusing the stored inventory")
+        remove_outputs(location, [INVENTORY_PARTS])  # left by a run stopped right after writing it
         return location.read_parquet("inventory.parquet"), True
     inp = config.input
     files = preflight.files
-    logger.info("inventory of %d files", len(files))
     n_batches = -(-len(files) // INVENTORY_BATCH_FILES)
+    parts = set(location.list("_inventory"))  # a run stopped during its inventory: its finished batches
     token = uuid.uuid4().hex[:12]
-    jobs = (Job(inventory_files, (list(files[i : i + INVENTORY_BATCH_FILES]), inp.storage_options, inp.recorder,
-                                  inp.timezone), key=f"inventory-{token}-{i // INVENTORY_BATCH_FILES}",
-                label=i // INVENTORY_BATCH_FILES, retries=0)
-            for i in range(0, len(files), INVENTORY_BATCH_FILES))
+
+    def jobs():
+        for k in range(n_batches):
+            paths = list(files[k * INVENTORY_BATCH_FILES : (k + 1) * INVENTORY_BATCH_FILES])
+            name = inventory_part_name(k, paths)
+            if name.rsplit("/", 1)[1] in parts:
+                yield Job(read_inventory_part, (location, name), key=f"inventory-{token}-{k}", label=k, retries=0)
+            else:
+                yield Job(inventory_part, (paths, inp.storage_options, inp.recorder, inp.timezone, location, name),
+                          key=f"inventory-{token}-{k}", label=k, retries=0)
+
+    logger.info("inventory of %d files%s", len(files), f" ({len(parts)} of {n_batches} batches done before)"
+                if parts else "")
     frames = [None] * n_batches
     bar = StageProgress({"inventory": n_batches}, enabled=progress)
 
@@ -561,7 +575,7 @@ def _inventory(config: RunConfig, location: OutputLocation, client, preflight: P
         bar.advance("inventory", len(batch))
 
     try:
-        run_bounded(client, jobs, done, watch=watch, tick=bar.tick)
+        run_bounded(client, jobs(), done, watch=watch, tick=bar.tick)
     finally:
         bar.close()
     if preflight.unlisted:

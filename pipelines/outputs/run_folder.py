@@ -4,6 +4,8 @@ The output contract: the driver's files and the tasks' markers::
 
     run.json  inventory.parquet  failures.parquet
     _progress/<stage>/<range>.json
+    _inventory/part-<batch>-<hash>.parquet (the inventory's parts while it is made; removed once
+                                            inventory.parquet is written)
     _lock/<generation>.json                (the run's lock: pipelines.outputs.run_lock; never deleted here)
 
 and the names each registered stage kind declares (:class:`OutputName`, collected by
@@ -30,7 +32,7 @@ import re
 from pipelines.errors import OutputConflictError
 from pipelines.outputs.location import OutputLocation
 
-__all__ = ["PROGRESS", "RUN_FILES", "OutputName", "PreviousRun", "clear_run_outputs",
+__all__ = ["INVENTORY_PARTS", "PROGRESS", "RUN_FILES", "OutputName", "PreviousRun", "clear_run_outputs",
            "has_finished_tasks", "is_run_output", "read_previous_run", "remove_markers", "remove_outputs",
            "remove_temporaries"]
 
@@ -85,8 +87,12 @@ class OutputName:
         return self.folder.split("/", 1)[0] if self.folder else self.pattern
 
 
-#: names the driver writes beside the stages': the zero-row detection table of a run without detectors
-DRIVER_NAMES = (OutputName("detections", r"part-none-\d{9}-\d{9}\.parquet"),)
+#: the inventory's parts, written by its tasks so that an inventory cut short resumes; removed once
+#: ``inventory.parquet`` is written (:func:`pipelines.driver.inventory.inventory_part_name`)
+INVENTORY_PARTS = OutputName("_inventory", r"part-\d{9}-[0-9a-f]{12}\.parquet")
+#: names the driver writes beside the stages': the zero-row detection table of a run without detectors,
+#: the inventory's parts
+DRIVER_NAMES = (OutputName("detections", r"part-none-\d{9}-\d{9}\.parquet"), INVENTORY_PARTS)
 
 
 def _temporary_target(rel: str) -> str | None:
@@ -252,7 +258,7 @@ def remove_temporaries(location: OutputLocation, names) -> int:
     if not location.is_local:
         return 0
     found = [rel for rel in location.list("") if _temporary_target(rel) is not None and is_run_output(rel, names)]
-    for folder in [PROGRESS, *_folders(names)]:
+    for folder in [PROGRESS, *_folders((*names, *DRIVER_NAMES))]:
         found += [rel for rel in location.find(folder) if _temporary_target(rel) is not None and
                   is_run_output(rel, names)]
     stores = [name for name in names if name.store]

@@ -53,3 +53,43 @@ def test_interrupted_run_resumes_to_identical_tables(archive, dask_client, tmp_p
 
 def reference_clip_count(out):
     return OutputLocation(str(out)).read_json("run.json")["summary"]["n_clips"]
+
+
+def test_an_inventory_cut_short_resumes_from_its_parts(archive, dask_client, tmp_path, run_tables, monkeypatch):
+    """The inventory's tasks write their parts to _inventory/; a run stopped during its inventory reads
+    the finished batches' parts instead of their headers, and the folder goes once inventory.parquet
+    is written."""
+    from pipelines.driver import inventory as inventory_module
+    from pipelines.driver import run as driver_run
+
+    monkeypatch.setattr(driver_run, "INVENTORY_BATCH_FILES", 2)
+    reference = write_config(tmp_path / "a.yaml", archive.root, tmp_path / "a")
+    run_pipeline(reference, dask_client, progress=False)
+
+    read = []
+    real = inventory_module.inventory_files
+
+    def failing_once(paths, *args):  # the cluster fails under the inventory's last batches, once
+        read.extend(paths)
+        if any("rec22k" in p for p in paths) and not failing_once.failed:
+            failing_once.failed = True
+            raise OSError("the worker lost its network")
+        return real(paths, *args)
+
+    failing_once.failed = False
+    monkeypatch.setattr(inventory_module, "inventory_files", failing_once)
+    config = write_config(tmp_path / "b.yaml", archive.root, tmp_path / "b")
+    with pytest.raises(OSError, match="lost its network"):
+        run_pipeline(config, dask_client, progress=False)
+    parts = sorted(p.name for p in (tmp_path / "b" / "_inventory").iterdir())
+    assert parts and not (tmp_path / "b" / "inventory.parquet").exists()
+    read.clear()
+    run_pipeline(config, dask_client, progress=False)
+    n_files = len(pd.read_parquet(tmp_path / "a" / "inventory.parquet"))
+    assert any("rec22k" in p for p in read) and len(read) < n_files  # only batches without a part are read
+    assert not (tmp_path / "b" / "_inventory").exists()
+    a, b = run_tables(tmp_path / "a"), run_tables(tmp_path / "b")
+    for name in a:
+        pd.testing.assert_frame_equal(a[name], b[name], obj=name)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a" / "inventory.parquet"),
+                                  pd.read_parquet(tmp_path / "b" / "inventory.parquet"))

@@ -4,7 +4,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.driver.clip_plan import PLAN_COLUMNS, ClipIndex, ClipRange, TaskRanges, chunk_ranges, plan_clips
+from pipelines.driver.clip_plan import (
+    PLAN_COLUMNS,
+    ClipIndex,
+    ClipRange,
+    TaskRanges,
+    chunk_ranges,
+    plan_clips,
+)
 
 
 def inventory():
