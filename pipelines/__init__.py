@@ -1,6 +1,6 @@
 """pipelines: opso's distributed batch pipeline (Dask).
 
-- :mod:`pipelines.driver`: the run (checks, inventory, clip plan, then the registered stages phase by
+- :mod:`pipelines.driver`: the run (checks, inventory, clip index, then the registered stages phase by
   phase, the summary, the cluster); it names no stage kind;
 - :mod:`pipelines.stages`: one module per stage kind, registered by one line;
 - :mod:`pipelines.outputs`: the output contract (where and how a run writes, the run folder's names,

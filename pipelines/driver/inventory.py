@@ -274,7 +274,7 @@ def add_clip_counts_and_warnings(inventory: pd.DataFrame, clips_per_file: pd.Ser
     inventory : pandas.DataFrame
         Rows of :func:`inventory_files` (``n_clips`` may be empty).
     clips_per_file : pandas.Series
-        Clips of the run's clip plan per file (index: file); files not in it have none.
+        Clips of the run per file (:meth:`ClipIndex.clips_per_file`) (index: file); files not in it have none.
 
     Returns
     -------

@@ -1,6 +1,6 @@
 """The one place that turns the stages into Dask work.
 
-``run_pipeline(config, client)``: inventory -> clip plan -> the stages (:mod:`pipelines.driver.tasks`):
+``run_pipeline(config, client)``: inventory -> clip index -> the stages (:mod:`pipelines.driver.tasks`):
 spectrograms (with RIBBIT) and one per CNN, writing the output contract (``docs/pipeline.md``)
 under ``config.output.url``:
 
@@ -17,7 +17,7 @@ Resume: every task writes its outputs atomically under names derived from its cl
 marker in ``_progress/``. The marker is the truth: a task whose marker exists returns at once. The
 driver drops each future as soon as it is done, so finished results are not kept (and not
 recomputed) on the workers. A rerun of the same configuration reuses the stored inventory (so the
-clip plan, and every name, is the same) and submits only the ranges without a marker.
+clip index, and every name, is the same) and submits only the ranges without a marker.
 
 ``run.json`` is never left ``running`` by an error: a run that stops on an error says ``failed``
 with the message (a storage failure too, where the storage takes the write within a few retries),
@@ -539,7 +539,7 @@ def _failure_overview(failures: pd.DataFrame, most: int = 4) -> list[str]:
 def _inventory(config: RunConfig, location: OutputLocation, client, preflight: Preflight, progress: bool,
                watch) -> tuple[pd.DataFrame, bool]:
     """(the inventory, whether it came from the run folder): a resumed run reuses the stored one, so
-    its clip plan and every output name are the same."""
+    its clip index and every output name are the same."""
     if location.exists("inventory.parquet"):
         logger.info("reusing the stored inventory")
         remove_outputs(location, [INVENTORY_PARTS])  # left by a run stopped right after writing it

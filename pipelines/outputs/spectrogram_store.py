@@ -118,7 +118,7 @@ def clip_audio_batch(clips: pd.DataFrame, *, sample_rate_hz: int, clip_duration_
     Parameters
     ----------
     clips : pandas.DataFrame
-        Rows of the clip plan (``file``, ``start_time``).
+        Rows of the clip table (``file``, ``start_time``).
     sample_rate_hz : int
         Target rate; clips of files at other rates are resampled one clip at a time.
     clip_duration_s : float
@@ -192,7 +192,7 @@ _CLIP_COORDS = {
 
 
 def _clip_coord_values(clips: pd.DataFrame) -> dict[str, np.ndarray]:
-    """The per-clip coordinate arrays of ``clips`` (a slice of the clip plan), as stored."""
+    """The per-clip coordinate arrays of ``clips`` (rows of the clip table), as stored."""
     utc = pd.to_datetime(clips["start_time_utc"], utc=True).dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
     return {"file": clips["file"].to_numpy(dtype=object), "recorder": clips["recorder"].to_numpy(dtype=object),
             "start_time": clips["start_time"].to_numpy(np.float64),
