@@ -5,11 +5,11 @@ sit in the scheduler's memory (and the driver's) for the whole run, and stopping
 cancelling millions of futures. :func:`run_bounded` instead keeps about
 :data:`TASKS_IN_FLIGHT_PER_THREAD` tasks per worker thread submitted (at least
 :data:`MIN_TASKS_IN_FLIGHT`, so that workers still joining find work), takes the next ones from a
-lazy iterator whenever half of them have finished (one submission per many tasks), hands finished
-tasks over in batches (one round trip for their results; a failed one at once), and drops each future
-as soon as it is handled: with no reference left, Dask forgets a finished result, so losing a worker
-later does not make the scheduler compute it again. Measured on 1,500 one-minute files (2 workers,
-three runs each, interleaved): the spectrogram stage took 30.5 s with 32 tasks in flight and 30.8 s
+lazy iterator whenever half of them have finished (one submission per many tasks), fetches each
+task's result in the background as soon as it finishes, and drops each future as soon as it is
+handled: with no reference left, Dask forgets a finished result, so losing a worker later does not
+make the scheduler compute it again. Measured on 1,500 one-minute files (2 workers,
+three runs each, interleaved): the spectrogram stage took 30.0 s with 32 tasks in flight and 31.8 s
 with all 235 submitted at once. The wait is a loop of short sleeps, so Ctrl-C and SIGTERM stop it within a fraction of a
 second; the tasks in flight are then cancelled.
 """
@@ -36,8 +36,6 @@ TASKS_IN_FLIGHT_PER_THREAD = 4
 MIN_TASKS_IN_FLIGHT = 32
 #: seconds between two looks at the cluster's thread count
 _THREADS_INTERVAL_S = 2.0
-#: seconds a finished task waits at most to be handed over with others (a failed one goes at once)
-_HANDLE_AFTER_S = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,8 +113,8 @@ def run_bounded(client, jobs: Iterable[Job], on_done: Callable[[list], None], *,
     ----------
     jobs : iterable of Job
     on_done : callable
-        Called with each batch of finished ``(future, label)`` pairs (done or failed; one call per
-        batch, so results can be gathered in one round trip).
+        Called with each batch of finished ``(future, label, result)``: ``future.status`` is
+        ``"finished"`` (``result`` is the task's value) or not (failed or cancelled: ask the future).
     watch : callable, optional
         Called every :data:`WATCH_INTERVAL_S` seconds; stops the run by raising (lost workers, lost lock).
     tick : callable, optional
@@ -142,25 +140,18 @@ def run_bounded(client, jobs: Iterable[Job], on_done: Callable[[list], None], *,
     from distributed import as_completed
 
     jobs = iter(jobs)
-    pending = as_completed()
+    # results are fetched in the background as each task finishes (before a worker holding one can be
+    # lost: a finished task is then never waited for, or computed again), errors come as values
+    pending = as_completed(with_results=True, raise_errors=False)
     in_flight: dict = {}
-    handled: list = []  # finished, waiting to be handed to on_done with the next ones
     exhausted = False
     n_run = 0
-    last_watch = last_threads = oldest = time.monotonic()
+    last_watch = last_threads = time.monotonic()
     with signals_deferred():
         current_limit = limit or in_flight_limit(sum(client.nthreads().values()))
     sleep_s = first_poll_s
     try:
         while True:
-            now = time.monotonic()
-            if handled and (not in_flight or len(handled) >= max(1, current_limit // 4) or
-                            now - oldest >= _HANDLE_AFTER_S or any(f.status != "finished" for f, _ in handled)):
-                with signals_deferred():  # on_done gathers the results from the workers, in one round trip
-                    on_done(handled)
-                for fut, _ in handled:
-                    fut.release()
-                handled = []
             room = current_limit - len(in_flight)
             # refill in chunks of half the limit: one submission (and one graph update on the scheduler)
             # per many tasks, not one per finished task
@@ -175,8 +166,9 @@ def run_bounded(client, jobs: Iterable[Job], on_done: Callable[[list], None], *,
                         pending.add(fut)
                     n_run += len(batch)
                     del futures, fut  # only in_flight refers to them: a handled one is forgotten at once
-            if not in_flight and exhausted and not handled:
+            if not in_flight and exhausted:
                 return n_run
+            now = time.monotonic()
             if watch is not None and now - last_watch >= WATCH_INTERVAL_S:
                 watch()
                 last_watch = now
@@ -192,11 +184,14 @@ def run_bounded(client, jobs: Iterable[Job], on_done: Callable[[list], None], *,
                 sleep_s = min(poll_s, sleep_s * 2)
                 continue
             sleep_s = first_poll_s
-            if not handled:
-                oldest = now
-            handled += [(fut, in_flight.pop(fut)) for fut in finished]
+            done = [(fut, in_flight.pop(fut), result) for fut, result in finished]
             del finished
+            with signals_deferred():  # on_done may ask the scheduler for a failed task's exception
+                on_done(done)
+            for fut, _, _ in done:
+                fut.release()
+            del done
     except BaseException:
-        for fut in [*in_flight, *(f for f, _ in handled)]:  # stopped (lost lock, cluster, Ctrl-C): no task starts any more
+        for fut in list(in_flight):  # stopped (lost lock, cluster, Ctrl-C): no task starts any more
             fut.cancel()
         raise

@@ -566,11 +566,11 @@ def _inventory(config: RunConfig, location: OutputLocation, client, preflight: P
     bar = StageProgress({"inventory": n_batches}, enabled=progress)
 
     def done(batch):
-        failed = [fut for fut, _ in batch if fut.status != "finished"]
+        failed = [fut for fut, _, _ in batch if fut.status != "finished"]
         if failed:  # inventory_files turns every bad file into a row: this is the cluster or the code
             raise failed[0].exception() if failed[0].status == "error" else RuntimeError("an inventory task was "
                                                                                          f"{failed[0].status}")
-        for (_, index), frame in zip(batch, client.gather([fut for fut, _ in batch]), strict=True):
+        for _, index, frame in batch:
             frames[index] = frame
         bar.advance("inventory", len(batch))
 

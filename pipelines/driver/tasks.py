@@ -306,15 +306,15 @@ def run_tasks(client, location: OutputLocation, stages, fingerprint: str, settle
     t0 = time.perf_counter()
 
     def done_batch(batch):
-        finished = [(f, label) for f, label in batch if f.status == "finished"]
-        results = client.gather([f for f, _ in finished]) if finished else []
-        for (_, label), result in zip(finished, results, strict=True):
+        for fut, label, result in batch:
+            if fut.status != "finished":
+                continue
             if label[0] == "tally":
                 tallies[label[1]].merge(result)
                 continue
             for record in result if isinstance(result, list) else [result]:
                 tallies[label[0]].add(record)
-        for fut, label in batch:
+        for fut, label, _ in batch:
             if fut.status != "finished":
                 exc = fut.exception() if fut.status == "error" else RuntimeError(f"task {fut.status}")
                 if isinstance(exc, RunLockLostError):  # the folder is no longer this run's: stop at once

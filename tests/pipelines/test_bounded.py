@@ -20,7 +20,8 @@ def test_a_bounded_number_of_tasks_is_in_flight_and_every_result_comes_back(dask
             yield Job(_slow_square, (i,), key=f"square-bounded-{i}", label=i)
 
     def done(batch):
-        for (_, label), value in zip(batch, dask_client.gather([f for f, _ in batch]), strict=True):
+        for fut, label, value in batch:
+            assert fut.status == "finished"
             results[label] = value
 
     assert run_bounded(dask_client, jobs(), done, limit=5) == 120
