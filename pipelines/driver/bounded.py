@@ -186,10 +186,12 @@ def run_bounded(client, jobs: Iterable[Job], on_done: Callable[[list], None], *,
             sleep_s = first_poll_s
             done = [(fut, in_flight.pop(fut), result) for fut, result in finished]
             del finished
-            with signals_deferred():  # on_done may ask the scheduler for a failed task's exception
-                on_done(done)
-            for fut, _, _ in done:
-                fut.release()
+            try:
+                with signals_deferred():  # on_done may ask the scheduler for a failed task's exception
+                    on_done(done)
+            finally:  # also when on_done raises: the exception's traceback must not keep them alive
+                for fut, _, _ in done:
+                    fut.release()
             del done
     except BaseException:
         for fut in list(in_flight):  # stopped (lost lock, cluster, Ctrl-C): no task starts any more

@@ -3,6 +3,8 @@ compare every table with an uninterrupted run: no duplicated and no missing rows
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -81,6 +83,10 @@ def test_an_inventory_cut_short_resumes_from_its_parts(archive, dask_client, tmp
     config = write_config(tmp_path / "b.yaml", archive.root, tmp_path / "b")
     with pytest.raises(OSError, match="lost its network"):
         run_pipeline(config, dask_client, progress=False)
+    deadline = time.monotonic() + 5  # the failed run left nothing on the cluster (released asynchronously)
+    while any(str(k).startswith("inventory-") for k in dask_client.futures) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [k for k in dask_client.futures if str(k).startswith("inventory-")]
     parts = sorted(p.name for p in (tmp_path / "b" / "_inventory").iterdir())
     assert parts and not (tmp_path / "b" / "inventory.parquet").exists()
     read.clear()
