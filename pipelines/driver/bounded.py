@@ -73,36 +73,41 @@ def _hashable(resources):
 @contextlib.contextmanager
 def signals_deferred():
     """Hold Ctrl-C and SIGTERM back while a short call to the scheduler runs (in the main thread), then
-    act on them: interrupted inside such a call, ``distributed`` logs a traceback from its event loop.
-    A second signal while one is held acts at once."""
+    act on them as the handlers that were installed would have: interrupted inside such a call,
+    ``distributed`` logs a traceback from its event loop. A second signal while one is held acts at once."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     held: list[int] = []
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
+    def restore():
+        for sig, handler in previous.items():
+            if signal.getsignal(sig) is hold:  # else a handler has set its own since (e.g. ignore)
+                signal.signal(sig, handler)
+
     def hold(signum, frame):
-        if held:  # a second one: the user insists
-            _act(previous[signum], signum, frame)
         held.append(signum)
+        if len(held) > 1:  # a second one: the user insists
+            restore()
+            _act(previous[signum], signum, frame)
 
     for sig in previous:
         signal.signal(sig, hold)
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            if signal.getsignal(sig) is hold:  # else a second signal's handler has set its own (e.g. ignore)
-                signal.signal(sig, handler)
-    if held:
+        restore()
+    if len(held) == 1:
         _act(previous[held[0]], held[0], None)
 
 
 def _act(handler, signum, frame) -> None:
+    """Do what ``handler`` (a signal's disposition before it was held) does with the signal."""
     if callable(handler):
         handler(signum, frame)
-    elif handler == signal.SIG_DFL and signum == signal.SIGINT:
-        raise KeyboardInterrupt
+    elif handler == signal.SIG_DFL:
+        signal.raise_signal(signum)  # the default action (SIGTERM: the process ends), now that it is restored
 
 
 def run_bounded(client, jobs: Iterable[Job], on_done: Callable[[list], None], *, watch=None, tick=None,

@@ -62,3 +62,31 @@ def test_a_stop_cancels_the_tasks_in_flight(dask_client):
     while _own(dask_client, "sleep-bounded-") and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _own(dask_client, "sleep-bounded-")
+
+
+def test_signals_held_during_a_scheduler_call_act_afterwards():
+    import os
+    import signal
+
+    from pipelines.driver.bounded import signals_deferred
+
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        with signals_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            assert seen == []  # held while the call runs
+        assert seen == [signal.SIGTERM]  # then handed to the handler that was installed
+        with pytest.raises(KeyboardInterrupt), signals_deferred():  # Python's own Ctrl-C handler
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+        with signals_deferred():  # a second signal acts at once
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            assert seen == [signal.SIGTERM, signal.SIGTERM]
+        assert seen == [signal.SIGTERM, signal.SIGTERM]  # not a third time
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
