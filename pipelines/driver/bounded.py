@@ -96,10 +96,10 @@ def signals_deferred():
         signal.signal(sig, hold)
     try:
         yield
-    finally:
+    finally:  # also when the call raised: a Ctrl-C held meanwhile is not lost (it wins, the error chained)
         restore()
-    if len(held) == 1:
-        _act(previous[held[0]], held[0], None)
+        if len(held) == 1:
+            _act(previous[held[0]], held[0], None)
 
 
 def _act(handler, signum, frame) -> None:

@@ -181,7 +181,10 @@ def plan_lines(config: RunConfig, *, overwrite: bool = False) -> list[str]:
         lines.append(f"inventory: {len(found.listing.files):,} headers read here in {time.perf_counter() - t0:.1f} s "
                      "(the run reads them again, on its workers)")
     rate = config.spectrogram.sample_rate or found.info.get("sample_rate_hz")
-    summary = plan_summary(config, inventory, sample_rate_hz=rate, gpu_layout=bool(found.info.get("gpu_layout")))
+    gpu_layout = bool(found.info.get("gpu_layout"))
+    summary = plan_summary(config, inventory, sample_rate_hz=rate, gpu_layout=gpu_layout)
     lines += summary.lines()
+    if config.cnn and not gpu_layout:
+        lines.insert(-2, "  (tasks sized for CPU workers: on a cluster with GPU workers, CNN tasks are larger and fewer)")
     lines[-1] += f" ({time.perf_counter() - started:.1f} s in all)"
     return lines

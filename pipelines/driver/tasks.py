@@ -248,6 +248,9 @@ def _stage_jobs(stage: Stage, location: OutputLocation, fingerprint: str, legacy
                     yield batch_job(batch)
                     batch = []
             continue
+        if batch:  # a batch holds consecutive ranges only (its label spans them)
+            yield batch_job(batch)
+            batch = []
         yield Job(run_stage_task, (stage.task, r, stage.work(r), location, stage.marker(r), stage.products,
                                    legacy_products),
                   key=f"{stage.name}-{fingerprint}-{r.name}", label=(stage.name, r), resources=resources)
@@ -257,7 +260,7 @@ def _stage_jobs(stage: Stage, location: OutputLocation, fingerprint: str, legacy
         skipped = np.flatnonzero(done)
         for k in range(0, len(skipped), MARKERS_PER_TASK):
             markers = [stage.marker(stage.ranges[int(i)]) for i in skipped[k : k + MARKERS_PER_TASK]]
-            yield Job(tally_markers, (location, markers, tally_template),
+            yield Job(tally_markers, (location, markers, tally_template.empty()),
                       key=f"tally-{stage.name}-{fingerprint}-{k // MARKERS_PER_TASK}", label=("tally", stage.name))
 
 

@@ -31,7 +31,8 @@ coordinates (:func:`write_clip_coords`), so no two tasks touch one chunk and the
 not grow with the archive (a store of 150,000 clips took the driver 23 s when it wrote them all).
 The ``clip`` coordinate (the clip numbers, xarray's index of the ``clip`` dimension, which it reads
 whole when it opens the store) has chunks of :data:`CLIP_INDEX_CHUNK` clips, so opening a store of
-18 million clips reads 18 objects; each chunk is written by the task whose range holds its first clip.
+18 million clips reads 18 objects; each chunk is written by the task whose range holds its first clip
+(and by any other task of the chunk that finds it missing).
 
 Memory: a task holds the audio of its own clips only (``clips`` x clip duration at the native
 rate, plus one decoded segment per file it touches), never a whole recording.
@@ -228,20 +229,29 @@ def clip_index_chunk(n_clips: int) -> int:
 
 
 def write_clip_coords(location: OutputLocation, clip_range: ClipRange, clips: pd.DataFrame, *,
-                      clips_per_chunk: int, n_clips: int, store_name: str = STORE_NAME) -> None:
+                      clips_per_chunk: int, n_clips: int, index_chunk: int | None = None,
+                      store_name: str = STORE_NAME) -> None:
     """Write the per-clip coordinates (``file, recorder, start_time, end_time, start_time_utc``) of
     ``clip_range`` (chunk-aligned; ``clips`` its rows of the clip table) as Zarr v2 chunks (``<name>/<k>``),
-    and the chunks of the ``clip`` coordinate that begin in the range (``n_clips``: the store's clips)."""
+    and the chunks of the ``clip`` coordinate the range overlaps (``n_clips``: the store's clips;
+    ``index_chunk``: the coordinate's chunk length, by default :func:`clip_index_chunk`).
+
+    A ``clip`` chunk is written by the task holding its first clip, and by any other task overlapping
+    it that finds it missing (its content is the clip numbers, the same whoever writes it): one failed
+    task does not leave the index of the clips the others wrote unreadable."""
     import numcodecs
 
     compressor = numcodecs.Blosc(_COORD_CODEC[0], _COORD_CODEC[1], numcodecs.Blosc.SHUFFLE)
     numcodecs.blosc.use_threads = False
-    per_index_chunk = clip_index_chunk(n_clips)
-    for k in range(-(-clip_range.start // per_index_chunk), -(-clip_range.stop // per_index_chunk)):
+    per_index_chunk = index_chunk or clip_index_chunk(n_clips)
+    for k in range(clip_range.start // per_index_chunk, -(-clip_range.stop // per_index_chunk)):
+        key = f"{store_name}/clip/{k}"
+        if k * per_index_chunk < clip_range.start and location.exists(key):
+            continue
         numbers = np.zeros(per_index_chunk, dtype=np.int64)  # the last chunk is padded, as Zarr stores it
         stop = min((k + 1) * per_index_chunk, n_clips)
         numbers[: stop - k * per_index_chunk] = np.arange(k * per_index_chunk, stop, dtype=np.int64)
-        location.write_bytes(f"{store_name}/clip/{k}", compressor.encode(numbers))
+        location.write_bytes(key, compressor.encode(numbers))
     for name, values in _clip_coord_values(clips).items():
         text = values.dtype == object
         _write_chunks(location, clip_range, values, lambda k, name=name: f"{store_name}/{name}/{k}",

@@ -47,6 +47,7 @@ from pipelines.outputs.spectrogram_store import (
     StoreEncoding,
     clip_spectrograms,
     create_store,
+    open_store,
     write_clip_coords,
     write_values,
 )
@@ -124,6 +125,7 @@ class SpectrogramTask:
     clips_per_chunk: int = 64
     store_name: str = STORE_NAME
     n_clips: int = 0  # the store's clips (its ``clip`` coordinate)
+    index_chunk: int | None = None  # the store's ``clip`` chunk length (None: the default for n_clips)
 
     def __call__(self, clip_range: ClipRange, clips: pd.DataFrame, location: OutputLocation,
                  needed: frozenset | None = None) -> dict:
@@ -146,7 +148,7 @@ class SpectrogramTask:
                 write_values(location, clip_range, spec.values, encoding=self.encoding,
                              clips_per_chunk=self.clips_per_chunk, store_name=self.store_name)
                 write_clip_coords(location, clip_range, clips, clips_per_chunk=self.clips_per_chunk,
-                                  n_clips=self.n_clips, store_name=self.store_name)
+                                  n_clips=self.n_clips, index_chunk=self.index_chunk, store_name=self.store_name)
             record.update(n_ok=int(spec.ok.sum()), n_clips=len(clip_range),
                           failures=[list(f) for f in spec.failures])
         for sp in self.species:  # a changed threshold: from the stored scores, no audio read
@@ -212,7 +214,7 @@ class SpectrogramKind(StageKind):
     def plan(self, ctx: RunContext, products: dict) -> list[Stage]:
         config, location, clip_index = ctx.config, ctx.location, ctx.clip_index
         sc, clips_cfg = config.spectrogram, config.clips
-        encoding = None
+        encoding, index_chunk = None, None
         if sc.store != "none":
             encoding = StoreEncoding(sc.store, sc.compact_step_db, tuple(sc.decibel_limits))
         if encoding is not None and location is not None:  # no location: planned only (opso run --dry-run)
@@ -222,11 +224,14 @@ class SpectrogramKind(StageKind):
                              sample_rate_hz=ctx.sample_rate_hz,
                              clip_duration_s=clips_cfg.duration, clips_per_chunk=sc.clips_per_chunk,
                              encoding=encoding)
+            index_chunk = open_store(location, mode="r")["clip"].chunks[0]  # a store begun by an older
+            # opso keeps its own layout (one chunk of every clip)
         task = SpectrogramTask(params=ctx.spectrogram_params, sample_rate_hz=ctx.sample_rate_hz,
                                clip_duration_s=clips_cfg.duration,
                                input_storage_options=dict(config.input.storage_options), encoding=encoding,
                                species=_species(config), thresholds=tuple((s.name, s.threshold) for s in config.ribbit),
-                               clips_per_chunk=sc.clips_per_chunk, n_clips=clip_index.n_clips)
+                               clips_per_chunk=sc.clips_per_chunk, n_clips=clip_index.n_clips,
+                               index_chunk=index_chunk)
         step_s = clips_cfg.duration - clips_cfg.overlap
         ranges = task_ranges(clip_index.n_clips, max(1, round(sc.task_audio_s / step_s)), align=sc.clips_per_chunk)
         return [Stage(STAGE_NAME, clip_index, ranges, task)]

@@ -90,3 +90,16 @@ def test_signals_held_during_a_scheduler_call_act_afterwards():
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_ctrl_c_held_during_a_call_that_fails_is_not_lost():
+    import os
+    import signal
+
+    from pipelines.driver.bounded import signals_deferred
+
+    with pytest.raises(KeyboardInterrupt) as stopped, signals_deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        raise RuntimeError("the task failed")
+    assert isinstance(stopped.value.__context__, RuntimeError)  # the error is chained, for -v

@@ -143,3 +143,12 @@ def test_clip_index_chunks_are_written_by_the_task_holding_their_first_clip(tmp_
     ds = xr.open_zarr(loc.url_of("spectrograms.zarr"))
     assert list(ds["clip"].values) == list(range(11))
     assert ds.spectrogram.sel(clip=9).shape == ds.spectrogram.isel(clip=0).shape
+
+    # the task holding a chunk's first clip failed: the others of that chunk write it
+    loc2 = OutputLocation(str(tmp_path / "out2"))
+    create_store(loc2, len(plan), params=params, sample_rate_hz=sr, clip_duration_s=2.0, clips_per_chunk=2)
+    for start, stop in [(6, 10), (10, 11)]:  # (0, 6) never ran
+        task(ClipRange(start, stop), plan.iloc[start:stop], loc2)
+    assert sorted(p.name for p in (tmp_path / "out2/spectrograms.zarr/clip").iterdir() if p.name[0] != ".") == \
+        ["1", "2"]
+    assert list(open_store(loc2, mode="r")["clip"][4:]) == list(range(4, 11))
