@@ -23,14 +23,9 @@ import pandas as pd
 
 from pipelines.config import RunConfig
 from pipelines.driver.bounded import TASKS_IN_FLIGHT_PER_THREAD, in_flight_limit
-from pipelines.driver.clip_plan import ClipIndex
 from pipelines.driver.context import RunContext
 from pipelines.driver.identity import resolve_products
-from pipelines.driver.inventory import (
-    add_clip_counts_and_warnings,
-    inventory_files,
-    unlisted_folder_rows,
-)
+from pipelines.driver.inventory import inventory_files, unlisted_folder_rows
 from pipelines.outputs.location import OutputLocation
 from pipelines.stages import enabled_kinds
 
@@ -123,16 +118,13 @@ def plan_summary(config: RunConfig, inventory: pd.DataFrame, *, sample_rate_hz: 
     sample_tasks : int
         Task descriptions pickled per stage (the first, the last and some between) to measure their size.
     """
-    from pipelines.driver.run import run_sample_rate
+    from pipelines.driver.run import run_clip_index, run_sample_rate
 
     started = time.perf_counter()
     rate = int(sample_rate_hz or run_sample_rate(config, inventory))
     params = config.spectrogram.params(rate)
     kinds = enabled_kinds(config)
-    clip_settings, _ = next(c for c in (kind.run_clips(config) for kind in kinds) if c is not None)
-    index = ClipIndex.from_inventory(inventory, clip_duration=clip_settings.duration_s,
-                                     clip_overlap=clip_settings.overlap_s, final_clip=clip_settings.final_clip)
-    inventory = add_clip_counts_and_warnings(inventory, index.clips_per_file())
+    clip_settings, _, index, inventory = run_clip_index(config, kinds, inventory)
     ctx = RunContext(config, None, inventory, index, clip_settings, rate, params, gpu_layout, gpu_layout=gpu_layout)
     resolved = resolve_products([p for kind in kinds for p in kind.products(ctx)])
     location = OutputLocation(config.output.url, config.output.storage_options)

@@ -78,7 +78,8 @@ from pipelines.outputs.tables import (
 )
 from pipelines.stages import enabled_kinds, output_names
 
-__all__ = ["FAILURE_COLUMNS", "RunSummary", "elide", "read_status", "run_pipeline", "run_sample_rate"]
+__all__ = ["FAILURE_COLUMNS", "RunSummary", "elide", "read_status", "run_clip_index", "run_pipeline",
+           "run_sample_rate"]
 
 logger = logging.getLogger(__name__)
 
@@ -283,14 +284,12 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
         for kind in kinds:
             kind.check_at_sample_rate(config, sample_rate_hz, params)
         check_sizes(config.clips, config.spectrogram, sample_rate_hz, config.output)
-    clip_settings, counting_stage = next(c for c in (kind.run_clips(config) for kind in kinds) if c is not None)
-    clip_index = ClipIndex.from_inventory(found, clip_duration=clip_settings.duration_s,
-                                          clip_overlap=clip_settings.overlap_s, final_clip=clip_settings.final_clip)
+    clip_settings, counting_stage, clip_index, inventory = run_clip_index(config, kinds, found)
     logger.info("%d clips at %d Hz", clip_index.n_clips, sample_rate_hz)
-    inventory = add_clip_counts_and_warnings(found, clip_index.clips_per_file())
     if not stored or not _same_table(inventory, found):  # a stored inventory is rewritten only if it lacks these
         location.write_parquet("inventory.parquet", inventory)
-    remove_outputs(location, [INVENTORY_PARTS])  # inventory.parquet holds them now
+    remove_outputs(location, [INVENTORY_PARTS])  # inventory.parquet holds them now (also after a run stopped
+    # right after writing it)
     readable = inventory[inventory["status"] != "failed"]
 
     gpu_workers, _ = workers_by_kind(client)
@@ -542,7 +541,6 @@ def _inventory(config: RunConfig, location: OutputLocation, client, preflight: P
     its clip index and every output name are the same."""
     if location.exists("inventory.parquet"):
         logger.info("reusing the stored inventory")
-        remove_outputs(location, [INVENTORY_PARTS])  # left by a run stopped right after writing it
         return location.read_parquet("inventory.parquet"), True
     inp = config.input
     files = preflight.files
@@ -582,6 +580,17 @@ def _inventory(config: RunConfig, location: OutputLocation, client, preflight: P
         frames.append(unlisted_folder_rows(preflight.unlisted, inp.recorder))
     frames = [f for f in frames if len(f)] or frames[:1]
     return pd.concat(frames, ignore_index=True), False
+
+
+def run_clip_index(config: RunConfig, kinds, inventory: pd.DataFrame):
+    """The run's clips: ``(clip settings, the stage whose analysed clips the summary counts, ClipIndex,
+    the inventory with n_clips, no_clips statuses and warnings)``; ``kinds``: the enabled stage kinds
+    (the first that offers clip settings decides)."""
+    clip_settings, counting_stage = next(c for c in (kind.run_clips(config) for kind in kinds) if c is not None)
+    clip_index = ClipIndex.from_inventory(inventory, clip_duration=clip_settings.duration_s,
+                                          clip_overlap=clip_settings.overlap_s, final_clip=clip_settings.final_clip)
+    return clip_settings, counting_stage, clip_index, add_clip_counts_and_warnings(inventory,
+                                                                                   clip_index.clips_per_file())
 
 
 def run_sample_rate(config: RunConfig, inventory: pd.DataFrame) -> int:

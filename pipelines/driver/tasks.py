@@ -225,6 +225,13 @@ def _done_positions(stage: Stage, names) -> np.ndarray:
     return done
 
 
+def _n_batches(done: np.ndarray, batch_size: int) -> int:
+    """Tasks of up to ``batch_size`` consecutive ranges that the ranges marked in ``done`` make."""
+    edges = np.diff(np.concatenate([[0], done.astype(np.int8), [0]]))
+    runs = np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)
+    return int((-(-runs // batch_size)).sum())
+
+
 def _stage_jobs(stage: Stage, location: OutputLocation, fingerprint: str, legacy, resources, done, batch_size: int,
                 tally_template: RecordTally | None):
     """The jobs of one stage, made as they are submitted: a task per range to compute (``done`` False,
@@ -289,11 +296,9 @@ def run_tasks(client, location: OutputLocation, stages, fingerprint: str, settle
         n_done = int(done.sum()) if done is not None else 0
         if stage.name in rederive_only:
             batch_size = max(1, min(RANGES_PER_REDERIVE_TASK, math.ceil(n_done / threads)))
-            totals[stage.name] = n - n_done + math.ceil(n_done / batch_size)
+            totals[stage.name] = n - n_done + _n_batches(done, batch_size)
         else:
             totals[stage.name] = n - n_done
-        if not settled.get(stage.name) and stage.name not in rederive_only:
-            done = None
         resources = stage.resources
         if stage.cpu_only and totals[stage.name]:
             resources = cpu_only_resources(client)
@@ -310,15 +315,12 @@ def run_tasks(client, location: OutputLocation, stages, fingerprint: str, settle
 
     def done_batch(batch):
         for fut, label, result in batch:
-            if fut.status != "finished":
-                continue
-            if label[0] == "tally":
+            if fut.status == "finished" and label[0] == "tally":
                 tallies[label[1]].merge(result)
-                continue
-            for record in result if isinstance(result, list) else [result]:
-                tallies[label[0]].add(record)
-        for fut, label, _ in batch:
-            if fut.status != "finished":
+            elif fut.status == "finished":
+                for record in result if isinstance(result, list) else [result]:
+                    tallies[label[0]].add(record)
+            else:
                 exc = fut.exception() if fut.status == "error" else RuntimeError(f"task {fut.status}")
                 if isinstance(exc, RunLockLostError):  # the folder is no longer this run's: stop at once
                     raise exc
