@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipelines.errors import ConfigError
 
-__all__ = ["ClipConfig", "ClusterConfig", "CnnModelConfig", "InputConfig", "OutputConfig", "RibbitSpecies", "RunConfig",
+__all__ = ["BirdnetConfig", "BirdnetLocation", "ClipConfig", "ClusterConfig", "CnnModelConfig", "InputConfig", "OutputConfig", "RibbitSpecies", "RunConfig",
            "SpectrogramConfig", "check_sizes", "check_species_bands", "load_config"]
 
 logger = logging.getLogger(__name__)
@@ -256,6 +256,59 @@ class CnnModelConfig(_Strict):
     _name = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
 
 
+class BirdnetLocation(_Strict):
+    """Where and when the recordings were made: BirdNET's range model keeps the species expected there."""
+
+    lat: float = Field(ge=-90, le=90, description="latitude, degrees")
+    lon: float = Field(ge=-180, le=180, description="longitude, degrees")
+    week: Literal["auto"] | int | None = Field(None, description="week of the year (1-48, BirdNET's weeks); 'auto': "
+                                               "each file's week from its recording start; null: the whole year")
+    min_occurrence: float = Field(0.03, gt=0, lt=1, description="keep species whose occurrence at the place and "
+                                  "week is at least this (BirdNET-Analyzer's location filter threshold)")
+
+    @field_validator("week")
+    @classmethod
+    def _week(cls, v):
+        if isinstance(v, int) and not 1 <= v <= 48:
+            raise ValueError(f"BirdNET's weeks are 1 to 48 (four per month); got {v}")
+        return v
+
+
+class BirdnetConfig(_Strict):
+    """One BirdNET detector (GLOBAL 6K V2.4); its scores go to ``scores/detector=birdnet:<name>/``.
+
+    Defaults are BirdNET-Analyzer's (and ``birdnetlib``'s): ``min_conf`` 0.1, overlap 0 s,
+    sensitivity 1.0, no species filter.
+    """
+
+    name: str
+    threshold: float = Field(0.1, ge=0.01, le=0.99, description="confidence at or above which a species is "
+                             "detected in a window (BirdNET's min_conf)")
+    overlap_s: float = Field(0.0, ge=0, le=2.9, description="overlap of consecutive 3 s windows, s")
+    sensitivity: float = Field(1.0, ge=0.5, le=1.5, description="BirdNET's detection sensitivity (higher: higher "
+                               "confidences)")
+    species: BirdnetLocation | str | None = Field(None, description="species the detections may name: a location "
+                                                  "(lat, lon, week, min_occurrence), a path or URL of a species list "
+                                                  "(one 'Scientific name_Common name' or scientific name per line), "
+                                                  "or null: every class of the model")
+    embeddings: bool = Field(False, description="also store every window's 1,024-value embedding "
+                             "(embeddings.zarr/birdnet-<name>)")
+    score_floor: float = Field(0.01, ge=0.0001, le=0.99, description="scores at or above this are stored (with each "
+                               "window's best class): the lowest threshold the run can be re-derived at")
+    batch_size: int = Field(8, gt=0, le=512, description="windows per call of the model (memory grows about 19 MB "
+                            "per window of batch; throughput does not)")
+    windows_per_task: int = Field(256, gt=0, le=10**7, description="windows per task (256: 12.8 min of audio)")
+
+    _name = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
+
+    @model_validator(mode="after")
+    def _floor_below_threshold(self):
+        if self.score_floor > self.threshold:
+            raise ValueError(f"score_floor ({self.score_floor}) must not exceed threshold ({self.threshold}): the "
+                             "stored scores are what detections are derived from")
+        return self
+
+
 class LocalizationConfig(_Strict):
     """The localization stage: detections of one detector's class on nearby synchronized recorders,
     grouped by absolute time, delays by cross correlation of the raw audio, positions solved; rows
@@ -380,6 +433,7 @@ class RunConfig(_Strict):
     spectrogram: SpectrogramConfig = Field(default_factory=SpectrogramConfig)
     ribbit: list[RibbitSpecies] = Field(default_factory=list)
     cnn: list[CnnModelConfig] = Field(default_factory=list)
+    birdnet: list[BirdnetConfig] = Field(default_factory=list)
     localization: LocalizationConfig | None = None
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
@@ -404,13 +458,14 @@ class RunConfig(_Strict):
         from pipelines.stages import enabled_kinds
 
         if not any(kind.phase == 1 for kind in enabled_kinds(self)):
-            raise ValueError("nothing to compute: add ribbit species or a cnn model, or keep spectrograms "
+            raise ValueError("nothing to compute: add ribbit species, a cnn model or a birdnet detector, or keep spectrograms "
                              "(spectrogram.store: compact or full)")
         return self
 
     @model_validator(mode="after")
     def _unique_names(self):
-        for kind, names in (("ribbit species", [s.name for s in self.ribbit]), ("cnn model", [m.name for m in self.cnn])):
+        for kind, names in (("ribbit species", [s.name for s in self.ribbit]), ("cnn model", [m.name for m in self.cnn]),
+                            ("birdnet detector", [b.name for b in self.birdnet])):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"{kind} names must be unique; repeated: {dupes}")

@@ -24,13 +24,16 @@ import pandas as pd
 
 from opso_core.utils import generate_clip_times_df
 
-__all__ = ["PLAN_COLUMNS", "READABLE_STATUSES", "ClipIndex", "ClipRange", "ClipSpan", "TaskRanges", "chunk_ranges",
+__all__ = ["BIRDNET_WINDOWS", "PLAN_COLUMNS", "READABLE_STATUSES", "ClipIndex", "ClipRange", "ClipSpan", "TaskRanges", "chunk_ranges",
            "plan_clips"]
 
 PLAN_COLUMNS = ["clip", "file", "recorder", "start_time", "end_time", "start_time_utc"]
 #: inventory statuses of files whose audio can be read
 READABLE_STATUSES = ("ok", "truncated", "no_clips")
 _NAT_NS = np.iinfo(np.int64).min  # NaT as int64 nanoseconds
+#: ``final_clip`` value of BirdNET's windows (:func:`pipelines.birdnet.windows.window_times`: 3 s windows,
+#: the last one kept, zero-padded, when at least 1.5 s of the recording remain)
+BIRDNET_WINDOWS = "birdnet"
 
 
 @dataclasses.dataclass(frozen=True, slots=True, order=True)
@@ -90,6 +93,13 @@ def _clip_times(duration_s: float, clip_duration: float, clip_overlap: float,
                 final_clip: str | None) -> tuple[np.ndarray, np.ndarray]:
     """(start times, end times) of a file of ``duration_s`` seconds, s (cached: archives hold
     thousands of files of a few lengths)."""
+    if final_clip == BIRDNET_WINDOWS:
+        from pipelines.birdnet.windows import window_times
+
+        starts, ends = window_times(duration_s, clip_overlap)
+        starts.flags.writeable = False
+        ends.flags.writeable = False
+        return starts, ends
     table = generate_clip_times_df(full_duration=duration_s, clip_duration=clip_duration, clip_overlap=clip_overlap,
                                    final_clip=final_clip)
     starts, ends = table["start_time"].to_numpy(), table["end_time"].to_numpy()
@@ -250,7 +260,8 @@ def plan_clips(inventory: pd.DataFrame, *, clip_duration: float, clip_overlap: f
         Rows from :func:`pipelines.inventory.inventory_files`, in archive order.
     clip_duration, clip_overlap : float
         Seconds.
-    final_clip : {None, "extend", "full"}
+    final_clip : {None, "extend", "full", "birdnet"}
+        ``"birdnet"``: BirdNET's windows (:data:`BIRDNET_WINDOWS`; ``clip_duration`` must be 3).
 
     Returns
     -------

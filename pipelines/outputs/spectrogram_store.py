@@ -53,8 +53,8 @@ from opso_core.stft import window_times
 from pipelines.driver.clip_plan import ClipRange
 from pipelines.outputs.location import OutputLocation
 
-__all__ = ["CLIP_INDEX_CHUNK", "STORE_NAME", "ClipSpectrograms", "StoreEncoding", "clip_audio_batch", "clip_index_chunk", "clip_spectrograms",
-           "create_store", "open_store", "write_clip_coords", "write_values"]
+__all__ = ["CLIP_INDEX_CHUNK", "STORE_NAME", "ClipSpectrograms", "StoreEncoding", "clip_audio_batch", "clip_index_chunk",
+           "clip_spectrograms", "create_clip_group", "create_store", "write_chunks", "open_store", "write_clip_coords", "write_values"]
 
 logger = logging.getLogger(__name__)
 STORE_NAME = "spectrograms.zarr"
@@ -201,7 +201,7 @@ def _clip_coord_values(clips: pd.DataFrame) -> dict[str, np.ndarray]:
             "start_time_utc": np.where(np.isnat(utc), _NAT, utc.view(np.int64))}
 
 
-def _write_chunks(location: OutputLocation, clip_range: ClipRange, stored: np.ndarray, key, *, clips_per_chunk: int,
+def write_chunks(location: OutputLocation, clip_range: ClipRange, stored: np.ndarray, key, *, clips_per_chunk: int,
                   fill, compressor, filters=()) -> None:
     """Write ``stored`` (rows of ``clip_range``, which starts on a chunk boundary) as Zarr v2 chunks along
     the clip axis: chunk ``k`` goes to ``key(k)``, encoded by ``filters`` then ``compressor``, one object
@@ -254,9 +254,37 @@ def write_clip_coords(location: OutputLocation, clip_range: ClipRange, clips: pd
         location.write_bytes(key, compressor.encode(numbers))
     for name, values in _clip_coord_values(clips).items():
         text = values.dtype == object
-        _write_chunks(location, clip_range, values, lambda k, name=name: f"{store_name}/{name}/{k}",
+        write_chunks(location, clip_range, values, lambda k, name=name: f"{store_name}/{name}/{k}",
                       clips_per_chunk=clips_per_chunk, fill="" if text else _CLIP_COORDS[name][1],
                       compressor=compressor, filters=(numcodecs.VLenUTF8(),) if text else ())
+
+
+def create_clip_group(location: OutputLocation, n_clips: int, *, clips_per_chunk: int, store_name: str):
+    """Create the Zarr v2 group ``store_name`` of a store of ``n_clips`` clips with its clip coordinates'
+    metadata (``clip`` and the per-clip ``file, recorder, start_time, end_time, start_time_utc``, chunks
+    of ``clips_per_chunk``): the tasks write their chunks (:func:`write_clip_coords`), so the driver
+    writes a handful of objects whatever the archive's size.
+
+    Returns
+    -------
+    (zarr.Group, numcodecs.Blosc)
+        The group (the caller adds its arrays, then consolidates the metadata) and the coordinates' codec.
+    """
+    import zarr
+    from numcodecs import Blosc
+
+    n = int(n_clips)
+    group = zarr.open_group(location.url_of(store_name), mode="w", zarr_format=2,
+                            storage_options=location.storage_options or None)
+    coord_codec = Blosc(_COORD_CODEC[0], _COORD_CODEC[1], Blosc.SHUFFLE)
+    clip = group.create_array("clip", shape=(n,), chunks=(clip_index_chunk(n),), dtype=np.int64,
+                              fill_value=None, compressors=coord_codec)  # its chunks: written by the tasks
+    clip.attrs.update({"_ARRAY_DIMENSIONS": ["clip"]})
+    for name, (dtype, fill, attrs) in _CLIP_COORDS.items():
+        arr = group.create_array(name, shape=(n,), chunks=(max(1, clips_per_chunk),), dtype=dtype, fill_value=fill,
+                                 compressors=coord_codec)
+        arr.attrs.update({**attrs, "_ARRAY_DIMENSIONS": ["clip"]})
+    return group, coord_codec
 
 
 def create_store(location: OutputLocation, n_clips: int, *, params: SpectrogramParams, sample_rate_hz: int,
@@ -270,15 +298,13 @@ def create_store(location: OutputLocation, n_clips: int, *, params: SpectrogramP
     consolidated metadata), made with zarr directly: the driver needs neither xarray nor dask.
     """
     import zarr
-    from numcodecs import Blosc
 
     encoding = encoding or StoreEncoding(decibel_limits=tuple(params.decibel_limits))
     n_samples = int(round(clip_duration_s * sample_rate_hz))
     n_freq, n_time = params.n_frequencies(), params.n_times(n_samples)
     n = int(n_clips)
-    url = location.url_of(store_name)
-    group = zarr.open_group(url, mode="w", zarr_format=2, storage_options=location.storage_options or None)
-    coord_codec = Blosc(_COORD_CODEC[0], _COORD_CODEC[1], Blosc.SHUFFLE)
+    group, coord_codec = create_clip_group(location, n, clips_per_chunk=clips_per_chunk, store_name=store_name)
+    per_clip = max(1, clips_per_chunk)
 
     def array(name, data, dims, chunks, attrs=None, fill_value=None):
         arr = group.create_array(name, shape=data.shape, chunks=chunks, dtype=data.dtype if data.dtype != object
@@ -287,19 +313,9 @@ def create_store(location: OutputLocation, n_clips: int, *, params: SpectrogramP
             arr[...] = data
         arr.attrs.update({**(attrs or {}), "_ARRAY_DIMENSIONS": list(dims)})
 
-    per_clip = max(1, clips_per_chunk)
-    clip = group.create_array("clip", shape=(n,), chunks=(clip_index_chunk(n),), dtype=np.int64,
-                              fill_value=None, compressors=coord_codec)  # its chunks: written by the tasks
-    clip.attrs.update({"_ARRAY_DIMENSIONS": ["clip"]})
     array("frequency", params.frequencies(sample_rate_hz), ["frequency"], (n_freq,), {"units": "Hz"}, np.nan)
     array("time", window_times(params, n_samples, sample_rate_hz), ["time"], (max(n_time, 1),),
           {"units": "s (window centre, from the clip start)"}, np.nan)
-    # per-clip coordinates: metadata here, chunks written by the tasks with their values
-    # (write_clip_coords), so the driver writes a handful of objects whatever the archive's size
-    for name, (dtype, fill, attrs) in _CLIP_COORDS.items():
-        arr = group.create_array(name, shape=(n,), chunks=(per_clip,), dtype=dtype, fill_value=fill,
-                                 compressors=coord_codec)
-        arr.attrs.update({**attrs, "_ARRAY_DIMENSIONS": ["clip"]})
     values = group.create_array("spectrogram", shape=(n, n_freq, n_time), chunks=(per_clip, n_freq, n_time),
                                 dtype=np.float32 if encoding.kind == "full" else np.uint8,
                                 fill_value=encoding.fill_value.item() if encoding.kind != "full" else np.nan,
@@ -328,5 +344,5 @@ def write_values(location: OutputLocation, clip_range: ClipRange, values: np.nda
                  clips_per_chunk: int, store_name: str = STORE_NAME) -> None:
     """Write the dB ``values`` of ``clip_range`` (which starts on a chunk boundary) into the store:
     each chunk compressed here and written as one object under its Zarr v2 key (``spectrogram/<k>.0.0``)."""
-    _write_chunks(location, clip_range, encoding.encode(values), lambda k: f"{store_name}/spectrogram/{k}.0.0",
+    write_chunks(location, clip_range, encoding.encode(values), lambda k: f"{store_name}/spectrogram/{k}.0.0",
                   clips_per_chunk=clips_per_chunk, fill=encoding.fill_value, compressor=encoding.codec())

@@ -11,13 +11,14 @@ import pandas as pd
 import pyarrow as pa
 
 __all__ = ["DETECTION_COLUMNS", "DETECTION_SCHEMA", "FAILURE_COLUMNS", "FAILURE_SCHEMA", "ID_COLUMNS",
-           "EMPTY_RANGE", "detection_part", "detections_of", "empty_detections", "rederive_detections", "score_part",
+           "EMPTY_RANGE", "LONG_SCORE_COLUMNS", "LONG_SCORE_SCHEMA", "detection_part", "detections_of", "empty_detections", "rederive_detections", "score_part",
            "score_schema", "write_detections", "write_empty_detector_tables"]
 
 #: Columns identifying a clip, first in every score table.
 ID_COLUMNS = ["file", "recorder", "start_time", "end_time", "start_time_utc"]
-#: Long-format detection table.
-DETECTION_COLUMNS = ["detector", "class", *ID_COLUMNS, "score"]
+#: Long-format detection table (``common_name``: the class's English name where the detector has one,
+#: e.g. BirdNET's; null otherwise).
+DETECTION_COLUMNS = ["detector", "class", *ID_COLUMNS, "score", "common_name"]
 #: ``failures.parquet``.
 FAILURE_COLUMNS = ["stage", "item", "error_type", "message"]
 
@@ -25,7 +26,11 @@ _ID_FIELDS = [pa.field("file", pa.string()), pa.field("recorder", pa.string()),
               pa.field("start_time", pa.float64()), pa.field("end_time", pa.float64()),
               pa.field("start_time_utc", pa.timestamp("us", tz="UTC"))]
 DETECTION_SCHEMA = pa.schema([pa.field("detector", pa.string()), pa.field("class", pa.string()), *_ID_FIELDS,
-                              pa.field("score", pa.float64())])
+                              pa.field("score", pa.float64()), pa.field("common_name", pa.string())])
+#: Long-format score table (detectors with too many classes for a column each, e.g. BirdNET's 6,522):
+#: one row per clip and stored class.
+LONG_SCORE_COLUMNS = [*ID_COLUMNS, "class", "score"]
+LONG_SCORE_SCHEMA = pa.schema([*_ID_FIELDS, pa.field("class", pa.string()), pa.field("score", pa.float32())])
 FAILURE_SCHEMA = pa.schema([pa.field(c, pa.string()) for c in FAILURE_COLUMNS])
 
 
@@ -40,7 +45,7 @@ def detections_of(scores: pd.DataFrame, detector: str, class_name: str, threshol
     """Rows of ``scores`` whose ``class_name`` column is at or above ``threshold``, in long format."""
     hits = scores[scores[class_name] >= threshold]
     return pd.DataFrame({"detector": detector, "class": class_name, **{c: hits[c] for c in ID_COLUMNS},
-                         "score": hits[class_name].astype(float)}, columns=DETECTION_COLUMNS)
+                         "score": hits[class_name].astype(float), "common_name": None}, columns=DETECTION_COLUMNS)
 
 
 def empty_detections() -> pd.DataFrame:
@@ -85,13 +90,15 @@ def write_detections(location, scores: pd.DataFrame, detector: str, range_name: 
 EMPTY_RANGE = "000000000-000000000"
 
 
-def write_empty_detector_tables(location, detector: str, classes, value_type: pa.DataType | None = None) -> None:
+def write_empty_detector_tables(location, detector: str, classes, value_type: pa.DataType | None = None,
+                                schema: pa.Schema | None = None) -> None:
     """Give ``detector`` a readable score table and detection part where no task wrote one: zero-row
-    parts named with :data:`EMPTY_RANGE` (a run whose files all failed still has every table)."""
+    parts named with :data:`EMPTY_RANGE` (a run whose files all failed still has every table).
+    ``schema``: the score table's, when not one column per class (:data:`LONG_SCORE_SCHEMA`)."""
     import re
 
     if not location.list(f"scores/detector={detector}"):
-        schema = score_schema(classes, value_type)
+        schema = schema or score_schema(classes, value_type)
         location.write_parquet(score_part(detector, EMPTY_RANGE), schema.empty_table(), schema=schema)
     own = re.compile(rf"^part-{re.escape(detector.replace(':', '-'))}-\d{{9}}-\d{{9}}\.parquet$")
     if not any(own.match(n) for n in location.list("detections")):
@@ -118,7 +125,8 @@ def rederive_detections(location, detector: str, range_name: str, thresholds: di
         hits = scores.filter(pc.greater_equal(scores[cls], threshold))
         n = hits.num_rows
         parts.append(pa.table([pa.array([detector] * n, pa.string()), pa.array([cls] * n, pa.string()),
-                               *(hits[c] for c in ID_COLUMNS), hits[cls].cast(pa.float64())],
+                               *(hits[c] for c in ID_COLUMNS), hits[cls].cast(pa.float64()),
+                               pa.nulls(n, pa.string())],
                               schema=DETECTION_SCHEMA))
     detections = pa.concat_tables(parts) if parts else DETECTION_SCHEMA.empty_table()
     location.write_parquet(detection_part(detector, range_name), detections, schema=DETECTION_SCHEMA)

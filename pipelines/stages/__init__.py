@@ -8,7 +8,7 @@ and its page in the docs.
 
 from __future__ import annotations
 
-from pipelines.stages import cnn, localization, spectrograms
+from pipelines.stages import birdnet, cnn, localization, spectrograms
 
 __all__ = ["STAGE_KINDS", "enabled_kinds", "output_names"]
 
@@ -16,6 +16,7 @@ __all__ = ["STAGE_KINDS", "enabled_kinds", "output_names"]
 STAGE_KINDS = [
     spectrograms.KIND,
     cnn.KIND,
+    birdnet.KIND,
     localization.KIND,
 ]
 

@@ -1,0 +1,69 @@
+"""Embeddings of every clip of a detector, as a chunked Zarr store (an xarray Dataset).
+
+Layout (``embeddings.zarr/<kind>-<name>``, e.g. ``embeddings.zarr/birdnet-birds``; Zarr format 2 with
+consolidated metadata)::
+
+    embedding (clip, feature), float16; chunks (clips_per_chunk, all features); NaN where a clip failed
+    coords: clip, feature, and per clip: file, recorder, start_time, end_time (s from the file
+            start), start_time_utc (as in spectrograms.zarr)
+    attrs:  model, window_s, sample_rate_hz, precision
+
+float16 keeps about three significant digits (relative error at most 2^-11, 0.05%): the cosine
+similarity of two embeddings moves by less than 1e-3, far below the differences search ranks by.
+As for ``spectrograms.zarr``, the driver writes the metadata only (:func:`create_embedding_store`)
+and each task writes its own chunk-aligned clips (:func:`write_embeddings`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipelines.driver.clip_plan import ClipRange
+from pipelines.outputs.location import OutputLocation
+from pipelines.outputs.spectrogram_store import create_clip_group, write_chunks
+
+__all__ = ["EMBEDDINGS_FOLDER", "create_embedding_store", "embedding_store_name", "write_embeddings"]
+
+#: the folder of every embedding store of a run
+EMBEDDINGS_FOLDER = "embeddings.zarr"
+
+
+def embedding_store_name(detector: str) -> str:
+    """The store of a detector's embeddings, relative to the run folder: ``embeddings.zarr/birdnet-birds``."""
+    return f"{EMBEDDINGS_FOLDER}/{detector.replace(':', '-')}"
+
+
+def create_embedding_store(location: OutputLocation, detector: str, n_clips: int, *, n_features: int,
+                           clips_per_chunk: int, attrs: dict) -> None:
+    """Write the metadata of ``detector``'s store of ``n_clips`` embeddings of ``n_features`` values."""
+    import zarr
+    from numcodecs import Blosc
+
+    name = embedding_store_name(detector)
+    group, coord_codec = create_clip_group(location, n_clips, clips_per_chunk=clips_per_chunk, store_name=name)
+    feature = group.create_array("feature", shape=(n_features,), chunks=(n_features,), dtype=np.int32,
+                                 fill_value=None, compressors=coord_codec)
+    feature[...] = np.arange(n_features, dtype=np.int32)
+    feature.attrs.update({"_ARRAY_DIMENSIONS": ["feature"]})
+    values = group.create_array("embedding", shape=(int(n_clips), n_features),
+                                chunks=(max(1, clips_per_chunk), n_features), dtype=np.float16, fill_value=np.nan,
+                                compressors=_codec(Blosc))
+    values.attrs.update({"long_name": "embedding", "coordinates": "end_time file recorder start_time start_time_utc",
+                         "_ARRAY_DIMENSIONS": ["clip", "feature"]})
+    group.attrs.update({**attrs, "detector": detector, "precision": "float16"})
+    zarr.consolidate_metadata(group.store, zarr_format=2)
+
+
+def _codec(blosc):
+    return blosc("zstd", 3, blosc.SHUFFLE)
+
+
+def write_embeddings(location: OutputLocation, detector: str, clip_range: ClipRange, values: np.ndarray, *,
+                     clips_per_chunk: int) -> None:
+    """Write the embeddings of ``clip_range`` (chunk-aligned; ``values`` (n, n_features), NaN where a clip
+    failed) into ``detector``'s store, one object per chunk."""
+    from numcodecs import Blosc
+
+    name = embedding_store_name(detector)
+    write_chunks(location, clip_range, np.asarray(values, dtype=np.float16), lambda k: f"{name}/embedding/{k}.0",
+                 clips_per_chunk=clips_per_chunk, fill=np.float16(np.nan), compressor=_codec(Blosc))
