@@ -35,7 +35,7 @@ import numpy as np
 from pipelines.errors import ConfigError
 
 __all__ = ["EMBEDDING_SIZE", "LABELS_FILE", "META_MODEL_FILE", "MODEL_FILE", "MODEL_NAME", "SAMPLE_RATE_HZ",
-           "WINDOW_S", "WINDOW_SAMPLES", "BirdnetModelFiles", "confidences", "labels", "model_files", "occurrence",
+           "WINDOW_S", "WINDOW_SAMPLES", "EMBEDDING_TENSOR", "BirdnetModelFiles", "confidences", "labels", "model_files", "occurrence",
            "predict", "week_of"]
 
 MODEL_NAME = "BirdNET_GLOBAL_6K_V2.4"
@@ -132,42 +132,66 @@ def labels() -> tuple[tuple[str, ...], tuple[str, ...]]:
 _LOCAL = threading.local()
 
 
+#: the embedding layer's tensor (global average pooling, the classifier's input)
+EMBEDDING_TENSOR = b"model/GLOBAL_AVG_POOL/Mean"
+
+
+def _with_embedding_output(model: bytes) -> bytes:
+    """The model rewritten to output the embedding layer too (outputs: logits, embeddings).
+
+    LiteRT frees intermediate tensors once used; reading the embedding layer otherwise needs
+    ``experimental_preserve_all_tensors``, which keeps every activation of the batch (gigabytes at a
+    batch of 32). Declaring the layer an output keeps only it. The weights are untouched.
+    """
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    tree = schema.ModelT.InitFromPackedBuf(model, 0)
+    graph = tree.subgraphs[0]
+    names = [t.name for t in graph.tensors]
+    if EMBEDDING_TENSOR not in names:
+        raise ConfigError(f"birdnet: the model file has no tensor {EMBEDDING_TENSOR.decode()!r}; "
+                          "embeddings need BirdNET's GLOBAL 6K V2.4 model")
+    graph.outputs = [int(graph.outputs[0]), names.index(EMBEDDING_TENSOR)]
+    builder = flatbuffers.Builder(len(model) + 1024)
+    builder.Finish(tree.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
 class _Interpreter:
     """One LiteRT interpreter with its input resized to the last batch size (not thread-safe: one per thread)."""
 
-    def __init__(self, path: Path, preserve: bool):
-        import warnings
-
+    def __init__(self, path: Path, embeddings: bool):
         from ai_edge_litert.interpreter import Interpreter
 
-        with warnings.catch_warnings():  # preserving tensors "for debugging": the embeddings need it
-            warnings.simplefilter("ignore", UserWarning)
-            self.interpreter = Interpreter(model_path=str(path), num_threads=1,
-                                           experimental_preserve_all_tensors=preserve)
+        if embeddings:
+            self.content = _with_embedding_output(path.read_bytes())  # the interpreter does not copy it
+            self.interpreter = Interpreter(model_content=self.content, num_threads=1)
+        else:
+            self.interpreter = Interpreter(model_path=str(path), num_threads=1)
         self.input = self.interpreter.get_input_details()[0]["index"]
-        self.output = self.interpreter.get_output_details()[0]["index"]
+        self.outputs = [d["index"] for d in self.interpreter.get_output_details()]
         self.batch = None
 
-    def run(self, x: np.ndarray) -> None:
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        """The outputs (copies) for input ``x``."""
         if self.batch != x.shape:
             self.interpreter.resize_tensor_input(self.input, list(x.shape))
             self.interpreter.allocate_tensors()
             self.batch = x.shape
         self.interpreter.set_tensor(self.input, x)
         self.interpreter.invoke()
-
-    def get(self, index: int) -> np.ndarray:
-        return self.interpreter.get_tensor(index).copy()
+        return [self.interpreter.get_tensor(i).copy() for i in self.outputs]
 
 
-def _interpreter(path: Path, preserve: bool = False) -> _Interpreter:
+def _interpreter(path: Path, embeddings: bool = False) -> _Interpreter:
     """This thread's interpreter of ``path`` (created once per thread: one Dask worker thread, one core)."""
     cache = getattr(_LOCAL, "interpreters", None)
     if cache is None:
         cache = _LOCAL.interpreters = {}
-    key = (str(path), preserve)
+    key = (str(path), embeddings)
     if key not in cache:
-        cache[key] = _Interpreter(path, preserve)
+        cache[key] = _Interpreter(path, embeddings)
     return cache[key]
 
 
@@ -192,10 +216,8 @@ def predict(samples: np.ndarray, embeddings: bool = False) -> tuple[np.ndarray, 
     if not len(x):
         return np.zeros((0, len(labels()[0])), np.float32), (np.zeros((0, EMBEDDING_SIZE), np.float32)
                                                              if embeddings else None)
-    it = _interpreter(model_files().model, preserve=embeddings)
-    it.run(x)
-    logits = it.get(it.output)
-    return logits, (it.get(it.output - 1) if embeddings else None)  # the pooling layer feeds the classifier
+    outputs = _interpreter(model_files().model, embeddings=embeddings).run(x)
+    return outputs[0], (outputs[1] if embeddings else None)
 
 
 def confidences(logits: np.ndarray, sensitivity: float = 1.0) -> np.ndarray:
@@ -210,9 +232,7 @@ def confidences(logits: np.ndarray, sensitivity: float = 1.0) -> np.ndarray:
 
 @functools.lru_cache(maxsize=256)
 def _occurrence(path: str, lat: float, lon: float, week: int) -> np.ndarray:
-    it = _interpreter(Path(path))
-    it.run(np.array([[lat, lon, week]], dtype=np.float32))
-    values = it.get(it.output)[0].astype(np.float32)
+    values = _interpreter(Path(path)).run(np.array([[lat, lon, week]], dtype=np.float32))[0][0].astype(np.float32)
     values.flags.writeable = False
     return values
 

@@ -265,7 +265,8 @@ def _as_frame(rows) -> pd.DataFrame:
     return df
 
 
-def add_clip_counts_and_warnings(inventory: pd.DataFrame, clips_per_file: pd.Series) -> pd.DataFrame:
+def add_clip_counts_and_warnings(inventory: pd.DataFrame, clips_per_file: pd.Series,
+                                 shortest: str = "one clip (see clips.duration and clips.final_clip)") -> pd.DataFrame:
     """The inventory with ``n_clips`` filled, readable files without a clip marked ``no_clips``, and
     repeated start times of one recorder named in ``warning``.
 
@@ -275,6 +276,8 @@ def add_clip_counts_and_warnings(inventory: pd.DataFrame, clips_per_file: pd.Ser
         Rows of :func:`inventory_files` (``n_clips`` may be empty).
     clips_per_file : pandas.Series
         Clips of the run per file (:meth:`ClipIndex.clips_per_file`) (index: file); files not in it have none.
+    shortest : str
+        What a ``no_clips`` file is shorter than, in its message (the run's clip rule).
 
     Returns
     -------
@@ -296,8 +299,7 @@ def add_clip_counts_and_warnings(inventory: pd.DataFrame, clips_per_file: pd.Ser
         out.at[i, "status"] = "truncated" if rest and rest[0].startswith("TruncatedAudio:") else "ok"
     empty = readable & (counts == 0) & (out["status"] != "no_clips")
     for i in out.index[empty]:
-        reason = (f"NoClips: {out.at[i, 'duration_s']:.6g} s of audio is shorter than one clip (see clips.duration "
-                  "and clips.final_clip), so nothing of it is analysed")
+        reason = f"NoClips: {out.at[i, 'duration_s']:.6g} s of audio is shorter than {shortest}, so nothing of it is analysed"
         previous = out.at[i, "error"]
         out.at[i, "error"] = f"{reason}; {previous}" if isinstance(previous, str) and previous else reason
         out.at[i, "status"] = "no_clips"

@@ -41,7 +41,7 @@ import pandas as pd
 
 from pipelines.config import RunConfig, check_sizes
 from pipelines.driver.bounded import Job, run_bounded
-from pipelines.driver.clip_plan import ClipIndex
+from pipelines.driver.clip_plan import BIRDNET_WINDOWS, ClipIndex
 from pipelines.driver.context import RunContext
 from pipelines.driver.identity import compare_outputs, flatten_config, resolve_products
 from pipelines.driver.inventory import (
@@ -285,7 +285,10 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
             kind.check_at_sample_rate(config, sample_rate_hz, params)
         check_sizes(config.clips, config.spectrogram, sample_rate_hz, config.output)
     clip_settings, counting_stage, clip_index, inventory = run_clip_index(config, kinds, found)
-    logger.info("%d clips at %d Hz", clip_index.n_clips, sample_rate_hz)
+    if clip_settings.final_clip == BIRDNET_WINDOWS:
+        logger.info("%d BirdNET windows of 3 s (audio resampled to 48 kHz)", clip_index.n_clips)
+    else:
+        logger.info("%d clips at %d Hz", clip_index.n_clips, sample_rate_hz)
     if not stored or not _same_table(inventory, found):  # a stored inventory is rewritten only if it lacks these
         location.write_parquet("inventory.parquet", inventory)
     remove_outputs(location, [INVENTORY_PARTS])  # inventory.parquet holds them now (also after a run stopped
@@ -589,8 +592,10 @@ def run_clip_index(config: RunConfig, kinds, inventory: pd.DataFrame):
     clip_settings, counting_stage = next(c for c in (kind.run_clips(config) for kind in kinds) if c is not None)
     clip_index = ClipIndex.from_inventory(inventory, clip_duration=clip_settings.duration_s,
                                           clip_overlap=clip_settings.overlap_s, final_clip=clip_settings.final_clip)
-    return clip_settings, counting_stage, clip_index, add_clip_counts_and_warnings(inventory,
-                                                                                   clip_index.clips_per_file())
+    shortest = ("BirdNET's shortest window (1.5 s)" if clip_settings.final_clip == BIRDNET_WINDOWS
+                else "one clip (see clips.duration and clips.final_clip)")
+    return clip_settings, counting_stage, clip_index, add_clip_counts_and_warnings(
+        inventory, clip_index.clips_per_file(), shortest)
 
 
 def run_sample_rate(config: RunConfig, inventory: pd.DataFrame) -> int:

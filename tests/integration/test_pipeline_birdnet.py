@@ -120,3 +120,153 @@ def test_embeddings_equal_birdnetlib(parity_run):
     # float16 storage: relative error at most 2^-11 (plus the reference's 6 decimals)
     np.testing.assert_allclose(ours, theirs, rtol=2**-11, atol=2e-6)
     assert store.embedding.dtype == np.float16
+
+
+@pytest.fixture(scope="module")
+def birdnet_archive(tmp_path_factory):
+    from opso_core.testing import make_archive
+
+    return make_archive(tmp_path_factory.mktemp("birdnet_archive"), n_recorders=2, files_per_recorder=2,
+                        file_duration_s=13, sample_rate_hz=32000, seed=3)
+
+
+def archive_config(root, out, **entry):
+    base = {"name": "birds", "threshold": 0.02, "windows_per_task": 3, "embeddings": True}
+    return load_config({"input": {"url": str(root)}, "output": {"url": str(out)}, "spectrogram": {"store": "none"},
+                        "birdnet": [{**base, **entry}]}, environ={})
+
+
+def _tables(location: OutputLocation) -> dict:
+    key = ["file", "start_time", "class"]
+    return {"scores": location.read_parquet_folder("scores/detector=birdnet:birds").sort_values(key, ignore_index=True),
+            "detections": location.read_parquet_folder("detections").sort_values(key, ignore_index=True),
+            "failures": location.read_parquet("failures.parquet")}
+
+
+def _embeddings(location: OutputLocation) -> np.ndarray:
+    import xarray as xr
+
+    return xr.open_zarr(location.url_of("embeddings.zarr/birdnet-birds"),
+                        storage_options=location.storage_options or None).embedding.values
+
+
+def test_windows_scores_and_outputs_of_an_archive(birdnet_archive, dask_client, tmp_path):
+    summary = run_pipeline(archive_config(birdnet_archive.root, tmp_path), dask_client, progress=False)
+    assert summary.status == "complete"
+    loc = OutputLocation(str(tmp_path))
+    tables = _tables(loc)
+    scores = tables["scores"]
+    # 4 files of 13 s: windows at 0, 3, 6, 9 s (12 s has 1 s left)
+    windows = scores.drop_duplicates(["file", "start_time"])
+    assert len(windows) == 16 and sorted(set(windows.start_time)) == [0.0, 3.0, 6.0, 9.0]
+    assert (scores.end_time == scores.start_time + 3).all()
+    assert ((scores.score >= 0.01) | ~scores.duplicated(["file", "start_time"])).all()  # floor, or the best class
+    assert list(scores.columns) == ["file", "recorder", "start_time", "end_time", "start_time_utc", "class", "score"]
+    assert scores.score.dtype == np.float32
+    detections = tables["detections"]
+    assert set(detections.detector) == {"birdnet:birds"} and (detections.score >= 0.02).all()
+    assert len(detections) == (scores.score >= np.float32(0.02)).sum() == summary.detections["birdnet:birds"] > 0
+    assert detections.common_name.notna().all()
+    embeddings = _embeddings(loc)
+    assert embeddings.shape == (16, 1024) and np.isfinite(embeddings).all()
+    status = json.loads((tmp_path / "run.json").read_text())
+    assert status["summary"]["n_clips"] == 16
+
+
+def test_a_changed_threshold_or_place_rederives_detections_without_reading_audio(birdnet_archive, dask_client,
+                                                                                tmp_path, monkeypatch):
+    import pipelines.stages.birdnet as stage
+
+    first = archive_config(birdnet_archive.root, tmp_path / "a")
+    assert run_pipeline(first, dask_client, progress=False).status == "complete"
+    scores_before = _tables(OutputLocation(str(tmp_path / "a")))["scores"]
+    place = {"threshold": 0.05, "species": {"lat": 42.48, "lon": -76.45, "week": "auto", "min_occurrence": 0.05}}
+
+    def no_audio(*args, **kwargs):
+        raise AssertionError("audio read for a change of threshold and place")
+
+    monkeypatch.setattr(stage, "read_windows", no_audio)
+    summary = run_pipeline(archive_config(birdnet_archive.root, tmp_path / "a", **place), dask_client, progress=False)
+    assert summary.status == "complete"
+    monkeypatch.undo()
+    assert run_pipeline(archive_config(birdnet_archive.root, tmp_path / "b", **place), dask_client,
+                        progress=False).status == "complete"
+    a, b = _tables(OutputLocation(str(tmp_path / "a"))), _tables(OutputLocation(str(tmp_path / "b")))
+    pd.testing.assert_frame_equal(a["detections"], b["detections"])
+    pd.testing.assert_frame_equal(a["scores"], scores_before)
+    # the files were recorded on 2024-05-01: BirdNET week 17; only species expected at Ithaca then remain
+    from pipelines.birdnet.species import species_list
+
+    expected = set(species_list(42.48, -76.45, 17, 0.05).scientific_name)
+    assert set(b["detections"]["class"]) <= expected
+    assert len(b["detections"]) < (scores_before.score >= np.float32(0.05)).sum()
+
+
+def test_a_file_that_cannot_be_read_fails_alone(birdnet_archive, dask_client, tmp_path, monkeypatch):
+    import pipelines.stages.birdnet as stage
+
+    real = stage.read_windows
+    bad = sorted(birdnet_archive.files.file.astype(str))[1]
+
+    def flaky(path, *args, **kwargs):
+        if str(path) == bad:
+            raise OSError("disk went away")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(stage, "read_windows", flaky)
+    summary = run_pipeline(archive_config(birdnet_archive.root, tmp_path), dask_client, progress=False)
+    assert summary.status == "complete_with_failures"
+    tables = _tables(OutputLocation(str(tmp_path)))
+    failures = tables["failures"]
+    # the file's 4 windows span two tasks of 3 windows: each task reports the windows it could not read
+    assert set(failures.stage) == {"birdnet:birds"} and set(failures.error_type) == {"OSError"}
+    assert len(failures) == 2 and all(item.startswith(f"{bad} clips ") for item in failures.item)
+    assert bad not in set(tables["scores"].file) and tables["scores"].file.nunique() == 3
+    embeddings = _embeddings(OutputLocation(str(tmp_path)))
+    assert np.isnan(embeddings).all(axis=1).sum() == 4  # the bad file's 4 windows are NaN
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_same_outputs(birdnet_archive, dask_client, tmp_path, kill_run_at_markers):
+    import yaml
+
+    reference = archive_config(birdnet_archive.root, tmp_path / "a", windows_per_task=1)
+    assert run_pipeline(reference, dask_client, progress=False).status == "complete"
+    data = reference.model_dump(mode="json", by_alias=True)
+    data["output"]["url"] = str(tmp_path / "b")
+    data["cluster"] = {"kind": "local", "n_workers": 1, "threads_per_worker": 1}
+    config_path = tmp_path / "b.yaml"
+    config_path.write_text(yaml.safe_dump(data))
+    killed_at = kill_run_at_markers(config_path, tmp_path / "b" / "_progress" / "birdnet-birds", 5)
+    assert 0 < killed_at < 16, killed_at
+    resumed = run_pipeline(load_config(config_path, environ={}), dask_client, progress=False)
+    assert resumed.status == "complete"
+    a, b = OutputLocation(str(tmp_path / "a")), OutputLocation(str(tmp_path / "b"))
+    for name, table in _tables(a).items():
+        pd.testing.assert_frame_equal(table, _tables(b)[name], obj=name)
+    np.testing.assert_array_equal(_embeddings(a), _embeddings(b))
+
+
+@pytest.mark.slow
+@pytest.mark.s3
+def test_s3_in_and_out_equals_local(birdnet_archive, dask_client, tmp_path, s3_storage_options):
+    import s3fs
+
+    assert run_pipeline(archive_config(birdnet_archive.root, tmp_path), dask_client, progress=False).status == "complete"
+    fs = s3fs.S3FileSystem(**s3_storage_options)
+    fs.mkdir("opso-birdnet")
+    fs.put(str(birdnet_archive.root) + "/", "opso-birdnet/audio/", recursive=True)
+    config = load_config({
+        "input": {"url": "s3://opso-birdnet/audio", "storage_options": s3_storage_options},
+        "output": {"url": "s3://opso-birdnet/run", "storage_options": s3_storage_options},
+        "spectrogram": {"store": "none"},
+        "birdnet": [{"name": "birds", "threshold": 0.02, "windows_per_task": 3, "embeddings": True}]}, environ={})
+    assert run_pipeline(config, dask_client, progress=False).status == "complete"
+    remote, local = OutputLocation("s3://opso-birdnet/run", s3_storage_options), OutputLocation(str(tmp_path))
+    for name in ("scores", "detections"):
+        got, want = _tables(remote)[name], _tables(local)[name]
+        assert got.file.str.startswith("s3://opso-birdnet/audio/").all()
+        got = got.assign(file=got.file.str.replace("s3://opso-birdnet/audio", str(birdnet_archive.root), regex=False))
+        got = got.sort_values(["file", "start_time", "class"], ignore_index=True)
+        pd.testing.assert_frame_equal(got, want, obj=name)
+    np.testing.assert_array_equal(_embeddings(remote), _embeddings(local))

@@ -7,6 +7,8 @@ import yaml
 from pydantic_core import PydanticUndefined
 
 from pipelines.config import (
+    BirdnetConfig,
+    BirdnetLocation,
     ClipConfig,
     ClusterConfig,
     CnnModelConfig,
@@ -20,7 +22,8 @@ from pipelines.config import (
 
 DOC = Path(__file__).parents[2] / "docs" / "configuration.md"
 SECTIONS = {"input": InputConfig, "output": OutputConfig, "clips": ClipConfig, "spectrogram": SpectrogramConfig,
-            "ribbit": RibbitSpecies, "cnn": CnnModelConfig, "localization": LocalizationConfig,
+            "ribbit": RibbitSpecies, "cnn": CnnModelConfig, "birdnet": BirdnetConfig, "birdnet.species": BirdnetLocation,
+            "localization": LocalizationConfig,
             "cluster": ClusterConfig}
 
 
