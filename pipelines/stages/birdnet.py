@@ -197,7 +197,8 @@ def analyze_windows(clip_range: ClipRange, clips: pd.DataFrame, *, location: Out
     dict
         ``n_ok`` (windows analysed), ``detections`` (count), ``failures`` (``[item, error_type, message]``).
     """
-    from opso_core.ml.utils import prefetched
+    # not from opso_core.ml.utils, which imports torch (400 MB in every worker)
+    from opso_core.prefetch import prefetched
 
     clips = clips.reset_index(drop=True)
     n = len(clips)

@@ -80,45 +80,11 @@ def test_cas_dataloader(labelled_files):
     assert sum(int(s.labels["frog"]) for s in batch) == 2  # two classes, two samples each
 
 
-def test_prefetched_keeps_order_and_bounds_look_ahead():
-    import threading
-    import time
-
+def test_the_prefetch_helpers_are_still_importable_from_here():
+    import opso_core.prefetch
     from opso_core.ml.utils import one_ahead, prefetched
 
-    started, lock = [], threading.Lock()
-
-    def slow_square(x):
-        with lock:
-            started.append(x)
-        time.sleep(0.02 * (x % 3))  # later items can finish first
-        return x * x
-
-    out = []
-    for value in prefetched(slow_square, range(10), threads=3):
-        with lock:
-            assert len(started) <= len(out) + 4  # the one yielded plus at most threads + 1 waiting
-        out.append(value)
-    assert out == [x * x for x in range(10)]
-    assert list(one_ahead(x * 2 for x in range(4))) == [0, 2, 4, 6]
-
-
-def test_prefetched_raises_at_the_failing_item_and_rejects_zero_threads():
-    from opso_core.ml.utils import prefetched
-
-    def f(x):
-        if x == 2:
-            raise KeyError(x)
-        return x
-
-    got = []
-    with pytest.raises(KeyError):
-        for value in prefetched(f, range(5), threads=2):
-            got.append(value)
-    assert got == [0, 1]
-    with pytest.raises(OpsoValueError, match="at least 1"):
-        list(prefetched(f, range(3), threads=0))
-
+    assert prefetched is opso_core.prefetch.prefetched and one_ahead is opso_core.prefetch.one_ahead
 
 
 def test_resample_loss_with_one_class_is_finite():
