@@ -106,13 +106,26 @@ def read_species_list(url: str, storage_options=None) -> tuple[int, ...]:
 
 def species_filter(species) -> SpeciesFilter:
     """The :class:`SpeciesFilter` of a ``birdnet`` entry's ``species`` (None, a path or URL, or a
-    :class:`~pipelines.config.BirdnetLocation`)."""
+    :class:`~pipelines.config.BirdnetLocation`).
+
+    Raises
+    ------
+    ConfigError
+        A species list file is missing, empty or names unknown species, or a place and fixed week
+        (or the whole year) for which the range model expects no species.
+    """
     if species is None:
         return SpeciesFilter()
     if isinstance(species, str):
         return SpeciesFilter(kind="list", classes=read_species_list(species))
-    return SpeciesFilter(kind="location", lat=float(species.lat), lon=float(species.lon), week=species.week,
-                         min_occurrence=float(species.min_occurrence))
+    found = SpeciesFilter(kind="location", lat=float(species.lat), lon=float(species.lon), week=species.week,
+                          min_occurrence=float(species.min_occurrence))
+    if found.week != "auto" and not found.mask().any():  # birdnetlib would pass every species instead
+        when = "the whole year" if found.week is None else f"week {found.week}"
+        raise ConfigError(f"birdnet species: BirdNET's range model expects no species at lat {found.lat}, "
+                          f"lon {found.lon} in {when} with min_occurrence {found.min_occurrence}; check the place "
+                          "(latitude first) or lower min_occurrence")
+    return found
 
 
 def species_list(lat: float, lon: float, week: int | None = None, min_occurrence: float = 0.03) -> pd.DataFrame:

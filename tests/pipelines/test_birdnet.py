@@ -181,3 +181,14 @@ def test_a_task_is_small_to_send():
 
     det = describe_birdnet(_config(species={"lat": 42.5, "lon": -76.5, "week": "auto"}).birdnet[0])
     assert len(pickle.dumps(BirdnetTask(det, {}, 10**9))) < 1000  # no species table, no model
+
+
+@needs_model
+def test_a_place_where_no_species_is_expected_is_an_error_not_every_species():
+    from pipelines.stages.birdnet import describe_birdnet
+
+    with pytest.raises(ConfigError, match=r"expects no species at lat 0.0, lon -140.0 in week 3 .*min_occurrence"):
+        describe_birdnet(_config(species={"lat": 0, "lon": -140, "week": 3, "min_occurrence": 0.99}).birdnet[0])
+    # latitude 0 is a place (birdnetlib's `if lat and lon` drops the filter there)
+    equator = describe_birdnet(_config(species={"lat": 0.0, "lon": 30.0, "week": 3}).birdnet[0]).species
+    assert equator.kind == "location" and 0 < equator.mask().sum() < 6522
