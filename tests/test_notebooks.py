@@ -118,6 +118,7 @@ EXPECT_ON_DEMO = {
     "top_clips_gallery.ipynb": _gallery,
     "scores_vs_threshold.ipynb": _thresholds,
     "localized_events_map.ipynb": lambda ns: len(ns["events"]) == 0 and ns["localization"] is None,
+    "birdnet_species_per_day.ipynb": lambda ns: ns["detector"] is None and ns["species_per_day"].size == 0,
 }
 
 
@@ -149,6 +150,32 @@ def test_map_of_localized_events(localization_run, monkeypatch):
     inside = events.x.between(recorders.x.min() - 40, recorders.x.max() + 40)
     assert inside.mean() > 0.8  # calls come from within the grid
     assert namespace["summary"].loc["frog", "events"] == len(events)
+
+
+@pytest.fixture(scope="module")
+def birdnet_demo_run(tmp_path_factory, dask_client):
+    """``opso demo --birdnet``'s run, smaller."""
+    pytest.importorskip("ai_edge_litert", reason="the BirdNET model is an extra: pip install 'opso[birdnet]'")
+    config = prepare_demo(tmp_path_factory.mktemp("demo-birdnet"), files_per_recorder=1, file_duration_s=30,
+                          birdnet=True)
+    assert run_pipeline(config, dask_client, progress=False).status == "complete_with_failures"  # the bad files
+    return config.output.url
+
+
+def test_species_per_recorder_per_day_of_a_birdnet_run(birdnet_demo_run, monkeypatch):
+    import pandas as pd
+
+    monkeypatch.setenv("OPSO_THRESHOLD", "0.02")  # the synthetic archive has few birds: count from the scores
+    namespace = run_cells(NOTEBOOKS[[p.name for p in NOTEBOOKS].index("birdnet_species_per_day.ipynb")],
+                          birdnet_demo_run, monkeypatch)
+    assert namespace["detector"] == "birdnet:birds"
+    scores = pd.read_parquet(f"{birdnet_demo_run}/scores/detector=birdnet:birds")
+    kept = scores[scores.score >= 0.02]
+    assert len(kept) > 0
+    want = kept.groupby("recorder")["class"].nunique()  # the demo's files are all of one day
+    got = namespace["species_per_day"]
+    assert got.shape[1] == 1 and got.iloc[:, 0].to_dict() == want.to_dict()
+    assert namespace["per_species"]["windows"].sum() == len(kept)
 
 
 def test_every_notebook_has_a_check():
