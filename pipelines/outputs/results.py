@@ -78,14 +78,18 @@ def status_lines(url: str, status: dict, holder=None) -> list[str]:
 
 
 def list_detectors(url: str, storage_options=None) -> list[str]:
-    """Names of the detectors with scores in the run at ``url`` (``ribbit:<name>``, ``cnn:<name>``)."""
+    """Names of the detectors with scores in the run at ``url`` (``ribbit:<name>``, ``cnn:<name>``,
+    ``birdnet:<name>``)."""
     location = OutputLocation(url, storage_options)
     return [n.split("=", 1)[1] for n in location.list("scores") if n.startswith("detector=")]
 
 
 def read_scores(url: str, detector: str, storage_options=None) -> pd.DataFrame:
     """One detector's scores: one row per clip (``file, recorder, start_time, end_time,
-    start_time_utc``, then one float column per class), sorted by file and start time.
+    start_time_utc``, then one float column per class), sorted by file and start time. A BirdNET
+    detector's (``birdnet:<name>``) are long instead: ``file, recorder, start_time, end_time,
+    start_time_utc, class, score``, one row per window and class at or above its ``score_floor``
+    (best first within a window; ``docs/birdnet.md``).
 
     Raises
     ------
@@ -104,7 +108,8 @@ def read_scores(url: str, detector: str, storage_options=None) -> pd.DataFrame:
 
 def read_detections(url: str, storage_options=None) -> pd.DataFrame:
     """Every detection of the run, long format: ``detector, class, file, recorder, start_time,
-    end_time, start_time_utc, score`` (zero rows when nothing was detected)."""
+    end_time, start_time_utc, score, common_name`` (``common_name``: BirdNET's English name, null for
+    other detectors; zero rows when nothing was detected)."""
     location = OutputLocation(url, storage_options)
     frames = [location.read_parquet(f"detections/{n}") for n in location.list("detections") if n.endswith(".parquet")]
     if not frames:

@@ -157,16 +157,22 @@ def _write_detections(location: OutputLocation, detector: BirdnetDetector, range
     return len(table)
 
 
-def _read_batch(clips: pd.DataFrame, rows: slice, infos: dict, storage_options) -> tuple:
-    """Audio of the windows ``rows`` of ``clips`` (n, 144000), the ``ok`` mask and ``{file: (type, message)}``."""
+def _read_batch(clips: pd.DataFrame, rows: slice, infos: dict, failed: dict, storage_options) -> tuple:
+    """Audio of the windows ``rows`` of ``clips`` (n, 144000) and the ``ok`` mask.
+
+    A file that fails is recorded in ``failed`` (``{file: (type, message)}``) and not tried again by
+    later batches of the task (called from one reading thread at a time).
+    """
     from opso_core.audio_info import audio_file_info
 
     part = clips.iloc[rows]
     samples = np.zeros((len(part), model.WINDOW_SAMPLES), dtype=np.float32)
     ok = np.ones(len(part), dtype=bool)
-    failed = {}
     starts = part["start_time"].to_numpy(np.float64)
     for file, idx in part.groupby("file", sort=False).indices.items():
+        if file in failed:
+            ok[idx] = False
+            continue
         try:
             if file not in infos:
                 infos[file] = audio_file_info(file, storage_options=storage_options)
@@ -175,7 +181,7 @@ def _read_batch(clips: pd.DataFrame, rows: slice, infos: dict, storage_options) 
             logger.warning("could not read windows of %s: %s", file, exc)
             ok[idx] = False
             failed[file] = (type(exc).__name__, str(exc))
-    return samples, ok, failed
+    return samples, ok
 
 
 def analyze_windows(clip_range: ClipRange, clips: pd.DataFrame, *, location: OutputLocation,
@@ -209,10 +215,10 @@ def analyze_windows(clip_range: ClipRange, clips: pd.DataFrame, *, location: Out
     row_parts, class_parts, score_parts = [], [], []
     embeddings = np.full((n, model.EMBEDDING_SIZE), np.nan, dtype=np.float32) if detector.embeddings else None
     ok_all = np.zeros(n, dtype=bool)
-    batches = prefetched(lambda b: _read_batch(clips, slice(b, b + detector.batch_size), infos, input_storage_options),
+    batches = prefetched(lambda b: _read_batch(clips, slice(b, b + detector.batch_size), infos, failed,
+                                               input_storage_options),
                          starts, threads=1, name="opso-birdnet-read")
-    for b, (samples, ok, batch_failed) in zip(starts, batches, strict=True):
-        failed.update(batch_failed)
+    for b, (samples, ok) in zip(starts, batches, strict=True):
         good = np.flatnonzero(ok)
         if not len(good):
             continue
@@ -227,9 +233,17 @@ def analyze_windows(clip_range: ClipRange, clips: pd.DataFrame, *, location: Out
         ok_all[b + good] = True
         if embeddings is not None:
             embeddings[b + good] = emb
+    if failed:  # a file that failed is failed for the whole task: no partial rows beside its failure item
+        lost = clips["file"].isin(list(failed)).to_numpy()
+        ok_all[lost] = False
+        if embeddings is not None:
+            embeddings[lost] = np.nan
     rows = np.concatenate(row_parts) if row_parts else np.zeros(0, np.int64)
     classes = np.concatenate(class_parts) if class_parts else np.zeros(0, np.int64)
     scores = np.concatenate(score_parts) if score_parts else np.zeros(0, np.float32)
+    if failed:
+        kept = ok_all[rows]
+        rows, classes, scores = rows[kept], classes[kept], scores[kept]
     order = np.lexsort((-scores, rows))  # by window, best first
     rows, classes, scores = rows[order], classes[order], scores[order]
     table = clips[ID_COLUMNS].iloc[rows].reset_index(drop=True)

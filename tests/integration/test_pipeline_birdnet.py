@@ -226,6 +226,34 @@ def test_a_file_that_cannot_be_read_fails_alone(birdnet_archive, dask_client, tm
     assert np.isnan(embeddings).all(axis=1).sum() == 4  # the bad file's 4 windows are NaN
 
 
+def test_a_file_failing_partway_fails_whole_in_its_task_and_is_read_once(birdnet_archive, dask_client, tmp_path,
+                                                                          monkeypatch, caplog):
+    import pipelines.stages.birdnet as stage
+
+    real = stage.read_windows
+    bad = sorted(birdnet_archive.files.file.astype(str))[1]
+    calls = []
+
+    def fails_second_time(path, *args, **kwargs):
+        if str(path) == bad:
+            calls.append(path)
+            if len(calls) > 1:
+                raise OSError("connection reset")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(stage, "read_windows", fails_second_time)
+    config = archive_config(birdnet_archive.root, tmp_path, windows_per_task=8, batch_size=2)
+    assert run_pipeline(config, dask_client, progress=False).status == "complete_with_failures"
+    tables = _tables(OutputLocation(str(tmp_path)))
+    assert len(calls) == 2  # read once per batch until it failed, then not again
+    assert bad not in set(tables["scores"].file)  # no partial rows beside the failure
+    assert len(tables["failures"]) == 1 and tables["failures"].item.iloc[0] == f"{bad} clips 4-7"
+    windows = tables["scores"].drop_duplicates(["file", "start_time"])
+    assert len(windows) == 12  # the other 3 files' windows, the task's other file included
+    assert np.isnan(_embeddings(OutputLocation(str(tmp_path)))).all(axis=1).sum() == 4
+    assert sum("could not read windows" in r.getMessage() for r in caplog.records) == 1
+
+
 @pytest.mark.slow
 def test_a_killed_run_resumes_to_the_same_outputs(birdnet_archive, dask_client, tmp_path, kill_run_at_markers):
     import yaml
