@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/pipeline_scaling.py
 	$(PY) benchmarks/cnn_inference_throughput.py
 	$(PY) benchmarks/spectrogram_throughput.py
+	$(PY) benchmarks/birdnet_throughput.py --create-env
 
 # Re-pin requirements/constraints.txt after changing dependencies in pyproject.toml (needs the network).
 lock:
