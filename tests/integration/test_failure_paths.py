@@ -145,7 +145,7 @@ def test_all_files_failing_leaves_readable_empty_tables(work, capsys, monkeypatc
     detections = pd.read_parquet(work / "out" / "detections")
     assert len(detections) == 0
     assert list(detections.columns) == ["detector", "class", "file", "recorder", "start_time", "end_time",
-                                        "start_time_utc", "score"]
+                                        "start_time_utc", "score", "common_name"]
     scores = pd.read_parquet(work / "out" / "scores" / "detector=ribbit:frog")
     assert len(scores) == 0 and list(scores.columns)[-1] == "frog"
     failures = pd.read_parquet(work / "out" / "failures.parquet")

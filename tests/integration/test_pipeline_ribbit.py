@@ -146,7 +146,8 @@ class TestPipelineConformance:
         Precision: every detection overlaps a call by >= 0.5 s. Both must be >= 0.9."""
         det = self.read(run, "detections")
         assert list(det.columns) == ["detector", "class", "file", "recorder", "start_time", "end_time",
-                                     "start_time_utc", "score"]
+                                     "start_time_utc", "score", "common_name"]
+        assert det.common_name.isna().all()  # a BirdNET column: RIBBIT's classes have no common name
         frog = det[det.detector == "ribbit:frog12"]
         assert (frog.score >= SPECIES["threshold"]).all()
         assert len(det[det.detector == "ribbit:fast"]) == 0
