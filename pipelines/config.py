@@ -274,6 +274,13 @@ class BirdnetLocation(_Strict):
         return v
 
 
+def _species_storage_defaults(data):
+    """Storage defaults for a ``species`` list URL (as for a CNN's ``model``)."""
+    if isinstance(data, dict) and isinstance(data.get("species"), str):
+        return _storage_defaults(data, "species")
+    return data
+
+
 class BirdnetConfig(_Strict):
     """One BirdNET detector (GLOBAL 6K V2.4); its scores go to ``scores/detector=birdnet:<name>/``.
 
@@ -281,23 +288,29 @@ class BirdnetConfig(_Strict):
     sensitivity 1.0, no species filter.
     """
 
+    _storage_defaults = model_validator(mode="before")(classmethod(lambda cls, data: _species_storage_defaults(data)))
+
     name: str
     threshold: float = Field(0.1, ge=0.01, le=0.99, description="confidence at or above which a species is "
                              "detected in a window (BirdNET's min_conf)")
     overlap_s: float = Field(0.0, ge=0, le=2.9, description="overlap of consecutive 3 s windows, s")
-    sensitivity: float = Field(1.0, ge=0.5, le=1.5, description="BirdNET's detection sensitivity (higher: higher "
-                               "confidences)")
+    sensitivity: float = Field(1.0, ge=0.5, le=1.5, description="BirdNET's detection sensitivity: the sigmoid's "
+                               "slope is 2 - sensitivity, so a higher one raises confidences below 0.5 and lowers "
+                               "those above")
     species: BirdnetLocation | str | None = Field(None, description="species the detections may name: a location "
                                                   "(lat, lon, week, min_occurrence), a path or URL of a species list "
                                                   "(one 'Scientific name_Common name' or scientific name per line), "
                                                   "or null: every class of the model")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for a species "
+                                            "list URL (e.g. s3:// credentials or endpoint)")
     embeddings: bool = Field(False, description="also store every window's 1,024-value embedding "
                              "(embeddings.zarr/birdnet-<name>)")
     score_floor: float = Field(0.01, ge=0.0001, le=0.99, description="scores at or above this are stored (with each "
                                "window's best class): the lowest threshold the run can be re-derived at")
     batch_size: int = Field(8, gt=0, le=512, description="windows per call of the model (memory grows about 19 MB "
                             "per window of batch; throughput does not)")
-    windows_per_task: int = Field(256, gt=0, le=10**7, description="windows per task (256: 12.8 min of audio)")
+    windows_per_task: int = Field(256, gt=0, le=65536, description="windows per task (256: 12.8 min of audio; "
+                                  "65,536: 54.6 h)")
 
     _name = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
 

@@ -24,7 +24,7 @@ DEMO_SPECIES = [
 
 
 #: the demo's BirdNET detector (``opso demo --birdnet``): the archive's recorders "stand" at Ithaca, NY,
-#: and each file's species list follows its recording date (the archive is dated 1 May 2024: week 17)
+#: and each file's species list follows its recording date (the archive is dated 1 May 2024: BirdNET week 16)
 DEMO_BIRDNET = [{"name": "birds", "threshold": 0.1,
                  "species": {"lat": 42.48, "lon": -76.45, "week": "auto", "min_occurrence": 0.03},
                  "embeddings": True}]

@@ -35,7 +35,7 @@ import numpy as np
 from pipelines.errors import ConfigError
 
 __all__ = ["EMBEDDING_SIZE", "LABELS_FILE", "META_MODEL_FILE", "MODEL_FILE", "MODEL_NAME", "SAMPLE_RATE_HZ",
-           "WINDOW_S", "WINDOW_SAMPLES", "EMBEDDING_TENSOR", "BirdnetModelFiles", "confidences", "labels", "model_files", "occurrence",
+           "WINDOW_S", "WINDOW_SAMPLES", "EMBEDDING_TENSOR", "BirdnetModelFiles", "check_embedding_output", "confidences", "labels", "model_files", "occurrence",
            "predict", "week_of"]
 
 MODEL_NAME = "BirdNET_GLOBAL_6K_V2.4"
@@ -158,6 +158,17 @@ def _with_embedding_output(model: bytes) -> bytes:
     return bytes(builder.Output())
 
 
+@functools.lru_cache(maxsize=4)
+def _embedding_model(path: Path) -> bytes:
+    return _with_embedding_output(path.read_bytes())
+
+
+def check_embedding_output() -> None:
+    """Raise :class:`~pipelines.errors.ConfigError` unless the model has BirdNET's embedding layer
+    (``model/GLOBAL_AVG_POOL/Mean``); cached per process."""
+    _embedding_model(model_files().model)
+
+
 class _Interpreter:
     """One LiteRT interpreter with its input resized to the last batch size (not thread-safe: one per thread)."""
 
@@ -165,7 +176,7 @@ class _Interpreter:
         from ai_edge_litert.interpreter import Interpreter
 
         if embeddings:
-            self.content = _with_embedding_output(path.read_bytes())  # the interpreter does not copy it
+            self.content = _embedding_model(path)  # kept alive here: the interpreter does not copy it
             self.interpreter = Interpreter(model_content=self.content, num_threads=1)
         else:
             self.interpreter = Interpreter(model_path=str(path), num_threads=1)

@@ -104,9 +104,9 @@ def read_species_list(url: str, storage_options=None) -> tuple[int, ...]:
     return tuple(sorted(found))
 
 
-def species_filter(species) -> SpeciesFilter:
+def species_filter(species, storage_options=None) -> SpeciesFilter:
     """The :class:`SpeciesFilter` of a ``birdnet`` entry's ``species`` (None, a path or URL, or a
-    :class:`~pipelines.config.BirdnetLocation`).
+    :class:`~pipelines.config.BirdnetLocation`); ``storage_options`` are fsspec's for a list's URL.
 
     Raises
     ------
@@ -117,7 +117,7 @@ def species_filter(species) -> SpeciesFilter:
     if species is None:
         return SpeciesFilter()
     if isinstance(species, str):
-        return SpeciesFilter(kind="list", classes=read_species_list(species))
+        return SpeciesFilter(kind="list", classes=read_species_list(species, storage_options))
     found = SpeciesFilter(kind="location", lat=float(species.lat), lon=float(species.lon), week=species.week,
                           min_occurrence=float(species.min_occurrence))
     if found.week != "auto" and not found.mask().any():  # birdnetlib would pass every species instead

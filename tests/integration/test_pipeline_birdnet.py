@@ -194,12 +194,30 @@ def test_a_changed_threshold_or_place_rederives_detections_without_reading_audio
     a, b = _tables(OutputLocation(str(tmp_path / "a"))), _tables(OutputLocation(str(tmp_path / "b")))
     pd.testing.assert_frame_equal(a["detections"], b["detections"])
     pd.testing.assert_frame_equal(a["scores"], scores_before)
-    # the files were recorded on 2024-05-01: BirdNET week 17; only species expected at Ithaca then remain
+    # the files were recorded on 2024-05-01 (day 122 of 366): BirdNET week ceil(122 / 366 * 48) = 16; only the
+    # species expected at Ithaca then remain
+    from pipelines.birdnet.model import week_of
     from pipelines.birdnet.species import species_list
 
-    expected = set(species_list(42.48, -76.45, 17, 0.05).scientific_name)
-    assert set(b["detections"]["class"]) <= expected
-    assert len(b["detections"]) < (scores_before.score >= np.float32(0.05)).sum()
+    starts = set(birdnet_archive.files.start_time_utc)
+    assert {week_of(t) for t in starts} == {16}
+    expected = set(species_list(42.48, -76.45, 16, 0.05).scientific_name)
+    above = scores_before[scores_before.score >= np.float32(0.05)]
+    assert len(b["detections"]) == above["class"].isin(expected).sum() < len(above)  # week 16's list, exactly
+
+
+def test_an_overlap_whose_step_is_not_a_whole_microsecond(birdnet_archive, dask_client, tmp_path):
+    """overlap 0.7 s: BirdNET's step is int(2.3 * 48000) = 110,399 samples (2.29997917 s); the tables hold
+    start_time_utc to the microsecond."""
+    summary = run_pipeline(archive_config(birdnet_archive.root, tmp_path, overlap_s=0.7, embeddings=False),
+                           dask_client, progress=False)
+    assert summary.status == "complete"
+    scores = _tables(OutputLocation(str(tmp_path)))["scores"]
+    windows = scores.drop_duplicates(["file", "start_time"])
+    step = 110399 / 48000
+    assert np.allclose(sorted(set(windows.start_time)), [k * step for k in range(6)])  # 13 s: 1.5 s left at 11.5
+    file_start = windows.start_time_utc - pd.to_timedelta(windows.start_time, unit="s")
+    assert (file_start.dt.round("ms") - file_start).abs().max() <= pd.Timedelta(1, "us")
 
 
 def test_a_file_that_cannot_be_read_fails_alone(birdnet_archive, dask_client, tmp_path, monkeypatch):

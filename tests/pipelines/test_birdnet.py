@@ -143,6 +143,10 @@ def test_configuration_defaults_and_errors():
         load_config({"input": {"url": "/tmp/in"}, "output": {"url": "/tmp/out"},
                      "birdnet": [{"name": "b"}, {"name": "b"}]}, environ={})
     assert _config(species={"lat": 0.0, "lon": 0.0, "week": "auto"}).birdnet[0].species.week == "auto"
+    with pytest.raises(ConfigError, match="windows_per_task"):
+        _config(windows_per_task=10**6)  # with embeddings one task would hold 4 GB of them
+    listed = _config(species="s3://bucket/list.txt", storage_options={"anon": True}).birdnet[0]
+    assert listed.storage_options["anon"] is True  # the user's options, with opso's storage defaults added
 
 
 def test_a_missing_model_says_how_to_install_it(monkeypatch, tmp_path):
@@ -192,3 +196,21 @@ def test_a_place_where_no_species_is_expected_is_an_error_not_every_species():
     # latitude 0 is a place (birdnetlib's `if lat and lon` drops the filter there)
     equator = describe_birdnet(_config(species={"lat": 0.0, "lon": 30.0, "week": 3}).birdnet[0]).species
     assert equator.kind == "location" and 0 < equator.mask().sum() < 6522
+
+
+@needs_model
+def test_embeddings_of_a_model_without_the_embedding_layer_fail_before_the_run(monkeypatch, tmp_path):
+    import shutil
+
+    from pipelines.birdnet import model
+    from pipelines.stages.birdnet import describe_birdnet
+
+    real = model.model_files()
+    before = describe_birdnet(_config().birdnet[0]).model_sha256
+    shutil.copy(real.meta_model, tmp_path / model.MODEL_FILE)  # another model: BirdNET's range model
+    shutil.copy(real.labels, tmp_path / model.LABELS_FILE)
+    shutil.copy(real.meta_model, tmp_path / model.META_MODEL_FILE)
+    monkeypatch.setenv("OPSO_BIRDNET_MODEL_DIR", str(tmp_path))
+    assert describe_birdnet(_config().birdnet[0]).model_sha256 != before  # described again for the other model
+    with pytest.raises(ConfigError, match="no tensor 'model/GLOBAL_AVG_POOL/Mean'.*embeddings need"):
+        describe_birdnet(_config(embeddings=True).birdnet[0])
