@@ -1,13 +1,14 @@
 """docker-compose.yml for real: the images build from deploy/docker/Dockerfile, the stack comes up
-(scheduler, two CPU workers, S3 with a bucket), the one-shot `opso` service runs a RIBBIT run from a
-mounted config against the bucket, its tables equal a local run's, and the Jupyter service executes
-every notebook against that run (about 8 minutes here, 5.5 of them building the three images).
+(scheduler, two CPU workers, S3 with a bucket), the one-shot `opso` service runs a RIBBIT run and a BirdNET
+run (the images carry the birdnet extra) from mounted configs against the bucket, their tables equal local
+runs', and the Jupyter service executes every notebook against the RIBBIT run (about 4 to 8 minutes
+here, most of it building the three images).
 
 MinIO's image cannot be pulled where CI runs, so tests/integration/compose/docker-compose.moto.yml
 puts moto's S3 server (built from the opso image) in its place. Needs a running Docker engine,
 docker-compose, and a base image: ``OPSO_DOCKER_BASE_IMAGE`` (``.ci/run`` builds a Debian one with
 debootstrap and exports it) or a local ``python:3.11-slim``. Skipped with the reason otherwise.
-Builds install opso's pipeline and s3 extras with pip inside the image (package registries must be
+Builds install opso's pipeline, s3 and birdnet extras with pip inside the image (package registries must be
 reachable); a CA bundle in ``$PIP_CERT`` is handed to the build as deploy/docker/certs/pip.pem.
 """
 
@@ -30,6 +31,8 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 OVERRIDE = Path(__file__).parent / "compose" / "docker-compose.moto.yml"
+#: the images' extras: RIBBIT's and BirdNET's (no torch)
+EXTRAS = "pipeline,s3,birdnet"
 SPECIES = [{"name": "frog12", "signal_band": [1800, 2200], "pulse_rate_range": [9, 15],
             "noise_bands": [[300, 1000], [3000, 3500]], "threshold": 0.02}]
 
@@ -77,7 +80,7 @@ def _build_context(root: Path) -> Path:
     wheels = context / "deploy/docker/wheels"
     # for the oldest Python 3.11 a base may have (Debian bookworm's 3.11.2): newer wheels may refuse it
     _sh(sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "--python-version", "3.11.2",
-        "-d", str(wheels), "-c", str(REPO / "requirements/constraints.txt"), f"{REPO}[pipeline,s3,notebooks]",
+        "-d", str(wheels), "-c", str(REPO / "requirements/constraints.txt"), f"{REPO}[pipeline,s3,notebooks,birdnet]",
         "moto[server]>=5", "setuptools>=77", "wheel", timeout=900)
     for own in wheels.glob("opso-*"):  # opso itself is built from the copied sources
         own.unlink()
@@ -124,10 +127,10 @@ def compose_stack(tmp_path_factory):
     started = time.perf_counter()
     try:
         _sh("docker", "build", "--force-rm", "--network", "host", "-f", "deploy/docker/Dockerfile", "--target", "runtime",
-            "--build-arg", f"BASE_IMAGE={base}", "--build-arg", "OPSO_EXTRAS=pipeline,s3",
+            "--build-arg", f"BASE_IMAGE={base}", "--build-arg", f"OPSO_EXTRAS={EXTRAS}",
             "-t", images["OPSO_IMAGE"], ".", cwd=context)
         _sh("docker", "build", "--force-rm", "--network", "host", "-f", "deploy/docker/Dockerfile", "--target",
-            "notebook", "--build-arg", f"BASE_IMAGE={base}", "--build-arg", "OPSO_EXTRAS=pipeline,s3",
+            "notebook", "--build-arg", f"BASE_IMAGE={base}", "--build-arg", f"OPSO_EXTRAS={EXTRAS}",
             "-t", images["OPSO_NOTEBOOK_IMAGE"], ".", cwd=context)
         _sh("docker", "build", "--force-rm", "--network", "host", "-f", str(OVERRIDE.parent / "Dockerfile.moto"),
             "--build-arg", f"OPSO_IMAGE={images['OPSO_IMAGE']}", "-t", images["OPSO_TEST_MOTO_IMAGE"], ".",
@@ -192,6 +195,56 @@ def test_one_shot_run_on_the_stack_equals_a_local_run(compose_stack, archive, da
     status = subprocess.run([*compose_stack["compose"], "ps", "-q", "worker"], capture_output=True, text=True,
                             env=env, cwd=REPO).stdout.split()
     assert len(status) == 2  # both workers still up after the run
+
+
+def test_birdnet_run_on_the_stack_equals_a_local_run(compose_stack, archive, dask_client):
+    """The BirdNET stage in the containers (the model from the image's birdnet extra): the same scores,
+    detections and failures as a local run of the same configuration."""
+    import s3fs
+
+    from pipelines.config import load_config
+    from pipelines.driver.run import run_pipeline
+    from pipelines.outputs.location import OutputLocation
+
+    env = compose_stack["env"]
+    host_options = {"key": "opso", "secret": "opso-secret-key",
+                    "client_kwargs": {"endpoint_url": compose_stack["endpoint"], "region_name": "us-east-1"}}
+    fs = s3fs.S3FileSystem(**host_options)
+    if not fs.exists("opso/birdnet-archive/"):
+        fs.put(str(archive.root) + "/", "opso/birdnet-archive/", recursive=True)
+
+    def birdnet_config(input_url, output_url, storage_options):
+        return {"input": {"url": input_url, "storage_options": storage_options},
+                "output": {"url": output_url, "storage_options": storage_options},
+                "spectrogram": {"store": "none"},
+                "birdnet": [{"name": "birds", "threshold": 0.05, "windows_per_task": 8, "embeddings": True}],
+                "cluster": {"kind": "local"}}
+
+    in_stack = {"client_kwargs": {"endpoint_url": "http://s3:9000"}}
+    (compose_stack["root"] / "config" / "birds.yaml").write_text(
+        yaml.safe_dump(birdnet_config("s3://opso/birdnet-archive", "s3://opso/runs/birds", in_stack)))
+    out = _sh(*compose_stack["compose"], "run", "--rm", "opso", "run", "/config/birds.yaml", "--no-progress",
+              env=env, timeout=900)
+    assert "opso: error" not in out
+
+    local_out = compose_stack["root"] / "birds-local"
+    run_pipeline(load_config(birdnet_config(str(archive.root), str(local_out), {}), environ={}), dask_client,
+                 progress=False)
+
+    def tables(location, root):
+        key = ["file", "start_time", "class"]
+        got = {"scores": location.read_parquet_folder("scores/detector=birdnet:birds"),
+               "detections": location.read_parquet_folder("detections"),
+               "failures": location.read_parquet("failures.parquet")}
+        got = _comparable(got, root)
+        return {name: (df.sort_values(key, ignore_index=True) if "class" in df else df) for name, df in got.items()}
+
+    remote = tables(OutputLocation("s3://opso/runs/birds", host_options), "s3://opso/birdnet-archive")
+    local = tables(OutputLocation(str(local_out)), str(archive.root))
+    assert len(local["scores"]) > 0 and len(local["failures"]) > 0  # the archive's broken files
+    for name in ("scores", "detections", "failures"):
+        pd.testing.assert_frame_equal(remote[name], local[name], obj=name)
+    assert fs.exists("opso/runs/birds/embeddings.zarr/birdnet-birds/.zmetadata")
 
 
 def test_jupyter_serves_and_the_notebooks_read_the_run_in_the_bucket(compose_stack):
