@@ -3,6 +3,8 @@
     opso run CONFIG.yaml [--cluster local|slurm|pbs|tcp://host:8786] [--overwrite] [--steal-lock] [--no-progress]
                          [--dry-run | --plan-only]
     opso status OUTPUT_URL|CONFIG.yaml [--storage-options JSON] [--json]
+    opso export OUTPUT_URL|CONFIG.yaml --format raven|audacity|kaleidoscope|csv --out DIR_OR_URL
+                [--detector D] [--class C] [--overwrite]
     opso demo [--out DIR] [--birdnet]
     opso --version
 
@@ -269,6 +271,37 @@ def _cmd_status(args) -> int:
     return EXIT_OK
 
 
+def _json_options(text: str | None, flag: str) -> dict:
+    """Storage options given as JSON on the command line."""
+    from pipelines.errors import ConfigError
+
+    if not text:
+        return {}
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{flag} is not valid JSON: {exc}") from None
+    if not isinstance(options, dict):
+        raise ConfigError(f"{flag} must be a JSON object, e.g. "
+                          '\'{"client_kwargs": {"endpoint_url": "http://minio:9000"}}\'')
+    return options
+
+
+def _cmd_export(args) -> int:
+    from pipelines.export import export_detections
+
+    url, options = _status_target(args)
+    out_options = _json_options(args.out_storage_options, "--out-storage-options")
+    _REDACTION.add(secrets_of(options))
+    _REDACTION.add(secrets_of(out_options))
+    summary = export_detections(url, args.out, args.format, storage_options=options,
+                                destination_storage_options=out_options, detectors=args.detector,
+                                classes=args.class_name, overwrite=args.overwrite)
+    print(f"opso export: {summary.detections} detections in {len(summary.files)} {args.format} file(s) "
+          f"under {summary.destination}")
+    return EXIT_OK
+
+
 def _has_lock(url: str, options: dict) -> bool:
     from pipelines.outputs.results import read_lock_holder
 
@@ -346,6 +379,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help='JSON for fsspec, e.g. \'{"client_kwargs": {"endpoint_url": "http://minio:9000"}}\'')
     status.add_argument("--json", action="store_true", help="print run.json as it is")
     status.set_defaults(func=_cmd_status)
+
+    export = sub.add_parser("export", parents=[verbosity],
+                            help="write a run's detections for Raven Pro, Audacity, Kaleidoscope or as one CSV")
+    export.add_argument("target", metavar="OUTPUT_URL|CONFIG", help="the run's output URL, or its configuration file")
+    export.add_argument("--format", required=True, choices=["raven", "audacity", "kaleidoscope", "csv"],
+                        help="raven: a selection table per audio file; audacity: a label track per audio file; "
+                             "kaleidoscope, csv: one CSV")
+    export.add_argument("--out", required=True, help="destination folder or URL (s3://...)")
+    export.add_argument("--detector", action="append", default=None,
+                        help="only this detector, e.g. ribbit:frog12 or birdnet:birds (repeatable)")
+    export.add_argument("--class", dest="class_name", action="append", default=None,
+                        help="only this class (repeatable)")
+    export.add_argument("--overwrite", action="store_true",
+                        help="replace export files of the same names in the destination (nothing else)")
+    export.add_argument("--storage-options", default=None, help="JSON for fsspec, for the run's URL")
+    export.add_argument("--out-storage-options", default=None, help="JSON for fsspec, for the destination")
+    export.set_defaults(func=_cmd_export)
 
     demo = sub.add_parser("demo", parents=[verbosity],
                           help="generate a sample archive and run the whole pipeline locally")

@@ -1,0 +1,213 @@
+"""``opso export``: a run's detections as files other tools open (Raven Pro, Audacity, Kaleidoscope, CSV).
+
+Every format is written from the run's ``detections/`` table (the scores at or above each detector's
+threshold), optionally narrowed to some detectors and classes:
+
+- ``raven``: one Raven Pro selection table per audio file, ``<audio stem>.opso.selection.table.txt``,
+  in the audio file's folder relative to the archive's root (two recorders' files often share a
+  name), tab-separated: ``Selection, View, Channel, Begin Time (s), End Time (s), Low Freq (Hz),
+  High Freq (Hz), Species, Common Name, Detector, Score, Begin File, File Offset (s), Begin Path``
+  (``Species`` is the 8th column: :meth:`opso_core.annotations.BoxedAnnotations.from_raven_files`
+  reads it as the annotation by default);
+- ``audacity``: one label track per audio file, ``<audio stem>.opso.labels.txt`` (``start, end,
+  "<class> <score>"``, tab-separated, no header), laid out as the Raven tables;
+- ``kaleidoscope``: one CSV, ``opso.kaleidoscope.csv``, with Kaleidoscope's ``INDIR, FOLDER, IN FILE,
+  CHANNEL, OFFSET, DURATION`` and ``scientific_name, common_name, confidence, detector``;
+- ``csv``: one CSV, ``opso.detections.csv``, of every detection column.
+
+Frequencies of a box (Raven): a RIBBIT species' ``signal_band``; BirdNET's 0-15 kHz (the band its
+spectrograms cover); otherwise 0 Hz to the file's Nyquist frequency.
+
+Files are written atomically to a local folder or an fsspec URL (``s3://``). An existing export file
+is replaced only with ``overwrite``; nothing else in the destination is touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import posixpath
+
+import numpy as np
+import pandas as pd
+
+from pipelines.errors import ConfigError, OutputConflictError, StorageError
+from pipelines.outputs.location import OutputLocation
+from pipelines.outputs.results import read_detections, read_status
+
+__all__ = ["EXPORT_FORMATS", "ExportSummary", "export_detections"]
+
+logger = logging.getLogger(__name__)
+
+EXPORT_FORMATS = ("raven", "audacity", "kaleidoscope", "csv")
+#: the band BirdNET's spectrograms cover (Hz): its boxes in Raven
+BIRDNET_BAND_HZ = (0.0, 15000.0)
+_PER_FILE_SUFFIX = {"raven": ".opso.selection.table.txt", "audacity": ".opso.labels.txt"}
+_SINGLE_FILE = {"kaleidoscope": "opso.kaleidoscope.csv", "csv": "opso.detections.csv"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportSummary:
+    """What :func:`export_detections` wrote.
+
+    Attributes
+    ----------
+    destination : str
+    files : tuple of str
+        Paths relative to ``destination``.
+    detections : int
+        Rows exported.
+    """
+
+    destination: str
+    files: tuple[str, ...]
+    detections: int
+
+
+def _selected(detections: pd.DataFrame, detectors, classes) -> pd.DataFrame:
+    for column, wanted, what in (("detector", detectors, "detectors"), ("class", classes, "classes")):
+        if wanted:
+            unknown = sorted(set(wanted) - set(detections[column]))
+            if unknown:
+                known = sorted(set(detections[column]))
+                raise ConfigError(f"export: no detections of {what} {unknown}; the run's detections have {known}")
+            detections = detections[detections[column].isin(list(wanted))]
+    return detections.reset_index(drop=True)
+
+
+def _bands(detections: pd.DataFrame, status: dict, inventory: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Low and high frequency (Hz) of each detection's box."""
+    ribbit = {f"ribbit:{s['name']}": tuple(map(float, s["signal_band"]))
+              for s in (status.get("config") or {}).get("ribbit") or []}
+    nyquist = (inventory.set_index("file")["sample_rate"] / 2.0).to_dict() if len(inventory) else {}
+    low = np.zeros(len(detections))
+    high = np.array(detections["file"].map(nyquist), dtype=float)  # a writable copy
+    for i, detector in enumerate(detections["detector"]):
+        if detector in ribbit:
+            low[i], high[i] = ribbit[detector]
+        elif detector.startswith("birdnet:"):
+            low[i], high[i] = BIRDNET_BAND_HZ
+    return low, high
+
+
+def _relative_folders(files: pd.Series, input_url: str) -> pd.Series:
+    """Each audio file's folder relative to the archive's root ('' for files at the root)."""
+    root = input_url.rstrip("/")
+
+    def folder(file: str) -> str:
+        parent = posixpath.dirname(file.replace("\\", "/"))
+        if root and (parent == root or parent.startswith(root + "/")):
+            return parent[len(root):].lstrip("/")
+        return posixpath.basename(parent)  # a file outside the recorded root: its own folder's name
+
+    return files.map(folder)
+
+
+def _raven_table(group: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "Selection": np.arange(1, len(group) + 1), "View": "Spectrogram 1", "Channel": 1,
+        "Begin Time (s)": group["start_time"].to_numpy(), "End Time (s)": group["end_time"].to_numpy(),
+        "Low Freq (Hz)": group["low_hz"].to_numpy(), "High Freq (Hz)": group["high_hz"].to_numpy(),
+        "Species": group["class"].to_numpy(), "Common Name": group["common_name"].fillna("").to_numpy(),
+        "Detector": group["detector"].to_numpy(), "Score": group["score"].to_numpy(),
+        "Begin File": group["file"].map(posixpath.basename).to_numpy(),
+        "File Offset (s)": group["start_time"].to_numpy(), "Begin Path": group["file"].to_numpy()})
+
+
+def _audacity_table(group: pd.DataFrame) -> pd.DataFrame:
+    labels = [f"{c} {s:.4g}" for c, s in zip(group["class"], group["score"], strict=True)]
+    return pd.DataFrame({"start": group["start_time"].to_numpy(), "end": group["end_time"].to_numpy(),
+                         "label": labels})
+
+
+def _kaleidoscope_table(detections: pd.DataFrame, input_url: str) -> pd.DataFrame:
+    return pd.DataFrame({
+        "INDIR": input_url, "FOLDER": detections["folder"], "IN FILE": detections["file"].map(posixpath.basename),
+        "CHANNEL": 0, "OFFSET": detections["start_time"], "DURATION": detections["end_time"] - detections["start_time"],
+        "scientific_name": detections["class"], "common_name": detections["common_name"],
+        "confidence": detections["score"], "detector": detections["detector"]})
+
+
+def export_detections(run_url: str, destination: str, fmt: str, *, storage_options=None,
+                      destination_storage_options=None, detectors=None, classes=None,
+                      overwrite: bool = False) -> ExportSummary:
+    """Write the run's detections in ``fmt`` (one of :data:`EXPORT_FORMATS`) under ``destination``.
+
+    Parameters
+    ----------
+    run_url : str
+        The run's output folder or URL.
+    destination : str
+        Folder or fsspec URL to write into (created if missing).
+    fmt : {"raven", "audacity", "kaleidoscope", "csv"}
+    storage_options, destination_storage_options : dict, optional
+        fsspec options of the run and of the destination.
+    detectors, classes : list of str, optional
+        Only these detectors (``ribbit:<name>``, ...) and classes.
+    overwrite : bool
+        Replace export files of the same names already in ``destination`` (nothing else is touched).
+
+    Returns
+    -------
+    ExportSummary
+
+    Raises
+    ------
+    ConfigError
+        Unknown format, detector or class.
+    OutputConflictError
+        An export file exists and ``overwrite`` is false (nothing was written).
+    StorageError
+        The run or the destination cannot be read or written.
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigError(f"export: format must be one of {list(EXPORT_FORMATS)}, got {fmt!r}")
+    status = read_status(run_url, storage_options)
+    input_url = ((status.get("config") or {}).get("input") or {}).get("url", "")
+    location = OutputLocation(run_url, storage_options)
+    inventory = location.read_parquet("inventory.parquet") if location.exists("inventory.parquet") else \
+        pd.DataFrame(columns=["file", "sample_rate"])
+    detections = _selected(read_detections(run_url, storage_options), detectors, classes)
+    low, high = _bands(detections, status, inventory)
+    detections = detections.assign(low_hz=low, high_hz=high,
+                                   folder=_relative_folders(detections["file"].astype(str), input_url))
+    detections = detections.sort_values(["file", "start_time", "detector", "class"], kind="stable",
+                                        ignore_index=True)
+
+    outputs: dict[str, bytes] = {}
+    if fmt in _PER_FILE_SUFFIX:
+        for file, group in detections.groupby("file", sort=True):
+            stem = posixpath.splitext(posixpath.basename(str(file)))[0]
+            rel = posixpath.join(group["folder"].iloc[0], stem + _PER_FILE_SUFFIX[fmt])
+            if rel in outputs:
+                raise ConfigError(f"export: two audio files of one folder would share {rel} (they differ only in "
+                                  "their extension); export them with --detector/--class subsets into separate "
+                                  "destinations")
+            buffer = io.StringIO()
+            if fmt == "raven":
+                _raven_table(group).to_csv(buffer, sep="\t", index=False)
+            else:
+                _audacity_table(group).to_csv(buffer, sep="\t", index=False, header=False, float_format="%.6f")
+            outputs[rel] = buffer.getvalue().encode("utf-8")
+    else:
+        table = _kaleidoscope_table(detections, input_url) if fmt == "kaleidoscope" else \
+            detections.drop(columns=["low_hz", "high_hz", "folder"])
+        outputs[_SINGLE_FILE[fmt]] = table.to_csv(index=False).encode("utf-8")
+
+    target = OutputLocation(destination, destination_storage_options)
+    if not overwrite:
+        present = [rel for rel in outputs if target.exists(rel)]
+        if present:
+            raise OutputConflictError(f"export: {len(present)} file(s) already in {destination} (e.g. {present[0]}); "
+                                      "add --overwrite to replace them (nothing else there is touched), or choose "
+                                      "another destination")
+    for rel, data in outputs.items():
+        try:
+            target.write_bytes_unguarded(rel, data)
+        except StorageError:
+            raise
+        except OSError as exc:
+            raise StorageError(f"export: cannot write {target.url_of(rel)}: {exc}") from exc
+    logger.debug("exported %d detections to %d %s file(s) in %s", len(detections), len(outputs), fmt, destination)
+    return ExportSummary(destination=target.url, files=tuple(outputs), detections=len(detections))
