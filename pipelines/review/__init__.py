@@ -1,0 +1,1 @@
+"""Reviewing a run: stratified samples of clips, reviews, calibrated per-class thresholds."""
