@@ -5,6 +5,7 @@
     opso status OUTPUT_URL|CONFIG.yaml [--storage-options JSON] [--json]
     opso export OUTPUT_URL|CONFIG.yaml --format raven|audacity|kaleidoscope|csv --out DIR_OR_URL
                 [--detector D] [--class C] [--overwrite]
+    opso calibrate OUTPUT_URL|CONFIG.yaml --target-precision 0.9
     opso demo [--out DIR] [--birdnet]
     opso --version
 
@@ -302,6 +303,26 @@ def _cmd_export(args) -> int:
     return EXIT_OK
 
 
+def _cmd_calibrate(args) -> int:
+    from pipelines.review.calibrate_run import CALIBRATION_FILE, calibrate_run
+
+    url, options = _status_target(args)
+    _REDACTION.add(secrets_of(options))
+    table = calibrate_run(url, args.target_precision, options, seed=args.seed)
+    print(f"opso calibrate: target precision {args.target_precision:g}; {CALIBRATION_FILE} written in {url}")
+    for row in table.itertuples():
+        head = f"  {row.detector} / {row.class_name}: {row.n_reviews} reviews ({row.n_present} present)"
+        if row.status != "ok":
+            print(f"{head}: {row.message}")
+            continue
+        print(f"{head}: threshold {row.threshold:.4g} [{row.threshold_low:.4g}, {row.threshold_high:.4g}], "
+              f"precision {row.precision:.2f} [{row.precision_low:.2f}, {row.precision_high:.2f}], "
+              f"recall {row.recall:.2f} [{row.recall_low:.2f}, {row.recall_high:.2f}], {row.n_above} clips above")
+    print("Apply a threshold by setting it in the run's configuration and running it again in the same folder: "
+          "the detections are re-derived from the stored scores without reading audio.")
+    return EXIT_OK
+
+
 def _has_lock(url: str, options: dict) -> bool:
     from pipelines.outputs.results import read_lock_holder
 
@@ -396,6 +417,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--storage-options", default=None, help="JSON for fsspec, for the run's URL")
     export.add_argument("--out-storage-options", default=None, help="JSON for fsspec, for the destination")
     export.set_defaults(func=_cmd_export)
+
+    calibrate = sub.add_parser("calibrate", parents=[verbosity],
+                               help="per-class thresholds with a target precision, from the run's reviews")
+    calibrate.add_argument("target", metavar="OUTPUT_URL|CONFIG", help="the run's output URL, or its configuration file")
+    calibrate.add_argument("--target-precision", type=float, required=True, help="e.g. 0.9")
+    calibrate.add_argument("--seed", type=int, default=0, help="seed of the bootstrap intervals")
+    calibrate.add_argument("--storage-options", default=None, help="JSON for fsspec, for the run's URL")
+    calibrate.set_defaults(func=_cmd_calibrate)
 
     demo = sub.add_parser("demo", parents=[verbosity],
                           help="generate a sample archive and run the whole pipeline locally")

@@ -79,5 +79,7 @@ def test_a_run_overwriting_its_folder_keeps_the_reviews(tmp_path):
     rel = write_review(str(tmp_path), _answer(1, "present"))
     assert not is_run_output(rel, output_names()) and not is_run_output("reviews", output_names())
     (tmp_path / "run.json").write_text("{}")
+    (tmp_path / "calibration.parquet").write_bytes(b"thresholds")
     clear_run_outputs(OutputLocation(str(tmp_path)), output_names())
     assert len(read_reviews(str(tmp_path))) == 1 and not (tmp_path / "run.json").exists()
+    assert (tmp_path / "calibration.parquet").read_bytes() == b"thresholds"

@@ -1,0 +1,87 @@
+"""``opso calibrate``: per-class thresholds of a run from its reviews, written to ``calibration.parquet``.
+
+For every detector and class with reviews (``present`` and ``absent``; ``unsure`` is left out; each
+reviewer's latest answer counts, and two reviewers of one clip are two observations), the class's
+scores over the whole run and the reviews go to :func:`pipelines.review.calibration.calibrate_class`.
+A BirdNET detector's long scores hold a class's rows at or above the detector's ``score_floor`` only:
+its other windows count as scoring below every threshold.
+
+The thresholds are not applied here: put them in the run's configuration (a CNN's ``threshold`` takes
+one per class; a RIBBIT species or a BirdNET entry takes one) and run it again in the same folder, which
+re-derives the detections from the stored scores without reading audio.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+
+from pipelines.errors import ConfigError
+from pipelines.outputs.location import OutputLocation
+from pipelines.outputs.results import read_scores
+from pipelines.outputs.tables import ID_COLUMNS
+from pipelines.review.calibration import calibrate_class
+from pipelines.review.reviews import read_reviews
+from pipelines.review.sampling import uses_log_scores
+
+__all__ = ["CALIBRATION_FILE", "calibrate_run", "class_scores"]
+
+CALIBRATION_FILE = "calibration.parquet"
+
+
+def class_scores(table: pd.DataFrame, detector: str, class_name: str) -> np.ndarray:
+    """Every clip's (window's) score of one class, from the detector's score table
+    (:func:`pipelines.outputs.results.read_scores`), float64, shape (clips,).
+
+    BirdNET's windows without a row of the class (scored below the floor) are given 0.
+    """
+    if "class" in table.columns and "score" in table.columns:  # BirdNET's long form
+        n_windows = len(table.drop_duplicates(["file", "start_time"]))
+        found = table.loc[table["class"] == class_name, "score"].to_numpy(np.float64)
+        return np.concatenate([found, np.zeros(n_windows - len(found))])
+    if class_name not in table.columns:
+        classes = [c for c in table.columns if c not in ID_COLUMNS]
+        raise ConfigError(f"calibrate: detector {detector} has no class {class_name!r} (it has {classes})")
+    return table[class_name].to_numpy(np.float64)
+
+
+def calibrate_run(url: str, target_precision: float, storage_options=None, *, n_boot: int = 300,
+                  seed: int = 0) -> pd.DataFrame:
+    """Calibrate every reviewed class of the run at ``url`` and write ``calibration.parquet`` there.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per detector and class: the fields of :class:`~pipelines.review.calibration.Calibration`
+        and ``computed_utc``.
+
+    Raises
+    ------
+    ConfigError
+        The run has no present/absent reviews, or a target outside (0, 1).
+    """
+    if not 0 < target_precision < 1:
+        raise ConfigError(f"calibrate: the target precision must be between 0 and 1, got {target_precision}")
+    reviews = read_reviews(url, storage_options)
+    reviews = reviews[reviews["label"].isin(["present", "absent"])]
+    if not len(reviews):
+        raise ConfigError(f"calibrate: the run at {url} has no present/absent reviews yet; review clips first "
+                          "(opso review)")
+    tables: dict = {}
+    rows = []
+    for (detector, class_name), group in reviews.groupby(["detector", "class"], sort=True):
+        if detector not in tables:
+            tables[detector] = read_scores(url, detector, storage_options)
+        result = calibrate_class(
+            detector, class_name, class_scores(tables[detector], detector, class_name),
+            group["score"].to_numpy(np.float64), (group["label"] == "present").to_numpy(np.float64),
+            (group["stratum_size"] / group["stratum_sampled"]).to_numpy(np.float64), group["stratum"].to_numpy(),
+            target_precision=target_precision, log_scores=uses_log_scores(detector), n_boot=n_boot, seed=seed)
+        rows.append(dataclasses.asdict(result))
+    table = pd.DataFrame(rows)
+    table["computed_utc"] = pd.Timestamp(dt.datetime.now(dt.UTC))
+    OutputLocation(url, storage_options).write_parquet(CALIBRATION_FILE, table)
+    return table

@@ -1,0 +1,73 @@
+"""``opso calibrate`` on a demo run with reviews simulated from its true labels: calibration.parquet,
+the printed thresholds, classes with too few reviews, a run without reviews."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.cli import main
+from pipelines.errors import ConfigError
+from pipelines.review.calibrate_run import calibrate_run, class_scores
+from pipelines.review.reviews import write_review
+from pipelines.review.sampling import stratified_sample
+
+
+@pytest.fixture(scope="module")
+def reviewed_run(tmp_path_factory, dask_client):
+    from pipelines.demo import prepare_demo
+    from pipelines.driver.run import run_pipeline
+
+    folder = tmp_path_factory.mktemp("demo")
+    config = prepare_demo(folder)
+    run_pipeline(config, dask_client, progress=False)
+    run = config.output.url
+    labels = pd.read_csv(folder / "labels.csv")
+    tables = {}
+    for name, column, per_bin in (("frog12", "frog12", 5), ("fast_pulser", "fast_pulser", 1)):
+        detector = f"ribbit:{name}"
+        own = pd.read_parquet(f"{run}/scores/detector={detector}").merge(
+            labels[["file", "start_time", column]].rename(columns={column: "truth"}), on=["file", "start_time"])
+        tables[name] = own
+        sample = stratified_sample(own, name, n_bins=10, per_bin=per_bin, log=True, seed=1)
+        for row in sample.itertuples():
+            write_review(run, {"clip": int(row.Index), "file": row.file, "start_time": row.start_time,
+                               "end_time": row.end_time, "detector": detector, "class": name,
+                               "score": float(getattr(row, name)), "label": "present" if row.truth else "absent",
+                               "reviewer": "sim", "stratum": int(row.stratum), "stratum_size": int(row.stratum_size),
+                               "stratum_sampled": int(row.stratum_sampled)})
+    return run, tables["frog12"]
+
+
+def test_calibrate_writes_thresholds_of_the_stated_precision(reviewed_run, capsys):
+    run, table = reviewed_run
+    assert main(["calibrate", run, "--target-precision", "0.9"]) == 0
+    out = capsys.readouterr().out
+    calibration = pd.read_parquet(f"{run}/calibration.parquet").set_index("class_name")
+    frog = calibration.loc["frog12"]
+    assert frog.status == "ok" and frog.n_reviews >= 40
+    measured = table[table.frog12 >= frog.threshold].truth.mean()  # on every labelled clip of the run
+    assert frog.precision_low <= measured <= frog.precision_high
+    assert f"ribbit:frog12 / frog12: {int(frog.n_reviews)} reviews" in out and "threshold" in out
+    # nothing pulses like fast_pulser: all its reviews are absent, so no threshold, and the reason is given
+    pulser = calibration.loc["fast_pulser"]
+    assert pulser.status == "too_few_reviews" and np.isnan(pulser.threshold) and "review more clips" in out
+
+
+def test_a_run_without_reviews_says_what_to_do(tmp_path, reviewed_run, capsys):
+    with pytest.raises(ConfigError, match="no present/absent reviews yet"):
+        calibrate_run(str(tmp_path), 0.9)
+    run, _ = reviewed_run
+    assert main(["calibrate", run, "--target-precision", "1.5"]) == 2
+    assert capsys.readouterr().err.startswith("opso: error: calibrate: the target precision must be between 0 and 1")
+
+
+def test_class_scores_of_birdnets_long_table_count_every_window():
+    long = pd.DataFrame({"file": ["a", "a", "a", "b"], "start_time": [0.0, 0.0, 3.0, 0.0],
+                         "class": ["Turdus migratorius", "Corvus corax", "Corvus corax", "Corvus corax"],
+                         "score": [0.9, 0.2, 0.5, 0.7]})
+    robin = class_scores(long, "birdnet:birds", "Turdus migratorius")
+    assert sorted(robin.tolist()) == [0.0, 0.0, 0.9]  # 3 windows; 2 scored below the floor
+    with pytest.raises(ConfigError, match="has no class 'owl'"):
+        class_scores(pd.DataFrame({"file": ["a"], "start_time": [0.0], "frog": [0.1]}), "ribbit:frog", "owl")
