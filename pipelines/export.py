@@ -87,13 +87,29 @@ def _bands(detections: pd.DataFrame, status: dict, inventory: pd.DataFrame) -> t
         if detector in ribbit:
             low[i], high[i] = ribbit[detector]
         elif detector.startswith("birdnet:"):
-            low[i], high[i] = BIRDNET_BAND_HZ
+            low[i], high[i] = BIRDNET_BAND_HZ[0], min(BIRDNET_BAND_HZ[1], high[i]) if np.isfinite(high[i]) \
+                else BIRDNET_BAND_HZ[1]
     return low, high
+
+
+def _archive_root(input_url: str) -> str:
+    """The archive's root as the inventory spells its files: an absolute local path, or a URL with its protocol."""
+    import fsspec
+
+    if not input_url:
+        return ""
+    fs, path = fsspec.core.url_to_fs(input_url)
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    if "file" in protocols or "local" in protocols:
+        import os
+
+        return os.path.abspath(path)
+    return fs.unstrip_protocol(path).rstrip("/")
 
 
 def _relative_folders(files: pd.Series, input_url: str) -> pd.Series:
     """Each audio file's folder relative to the archive's root ('' for files at the root)."""
-    root = input_url.rstrip("/")
+    root = _archive_root(input_url)
 
     def folder(file: str) -> str:
         parent = posixpath.dirname(file.replace("\\", "/"))
@@ -181,9 +197,8 @@ def export_detections(run_url: str, destination: str, fmt: str, *, storage_optio
             stem = posixpath.splitext(posixpath.basename(str(file)))[0]
             rel = posixpath.join(group["folder"].iloc[0], stem + _PER_FILE_SUFFIX[fmt])
             if rel in outputs:
-                raise ConfigError(f"export: two audio files of one folder would share {rel} (they differ only in "
-                                  "their extension); export them with --detector/--class subsets into separate "
-                                  "destinations")
+                raise ConfigError(f"export: two audio files would share {rel} (one folder, names differing only "
+                                  "in their extension); use --format kaleidoscope or csv, which name every file")
             buffer = io.StringIO()
             if fmt == "raven":
                 _raven_table(group).to_csv(buffer, sep="\t", index=False)

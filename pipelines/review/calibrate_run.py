@@ -2,13 +2,15 @@
 
 For every detector and class with reviews (``present`` and ``absent``; ``unsure`` is left out; each
 reviewer's latest answer counts, and two reviewers of one clip are two observations), the class's
-scores over the whole run and the reviews go to :func:`pipelines.review.calibration.calibrate_class`.
-A BirdNET detector's long scores hold a class's rows at or above the detector's ``score_floor`` only:
-its other windows count as scoring below every threshold.
+scores over the whole run and the reviews go to :func:`pipelines.review.calibration.calibrate_class`,
+each answer weighted by its stratum's size over the answers the stratum has. A BirdNET detector's
+long scores hold a class's rows at or above the detector's ``score_floor`` only: its other windows
+count as scoring below every threshold, and no threshold is put below the floor.
 
-The thresholds are not applied here: put them in the run's configuration (a CNN's ``threshold`` takes
-one per class; a RIBBIT species or a BirdNET entry takes one) and run it again in the same folder, which
-re-derives the detections from the stored scores without reading audio.
+The thresholds are not applied here: put them in the run's configuration and run it again in the
+same folder, which re-derives the detections from the stored scores without reading audio. A CNN's
+``threshold`` takes one per class and a RIBBIT species has its own; a BirdNET entry has one threshold
+for all its classes (per-class BirdNET thresholds are not configurable yet).
 """
 
 from __future__ import annotations
@@ -48,6 +50,14 @@ def class_scores(table: pd.DataFrame, detector: str, class_name: str) -> np.ndar
     return table[class_name].to_numpy(np.float64)
 
 
+def _birdnet_floors(url: str, storage_options) -> dict:
+    """``{birdnet:<name>: score_floor}`` of the run's configuration (no threshold below what is stored)."""
+    from pipelines.outputs.results import read_status
+
+    entries = ((read_status(url, storage_options).get("config") or {}).get("birdnet")) or []
+    return {f"birdnet:{e['name']}": float(e.get("score_floor", 0.01)) for e in entries}
+
+
 def calibrate_run(url: str, target_precision: float, storage_options=None, *, n_boot: int = 300,
                   seed: int = 0) -> pd.DataFrame:
     """Calibrate every reviewed class of the run at ``url`` and write ``calibration.parquet`` there.
@@ -70,16 +80,20 @@ def calibrate_run(url: str, target_precision: float, storage_options=None, *, n_
     if not len(reviews):
         raise ConfigError(f"calibrate: the run at {url} has no present/absent reviews yet; review clips first "
                           "(opso review)")
+    floors = _birdnet_floors(url, storage_options)
     tables: dict = {}
     rows = []
     for (detector, class_name), group in reviews.groupby(["detector", "class"], sort=True):
         if detector not in tables:
             tables[detector] = read_scores(url, detector, storage_options)
+        # a stratum's N_h spread over the answers it has (unsure ones and clips left unreviewed drop out)
+        answers = group.groupby("stratum")["stratum"].transform("size").to_numpy(np.float64)
         result = calibrate_class(
             detector, class_name, class_scores(tables[detector], detector, class_name),
             group["score"].to_numpy(np.float64), (group["label"] == "present").to_numpy(np.float64),
-            (group["stratum_size"] / group["stratum_sampled"]).to_numpy(np.float64), group["stratum"].to_numpy(),
-            target_precision=target_precision, log_scores=uses_log_scores(detector), n_boot=n_boot, seed=seed)
+            group["stratum_size"].to_numpy(np.float64) / answers, group["stratum"].to_numpy(),
+            target_precision=target_precision, log_scores=uses_log_scores(detector), n_boot=n_boot, seed=seed,
+            lowest_threshold=floors.get(detector))
         rows.append(dataclasses.asdict(result))
     table = pd.DataFrame(rows)
     table["computed_utc"] = pd.Timestamp(dt.datetime.now(dt.UTC))

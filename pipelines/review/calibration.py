@@ -30,9 +30,10 @@ MIN_EACH_LABEL = 3
 class Calibration:
     """The calibration of one detector's class (scores on the detector's own scale).
 
-    ``status`` is ``ok``, ``too_few_reviews`` or ``unreachable`` (no threshold reaches the target
-    precision); the figures are NaN unless ``ok`` (``message`` says why). ``*_low``/``*_high``: 95 %
-    bootstrap intervals.
+    ``status`` is ``ok``, ``too_few_reviews``, ``no_relationship`` (the fit's slope is not positive)
+    or ``unreachable`` (no threshold reaches the target precision); the figures are NaN unless ``ok``
+    (``message`` says why). ``*_low``/``*_high``: 95 % bootstrap intervals; ``threshold_high`` is
+    infinite when enough resamples reach the target nowhere.
     """
 
     detector: str
@@ -96,11 +97,13 @@ def fit_logistic(x, y, weights=None, *, ridge: float = 1e-6, max_iter: int = 100
     return float(beta[0] - slope * center), float(slope)
 
 
-def threshold_for_precision(archive_x, intercept: float, slope: float, target: float) -> tuple[float, float, int]:
-    """The lowest threshold (on the score axis) whose modelled precision over the archive reaches ``target``.
+def threshold_for_precision(archive_x, intercept: float, slope: float, target: float,
+                            lowest: float = -np.inf) -> tuple[float, float, int]:
+    """The lowest threshold (on the score axis, at least ``lowest``) whose modelled precision over the
+    archive reaches ``target``.
 
-    ``archive_x`` is every clip's score axis value. Returns ``(threshold, precision, n_above)``, or
-    ``(nan, best precision, 0)`` when no threshold reaches the target.
+    ``archive_x`` is every clip's score axis value; the threshold is one of them. Returns
+    ``(threshold, precision, n_above)``, or ``(nan, best precision, 0)`` when no threshold reaches the target.
     """
     x = np.sort(np.asarray(archive_x, dtype=np.float64))[::-1]
     if not len(x):
@@ -108,7 +111,9 @@ def threshold_for_precision(archive_x, intercept: float, slope: float, target: f
     p = 1.0 / (1.0 + np.exp(-(intercept + slope * x)))
     precision = np.cumsum(p) / np.arange(1, len(x) + 1)
     # the same threshold for tied scores: only the last of a run of ties is a possible cut
-    cut = np.append(x[1:] != x[:-1], True)
+    cut = np.append(x[1:] != x[:-1], True) & (x >= lowest)
+    if not cut.any():
+        return np.nan, np.nan, 0
     ok = np.flatnonzero(cut & (precision >= target))
     if not len(ok):
         return np.nan, float(precision[cut].max()), 0
@@ -118,7 +123,7 @@ def threshold_for_precision(archive_x, intercept: float, slope: float, target: f
 
 def calibrate_class(detector: str, class_name: str, archive_scores, review_scores, review_present, review_weights,
                     review_strata, *, target_precision: float, log_scores: bool = False, n_boot: int = 300,
-                    seed: int = 0) -> Calibration:
+                    seed: int = 0, lowest_threshold: float | None = None) -> Calibration:
     """Calibrate one class from its reviews.
 
     Parameters
@@ -131,7 +136,9 @@ def calibrate_class(detector: str, class_name: str, archive_scores, review_score
     target_precision : float
         In (0, 1).
     log_scores : bool
-        Work on log10 of the scores (RIBBIT).
+        Work on log10 of the scores (RIBBIT; scores of 0 a decade below the smallest positive one).
+    lowest_threshold : float, optional
+        No threshold below this score (BirdNET: the scores stored start at its ``score_floor``).
 
     Returns
     -------
@@ -139,7 +146,7 @@ def calibrate_class(detector: str, class_name: str, archive_scores, review_score
     """
     if not 0 < target_precision < 1:
         raise ConfigError(f"the target precision must be between 0 and 1, got {target_precision}")
-    from pipelines.review.sampling import score_axis
+    from pipelines.review.sampling import log_floor, score_axis
 
     y = np.asarray(review_present, dtype=np.float64)
     base = dict(detector=detector, class_name=class_name, target_precision=float(target_precision),
@@ -149,13 +156,20 @@ def calibrate_class(detector: str, class_name: str, archive_scores, review_score
         return Calibration(**base, status="too_few_reviews",
                            message=f"{len(y)} reviews ({int(y.sum())} present, {n_absent} absent); a threshold needs "
                                    f"at least {MIN_REVIEWS}, with {MIN_EACH_LABEL} of each: review more clips")
-    archive_x = score_axis(archive_scores, log_scores)
-    x = score_axis(review_scores, log_scores)
+    raw = np.asarray(archive_scores, dtype=np.float64)
+    floor = log_floor(raw) if log_scores else None
+    archive_x = score_axis(raw, log_scores, floor)
+    x = score_axis(review_scores, log_scores, floor)
+    lowest = -np.inf if lowest_threshold is None else float(score_axis([lowest_threshold], log_scores, floor)[0])
     w = np.asarray(review_weights, dtype=np.float64)
     strata = np.asarray(review_strata)
 
     a, b = fit_logistic(x, y, w)
-    t, precision, n_above = threshold_for_precision(archive_x, a, b, target_precision)
+    if not b > 0:
+        return Calibration(**base, status="no_relationship", intercept=a, slope=b,
+                           message=f"in these reviews a higher score does not mean a likelier {class_name} (slope "
+                                   f"{b:.3g}); check the reviews, or review more clips across the score range")
+    t, precision, n_above = threshold_for_precision(archive_x, a, b, target_precision, lowest)
     if not np.isfinite(t):
         return Calibration(**base, status="unreachable", intercept=a, slope=b,
                            message=f"no threshold reaches precision {target_precision:g} (the best is "
@@ -175,17 +189,26 @@ def calibrate_class(detector: str, class_name: str, archive_scores, review_score
         rows = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
         if 0 < y[rows].sum() < len(rows):
             a_b, b_b = fit_logistic(x[rows], y[rows], w[rows])
-            boot.append((threshold_for_precision(archive_x, a_b, b_b, target_precision)[0], *modelled(a_b, b_b)))
+            t_b = threshold_for_precision(archive_x, a_b, b_b, target_precision, lowest)[0] if b_b > 0 else np.nan
+            # a resample whose fit reaches the target nowhere has no threshold: above every score
+            boot.append((t_b if np.isfinite(t_b) else np.inf, *modelled(a_b, b_b)))
     boot = np.array(boot, dtype=np.float64).reshape(-1, 3)
 
     def interval(column):
         values = boot[:, column]
-        values = values[np.isfinite(values)]
+        values = values[~np.isnan(values)]
         return (float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))) if len(values) else \
             (np.nan, np.nan)
 
+    order = np.argsort(archive_x, kind="stable")
+    sorted_x, sorted_raw = archive_x[order], raw[order]
+
     def to_scores(value):
-        return float(10 ** value) if log_scores and np.isfinite(value) else float(value)
+        """The smallest score whose axis value is at least ``value`` (exact: ``score >= it`` keeps those clips)."""
+        if not np.isfinite(value):
+            return float(value)
+        i = int(np.searchsorted(sorted_x, value, side="left"))
+        return float(sorted_raw[i]) if i < len(sorted_raw) else np.inf
 
     (t_low, t_high), (p_low, p_high), (r_low, r_high) = interval(0), interval(1), interval(2)
     return Calibration(**base, status="ok", message="", intercept=a, slope=b, threshold=to_scores(t),

@@ -12,6 +12,7 @@ well as by number, so they stay attached to the audio.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 import time
 import uuid
@@ -51,7 +52,8 @@ def write_review(url: str, review: dict, storage_options=None) -> str:
     Raises
     ------
     ConfigError
-        An unknown label, a missing field or an unusable reviewer name (nothing is written).
+        An unknown label, a missing or non-finite field, a stratum draw outside 1..size, a time without
+        a time zone, or an unusable reviewer name (nothing is written).
     """
     missing = sorted(set(REVIEW_COLUMNS) - {"time_utc"} - set(review))
     if missing:
@@ -61,8 +63,18 @@ def write_review(url: str, review: dict, storage_options=None) -> str:
     if not isinstance(review["reviewer"], str) or not _REVIEWER.match(review["reviewer"]):
         raise ConfigError("a reviewer's name is 1 to 64 letters, digits, spaces or . @ ' -; got "
                           f"{review['reviewer']!r}")
+    numbers = {c: review[c] for c in ("clip", "start_time", "end_time", "score", "stratum", "stratum_size",
+                                      "stratum_sampled")}
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in numbers.values()):
+        raise ConfigError(f"a review's clip, times, score and stratum fields are finite numbers, got {numbers}")
+    if not 1 <= review["stratum_sampled"] <= review["stratum_size"]:
+        raise ConfigError("a review's stratum_sampled is between 1 and its stratum_size, got "
+                          f"{review['stratum_sampled']} of {review['stratum_size']}")
+    when = review.get("time_utc") or dt.datetime.now(dt.UTC)
+    if not isinstance(when, dt.datetime) or when.tzinfo is None:
+        raise ConfigError(f"a review's time_utc is a time-zone-aware datetime, got {when!r}")
     row = {c: review.get(c) for c in REVIEW_COLUMNS}
-    row["time_utc"] = review.get("time_utc") or dt.datetime.now(dt.UTC)
+    row["time_utc"] = when.astimezone(dt.UTC)
     table = pa.Table.from_pylist([row], schema=REVIEW_SCHEMA)
     rel = f"{REVIEWS_FOLDER}/part-{time.time_ns()}-{uuid.uuid4().hex[:12]}.parquet"
     OutputLocation(url, storage_options).write_parquet(rel, table)

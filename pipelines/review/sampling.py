@@ -15,7 +15,7 @@ import pandas as pd
 
 from pipelines.errors import ConfigError
 
-__all__ = ["score_axis", "stratified_sample", "uses_log_scores"]
+__all__ = ["log_floor", "score_axis", "stratified_sample", "uses_log_scores"]
 
 #: scores at or below this are put at it before taking log10 (RIBBIT scores are >= 0)
 LOG_FLOOR = 1e-12
@@ -26,10 +26,21 @@ def uses_log_scores(detector: str) -> bool:
     return detector.startswith("ribbit:")
 
 
-def score_axis(scores, log: bool) -> np.ndarray:
-    """The axis bins and calibration work on: the score, or ``log10(max(score, 1e-12))``; float64."""
+def log_floor(scores) -> float:
+    """The value scores at or below 0 take before log10: a tenth of the smallest positive score
+    (1e-12 when none is positive), so zeros sit one decade below the rest, not at -12."""
     x = np.asarray(scores, dtype=np.float64)
-    return np.log10(np.maximum(x, LOG_FLOOR)) if log else x
+    positive = x[np.isfinite(x) & (x > 0)]
+    return float(positive.min() / 10) if len(positive) else LOG_FLOOR
+
+
+def score_axis(scores, log: bool, floor: float | None = None) -> np.ndarray:
+    """The axis bins and calibration work on: the score, or ``log10(max(score, floor))`` with ``floor``
+    from :func:`log_floor` of ``scores`` unless given; float64."""
+    x = np.asarray(scores, dtype=np.float64)
+    if not log:
+        return x
+    return np.log10(np.maximum(x, log_floor(x) if floor is None else floor))
 
 
 def stratified_sample(table: pd.DataFrame, score_column: str = "score", *, n_bins: int = 10, per_bin: int = 5,
@@ -49,23 +60,28 @@ def stratified_sample(table: pd.DataFrame, score_column: str = "score", *, n_bin
     Returns
     -------
     pandas.DataFrame
-        The sampled rows in random order, with ``stratum`` (0 = lowest scores), ``stratum_size``
+        The sampled rows in random order, with ``stratum`` (0 = lowest scores; with ``log``, scores of
+        0 or less are stratum ``n_bins``), ``stratum_size``
         (rows of the table in the stratum, ``N_h``) and ``stratum_sampled`` (``n_h``).
     """
     if n_bins < 1 or per_bin < 1:
         raise ConfigError(f"a review sample needs n_bins >= 1 and per_bin >= 1, got {n_bins} and {per_bin}")
     rng = np.random.default_rng(seed)
-    x = score_axis(table[score_column].to_numpy(), log)
+    raw = table[score_column].to_numpy(np.float64)
+    x = score_axis(raw, log)
     finite = np.isfinite(x)
     if not finite.any():
         return table.iloc[:0].assign(stratum=pd.Series(dtype=np.int64), stratum_size=pd.Series(dtype=np.int64),
                                      stratum_sampled=pd.Series(dtype=np.int64))
-    low, high = float(x[finite].min()), float(x[finite].max())
-    edges = np.linspace(low, high, n_bins + 1)
     stratum = np.full(len(x), -1, dtype=np.int64)
-    stratum[finite] = np.clip(np.searchsorted(edges, x[finite], side="right") - 1, 0, n_bins - 1)
+    binned = finite & (raw > 0) if log else finite  # on a log axis, scores of 0 are a stratum of their own
+    if log:
+        stratum[finite & (raw <= 0)] = n_bins
+    if binned.any():
+        edges = np.linspace(float(x[binned].min()), float(x[binned].max()), n_bins + 1)
+        stratum[binned] = np.clip(np.searchsorted(edges, x[binned], side="right") - 1, 0, n_bins - 1)
     picked, sizes, sampled = [], {}, {}
-    for h in range(n_bins):
+    for h in range(n_bins + 1):
         members = np.flatnonzero(stratum == h)
         if not len(members):
             continue

@@ -88,11 +88,46 @@ def test_too_few_reviews_or_an_unreachable_target_say_so(labelled_scores):
                              np.zeros(10), target_precision=0.9, log_scores=True)
     assert result.status == "too_few_reviews" and "review more clips" in result.message
     assert np.isnan(result.threshold)
-    noisy = table.assign(truth=np.random.default_rng(0).random(len(table)) < 0.3)  # labels unrelated to scores
-    reviews = stratified_sample(noisy, "frog12", n_bins=10, per_bin=5, log=True)
-    result = calibrate_class("ribbit:frog12", "frog12", noisy.frog12, reviews.frog12, reviews.truth,
+    rank = table.frog12.rank(pct=True).to_numpy()
+    weak = table.assign(truth=np.random.default_rng(0).random(len(table)) < 0.1 + 0.4 * rank)  # at best 0.5 present
+    reviews = stratified_sample(weak, "frog12", n_bins=10, per_bin=8, log=True)
+    result = calibrate_class("ribbit:frog12", "frog12", weak.frog12, reviews.frog12, reviews.truth,
                              reviews.stratum_size / reviews.stratum_sampled, reviews.stratum,
                              target_precision=0.95, log_scores=True)
     assert result.status == "unreachable" and "lower the target" in result.message
     with pytest.raises(ConfigError, match="between 0 and 1"):
         calibrate_class("d", "c", [1.0], [1.0], [1], [1.0], [0], target_precision=1.0)
+
+
+def test_zero_scores_are_a_stratum_and_thresholds_round_trip_exactly():
+    rng = np.random.default_rng(4)
+    scores = np.concatenate([np.zeros(500), rng.exponential(1e-3, 500)])
+    table = pd.DataFrame({"score": scores})
+    sample = stratified_sample(table, n_bins=5, per_bin=4, log=True, seed=0)
+    assert set(sample.stratum) == {0, 1, 2, 3, 4, 5} and (sample[sample.stratum == 5].score == 0).all()
+    assert sample[sample.stratum == 5].stratum_size.iloc[0] == 500
+    truth = (rng.random(len(scores)) < 1 / (1 + np.exp(-(np.log10(np.maximum(scores, 1e-6)) + 3) * 4))).astype(float)
+    reviews = stratified_sample(table.assign(truth=truth), n_bins=8, per_bin=8, log=True, seed=1)
+    result = calibrate_class("ribbit:x", "x", scores, reviews.score, reviews.truth,
+                             reviews.stratum_size / reviews.stratum_sampled, reviews.stratum,
+                             target_precision=0.8, log_scores=True, n_boot=50)
+    assert result.status == "ok", result.message
+    assert result.n_above == (scores >= result.threshold).sum()  # the threshold is a score: >= keeps those clips
+    assert result.threshold in set(scores)
+
+
+def test_no_relationship_and_a_lowest_threshold():
+    rng = np.random.default_rng(5)
+    scores = rng.uniform(0, 1, 400)
+    present = (rng.random(400) < 1 - scores).astype(float)  # higher scores, fewer present
+    table = pd.DataFrame({"score": scores, "truth": present})
+    reviews = stratified_sample(table, n_bins=5, per_bin=8, seed=2)
+    args = (scores, reviews.score, reviews.truth, reviews.stratum_size / reviews.stratum_sampled, reviews.stratum)
+    result = calibrate_class("cnn:m", "bird", *args, target_precision=0.6)
+    assert result.status == "no_relationship" and "does not mean a likelier bird" in result.message
+    rising = table.assign(truth=(rng.random(400) < scores).astype(float))
+    reviews = stratified_sample(rising, n_bins=5, per_bin=8, seed=2)
+    args = (scores, reviews.score, reviews.truth, reviews.stratum_size / reviews.stratum_sampled, reviews.stratum)
+    free = calibrate_class("cnn:m", "bird", *args, target_precision=0.55, n_boot=50)
+    floored = calibrate_class("cnn:m", "bird", *args, target_precision=0.55, n_boot=50, lowest_threshold=0.6)
+    assert free.status == floored.status == "ok" and free.threshold < 0.6 <= floored.threshold

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 
+import pandas as pd
 import pytest
 
 from pipelines.errors import ConfigError
@@ -83,3 +84,20 @@ def test_a_run_overwriting_its_folder_keeps_the_reviews(tmp_path):
     clear_run_outputs(OutputLocation(str(tmp_path)), output_names())
     assert len(read_reviews(str(tmp_path))) == 1 and not (tmp_path / "run.json").exists()
     assert (tmp_path / "calibration.parquet").read_bytes() == b"thresholds"
+
+
+def test_numbers_and_times_are_checked(tmp_path):
+    import datetime as dt
+
+    with pytest.raises(ConfigError, match="finite numbers"):
+        write_review(str(tmp_path), _answer(1, "present", score=float("nan")))
+    with pytest.raises(ConfigError, match="finite numbers"):
+        write_review(str(tmp_path), _answer(1, "present", stratum=None))
+    with pytest.raises(ConfigError, match="stratum_sampled is between 1 and its stratum_size"):
+        write_review(str(tmp_path), _answer(1, "present", stratum_sampled=200))
+    with pytest.raises(ConfigError, match="time-zone-aware"):
+        write_review(str(tmp_path), _answer(1, "present", time_utc=dt.datetime(2024, 5, 1, 12)))
+    assert not (tmp_path / "reviews").exists()
+    local = dt.datetime(2024, 5, 1, 12, tzinfo=dt.timezone(dt.timedelta(hours=10)))
+    write_review(str(tmp_path), _answer(1, "present", time_utc=local))
+    assert read_reviews(str(tmp_path)).time_utc.iloc[0] == pd.Timestamp("2024-05-01 02:00", tz="UTC")
