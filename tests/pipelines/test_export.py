@@ -98,3 +98,28 @@ def test_export_to_a_bucket(demo_run, tmp_path, s3_storage_options):
     assert summary.files == local.files
     for rel in summary.files:
         assert fs.cat(f"opso-export/raven/{rel}") == (tmp_path / rel).read_bytes()
+
+
+def test_folders_under_a_relative_archive_root_keep_two_sites_apart(tmp_path, monkeypatch):
+    import json
+
+    from pipelines.outputs.location import OutputLocation
+    from pipelines.outputs.tables import DETECTION_COLUMNS, DETECTION_SCHEMA
+
+    monkeypatch.chdir(tmp_path)
+    files = [str(tmp_path / "arch" / site / "rec1" / "a.wav") for site in ("site1", "site2")]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"status": "complete", "config": {"input": {"url": "arch"}}}))
+    location = OutputLocation(str(run))
+    location.write_parquet("inventory.parquet", pd.DataFrame({"file": files, "sample_rate": [24000, 48000]}))
+    detections = pd.DataFrame({"detector": "birdnet:birds", "class": "Corvus corax", "file": files,
+                               "recorder": "rec1", "start_time": 0.0, "end_time": 3.0,
+                               "start_time_utc": pd.NaT, "score": 0.8, "common_name": "Common Raven"},
+                              columns=DETECTION_COLUMNS)
+    location.write_parquet("detections/part-birdnet-birds-0.parquet", detections, schema=DETECTION_SCHEMA)
+    summary = export_detections(str(run), str(tmp_path / "out"), "raven")
+    assert sorted(summary.files) == ["site1/rec1/a.opso.selection.table.txt", "site2/rec1/a.opso.selection.table.txt"]
+    low_rate = pd.read_csv(tmp_path / "out" / "site1/rec1/a.opso.selection.table.txt", sep="\t")
+    assert low_rate["High Freq (Hz)"].iloc[0] == 12000.0  # BirdNET's 15 kHz capped at the file's Nyquist
+    assert low_rate["Common Name"].iloc[0] == "Common Raven"
