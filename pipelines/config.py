@@ -274,13 +274,6 @@ class BirdnetLocation(_Strict):
         return v
 
 
-def _species_storage_defaults(data):
-    """Storage defaults for a ``species`` list URL (as for a CNN's ``model``)."""
-    if isinstance(data, dict) and isinstance(data.get("species"), str):
-        return _storage_defaults(data, "species")
-    return data
-
-
 class BirdnetConfig(_Strict):
     """One BirdNET detector (GLOBAL 6K V2.4); its scores go to ``scores/detector=birdnet:<name>/``.
 
@@ -288,7 +281,8 @@ class BirdnetConfig(_Strict):
     sensitivity 1.0, no species filter.
     """
 
-    _storage_defaults = model_validator(mode="before")(classmethod(lambda cls, data: _species_storage_defaults(data)))
+    # storage defaults for a species list URL (a location mapping is left as it is)
+    _storage_defaults = model_validator(mode="before")(classmethod(lambda cls, data: _storage_defaults(data, "species")))
 
     name: str
     threshold: float = Field(0.1, ge=0.01, le=0.99, description="confidence at or above which a species is "

@@ -83,12 +83,13 @@ def _bands(detections: pd.DataFrame, status: dict, inventory: pd.DataFrame) -> t
     nyquist = (inventory.set_index("file")["sample_rate"] / 2.0).to_dict() if len(inventory) else {}
     low = np.zeros(len(detections))
     high = np.array(detections["file"].map(nyquist), dtype=float)  # a writable copy
-    for i, detector in enumerate(detections["detector"]):
-        if detector in ribbit:
-            low[i], high[i] = ribbit[detector]
-        elif detector.startswith("birdnet:"):
-            low[i], high[i] = BIRDNET_BAND_HZ[0], min(BIRDNET_BAND_HZ[1], high[i]) if np.isfinite(high[i]) \
-                else BIRDNET_BAND_HZ[1]
+    detector = detections["detector"].to_numpy()
+    for name, (band_low, band_high) in ribbit.items():
+        rows = detector == name
+        low[rows], high[rows] = band_low, band_high
+    birdnet = detections["detector"].astype(str).str.startswith("birdnet:").to_numpy(dtype=bool)
+    low[birdnet] = BIRDNET_BAND_HZ[0]
+    high[birdnet] = np.fmin(high[birdnet], BIRDNET_BAND_HZ[1])  # at most Nyquist; 15 kHz where the rate is unknown
     return low, high
 
 

@@ -34,9 +34,9 @@ import numpy as np
 
 from pipelines.errors import ConfigError
 
-__all__ = ["EMBEDDING_SIZE", "LABELS_FILE", "META_MODEL_FILE", "MODEL_FILE", "MODEL_NAME", "SAMPLE_RATE_HZ",
-           "WINDOW_S", "WINDOW_SAMPLES", "EMBEDDING_TENSOR", "BirdnetModelFiles", "check_embedding_output", "confidences", "labels", "model_files", "occurrence",
-           "predict", "week_of"]
+__all__ = ["EMBEDDING_SIZE", "EMBEDDING_TENSOR", "LABELS_FILE", "META_MODEL_FILE", "MODEL_FILE", "MODEL_NAME",
+           "SAMPLE_RATE_HZ", "WINDOW_S", "WINDOW_SAMPLES", "BirdnetModelFiles", "check_embedding_output",
+           "confidences", "labels", "model_files", "occurrence", "predict", "week_of"]
 
 MODEL_NAME = "BirdNET_GLOBAL_6K_V2.4"
 MODEL_FILE = "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite"
@@ -144,18 +144,25 @@ def _with_embedding_output(model: bytes) -> bytes:
     batch of 32). Declaring the layer an output keeps only it. The weights are untouched.
     """
     import flatbuffers
-    from ai_edge_litert import schema_py_generated as schema
 
-    tree = schema.ModelT.InitFromPackedBuf(model, 0)
+    tree, index = _embedding_tensor(model)
     graph = tree.subgraphs[0]
-    names = [t.name for t in graph.tensors]
-    if EMBEDDING_TENSOR not in names:
-        raise ConfigError(f"birdnet: the model file has no tensor {EMBEDDING_TENSOR.decode()!r}; "
-                          "embeddings need BirdNET's GLOBAL 6K V2.4 model")
-    graph.outputs = [int(graph.outputs[0]), names.index(EMBEDDING_TENSOR)]
+    graph.outputs = [int(graph.outputs[0]), index]
     builder = flatbuffers.Builder(len(model) + 1024)
     builder.Finish(tree.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
+
+
+def _embedding_tensor(model: bytes):
+    """The model's object tree and the index of its embedding tensor (ConfigError if it has none)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    tree = schema.ModelT.InitFromPackedBuf(model, 0)
+    names = [t.name for t in tree.subgraphs[0].tensors]
+    if EMBEDDING_TENSOR not in names:
+        raise ConfigError(f"birdnet: the model file has no tensor {EMBEDDING_TENSOR.decode()!r}; "
+                          "embeddings need BirdNET's GLOBAL 6K V2.4 model")
+    return tree, names.index(EMBEDDING_TENSOR)
 
 
 @functools.lru_cache(maxsize=4)
@@ -163,10 +170,15 @@ def _embedding_model(path: Path) -> bytes:
     return _with_embedding_output(path.read_bytes())
 
 
+@functools.lru_cache(maxsize=4)
+def _check_embedding_tensor(path: Path) -> None:
+    _embedding_tensor(path.read_bytes())  # the tree is dropped: the driver keeps no copy of the model
+
+
 def check_embedding_output() -> None:
     """Raise :class:`~pipelines.errors.ConfigError` unless the model has BirdNET's embedding layer
-    (``model/GLOBAL_AVG_POOL/Mean``); cached per process."""
-    _embedding_model(model_files().model)
+    (``model/GLOBAL_AVG_POOL/Mean``); checked once per process."""
+    _check_embedding_tensor(model_files().model)
 
 
 class _Interpreter:

@@ -592,10 +592,9 @@ def run_clip_index(config: RunConfig, kinds, inventory: pd.DataFrame):
     clip_settings, counting_stage = next(c for c in (kind.run_clips(config) for kind in kinds) if c is not None)
     clip_index = ClipIndex.from_inventory(inventory, clip_duration=clip_settings.duration_s,
                                           clip_overlap=clip_settings.overlap_s, final_clip=clip_settings.final_clip)
-    shortest = ("BirdNET's shortest window (1.5 s)" if clip_settings.final_clip == BIRDNET_WINDOWS
-                else "one clip (see clips.duration and clips.final_clip)")
+    shortest = {"shortest": "BirdNET's shortest window (1.5 s)"} if clip_settings.final_clip == BIRDNET_WINDOWS else {}
     return clip_settings, counting_stage, clip_index, add_clip_counts_and_warnings(
-        inventory, clip_index.clips_per_file(), shortest)
+        inventory, clip_index.clips_per_file(), **shortest)
 
 
 def run_sample_rate(config: RunConfig, inventory: pd.DataFrame) -> int:

@@ -34,14 +34,16 @@ __all__ = ["CALIBRATION_FILE", "calibrate_run", "class_scores"]
 CALIBRATION_FILE = "calibration.parquet"
 
 
-def class_scores(table: pd.DataFrame, detector: str, class_name: str) -> np.ndarray:
+def class_scores(table: pd.DataFrame, detector: str, class_name: str, n_windows: int | None = None) -> np.ndarray:
     """Every clip's (window's) score of one class, from the detector's score table
     (:func:`pipelines.outputs.results.read_scores`), float64, shape (clips,).
 
-    BirdNET's windows without a row of the class (scored below the floor) are given 0.
+    BirdNET's windows without a row of the class (scored below the floor) are given 0; ``n_windows``
+    (the table's windows, counted here when not given) saves counting them again for each class.
     """
     if "class" in table.columns and "score" in table.columns:  # BirdNET's long form
-        n_windows = len(table.drop_duplicates(["file", "start_time"]))
+        if n_windows is None:
+            n_windows = len(table.drop_duplicates(["file", "start_time"]))
         found = table.loc[table["class"] == class_name, "score"].to_numpy(np.float64)
         return np.concatenate([found, np.zeros(n_windows - len(found))])
     if class_name not in table.columns:
@@ -79,17 +81,20 @@ def calibrate_run(url: str, target_precision: float, storage_options=None, *, n_
     reviews = reviews[reviews["label"].isin(["present", "absent"])]
     if not len(reviews):
         raise ConfigError(f"calibrate: the run at {url} has no present/absent reviews yet; review clips first "
-                          "(opso review)")
+                          "(answers go to reviews/ in the run folder: pipelines.review.reviews.write_review)")
     floors = _birdnet_floors(url, storage_options)
     tables: dict = {}
     rows = []
     for (detector, class_name), group in reviews.groupby(["detector", "class"], sort=True):
         if detector not in tables:
-            tables[detector] = read_scores(url, detector, storage_options)
+            table = read_scores(url, detector, storage_options)
+            long = "class" in table.columns and "score" in table.columns
+            tables[detector] = (table, len(table.drop_duplicates(["file", "start_time"])) if long else None)
+        table, n_windows = tables[detector]
         # a stratum's N_h spread over the answers it has (unsure ones and clips left unreviewed drop out)
         answers = group.groupby("stratum")["stratum"].transform("size").to_numpy(np.float64)
         result = calibrate_class(
-            detector, class_name, class_scores(tables[detector], detector, class_name),
+            detector, class_name, class_scores(table, detector, class_name, n_windows),
             group["score"].to_numpy(np.float64), (group["label"] == "present").to_numpy(np.float64),
             group["stratum_size"].to_numpy(np.float64) / answers, group["stratum"].to_numpy(),
             target_precision=target_precision, log_scores=uses_log_scores(detector), n_boot=n_boot, seed=seed,

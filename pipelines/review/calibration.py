@@ -106,19 +106,29 @@ def threshold_for_precision(archive_x, intercept: float, slope: float, target: f
     ``(threshold, precision, n_above)``, or ``(nan, best precision, 0)`` when no threshold reaches the target.
     """
     x = np.sort(np.asarray(archive_x, dtype=np.float64))[::-1]
-    if not len(x):
+    return _threshold_descending(x, _sigmoid(intercept + slope * x), _cuts(x, lowest), target)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _cuts(x_desc: np.ndarray, lowest: float) -> np.ndarray:
+    """Where a threshold may cut scores sorted in decreasing order: after the last of a run of tied
+    scores (ties share a threshold), at ``lowest`` or above."""
+    return np.append(x_desc[1:] != x_desc[:-1], True) & (x_desc >= lowest)
+
+
+def _threshold_descending(x_desc, p_desc, cuts, target) -> tuple[float, float, int]:
+    """:func:`threshold_for_precision` on scores sorted in decreasing order and their fitted probabilities."""
+    if not len(x_desc) or not cuts.any():
         return np.nan, np.nan, 0
-    p = 1.0 / (1.0 + np.exp(-(intercept + slope * x)))
-    precision = np.cumsum(p) / np.arange(1, len(x) + 1)
-    # the same threshold for tied scores: only the last of a run of ties is a possible cut
-    cut = np.append(x[1:] != x[:-1], True) & (x >= lowest)
-    if not cut.any():
-        return np.nan, np.nan, 0
-    ok = np.flatnonzero(cut & (precision >= target))
+    precision = np.cumsum(p_desc) / np.arange(1, len(x_desc) + 1)
+    ok = np.flatnonzero(cuts & (precision >= target))
     if not len(ok):
-        return np.nan, float(precision[cut].max()), 0
+        return np.nan, float(precision[cuts].max()), 0
     k = ok[-1]
-    return float(x[k]), float(precision[k]), int(k + 1)
+    return float(x_desc[k]), float(precision[k]), int(k + 1)
 
 
 def calibrate_class(detector: str, class_name: str, archive_scores, review_scores, review_present, review_weights,
@@ -164,34 +174,36 @@ def calibrate_class(detector: str, class_name: str, archive_scores, review_score
     w = np.asarray(review_weights, dtype=np.float64)
     strata = np.asarray(review_strata)
 
+    order = np.argsort(archive_x, kind="stable")[::-1]  # sorted once: every fit below reuses it
+    x_desc, raw_desc = archive_x[order], raw[order]
+    cuts = _cuts(x_desc, lowest)
     a, b = fit_logistic(x, y, w)
     if not b > 0:
         return Calibration(**base, status="no_relationship", intercept=a, slope=b,
                            message=f"in these reviews a higher score does not mean a likelier {class_name} (slope "
                                    f"{b:.3g}); check the reviews, or review more clips across the score range")
-    t, precision, n_above = threshold_for_precision(archive_x, a, b, target_precision, lowest)
+    t, precision, n_above = _threshold_descending(x_desc, _sigmoid(a + b * x_desc), cuts, target_precision)
     if not np.isfinite(t):
         return Calibration(**base, status="unreachable", intercept=a, slope=b,
                            message=f"no threshold reaches precision {target_precision:g} (the best is "
                                    f"{precision:.2f}); lower the target or review more high-scoring clips")
-    above = archive_x >= t
 
-    def modelled(a_, b_):
-        """Precision and recall of the archive at the threshold ``t`` under the fit ``a_, b_``."""
-        p = 1.0 / (1.0 + np.exp(-(a_ + b_ * archive_x)))
-        return float(p[above].mean()), float(p[above].sum() / p.sum())
+    def fitted(a_, b_):
+        """The fit's threshold (inf where it reaches the target nowhere), and its precision and recall
+        of the archive at the threshold ``t``."""
+        p = _sigmoid(a_ + b_ * x_desc)
+        t_fit = _threshold_descending(x_desc, p, cuts, target_precision)[0] if b_ > 0 else np.nan
+        return (t_fit if np.isfinite(t_fit) else np.inf,  # no threshold: above every score
+                float(p[:n_above].mean()), float(p[:n_above].sum() / p.sum()))
 
-    precision, recall = modelled(a, b)
+    _, precision, recall = fitted(a, b)
     rng = np.random.default_rng(seed)
     groups = [np.flatnonzero(strata == h) for h in np.unique(strata)]
     boot = []
     for _ in range(n_boot):
         rows = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
         if 0 < y[rows].sum() < len(rows):
-            a_b, b_b = fit_logistic(x[rows], y[rows], w[rows])
-            t_b = threshold_for_precision(archive_x, a_b, b_b, target_precision, lowest)[0] if b_b > 0 else np.nan
-            # a resample whose fit reaches the target nowhere has no threshold: above every score
-            boot.append((t_b if np.isfinite(t_b) else np.inf, *modelled(a_b, b_b)))
+            boot.append(fitted(*fit_logistic(x[rows], y[rows], w[rows])))
     boot = np.array(boot, dtype=np.float64).reshape(-1, 3)
 
     def interval(column):
@@ -200,8 +212,7 @@ def calibrate_class(detector: str, class_name: str, archive_scores, review_score
         return (float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))) if len(values) else \
             (np.nan, np.nan)
 
-    order = np.argsort(archive_x, kind="stable")
-    sorted_x, sorted_raw = archive_x[order], raw[order]
+    sorted_x, sorted_raw = x_desc[::-1], raw_desc[::-1]
 
     def to_scores(value):
         """The smallest score whose axis value is at least ``value`` (exact: ``score >= it`` keeps those clips)."""

@@ -237,15 +237,14 @@ def analyze_windows(clip_range: ClipRange, clips: pd.DataFrame, *, location: Out
         ok_all[b + good] = True
         if embeddings is not None:
             embeddings[b + good] = emb
+    rows = np.concatenate(row_parts) if row_parts else np.zeros(0, np.int64)
+    classes = np.concatenate(class_parts) if class_parts else np.zeros(0, np.int64)
+    scores = np.concatenate(score_parts) if score_parts else np.zeros(0, np.float32)
     if failed:  # a file that failed is failed for the whole task: no partial rows beside its failure item
         lost = clips["file"].isin(list(failed)).to_numpy()
         ok_all[lost] = False
         if embeddings is not None:
             embeddings[lost] = np.nan
-    rows = np.concatenate(row_parts) if row_parts else np.zeros(0, np.int64)
-    classes = np.concatenate(class_parts) if class_parts else np.zeros(0, np.int64)
-    scores = np.concatenate(score_parts) if score_parts else np.zeros(0, np.float32)
-    if failed:
         kept = ok_all[rows]
         rows, classes, scores = rows[kept], classes[kept], scores[kept]
     order = np.lexsort((-scores, rows))  # by window, best first
