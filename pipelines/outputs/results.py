@@ -66,6 +66,9 @@ def status_lines(url: str, status: dict, holder=None) -> list[str]:
             lock = f"free (released {holder.released_utc} by host {holder.host}, pid {holder.pid}, user {holder.user})"
         elif stale is not None:
             lock = f"stale: {holder.describe()}; another run may take it over ({stale})"
+        elif holder.driver_gone():
+            lock = (f"its driver (pid {holder.pid}) has ended; its workers are still ending "
+                    f"({holder.describe()}); a rerun waits for them")
         else:
             lock = f"held by {holder.describe()}; lease {holder.lease_s:g} s"
         lines.append(f"  lock:        {lock}")
