@@ -5,6 +5,7 @@
     opso status OUTPUT_URL|CONFIG.yaml [--storage-options JSON] [--json]
     opso export OUTPUT_URL|CONFIG.yaml --format raven|audacity|kaleidoscope|csv --out DIR_OR_URL
                 [--detector D] [--class C] [--overwrite]
+    opso review OUTPUT_URL|CONFIG.yaml [--host 127.0.0.1] [--port N] [--detector D] [--class C]
     opso calibrate OUTPUT_URL|CONFIG.yaml --target-precision 0.9
     opso demo [--out DIR] [--birdnet]
     opso --version
@@ -291,6 +292,65 @@ def _cmd_export(args) -> int:
     return EXIT_OK
 
 
+#: the review server's first port; the next ones are tried while a port is taken (unless --port is given)
+REVIEW_PORT = 8765
+_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _review_server(args, app):
+    """The review server on --host and --port (the first free of REVIEW_PORT and the 19 after it)."""
+    from pipelines.errors import ConfigError
+    from pipelines.review.server import ReviewServer
+
+    ports = [args.port] if args.port is not None else range(REVIEW_PORT, REVIEW_PORT + 20)
+    for port in ports:
+        try:
+            return ReviewServer(app, host=args.host, port=port, token=args.token)
+        except OSError as exc:
+            last = exc
+    raise ConfigError(f"review: cannot listen on {args.host} port {ports[0] if len(ports) == 1 else 'any of '}"
+                      f"{'' if len(ports) == 1 else f'{ports[0]}-{ports[-1]}'}: {last}; choose another with --port "
+                      "(0: any free port)")
+
+
+def _cmd_review(args) -> int:
+    from pipelines.outputs.results import read_status
+    from pipelines.review.media import ClipMedia
+    from pipelines.review.queue import review_items
+    from pipelines.review.server import ReviewApp
+
+    url, options = _status_target(args)
+    input_options = _json_options(args.input_storage_options, "--input-storage-options")
+    if os.path.isfile(args.target) and args.target.lower().endswith((".yaml", ".yml")) and not input_options:
+        from pipelines.config import load_config
+
+        input_options = load_config(args.target).input.storage_options
+    status = read_status(url, options)
+    config = status.get("config") or {}
+    input_url = str((config.get("input") or {}).get("url", ""))
+    if not input_options and "://" in input_url and input_url.split("://")[0] == url.split("://")[0]:
+        input_options = options  # the archive on the same storage as the run (one endpoint, one key)
+    _REDACTION.add(secrets_of(options))
+    _REDACTION.add(secrets_of(input_options))
+    items = review_items(url, options, detectors=args.detector, classes=args.class_name, n_bins=args.bins,
+                         per_bin=args.per_bin, seed=args.seed)
+    media = ClipMedia(url, config, options, input_options, context_s=args.context_s)
+    server = _review_server(args, ReviewApp(url, items, media, options))
+    if args.host not in _LOCAL_HOSTS:
+        print(f"opso review: warning: serving on {args.host}, not this machine only: whoever can reach it and has "
+              "the address below (its token) can hear the archive's clips and write reviews", file=sys.stderr)
+    n_classes = len(items.drop_duplicates(["detector", "class"]))
+    print(f"opso review: {len(items)} clips of {n_classes} class(es) in {url} "
+          f"({args.bins} score bins, up to {args.per_bin} clips each)")
+    print(f"  open {server.url}")
+    print(f"  answers are saved at once in {url.rstrip('/')}/reviews/; Ctrl-C stops the server", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("opso review: stopped; every answer is saved (run the same command to continue)", file=sys.stderr)
+    return EXIT_OK
+
+
 def _cmd_calibrate(args) -> int:
     from pipelines.review.calibrate_run import CALIBRATION_FILE, calibrate_run
 
@@ -413,6 +473,31 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--seed", type=int, default=0, help="seed of the bootstrap intervals")
     calibrate.add_argument("--storage-options", default=None, help="JSON for fsspec, for the run's URL")
     calibrate.set_defaults(func=_cmd_calibrate)
+
+    review = sub.add_parser("review", parents=[verbosity],
+                            help="review a sample of a run's clips in the browser (present / absent / unsure)")
+    review.add_argument("target", metavar="OUTPUT_URL|CONFIG", help="the run's output URL, or its configuration file")
+    review.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on [default: 127.0.0.1, this machine only]; another opens the page "
+                             "to the network (with a warning): use an SSH tunnel instead where you can")
+    review.add_argument("--port", type=int, default=None,
+                        help=f"port [default: the first free from {REVIEW_PORT}]; 0: any free port")
+    review.add_argument("--token", default=None, help="the page's token [default: a new random one]")
+    review.add_argument("--detector", action="append", default=None,
+                        help="only this detector, e.g. ribbit:frog12 (repeatable)")
+    review.add_argument("--class", dest="class_name", action="append", default=None,
+                        help="only this class (repeatable); a BirdNET class named here is offered even without a "
+                             "detection (by default BirdNET offers its detected classes)")
+    review.add_argument("--bins", type=int, default=10, help="score bins per class [default: 10]")
+    review.add_argument("--per-bin", type=int, default=5, help="clips drawn per bin [default: 5]")
+    review.add_argument("--seed", type=int, default=0,
+                        help="seed of the sample (the same seed gives every reviewer the same clips)")
+    review.add_argument("--context-s", type=float, default=1.0, help="seconds of audio around each clip [default: 1]")
+    review.add_argument("--storage-options", default=None, help="JSON for fsspec, for the run's URL")
+    review.add_argument("--input-storage-options", default=None,
+                        help="JSON for fsspec, for the archive [default: the configuration's, or the run URL's "
+                             "when both are on one storage]")
+    review.set_defaults(func=_cmd_review)
 
     demo = sub.add_parser("demo", parents=[verbosity],
                           help="generate a sample archive and run the whole pipeline locally")
