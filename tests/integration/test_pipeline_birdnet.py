@@ -316,3 +316,37 @@ def test_s3_in_and_out_equals_local(birdnet_archive, dask_client, tmp_path, s3_s
         got = got.sort_values(["file", "start_time", "class"], ignore_index=True)
         pd.testing.assert_frame_equal(got, want, obj=name)
     np.testing.assert_array_equal(_embeddings(remote), _embeddings(local))
+
+
+def test_review_serves_a_birdnet_run(parity_run):
+    """``opso review`` on a BirdNET run: its detected species are offered, its 3 s windows' spectrograms
+    are computed from the audio (its windows are not a store's clips), the audio is the window with context."""
+    import io
+
+    import soundfile as sf
+    from PIL import Image
+
+    from pipelines.outputs.results import read_status
+    from pipelines.review.media import ClipMedia
+    from pipelines.review.queue import review_items
+    from pipelines.review.server import ReviewApp
+
+    run = parity_run.url
+    items = review_items(run, detectors=["birdnet:a"], n_bins=4, per_bin=1)
+    detected = pd.read_parquet(f"{run}/detections").query("detector == 'birdnet:a'")
+    assert set(items["class"]) == set(detected["class"]) and len(set(items["class"])) >= 2
+    long = pd.read_parquet(f"{run}/scores/detector=birdnet:a")
+    n_windows = len(long.drop_duplicates(["file", "start_time"]))
+    for _, group in items.groupby("class"):
+        assert group.drop_duplicates("stratum")["stratum_size"].sum() == n_windows  # every window, scored or not
+    media = ClipMedia(run, read_status(run)["config"])
+    app = ReviewApp(run, items, media)
+    item = items.sort_values("score").iloc[-1]
+    png, source = media.spectrogram(item["file"], item["start_time"], item["end_time"])
+    assert source == "computed" and Image.open(io.BytesIO(png)).size == (640, 240)
+    samples, rate = sf.read(io.BytesIO(app.audio(int(item["id"]))))
+    info = sf.info(item["file"])
+    expected = min(item["end_time"] + 1, info.duration) - max(item["start_time"] - 1, 0)
+    assert rate == info.samplerate and abs(len(samples) / rate - expected) < 1e-3
+    named = review_items(run, detectors=["birdnet:a"], classes=["Turdus migratorius"], n_bins=4, per_bin=1)
+    assert set(named["class"]) == {"Turdus migratorius"}  # a species named is offered without a detection

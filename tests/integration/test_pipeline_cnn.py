@@ -174,3 +174,35 @@ def test_a_changed_threshold_rederives_detections_from_the_stored_scores(cnn_arc
     want = pd.read_parquet(clean / "detections").sort_values(key).reset_index(drop=True)
     pd.testing.assert_frame_equal(got, want)
     assert summary.detections == reference.detections and len(got) > 0
+
+
+def test_review_serves_a_cnn_run(cnn_archive, model_file, dask_client, tmp_path):
+    """``opso review`` on a CNN run: every class sampled, clips' media read, an answer written."""
+    import io
+
+    import soundfile as sf
+
+    from pipelines.outputs.results import read_status
+    from pipelines.review.media import ClipMedia
+    from pipelines.review.queue import review_items
+    from pipelines.review.reviews import read_reviews
+    from pipelines.review.server import ReviewApp
+
+    path, _ = model_file
+    run_pipeline(config(cnn_archive.root, tmp_path / "out", path, overlap_fraction=0.5), dask_client, progress=False)
+    run = str(tmp_path / "out")
+    items = review_items(run, n_bins=4, per_bin=2)
+    assert set(items["detector"]) == {"cnn:toy"} and set(items["class"]) == set(CLASSES)
+    scores = pd.read_parquet(f"{run}/scores/detector=cnn:toy")
+    for class_name, group in items.groupby("class"):
+        assert group.drop_duplicates("stratum")["stratum_size"].sum() == len(scores) == 22
+        assert not group["score"].isna().any() and group["score"].isin(scores[class_name]).all()
+    app = ReviewApp(run, items, ClipMedia(run, read_status(run)["config"]))
+    for item in items.itertuples():
+        assert app.spectrogram(item.id)[:8] == b"\x89PNG\r\n\x1a\n"
+        samples, rate = sf.read(io.BytesIO(app.audio(item.id)))
+        assert rate == 22050 and len(samples) == round(22050 * (min(item.end_time + 1, 12) - max(item.start_time - 1, 0)))
+    app.answer(int(items["id"].iloc[0]), "present", "ana")
+    (review,) = read_reviews(run).to_dict("records")
+    assert (review["detector"], review["class"], review["file"], review["label"]) == (
+        "cnn:toy", items["class"].iloc[0], items["file"].iloc[0], "present")
