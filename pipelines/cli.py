@@ -6,7 +6,7 @@
     opso export OUTPUT_URL|CONFIG.yaml --format raven|audacity|kaleidoscope|csv --out DIR_OR_URL
                 [--detector D] [--class C] [--overwrite]
     opso review OUTPUT_URL|CONFIG.yaml [--host 127.0.0.1] [--port N] [--detector D] [--class C]
-    opso calibrate OUTPUT_URL|CONFIG.yaml --target-precision 0.9
+    opso calibrate OUTPUT_URL|CONFIG.yaml --target-precision 0.9 [--apply]
     opso demo [--out DIR] [--birdnet]
     opso --version
 
@@ -352,8 +352,21 @@ def _cmd_review(args) -> int:
 
 
 def _cmd_calibrate(args) -> int:
+    from pipelines.errors import ConfigError
     from pipelines.review.calibrate_run import CALIBRATION_FILE, calibrate_run
 
+    config = None
+    if os.path.isfile(args.target) and args.target.lower().endswith((".yaml", ".yml")):
+        from pipelines.config import load_config
+
+        config = load_config(args.target)
+    if args.apply:
+        if config is None:
+            raise ConfigError("calibrate --apply runs the run again to re-derive its detections: give the run's "
+                              "configuration file, not its URL")
+        if not any(e.calibrated_thresholds for section in (config.ribbit, config.cnn, config.birdnet) for e in section):
+            raise ConfigError(f"calibrate --apply: no detector of {args.target} has calibrated_thresholds: true; add it "
+                              "to the entries whose calibrated thresholds the run should use")
     url, options = _status_target(args)
     _REDACTION.add(secrets_of(options))
     table = calibrate_run(url, args.target_precision, options, seed=args.seed)
@@ -366,8 +379,13 @@ def _cmd_calibrate(args) -> int:
         print(f"{head}: threshold {row.threshold:.4g} [{row.threshold_low:.4g}, {row.threshold_high:.4g}], "
               f"precision {row.precision:.2f} [{row.precision_low:.2f}, {row.precision_high:.2f}], "
               f"recall {row.recall:.2f} [{row.recall_low:.2f}, {row.recall_high:.2f}], {row.n_above} clips above")
-    print("Apply a threshold by setting it in the run's configuration and running it again in the same folder: "
-          "the detections are re-derived from the stored scores without reading audio.")
+    if args.apply:
+        print("opso calibrate: re-deriving the detections with these thresholds (from the stored scores, no audio "
+              "read)", flush=True)
+        return _exit_code(_run(config, progress=not args.no_progress))
+    print("Apply them: set calibrated_thresholds: true on the detector entries in the run's configuration and run it "
+          "again in the same folder (or opso calibrate CONFIG.yaml ... --apply): the detections are re-derived from "
+          "the stored scores without reading audio.")
     return EXIT_OK
 
 
@@ -472,6 +490,10 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--target-precision", type=float, required=True, help="e.g. 0.9")
     calibrate.add_argument("--seed", type=int, default=0, help="seed of the bootstrap intervals")
     calibrate.add_argument("--storage-options", default=None, help="JSON for fsspec, for the run's URL")
+    calibrate.add_argument("--apply", action="store_true",
+                           help="then run the run again (CONFIG needed): its entries with calibrated_thresholds: true "
+                                "re-derive their detections from the stored scores with the new thresholds")
+    calibrate.add_argument("--no-progress", action="store_true", help="with --apply: no progress bars or lines")
     calibrate.set_defaults(func=_cmd_calibrate)
 
     review = sub.add_parser("review", parents=[verbosity],

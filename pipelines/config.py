@@ -212,6 +212,9 @@ class RibbitSpecies(_Strict):
     pulse_rate_range: tuple[float, float]
     noise_bands: list[tuple[float, float]] = Field(default_factory=list)
     threshold: float = Field(description="clips scoring at or above this are detections")
+    calibrated_thresholds: bool = Field(False, description="use the threshold of calibration.parquet in the output "
+                                        "folder (opso calibrate) where the species' calibration is ok; threshold "
+                                        "otherwise")
     nfft: int = Field(1024, gt=1, le=2**20)
 
     _name = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
@@ -243,6 +246,11 @@ class CnnModelConfig(_Strict):
     activation: Literal["sigmoid", "softmax", "softmax_and_logit"] | None = None
     threshold: float | dict[str, float] = Field(description="score at or above which a class is detected; "
                                                 "one number or one per class")
+    class_thresholds: dict[str, float] = Field(default_factory=dict, description="thresholds of single classes, "
+                                               "in place of threshold's")
+    calibrated_thresholds: bool = Field(False, description="use calibration.parquet's thresholds (opso calibrate) "
+                                        "for the classes whose calibration is ok, in place of threshold's and "
+                                        "class_thresholds'")
     batch_size: int = Field(64, gt=0, le=65536)
     overlap_fraction: float = Field(0.0, ge=0, lt=1, description="clip overlap as a fraction of the clip length")
     final_clip: Literal["extend", "full"] | None = None
@@ -287,6 +295,11 @@ class BirdnetConfig(_Strict):
     name: str
     threshold: float = Field(0.1, ge=0.01, le=0.99, description="confidence at or above which a species is "
                              "detected in a window (BirdNET's min_conf)")
+    class_thresholds: dict[str, float] = Field(default_factory=dict, description="thresholds of single species "
+                                               "(scientific names), in place of threshold; none below score_floor")
+    calibrated_thresholds: bool = Field(False, description="use calibration.parquet's thresholds (opso calibrate) "
+                                        "for the species whose calibration is ok, in place of threshold and "
+                                        "class_thresholds")
     overlap_s: float = Field(0.0, ge=0, le=2.9, description="overlap of consecutive 3 s windows, s")
     sensitivity: float = Field(1.0, ge=0.5, le=1.5, description="BirdNET's detection sensitivity: the sigmoid's "
                                "slope is 2 - sensitivity, so a higher one raises confidences below 0.5 and lowers "
@@ -312,6 +325,10 @@ class BirdnetConfig(_Strict):
     def _floor_below_threshold(self):
         if self.score_floor > self.threshold:
             raise ValueError(f"score_floor ({self.score_floor}) must not exceed threshold ({self.threshold}): the "
+                             "stored scores are what detections are derived from")
+        low = {k: v for k, v in self.class_thresholds.items() if not self.score_floor <= v <= 1}
+        if low:
+            raise ValueError(f"class_thresholds {low} must be between score_floor ({self.score_floor}) and 1: the "
                              "stored scores are what detections are derived from")
         return self
 

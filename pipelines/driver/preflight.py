@@ -35,6 +35,7 @@ from pipelines.errors import ConfigError, StorageError
 from pipelines.outputs.location import OutputLocation
 from pipelines.outputs.run_folder import PreviousRun, read_previous_run
 from pipelines.outputs.run_lock import RunLock
+from pipelines.review.thresholds import calibrated_config
 from pipelines.stages import enabled_kinds, output_names
 
 __all__ = ["Preflight", "check_locations", "check_run"]
@@ -57,6 +58,7 @@ class Preflight:
     cluster_kind: str | None
     lock: RunLock | None = None
     unlisted: tuple[tuple[str, str], ...] = ()
+    config: RunConfig | None = None  # the configuration resolved with the folder's calibrated thresholds
 
     @property
     def lease(self):
@@ -158,9 +160,10 @@ def check_run(config: RunConfig, *, cluster_kind: str | None = None, overwrite: 
     lock = RunLock(location, config.output.lease_s, steal=steal_lock).acquire()
     try:
         previous = read_previous_run(location, output_names())
+        config = calibrated_config(config, location)
         start = decide_start(location, previous, config, overwrite)
     except BaseException:
         lock.release()
         raise
     logger.info("checks passed: %d input files; output %s (%s)", len(listing.files), location.url, start)
-    return Preflight(listing.files, start, previous, kind, lock, listing.unlisted)
+    return Preflight(listing.files, start, previous, kind, lock, listing.unlisted, config)

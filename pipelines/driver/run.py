@@ -144,6 +144,8 @@ def run_pipeline(config: RunConfig, client, *, overwrite: bool = False, progress
     own_preflight = preflight is None
     if own_preflight:
         preflight = check_run(config, overwrite=overwrite, check_cluster=False, steal_lock=steal_lock)
+    if preflight.config is not None:  # with the thresholds calibrated in the folder (calibrated_thresholds)
+        config = preflight.config
     try:
         return _run_locked(config, client, preflight, progress, watch, started)
     finally:

@@ -7,10 +7,10 @@ each answer weighted by its stratum's size over the answers the stratum has. A B
 long scores hold a class's rows at or above the detector's ``score_floor`` only: its other windows
 count as scoring below every threshold, and no threshold is put below the floor.
 
-The thresholds are not applied here: put them in the run's configuration and run it again in the
-same folder, which re-derives the detections from the stored scores without reading audio. A CNN's
-``threshold`` takes one per class and a RIBBIT species has its own; a BirdNET entry has one threshold
-for all its classes (per-class BirdNET thresholds are not configurable yet).
+The thresholds are applied by the run: a detector entry with ``calibrated_thresholds: true`` takes
+them from ``calibration.parquet`` when the run starts (:mod:`pipelines.review.thresholds`), so running
+it again in the same folder (``opso calibrate CONFIG.yaml ... --apply`` does) re-derives the detections
+from the stored scores without reading audio.
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ from pipelines.birdnet.windows import read_windows
 from pipelines.config import BirdnetConfig, RunConfig
 from pipelines.driver.clip_plan import BIRDNET_WINDOWS, ClipRange
 from pipelines.driver.tasks import Stage, task_ranges
+from pipelines.errors import ConfigError
 from pipelines.outputs.embedding_store import (
     EMBEDDINGS_FOLDER,
     create_embedding_store,
@@ -80,6 +81,7 @@ class BirdnetDetector:
     embeddings: bool
     species: SpeciesFilter
     model_sha256: str
+    class_thresholds: tuple[tuple[str, float], ...] = ()  # (scientific name, threshold) in place of threshold
 
     @property
     def detector(self) -> str:
@@ -114,8 +116,21 @@ def describe_birdnet(cfg: BirdnetConfig) -> BirdnetDetector:
             name=cfg.name, threshold=float(cfg.threshold), overlap_s=float(cfg.overlap_s),
             sensitivity=float(cfg.sensitivity), score_floor=float(cfg.score_floor), batch_size=int(cfg.batch_size),
             windows_per_task=int(cfg.windows_per_task), embeddings=bool(cfg.embeddings),
-            species=species_filter(cfg.species, cfg.storage_options), model_sha256=files.sha256)
+            species=species_filter(cfg.species, cfg.storage_options), model_sha256=files.sha256,
+            class_thresholds=_class_thresholds(cfg))
     return _DESCRIBED[key]
+
+
+def _class_thresholds(cfg: BirdnetConfig) -> tuple[tuple[str, float], ...]:
+    """The entry's per-species thresholds, checked against the model's labels."""
+    if not cfg.class_thresholds:
+        return ()
+    known = set(model.labels()[0])
+    unknown = sorted(set(cfg.class_thresholds) - known)
+    if unknown:
+        raise ConfigError(f"birdnet.{cfg.name}.class_thresholds: {unknown[:3]} are not species of the model (use "
+                          "scientific names as in BirdNET's labels, e.g. 'Turdus migratorius')")
+    return tuple(sorted((c, float(t)) for c, t in cfg.class_thresholds.items()))
 
 
 def _file_weeks(scores: pd.DataFrame) -> pd.Series:
@@ -133,7 +148,11 @@ def _file_weeks(scores: pd.DataFrame) -> pd.Series:
 def birdnet_detections(scores: pd.DataFrame, detector: BirdnetDetector) -> pd.DataFrame:
     """The detections of a range's long score table: scores at or above the threshold whose class the
     species filter allows for the row's file, in the contract's long format (with ``common_name``)."""
-    hits = scores[scores["score"] >= np.float32(detector.threshold)]
+    threshold = np.full(len(scores), np.float32(detector.threshold), dtype=np.float32)
+    if detector.class_thresholds:
+        own = scores["class"].map(dict(detector.class_thresholds))
+        threshold = np.where(own.notna(), own.to_numpy(np.float64, na_value=0.0).astype(np.float32), threshold)
+    hits = scores[scores["score"].to_numpy(np.float32) >= threshold]
     scientific, common = model.labels()
     index = {name: i for i, name in enumerate(scientific)}
     classes = hits["class"].map(index).to_numpy(dtype=np.int64)
@@ -328,7 +347,8 @@ class BirdnetKind(StageKind):
                 cfg, det, "model_sha256", "overlap_s", "sensitivity", "score_floor", "windows_per_task"), outputs=(
                 OutputName(f"scores/detector={name}", rf"part-{RANGE}\.parquet"),)))
             products.append(Product(f"detections:{name}", name, {
-                **_settings(cfg, det, "threshold"), f"birdnet[{cfg.name}].species": det.species.identity()},
+                **_settings(cfg, det, "threshold"), f"birdnet[{cfg.name}].species": det.species.identity(),
+                **(_settings(cfg, det, "class_thresholds") if det.class_thresholds else {})},
                 inputs=(f"scores:{name}",), detector=name, rederivable=True, outputs=(
                 OutputName("detections", rf"part-birdnet-{re.escape(cfg.name)}-{RANGE}\.parquet"),)))
             if det.embeddings:

@@ -148,6 +148,10 @@ def describe_cnn_detector(cfg: CnnModelConfig, run_sample_rate_hz: int | None) -
         thresholds = tuple(float(cfg.threshold[c]) for c in classes)
     else:
         thresholds = (float(cfg.threshold),) * len(classes)
+    unknown = sorted(set(cfg.class_thresholds) - set(classes))
+    if unknown:
+        raise ConfigError(f"cnn.{cfg.name}.class_thresholds: the model has no classes {unknown} (it has {list(classes)})")
+    thresholds = tuple(float(cfg.class_thresholds.get(c, t)) for c, t in zip(classes, thresholds, strict=True))
     duration = float(spec.sample_duration_s)
     return CnnDetector(name=cfg.name, url=cfg.model, sha256=hashlib.sha256(data).hexdigest(),
                        storage_options=dict(cfg.storage_options), classes=classes, activation=cfg.activation,
@@ -407,7 +411,8 @@ class CnnKind(StageKind):
         for model in ctx.config.cnn:
             det = _described(model, ctx.sample_rate_hz)
             own = flat_settings(f"cnn[{model.name}]", model.model_dump(mode="json"), drop=(
-                "name", "model", "storage_options", "threshold", "device", "prepare_threads", "clips_per_task"))
+                "name", "model", "storage_options", "threshold", "class_thresholds", "calibrated_thresholds", "device",
+                "prepare_threads", "clips_per_task"))
             own.update({f"cnn[{model.name}].model_sha256": det.sha256,
                         f"cnn[{model.name}].sample_rate_hz": det.sample_rate_hz,
                         f"cnn[{model.name}].clips_per_task": _per_task(det, ctx.config.spectrogram.task_audio_s,
@@ -415,7 +420,9 @@ class CnnKind(StageKind):
             products.append(Product(f"scores:{det.detector}", det.detector, own, outputs=(
                 OutputName(f"scores/detector={det.detector}", rf"part-{RANGE}\.parquet"),)))
             products.append(Product(f"detections:{det.detector}", det.detector,
-                                    {f"cnn[{model.name}].threshold": model.threshold},
+                                    {f"cnn[{model.name}].threshold": model.threshold,
+                                     **({f"cnn[{model.name}].class_thresholds": model.class_thresholds}
+                                        if model.class_thresholds else {})},
                                     inputs=(f"scores:{det.detector}",), detector=det.detector, rederivable=True, outputs=(
                 OutputName("detections", rf"part-cnn-{re.escape(model.name)}-{RANGE}\.parquet"),)))
         return products

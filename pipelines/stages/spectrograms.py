@@ -202,7 +202,8 @@ class SpectrogramKind(StageKind):
                 outputs=(OutputName("", re.escape(STORE_NAME), store=True),)))
         for s in config.ribbit:
             detector = detector_name(s.name)
-            own = flat_settings(f"ribbit[{s.name}]", s.model_dump(mode="json"), drop=("name", "threshold"))
+            own = flat_settings(f"ribbit[{s.name}]", s.model_dump(mode="json"),
+                                drop=("name", "threshold", "calibrated_thresholds"))
             products.append(Product(f"scores:{detector}", STAGE_NAME, {**layout, **own}, outputs=(
                 OutputName(f"scores/detector={detector}", rf"part-{RANGE}\.parquet"),)))
             products.append(Product(f"detections:{detector}", STAGE_NAME,

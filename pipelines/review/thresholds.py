@@ -1,0 +1,84 @@
+"""Calibrated thresholds in a run: entries with ``calibrated_thresholds: true`` take theirs from
+``calibration.parquet`` when the run starts.
+
+The run's configuration is resolved once, before the cluster starts (:func:`calibrated_config`): a
+RIBBIT species' ``threshold`` and a CNN's or BirdNET's ``class_thresholds`` get the calibrated value of
+every class whose calibration is ``ok``; other classes keep the configured thresholds. The resolved
+values are what ``run.json`` records and what the detections' identities hash, so a new calibration
+makes the next run in the folder re-derive those detections from the stored scores (no audio read),
+and an unchanged one changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pipelines.errors import ConfigError
+
+__all__ = ["calibrated_config", "calibrated_thresholds"]
+
+logger = logging.getLogger(__name__)
+
+
+def calibrated_thresholds(location) -> dict[str, dict[str, float]]:
+    """``{detector: {class: threshold}}`` of the ``ok`` rows of the run folder's ``calibration.parquet``
+    (empty where there is none)."""
+    from pipelines.review.calibrate_run import CALIBRATION_FILE
+
+    if not location.exists(CALIBRATION_FILE):
+        return {}
+    table = location.read_parquet(CALIBRATION_FILE)
+    table = table[table["status"] == "ok"]
+    out: dict[str, dict[str, float]] = {}
+    for detector, class_name, threshold in table[["detector", "class_name", "threshold"]].itertuples(
+            index=False, name=None):
+        out.setdefault(detector, {})[class_name] = float(threshold)
+    return out
+
+
+def calibrated_config(config, location):
+    """``config`` with the calibrated thresholds of its ``calibrated_thresholds: true`` entries (see
+    the module docstring); ``config`` itself when no entry asks for them.
+
+    Raises
+    ------
+    ConfigError
+        A calibrated BirdNET threshold below the entry's ``score_floor`` (the calibration was made
+        with another floor: calibrate again).
+    """
+    asking = [e for section in (config.ribbit, config.cnn, config.birdnet) for e in section
+              if e.calibrated_thresholds]
+    if not asking:
+        return config
+    found = calibrated_thresholds(location)
+    if not found:
+        logger.warning("calibrated_thresholds: no calibration in %s yet (opso calibrate writes one from reviews); "
+                       "the configured thresholds apply", location.url)
+        return config
+    applied = []
+
+    def use(detector: str) -> dict[str, float]:
+        values = found.get(detector, {})
+        applied.extend(f"{detector} / {c}: {t:.4g}" for c, t in sorted(values.items()))
+        return values
+
+    ribbit = [s.model_copy(update={"threshold": use(f"ribbit:{s.name}").get(s.name, s.threshold)})
+              if s.calibrated_thresholds else s for s in config.ribbit]
+    cnn = [m.model_copy(update={"class_thresholds": {**m.class_thresholds, **use(f"cnn:{m.name}")}})
+           if m.calibrated_thresholds else m for m in config.cnn]
+    birdnet = []
+    for b in config.birdnet:
+        if b.calibrated_thresholds:
+            values = use(f"birdnet:{b.name}")
+            low = {c: t for c, t in values.items() if t < b.score_floor}
+            if low:
+                raise ConfigError(f"birdnet.{b.name}: calibrated thresholds {low} lie below score_floor "
+                                  f"{b.score_floor}; run opso calibrate again (it keeps thresholds above the floor)")
+            b = b.model_copy(update={"class_thresholds": {**b.class_thresholds, **values}})
+        birdnet.append(b)
+    if applied:
+        logger.info("calibrated thresholds from calibration.parquet: %s", "; ".join(applied))
+    else:
+        logger.warning("calibrated_thresholds: calibration.parquet in %s has no ok calibration of these detectors; "
+                       "the configured thresholds apply", location.url)
+    return config.model_copy(update={"ribbit": ribbit, "cnn": cnn, "birdnet": birdnet})
