@@ -4,7 +4,7 @@
                          [--dry-run | --plan-only]
     opso status OUTPUT_URL|CONFIG.yaml [--storage-options JSON] [--json]
     opso export OUTPUT_URL|CONFIG.yaml --format raven|audacity|kaleidoscope|csv --out DIR_OR_URL
-                [--detector D] [--class C] [--overwrite]
+                [--detector D] [--class C] [--only calibrated|reviewed-present] [--overwrite]
     opso review OUTPUT_URL|CONFIG.yaml [--host 127.0.0.1] [--port N] [--detector D] [--class C]
     opso calibrate OUTPUT_URL|CONFIG.yaml --target-precision 0.9 [--apply]
     opso demo [--out DIR] [--birdnet]
@@ -286,7 +286,7 @@ def _cmd_export(args) -> int:
     _REDACTION.add(secrets_of(out_options))
     summary = export_detections(url, args.out, args.format, storage_options=options,
                                 destination_storage_options=out_options, detectors=args.detector,
-                                classes=args.class_name, overwrite=args.overwrite)
+                                classes=args.class_name, overwrite=args.overwrite, only=args.only)
     print(f"opso export: {summary.detections} detections in {len(summary.files)} {args.format} file(s) "
           f"under {summary.destination}")
     return EXIT_OK
@@ -478,6 +478,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="only this detector, e.g. ribbit:frog12 or birdnet:birds (repeatable)")
     export.add_argument("--class", dest="class_name", action="append", default=None,
                         help="only this class (repeatable)")
+    export.add_argument("--only", choices=["calibrated", "reviewed-present"], default=None,
+                        help="calibrated: detections at or above their class's calibrated threshold (opso calibrate); "
+                             "reviewed-present: the clips reviewers marked present (opso review) [default: every "
+                             "detection]")
     export.add_argument("--overwrite", action="store_true",
                         help="replace export files of the same names in the destination (nothing else)")
     export.add_argument("--storage-options", default=None, help="JSON for fsspec, for the run's URL")

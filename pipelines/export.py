@@ -15,6 +15,18 @@ threshold), optionally narrowed to some detectors and classes:
   CHANNEL, OFFSET, DURATION`` and ``scientific_name, common_name, confidence, detector``;
 - ``csv``: one CSV, ``opso.detections.csv``, of every detection column.
 
+Which rows (``only``):
+
+- ``None``: every detection (the scores at or above each detector's threshold);
+- ``"calibrated"``: the detections at or above their class's calibrated threshold
+  (``calibration.parquet``, :mod:`pipelines.review.calibrate_run`); classes without an ``ok``
+  calibration are left out, and a class whose calibrated threshold lies below the run's own is
+  warned about (the detections hold no clip below the run's threshold: apply the calibration first,
+  ``opso calibrate CONFIG --apply``, to export every clip above it);
+- ``"reviewed-present"``: the clips reviewers marked present (every reviewer's latest answer for the
+  clip and class is ``present``; ``unsure`` answers do not count), whatever their score: the
+  validated calls.
+
 Frequencies of a box (Raven): a RIBBIT species' ``signal_band``; BirdNET's 0-15 kHz (the band its
 spectrograms cover); otherwise 0 Hz to the file's Nyquist frequency.
 
@@ -41,6 +53,8 @@ __all__ = ["EXPORT_FORMATS", "ExportSummary", "export_detections"]
 logger = logging.getLogger(__name__)
 
 EXPORT_FORMATS = ("raven", "audacity", "kaleidoscope", "csv")
+#: the row selections of :func:`export_detections` (``only``)
+EXPORT_SELECTIONS = ("calibrated", "reviewed-present")
 #: the band BirdNET's spectrograms cover (Hz): its boxes in Raven
 BIRDNET_BAND_HZ = (0.0, 15000.0)
 _PER_FILE_SUFFIX = {"raven": ".opso.selection.table.txt", "audacity": ".opso.labels.txt"}
@@ -74,6 +88,87 @@ def _selected(detections: pd.DataFrame, detectors, classes) -> pd.DataFrame:
                 raise ConfigError(f"export: no detections of {what} {unknown}; the run's detections have {known}")
             detections = detections[detections[column].isin(list(wanted))]
     return detections.reset_index(drop=True)
+
+
+def _calibrated(detections: pd.DataFrame, run_url: str, storage_options, status: dict) -> pd.DataFrame:
+    """The detections at or above their class's calibrated threshold (see the module docstring)."""
+    from pipelines.review.thresholds import calibrated_thresholds
+
+    found = calibrated_thresholds(OutputLocation(run_url, storage_options))
+    if not found:
+        raise ConfigError(f"export --only calibrated: the run at {run_url} has no ok calibration (run opso calibrate "
+                          "after reviewing clips)")
+    keep = np.zeros(len(detections), dtype=bool)
+    for (detector, class_name), rows in detections.groupby(["detector", "class"], sort=False).indices.items():
+        threshold = found.get(detector, {}).get(class_name)
+        if threshold is not None:
+            keep[rows] = detections["score"].to_numpy()[rows] >= threshold
+    run_thresholds = _run_thresholds(status)
+    for detector, classes in found.items():
+        for class_name, threshold in classes.items():
+            own = run_thresholds.get(detector, {})
+            configured = own.get(class_name, own.get(None))
+            if configured is not None and threshold < configured:
+                logger.warning("export: %s / %s: the calibrated threshold %.4g is below the run's %.4g, so clips "
+                               "between them are not among the detections; apply the calibration first "
+                               "(calibrated_thresholds: true, opso calibrate CONFIG --apply)", detector, class_name,
+                               threshold, configured)
+    left_out = sorted({f"{d} / {c}" for d, c in zip(detections["detector"], detections["class"], strict=True)
+                       if c not in found.get(d, {})})
+    if left_out:
+        logger.warning("export --only calibrated: left out %d class(es) without an ok calibration: %s",
+                       len(left_out), ", ".join(left_out[:10]) + (" ..." if len(left_out) > 10 else ""))
+    return detections[keep].reset_index(drop=True)
+
+
+def _run_thresholds(status: dict) -> dict[str, dict]:
+    """``{detector: {class or None: threshold}}`` the run derived its detections with (None: every class)."""
+    config = status.get("config") or {}
+    out: dict[str, dict] = {}
+    for s in config.get("ribbit") or []:
+        out[f"ribbit:{s['name']}"] = {s["name"]: s["threshold"]}
+    for kind in ("cnn", "birdnet"):
+        for m in config.get(kind) or []:
+            threshold = m["threshold"]
+            own = dict(threshold) if isinstance(threshold, dict) else {None: threshold}
+            out[f"{kind}:{m['name']}"] = {**own, **(m.get("class_thresholds") or {})}
+    return out
+
+
+def _reviewed_present(run_url: str, storage_options) -> pd.DataFrame:
+    """The clips every reviewer (latest answer) marked present, as detection rows (see the module docstring)."""
+    from pipelines.outputs.results import read_scores
+    from pipelines.outputs.tables import DETECTION_COLUMNS, ID_COLUMNS
+    from pipelines.review.reviews import read_reviews
+
+    reviews = read_reviews(run_url, storage_options)
+    reviews = reviews[reviews["label"].isin(["present", "absent"])]
+    if not len(reviews):
+        raise ConfigError(f"export --only reviewed-present: the run at {run_url} has no present/absent reviews "
+                          "(opso review)")
+    key = ["detector", "class", "file", "start_time"]
+    verdict = reviews.groupby(key, sort=True).agg(all_present=("label", lambda s: bool((s == "present").all())),
+                                                 score=("score", "first")).reset_index()
+    present = verdict[verdict["all_present"]]
+    rows = []
+    for detector, group in present.groupby("detector", sort=True):
+        ids = read_scores(run_url, detector, storage_options)[ID_COLUMNS].drop_duplicates(["file", "start_time"])
+        rows.append(group.drop(columns=["all_present"]).merge(ids, on=["file", "start_time"], how="left"))
+    if not rows:
+        return pd.DataFrame(columns=DETECTION_COLUMNS)
+    table = pd.concat(rows, ignore_index=True)
+    table["common_name"] = None
+    birdnet = table["detector"].str.startswith("birdnet:")
+    if birdnet.any():
+        from pipelines.birdnet import model
+
+        try:
+            scientific, common = model.labels()
+            table.loc[birdnet, "common_name"] = table.loc[birdnet, "class"].map(dict(zip(scientific, common,
+                                                                                         strict=True)))
+        except Exception as exc:  # the birdnet extra is not installed here: names without common names
+            logger.warning("export: BirdNET's labels are not available (%s); common names left empty", exc)
+    return table[DETECTION_COLUMNS]
 
 
 def _bands(detections: pd.DataFrame, status: dict, inventory: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -148,7 +243,7 @@ def _kaleidoscope_table(detections: pd.DataFrame, input_url: str) -> pd.DataFram
 
 def export_detections(run_url: str, destination: str, fmt: str, *, storage_options=None,
                       destination_storage_options=None, detectors=None, classes=None,
-                      overwrite: bool = False) -> ExportSummary:
+                      overwrite: bool = False, only: str | None = None) -> ExportSummary:
     """Write the run's detections in ``fmt`` (one of :data:`EXPORT_FORMATS`) under ``destination``.
 
     Parameters
@@ -164,6 +259,9 @@ def export_detections(run_url: str, destination: str, fmt: str, *, storage_optio
         Only these detectors (``ribbit:<name>``, ...) and classes.
     overwrite : bool
         Replace export files of the same names already in ``destination`` (nothing else is touched).
+    only : {None, "calibrated", "reviewed-present"}
+        Every detection, those at or above their class's calibrated threshold, or the clips reviewed
+        present (see the module docstring).
 
     Returns
     -------
@@ -185,7 +283,15 @@ def export_detections(run_url: str, destination: str, fmt: str, *, storage_optio
     location = OutputLocation(run_url, storage_options)
     inventory = location.read_parquet("inventory.parquet") if location.exists("inventory.parquet") else \
         pd.DataFrame(columns=["file", "sample_rate"])
-    detections = _selected(read_detections(run_url, storage_options), detectors, classes)
+    if only is not None and only not in EXPORT_SELECTIONS:
+        raise ConfigError(f"export: only is one of {list(EXPORT_SELECTIONS)}, got {only!r}")
+    if only == "reviewed-present":
+        detections = _reviewed_present(run_url, storage_options)
+    else:
+        detections = read_detections(run_url, storage_options)
+        if only == "calibrated":
+            detections = _calibrated(detections, run_url, storage_options, status)
+    detections = _selected(detections, detectors, classes)
     low, high = _bands(detections, status, inventory)
     detections = detections.assign(low_hz=low, high_hz=high,
                                    folder=_relative_folders(detections["file"].astype(str), input_url))

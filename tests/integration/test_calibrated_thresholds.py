@@ -157,3 +157,42 @@ def test_birdnet_class_thresholds_override_the_entry_threshold():
         describe_birdnet(BirdnetConfig(name="t2", class_thresholds={"Corvus corvax": 0.2}))
     with pytest.raises(ValueError, match="between score_floor"):
         BirdnetConfig(name="t3", class_thresholds={"Corvus corax": 0.001})
+
+
+def test_export_only_calibrated_or_reviewed_present(demo_config, tmp_path, caplog):
+    """From run to validated detections: review (simulated), calibrate, export the calibrated detections
+    and the reviewed-present clips as Raven tables, read back to the same boxes."""
+    from opso_core.annotations import BoxedAnnotations
+    from pipelines.export import export_detections
+
+    run = str(tmp_path / "results")
+    assert main(["run", str(demo_config), "--no-progress"]) == 0
+    labels = pd.read_csv(tmp_path / "labels.csv")
+    simulate_reviews(run, labels)
+    with pytest.raises(ConfigError, match="no ok calibration"):
+        export_detections(run, str(tmp_path / "none"), "csv", only="calibrated")
+    assert main(["calibrate", run, "--target-precision", "0.9"]) == 0
+    frog = pd.read_parquet(f"{run}/calibration.parquet").set_index("class_name").loc["frog12"]
+    detections = pd.read_parquet(f"{run}/detections")
+
+    summary = export_detections(run, str(tmp_path / "calibrated"), "csv", only="calibrated")
+    table = pd.read_csv(tmp_path / "calibrated" / "opso.detections.csv")
+    mine = detections[(detections["class"] == "frog12") & (detections["score"] >= frog.threshold)]
+    assert summary.detections == len(table) == len(mine) and set(table["class"]) == {"frog12"}
+    # the calibrated threshold is below the run's 0.02: the detections lack the clips between, and it says so
+    assert frog.threshold < 0.02 and "below the run's" in caplog.text
+
+    summary = export_detections(run, str(tmp_path / "reviewed"), "raven", only="reviewed-present")
+    reviews = pd.read_parquet(f"{run}/reviews")
+    present = reviews[reviews["label"] == "present"].sort_values(["file", "start_time"], ignore_index=True)
+    assert summary.detections == len(present) > 0
+    paths = [tmp_path / "reviewed" / rel for rel in summary.files]
+    tables = [pd.read_csv(p, sep="\t") for p in paths]
+    boxes = BoxedAnnotations.from_raven_files(paths, audio_files=[t["Begin Path"].iloc[0] for t in tables]).df
+    got = boxes.sort_values(["file", "start_time"], ignore_index=True)
+    assert got["file"].tolist() == present["file"].tolist() and got.start_time.tolist() == present.start_time.tolist()
+    assert got.end_time.tolist() == present.end_time.tolist() and set(got.annotation) == {"frog12"}
+    truth = labels.set_index(["file", "start_time"])["frog12"]
+    assert all(truth[(f, t)] == 1 for f, t in zip(got["file"], got.start_time, strict=True))  # validated calls
+    low = present[present["score"] < 0.02]
+    assert len(low) > 0  # reviewed present below the run's threshold: exported all the same
