@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 import pytest
 
 from pipelines.demo import prepare_demo
@@ -119,6 +120,7 @@ EXPECT_ON_DEMO = {
     "scores_vs_threshold.ipynb": _thresholds,
     "localized_events_map.ipynb": lambda ns: len(ns["events"]) == 0 and ns["localization"] is None,
     "birdnet_species_per_day.ipynb": lambda ns: ns["detector"] is None and ns["species_per_day"].size == 0,
+    "calibration_curves.ipynb": lambda ns: ns["calibration"] is None and ns["curves"] == {} and not len(ns["reviews"]),
 }
 
 
@@ -176,6 +178,45 @@ def test_species_per_recorder_per_day_of_a_birdnet_run(birdnet_demo_run, monkeyp
     got = namespace["species_per_day"]
     assert got.shape[1] == 1 and got.iloc[:, 0].to_dict() == want.to_dict()
     assert namespace["per_species"]["windows"].sum() == len(kept)
+
+
+@pytest.fixture(scope="module")
+def reviewed_demo_run(demo_run, tmp_path_factory):
+    """A copy of the demo run with reviews from its true labels (two reviewers, one mistake) and a calibration."""
+    import shutil
+
+    import pandas as pd
+
+    from pipelines.review.calibrate_run import calibrate_run
+    from pipelines.review.queue import review_items
+    from pipelines.review.reviews import write_review
+
+    run = tmp_path_factory.mktemp("reviewed") / "results"
+    shutil.copytree(demo_run, run)
+    truth = pd.read_csv(Path(demo_run).parent / "labels.csv").set_index(["file", "start_time"])
+    items = review_items(str(run), classes=["frog12"], per_bin=6)
+    for reviewer in ("ana", "ben"):
+        for k, item in enumerate(items.to_dict("records")):
+            present = bool(truth.loc[(item["file"], item["start_time"]), "frog12"])
+            if reviewer == "ben" and k == 0:
+                present = not present  # ben gets the first clip wrong
+            write_review(str(run), {**{c: item[c] for c in ("clip", "file", "start_time", "end_time", "detector",
+                                                            "class", "score", "stratum", "stratum_size",
+                                                            "stratum_sampled")},
+                                    "label": "present" if present else "absent", "reviewer": reviewer})
+    return str(run), calibrate_run(str(run), 0.9)
+
+
+def test_calibration_curves_of_a_reviewed_run(reviewed_demo_run, monkeypatch):
+    run, calibration = reviewed_demo_run
+    namespace = run_cells(NOTEBOOKS[[p.name for p in NOTEBOOKS].index("calibration_curves.ipynb")], run, monkeypatch)
+    frog = calibration.set_index("class_name").loc["frog12"]
+    assert frog.status == "ok"
+    curve = namespace["curves"][("ribbit:frog12", "frog12")]
+    assert curve["threshold"] == pytest.approx(np.log10(frog.threshold))
+    answered = namespace["answers"].loc[("ribbit:frog12", "frog12")]
+    assert len(curve["points"]) == frog.n_reviews == answered["present"] + answered["absent"]
+    assert namespace["answers"].loc[("ribbit:frog12", "frog12"), "disagreements"] == 1
 
 
 def test_every_notebook_has_a_check():
