@@ -301,3 +301,56 @@ def test_urllib_sees_the_same_page(run):
         assert refused.value.code == 403
     finally:
         server.stop()
+
+
+@pytest.mark.s3
+def test_a_run_and_archive_in_a_bucket(demo, tmp_path, s3_storage_options, dask_client, monkeypatch, capsys):
+    """Clips from an archive in a bucket, answers into a run folder in the bucket; the command takes the
+    run's storage options for the archive on the same storage."""
+    import s3fs
+
+    from pipelines.config import load_config
+    from pipelines.demo import DEMO_SPECIES
+    from pipelines.driver.run import run_pipeline
+    from pipelines.review import server as server_module
+
+    fs = s3fs.S3FileSystem(**s3_storage_options, skip_instance_cache=True)
+    fs.mkdir("review-s3")
+    fs.put(str(demo / "archive" / "rec00"), "review-s3/archive/rec00", recursive=True)
+    options = dict(s3_storage_options)
+    config = load_config({"input": {"url": "s3://review-s3/archive", "storage_options": options, "pattern": "**/*.WAV"},
+                          "output": {"url": "s3://review-s3/results", "storage_options": options},
+                          "clips": {"duration": 2.0}, "spectrogram": {"sample_rate": 16000, "clips_per_chunk": 32},
+                          "ribbit": DEMO_SPECIES}, environ={})
+    run_pipeline(config, dask_client, progress=False)
+    run = "s3://review-s3/results"
+    items = review_items(run, options, classes=["frog12"])
+    media = ClipMedia(run, read_status(run, options)["config"], options, options)
+    server = ReviewServer(ReviewApp(run, items, media, options), token="t0ken").start()
+    try:
+        inner = items[(items["start_time"] >= 2) & (items["end_time"] <= 58)].iloc[0]
+        status, _, body = request(server, f"/api/clip/{int(inner['id'])}/audio.wav")
+        assert status == 200
+        local = str(demo / "archive" / "rec00" / inner["file"].rsplit("/", 1)[-1])
+        original = Audio.from_file(local, offset=inner["start_time"] - 1, duration=4.0).samples
+        samples, _ = sf.read(io.BytesIO(body), dtype="float32")
+        np.testing.assert_allclose(samples, original / np.abs(original).max() * 10 ** (-1 / 20), atol=1.5 / 32768)
+        assert media.spectrogram(inner["file"], inner["start_time"], inner["end_time"])[1] == "stored"
+        assert request(server, "/api/answer", {"id": int(inner["id"]), "label": "present", "reviewer": "ana"})[0] == 200
+    finally:
+        server.stop()
+    assert read_reviews(run, options)["label"].tolist() == ["present"]
+    assert fs.ls("review-s3/results/reviews")
+
+    def serve_once(self):  # the command, given the run's URL and options only, reads the archive too
+        self.start()
+        try:
+            item = self.app.items.iloc[0]
+            assert request(self, f"/api/clip/{int(item['id'])}/audio.wav")[0] == 200
+        finally:
+            self.stop()
+
+    monkeypatch.setattr(server_module.ReviewServer, "serve_forever", serve_once)
+    monkeypatch.setattr(server_module, "new_token", lambda: "t0ken")
+    assert main(["review", run, "--port", "0", "--storage-options", json.dumps(options)]) == 0
+    assert "open http://127.0.0.1:" in capsys.readouterr().out
