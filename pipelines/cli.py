@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 
 # only the standard library at import time: worker processes re-import this module, and a Ctrl-C
@@ -223,8 +224,12 @@ def _cmd_run(args) -> int:
 
 def _status_target(args) -> tuple[str, dict]:
     """(output URL, storage options) from a URL or a run configuration file."""
+    from pipelines.errors import ConfigError
+
     options = _json_options(args.storage_options, "--storage-options")
     target = args.target
+    if "://" not in target and target.lower().endswith((".yaml", ".yml")) and not os.path.isfile(target):
+        raise ConfigError(f"configuration file not found: {target}")
     if os.path.isfile(target) and target.lower().endswith((".yaml", ".yml")):
         from pipelines.config import load_config
 
@@ -287,7 +292,8 @@ def _cmd_export(args) -> int:
     summary = export_detections(url, args.out, args.format, storage_options=options,
                                 destination_storage_options=out_options, detectors=args.detector,
                                 classes=args.class_name, overwrite=args.overwrite, only=args.only)
-    print(f"opso export: {summary.detections} detections in {len(summary.files)} {args.format} file(s) "
+    what = "clips reviewed present" if args.only == "reviewed-present" else "detections"
+    print(f"opso export: {summary.detections} {what} in {len(summary.files)} {args.format} file(s) "
           f"under {summary.destination}")
     return EXIT_OK
 
@@ -307,10 +313,24 @@ def _review_server(args, app):
         try:
             return ReviewServer(app, host=args.host, port=port, token=args.token)
         except OSError as exc:
+            if isinstance(exc, socket.gaierror):
+                raise ConfigError(f"review: --host {args.host} is not an address of this machine ({exc})") from None
             last = exc
     raise ConfigError(f"review: cannot listen on {args.host} port {ports[0] if len(ports) == 1 else 'any of '}"
                       f"{'' if len(ports) == 1 else f'{ports[0]}-{ports[-1]}'}: {last}; choose another with --port "
                       "(0: any free port)")
+
+
+def _check_review_options(args) -> None:
+    """The review command's numbers, before anything is read."""
+    from pipelines.errors import ConfigError
+
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise ConfigError(f"review: --port is 0 (any free port) to 65535, got {args.port}")
+    if not 0 <= args.context_s <= 30:
+        raise ConfigError(f"review: --context-s is 0 to 30 seconds, got {args.context_s:g}")
+    if args.token is not None and len(args.token) < 8:
+        raise ConfigError("review: --token needs at least 8 characters (leave it out for a random one)")
 
 
 def _cmd_review(args) -> int:
@@ -319,6 +339,7 @@ def _cmd_review(args) -> int:
     from pipelines.review.queue import review_items
     from pipelines.review.server import ReviewApp
 
+    _check_review_options(args)
     url, options = _status_target(args)
     input_options = _json_options(args.input_storage_options, "--input-storage-options")
     if os.path.isfile(args.target) and args.target.lower().endswith((".yaml", ".yml")) and not input_options:
@@ -355,6 +376,7 @@ def _cmd_calibrate(args) -> int:
     from pipelines.errors import ConfigError
     from pipelines.review.calibrate_run import CALIBRATION_FILE, calibrate_run
 
+    url, options = _status_target(args)  # a configuration file that is not there is named first
     config = None
     if os.path.isfile(args.target) and args.target.lower().endswith((".yaml", ".yml")):
         from pipelines.config import load_config
@@ -367,15 +389,14 @@ def _cmd_calibrate(args) -> int:
         if not any(e.calibrated_thresholds for section in (config.ribbit, config.cnn, config.birdnet) for e in section):
             raise ConfigError(f"calibrate --apply: no detector of {args.target} has calibrated_thresholds: true; add it "
                               "to the entries whose calibrated thresholds the run should use")
-    url, options = _status_target(args)
     _REDACTION.add(secrets_of(options))
     table = calibrate_run(url, args.target_precision, options, seed=args.seed)
     print(f"opso calibrate: target precision {args.target_precision:g}; {CALIBRATION_FILE} written in {url}")
     for row in table.itertuples():
-        head = f"  {row.detector} / {row.class_name}: {row.n_reviews} reviews ({row.n_present} present)"
         if row.status != "ok":
-            print(f"{head}: {row.message}")
+            print(f"  {row.detector} / {row.class_name}: {row.message}")
             continue
+        head = f"  {row.detector} / {row.class_name}: {row.n_reviews} reviews ({row.n_present} present)"
         print(f"{head}: threshold {row.threshold:.4g} [{row.threshold_low:.4g}, {row.threshold_high:.4g}], "
               f"precision {row.precision:.2f} [{row.precision_low:.2f}, {row.precision_high:.2f}], "
               f"recall {row.recall:.2f} [{row.recall_low:.2f}, {row.recall_high:.2f}], {row.n_above} clips above")

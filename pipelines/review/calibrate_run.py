@@ -77,6 +77,9 @@ def calibrate_run(url: str, target_precision: float, storage_options=None, *, n_
     """
     if not 0 < target_precision < 1:
         raise ConfigError(f"calibrate: the target precision must be between 0 and 1, got {target_precision}")
+    from pipelines.outputs.results import read_status
+
+    read_status(url, storage_options)  # not a run: say so (StorageError), not "no reviews"
     reviews = read_reviews(url, storage_options)
     reviews = reviews[reviews["label"].isin(["present", "absent"])]
     if not len(reviews):

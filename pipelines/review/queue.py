@@ -117,7 +117,10 @@ def review_items(url: str, storage_options=None, *, detectors=None, classes=None
         if missing:
             raise ConfigError(f"review: no detector of the run has class {missing[0]!r}")
     if not parts:
-        raise ConfigError(f"review: nothing to review in {url}: no scores of {chosen or 'any detector'}")
+        if not chosen:
+            raise ConfigError(f"review: nothing to review in {url}: the run has no scores yet")
+        raise ConfigError(f"review: nothing to review in {url}: {', '.join(chosen)} offer no class (a BirdNET "
+                          "detector offers the species it detected; name others with --class)")
     items = pd.concat(parts, ignore_index=True)
     items["id"] = np.arange(len(items), dtype=np.int64)
     return items[ITEM_COLUMNS]

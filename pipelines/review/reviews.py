@@ -23,7 +23,8 @@ import pyarrow as pa
 from pipelines.errors import ConfigError
 from pipelines.outputs.location import OutputLocation
 
-__all__ = ["LABELS", "REVIEW_COLUMNS", "REVIEW_SCHEMA", "REVIEWS_FOLDER", "read_reviews", "write_review"]
+__all__ = ["LABELS", "REVIEW_COLUMNS", "REVIEW_SCHEMA", "REVIEWS_FOLDER", "read_reviews", "valid_reviewer",
+           "write_review"]
 
 REVIEWS_FOLDER = "reviews"
 #: the answers a reviewer can give
@@ -35,8 +36,13 @@ REVIEW_SCHEMA = pa.schema([
     pa.field("time_utc", pa.timestamp("us", tz="UTC")), pa.field("stratum", pa.int64()),
     pa.field("stratum_size", pa.int64()), pa.field("stratum_sampled", pa.int64())])
 REVIEW_COLUMNS = REVIEW_SCHEMA.names
-_REVIEWER = re.compile(r"^[\w .@'-]{1,64}$")
+_REVIEWER = re.compile(r"^[\w.@'-](?:[\w .@'-]{0,62}[\w.@'-])?$")  # no leading, trailing or only spaces
 _KEY = ["reviewer", "detector", "class", "file", "start_time"]
+
+
+def valid_reviewer(name) -> bool:
+    """Whether ``name`` is a usable reviewer name (see :func:`write_review`)."""
+    return isinstance(name, str) and bool(_REVIEWER.match(name))
 
 
 def write_review(url: str, review: dict, storage_options=None) -> str:
@@ -46,7 +52,8 @@ def write_review(url: str, review: dict, storage_options=None) -> str:
     ----------
     review : dict
         ``clip, file, start_time, end_time`` (s), ``detector, class, score, label`` (one of
-        :data:`LABELS`), ``reviewer`` (1-64 letters, digits, spaces or ``. @ ' -``) and the sample's
+        :data:`LABELS`), ``reviewer`` (1-64 letters, digits, spaces or ``. @ ' -``, no space first or
+        last) and the sample's
         ``stratum, stratum_size, stratum_sampled``; ``time_utc`` defaults to now.
 
     Raises
@@ -60,9 +67,10 @@ def write_review(url: str, review: dict, storage_options=None) -> str:
         raise ConfigError(f"a review needs {missing}")
     if review["label"] not in LABELS:
         raise ConfigError(f"a review's label is one of {list(LABELS)}, got {review['label']!r}")
-    if not isinstance(review["reviewer"], str) or not _REVIEWER.match(review["reviewer"]):
-        raise ConfigError("a reviewer's name is 1 to 64 letters, digits, spaces or . @ ' -; got "
-                          f"{review['reviewer']!r}")
+    if not valid_reviewer(review["reviewer"]):
+        shown = repr(review["reviewer"])
+        raise ConfigError("a reviewer's name is 1 to 64 letters, digits, spaces or . @ ' -, not starting or ending "
+                          f"with a space; got {shown if len(shown) <= 70 else shown[:60] + '...'}")
     numbers = {c: review[c] for c in ("clip", "start_time", "end_time", "score", "stratum", "stratum_size",
                                       "stratum_sampled")}
     if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in numbers.values()):

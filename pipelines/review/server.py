@@ -42,13 +42,15 @@ import pandas as pd
 from opso_core.errors import OpsoError
 from pipelines.errors import ConfigError
 from pipelines.review.media import ClipMedia, wav_bytes
-from pipelines.review.reviews import LABELS, read_reviews, write_review
+from pipelines.review.reviews import LABELS, read_reviews, valid_reviewer, write_review
 
 __all__ = ["ReviewApp", "ReviewServer", "new_token"]
 
 logger = logging.getLogger(__name__)
 
 _CLIP_ROUTE = re.compile(r"^/api/clip/(\d{1,12})/(audio\.wav|spectrogram\.png)$")
+#: the other routes and their method
+_ROUTES = {"/": "GET", "/api/state": "GET", "/api/answer": "POST", "/api/calibrate": "POST"}
 #: largest request body accepted (bytes): an answer is a few hundred
 MAX_BODY_BYTES = 64 * 1024
 
@@ -117,8 +119,10 @@ class ReviewApp:
         """The page's data for ``reviewer`` (answers read back from the run folder first)."""
         self.refresh()
         with self._lock:
-            mine = dict(self._answers.get(reviewer or "", {}))
+            mine = dict(self._answers.get((reviewer or "").strip(), {}))
         classes = []
+        if reviewer and not valid_reviewer(reviewer.strip()):
+            raise ConfigError("a reviewer's name is 1 to 64 letters, digits, spaces or . @ ' -")
         for (detector, class_name), group in self.items.groupby(["detector", "class"], sort=False):
             ids = group["id"].to_numpy()
             classes.append({"detector": detector, "class": class_name, "n": int(len(ids)),
@@ -143,7 +147,11 @@ class ReviewApp:
         ConfigError
             A bad label or reviewer name (nothing written).
         """
-        item = self.item(int(item_id)) if isinstance(item_id, int) and not isinstance(item_id, bool) else None
+        if not isinstance(item_id, int) or isinstance(item_id, bool):
+            raise ConfigError(f"an answer's id is a clip number, got {item_id!r}"[:120])
+        if isinstance(reviewer, str):
+            reviewer = reviewer.strip()  # the page trims names too: " ana " is ana
+        item = self.item(item_id)
         if item is None:
             raise KeyError(item_id)
         write_review(self.run_url, {
@@ -186,7 +194,7 @@ class ReviewApp:
                 scores[detector] = read_scores(self.run_url, detector, self.storage_options)
             mine = reviews[(reviews["detector"] == detector) & (reviews["class"] == class_name)]
             curve = class_curve(row, mine, class_scores(scores[detector], detector, class_name))
-            rows.append({**{k: _json_value(v) for k, v in row.items()}, "curve": curve})
+            rows.append({**{k: _json_value(v) for k, v in row.items()}, "class": class_name, "curve": curve})
         return {"file": CALIBRATION_FILE, "classes": rows}
 
 
@@ -197,6 +205,7 @@ def _page() -> bytes:
 class _Handler(http.server.BaseHTTPRequestHandler):
     server_version = "opso-review"
     protocol_version = "HTTP/1.1"
+    timeout = 30  # seconds a connection may stay silent (or a body take to arrive) before it is closed
 
     @property
     def app(self) -> ReviewApp:
@@ -240,11 +249,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return None
         try:
             body = json.loads(self.rfile.read(length))
+        except TimeoutError:  # fewer bytes than Content-Length said, then silence
+            self.close_connection = True
+            self._error(408, "the request's body did not arrive")
+            return None
         except (json.JSONDecodeError, UnicodeDecodeError):
             self._error(400, "the body is not JSON")
             return None
         if not isinstance(body, dict):
-            self._error(400, "the body is a JSON object")
+            self._error(400, "the body must be a JSON object")
             return None
         return body
 
@@ -283,6 +296,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     self._send(200, self.app.audio(item_id), "audio/wav")
                 else:
                     self._send(200, self.app.spectrogram(item_id), "image/png")
+            elif path in _ROUTES or _CLIP_ROUTE.match(path):
+                allowed = _ROUTES.get(path, "GET")
+                self._send(405, json.dumps({"error": f"{path} takes {allowed}"}).encode(), "application/json",
+                           [("Allow", allowed)])
             else:
                 self._error(404, "not found")
         except KeyError:
@@ -305,10 +322,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         self._route("POST")
 
+    def _not_allowed(self):
+        self._route(self.command)  # the token first; then 405 on a known path, 404 elsewhere
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
+
 
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+
+    def handle_error(self, request, client_address):
+        """A browser that went away (Next pressed while the audio loaded) or a silent connection timed
+        out is not an error of the server: logged at debug level, without a traceback on the terminal."""
+        logger.debug("review server: connection from %s ended early", client_address, exc_info=True)
 
 
 class ReviewServer:

@@ -56,9 +56,16 @@ def test_calibrate_writes_thresholds_of_the_stated_precision(reviewed_run, capsy
 
 
 def test_a_run_without_reviews_says_what_to_do(tmp_path, reviewed_run, capsys):
-    with pytest.raises(ConfigError, match="no present/absent reviews yet"):
-        calibrate_run(str(tmp_path), 0.9)
+    import shutil
+
+    from pipelines.errors import StorageError
+
     run, _ = reviewed_run
+    shutil.copytree(run, tmp_path / "copy", ignore=shutil.ignore_patterns("reviews"))
+    with pytest.raises(ConfigError, match="no present/absent reviews yet"):
+        calibrate_run(str(tmp_path / "copy"), 0.9)
+    with pytest.raises(StorageError, match="no opso run at"):  # not a run at all: said so, not "no reviews"
+        calibrate_run(str(tmp_path), 0.9)
     assert main(["calibrate", run, "--target-precision", "1.5"]) == 2
     assert capsys.readouterr().err.startswith("opso: error: calibrate: the target precision must be between 0 and 1")
 

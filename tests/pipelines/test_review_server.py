@@ -114,6 +114,39 @@ def test_every_request_needs_the_token(run):
         server.stop()
 
 
+def test_wrong_methods_get_405(run):
+    server = start_server(run)
+    try:
+        for method, path, allowed in (("GET", "/api/answer", "POST"), ("POST", "/api/state", "GET"),
+                                      ("PUT", "/api/answer", "POST"), ("DELETE", "/api/clip/0/audio.wav", "GET"),
+                                      ("OPTIONS", "/", "GET")):
+            connection = http.client.HTTPConnection(server.host, server.port, timeout=30)
+            connection.request(method, path, body=b"{}" if method != "GET" else None,
+                               headers={"X-Opso-Token": "t0ken", "Content-Type": "application/json"})
+            response = connection.getresponse()
+            body = response.read()
+            connection.close()
+            assert response.status == 405 and response.getheader("Allow") == allowed, (method, path, body)
+            assert json.loads(body)["error"] == f"{path} takes {allowed}"
+        connection = http.client.HTTPConnection(server.host, server.port, timeout=30)
+        connection.request("PUT", "/api/answer", body=b"{}")  # no token: refused before anything else
+        assert connection.getresponse().status == 403
+        connection.close()
+    finally:
+        server.stop()
+
+
+def test_bad_options_are_one_line_errors(run, tmp_path, capsys):
+    for argv, message in (([run, "--port", "99999"], "--port is 0 (any free port) to 65535"),
+                          ([run, "--context-s", "-5"], "--context-s is 0 to 30 seconds"),
+                          ([run, "--token", ""], "--token needs at least 8 characters"),
+                          ([str(tmp_path / "nope.yaml")], "configuration file not found"),
+                          ([run, "--host", "256.1.1.1", "--port", "0"], "is not an address of this machine")):
+        assert main(["review", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("opso: error: ") and message in err and err.count("\n") == 1, err
+
+
 def test_clips_are_named_by_id_only(run):
     server = start_server(run)
     n = len(server.app.items)
@@ -182,16 +215,22 @@ def test_answers_are_written_at_once_and_read_back_after_a_restart(run):
         for bad, message in (({"id": 0, "label": "maybe", "reviewer": "ana"}, b"label is one of"),
                              ({"id": 0, "label": "present", "reviewer": "../etc"}, b"reviewer's name"),
                              ({"id": 0, "label": "present"}, b"reviewer's name"),
-                             ({"id": "0", "label": "present", "reviewer": "ana"}, b"no such clip"),
+                             ({"id": "0", "label": "present", "reviewer": "ana"}, b"a clip number"),
+                             ({"id": 0, "label": "present", "reviewer": "   "}, b"reviewer's name"),
                              ({"id": 10 ** 9, "label": "present", "reviewer": "ana"}, b"no such clip"),
                              (b"not json", b"not JSON"), (b"[1, 2]", b"JSON object")):
             status, _, body = request(server, "/api/answer", bad)
             assert status in (400, 404) and message in body, (bad, body)
+        assert request(server, "/api/state?reviewer=../x")[0] == 400
+        # a name with spaces around it is the same reviewer (the page trims it too)
+        status, _, body = request(server, "/api/answer", {"id": int(frog["id"].iloc[0]), "label": "absent",
+                                                          "reviewer": " ana "})
+        assert status == 200 and json.loads(body)["answered"] == 3
         reviews = read_reviews(run)
         assert len(reviews) == 3 and set(reviews["reviewer"]) == {"ana"}
         first = reviews.set_index("start_time").loc[frog["start_time"].iloc[0]]
         assert first["label"] == "absent" and first["stratum_size"] == frog["stratum_size"].iloc[0]
-        assert len(read_reviews(run, latest=False)) == 4
+        assert len(read_reviews(run, latest=False)) == 5
     finally:
         server.stop()
     again = start_server(run)  # a new server (a restart): the answers come back from the run folder
