@@ -7,6 +7,8 @@
                 [--detector D] [--class C] [--only calibrated|reviewed-present] [--overwrite]
     opso review OUTPUT_URL|CONFIG.yaml [--host 127.0.0.1] [--port N] [--detector D] [--class C]
     opso calibrate OUTPUT_URL|CONFIG.yaml --target-precision 0.9 [--apply]
+    opso search OUTPUT_URL|CONFIG.yaml --example FILE[:START-END] [--k 100] [--approximate] [--out TABLE]
+    opso index OUTPUT_URL|CONFIG.yaml [--detector D]
     opso demo [--out DIR] [--birdnet]
     opso --version
 
@@ -372,6 +374,44 @@ def _cmd_review(args) -> int:
     return EXIT_OK
 
 
+def _cmd_search(args) -> int:
+    from pipelines.embeddings.search import search
+
+    url, options = _status_target(args)
+    input_options = _json_options(args.input_storage_options, "--input-storage-options")
+    if os.path.isfile(args.target) and args.target.lower().endswith((".yaml", ".yml")) and not input_options:
+        from pipelines.config import load_config
+
+        input_options = load_config(args.target).input.storage_options
+    _REDACTION.add(secrets_of(options))
+    _REDACTION.add(secrets_of(input_options))
+    table = search(url, args.example, args.k, detector=args.detector, storage_options=options,
+                   input_storage_options=input_options or None, approximate=args.approximate)
+    if args.out:
+        from pipelines.outputs.location import OutputLocation
+
+        folder, _, name = args.out.rpartition("/")
+        target = OutputLocation(folder or ".", _json_options(args.out_storage_options, "--out-storage-options"))
+        data = table.to_parquet(index=False) if name.endswith(".parquet") else table.to_csv(index=False).encode()
+        target.write_bytes_unguarded(name, data)
+        print(f"opso search: {len(table)} clips written to {args.out}")
+    shown = table.head(args.show).assign(file=table["file"].head(args.show).str.rsplit("/", n=1).str[-1])
+    print(shown[["rank", "similarity", "file", "recorder", "start_time", "end_time", "example"]].to_string(
+        index=False, float_format=lambda v: f"{v:.4f}"))
+    return EXIT_OK
+
+
+def _cmd_index(args) -> int:
+    from pipelines.embeddings.index import build_index
+
+    url, options = _status_target(args)
+    _REDACTION.add(secrets_of(options))
+    summary = build_index(url, args.detector, options)
+    print(f"opso index: {summary.n_vectors:,} embeddings of {summary.detector} indexed in {summary.build_s:.1f} s "
+          f"({summary.size_bytes / 1e6:.1f} MB): {summary.path}")
+    return EXIT_OK
+
+
 def _cmd_calibrate(args) -> int:
     from pipelines.errors import ConfigError
     from pipelines.review.calibrate_run import CALIBRATION_FILE, calibrate_run
@@ -545,6 +585,32 @@ def build_parser() -> argparse.ArgumentParser:
                         help="JSON for fsspec, for the archive [default: the configuration's, or the run URL's "
                              "when both are on one storage]")
     review.set_defaults(func=_cmd_review)
+
+    search_cmd = sub.add_parser("search", parents=[verbosity],
+                                help="the clips most similar to example clips, from the run's embeddings")
+    search_cmd.add_argument("target", metavar="OUTPUT_URL|CONFIG", help="the run's output URL, or its configuration file")
+    search_cmd.add_argument("--example", action="append", required=True, metavar="FILE[:START-END]",
+                            help="an example clip (seconds; the whole file without a range), in the archive or not "
+                                 "(repeatable: a clip's similarity is to its closest example)")
+    search_cmd.add_argument("--k", type=int, default=100, help="clips to return [default: 100]")
+    search_cmd.add_argument("--detector", default=None, help="whose embeddings, e.g. birdnet:birds [default: the "
+                                                             "run's only store]")
+    search_cmd.add_argument("--approximate", action="store_true",
+                            help="use the run's approximate index (built by opso index) instead of a full scan")
+    search_cmd.add_argument("--out", default=None, help="write the table here (.csv, or .parquet), local or s3://")
+    search_cmd.add_argument("--show", type=int, default=20, help="rows printed [default: 20]")
+    search_cmd.add_argument("--storage-options", default=None, help="JSON for fsspec, for the run's URL")
+    search_cmd.add_argument("--input-storage-options", default=None, help="JSON for fsspec, for the examples' files")
+    search_cmd.add_argument("--out-storage-options", default=None, help="JSON for fsspec, for --out")
+    search_cmd.set_defaults(func=_cmd_search)
+
+    index_cmd = sub.add_parser("index", parents=[verbosity],
+                               help="build the approximate search index of a run's embeddings (pip install "
+                                    "'opso[search]')")
+    index_cmd.add_argument("target", metavar="OUTPUT_URL|CONFIG", help="the run's output URL, or its configuration file")
+    index_cmd.add_argument("--detector", default=None, help="whose embeddings [default: the run's only store]")
+    index_cmd.add_argument("--storage-options", default=None, help="JSON for fsspec, for the run's URL")
+    index_cmd.set_defaults(func=_cmd_index)
 
     demo = sub.add_parser("demo", parents=[verbosity],
                           help="generate a sample archive and run the whole pipeline locally")

@@ -1,0 +1,1 @@
+"""Embeddings of a run: search by example, approximate indexes and linear classifiers over them."""
