@@ -9,6 +9,7 @@
     opso calibrate OUTPUT_URL|CONFIG.yaml --target-precision 0.9 [--apply]
     opso search OUTPUT_URL|CONFIG.yaml --example FILE[:START-END] [--k 100] [--approximate] [--out TABLE]
     opso index OUTPUT_URL|CONFIG.yaml [--detector D]
+    opso train-linear OUTPUT_URL|CONFIG.yaml [--labels CSV] --out MODEL.opso-linear
     opso demo [--out DIR] [--birdnet]
     opso --version
 
@@ -412,6 +413,37 @@ def _cmd_index(args) -> int:
     return EXIT_OK
 
 
+def _cmd_train_linear(args) -> int:
+    from pipelines.embeddings.linear import train_linear
+    from pipelines.outputs.location import OutputLocation
+
+    url, options = _status_target(args)
+    labels_options = _json_options(args.labels_storage_options, "--labels-storage-options")
+    _REDACTION.add(secrets_of(options))
+    model = train_linear(url, args.labels, detector=args.detector, classes=args.class_name, l2=args.l2,
+                         test_fraction=args.test_fraction, seed=args.seed, storage_options=options,
+                         labels_storage_options=labels_options)
+    folder, _, name = args.out.rpartition("/")
+    OutputLocation(folder or ".", _json_options(args.out_storage_options, "--out-storage-options")) \
+        .write_bytes_unguarded(name, model.to_bytes())
+    print(f"opso train-linear: {len(model.classes)} class(es) on the embeddings of {model.embedding}; model written "
+          f"to {args.out}")
+    for name_, figures in model.evaluation.items():
+        held = (f"held-out {figures['n_test']}: ROC AUC {figures['auc']:.3f}, average precision "
+                f"{figures['average_precision']:.3f}, precision {figures['precision_at_0_5']:.2f} and recall "
+                f"{figures['recall_at_0_5']:.2f} at 0.5" if "auc" in figures else
+                "too few labels to hold some out: no evaluation")
+        print(f"  {name_}: {figures['n_present']} present, {figures['n_absent']} absent windows; {held}")
+    print("Score the whole archive with it: add to the run's configuration\n"
+          f"  linear:\n    - {{name: {_safe_name(model.classes[0])}, model: {args.out}, threshold: 0.5}}\n"
+          "and run it again in the same folder (the stored embeddings are scored; no audio is read).")
+    return EXIT_OK
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]+", "_", text).strip("_").lower() or "linear"
+
+
 def _cmd_calibrate(args) -> int:
     from pipelines.errors import ConfigError
     from pipelines.review.calibrate_run import CALIBRATION_FILE, calibrate_run
@@ -611,6 +643,25 @@ def build_parser() -> argparse.ArgumentParser:
     index_cmd.add_argument("--detector", default=None, help="whose embeddings [default: the run's only store]")
     index_cmd.add_argument("--storage-options", default=None, help="JSON for fsspec, for the run's URL")
     index_cmd.set_defaults(func=_cmd_index)
+
+    train = sub.add_parser("train-linear", parents=[verbosity],
+                           help="fit a linear classifier on a run's embeddings from reviews or a labels table")
+    train.add_argument("target", metavar="OUTPUT_URL|CONFIG", help="the run's output URL, or its configuration file")
+    train.add_argument("--labels", default=None, metavar="CSV",
+                       help="labels: file, start_time, end_time and class + label (present/absent, 1/0) or one 0/1 "
+                            "column per class [default: the run's reviews]")
+    train.add_argument("--out", required=True, help="the model file to write (.opso-linear), local or s3://")
+    train.add_argument("--detector", default=None, help="whose embeddings [default: the run's only store]")
+    train.add_argument("--class", dest="class_name", action="append", default=None,
+                       help="only this class of the labels (repeatable)")
+    train.add_argument("--l2", type=float, default=1e-2, help="L2 penalty on the standardised weights [default: 0.01]")
+    train.add_argument("--test-fraction", type=float, default=0.2,
+                       help="share of each class's labelled windows held out for the evaluation [default: 0.2]")
+    train.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
+    train.add_argument("--storage-options", default=None, help="JSON for fsspec, for the run's URL")
+    train.add_argument("--labels-storage-options", default=None, help="JSON for fsspec, for --labels")
+    train.add_argument("--out-storage-options", default=None, help="JSON for fsspec, for --out")
+    train.set_defaults(func=_cmd_train_linear)
 
     demo = sub.add_parser("demo", parents=[verbosity],
                           help="generate a sample archive and run the whole pipeline locally")

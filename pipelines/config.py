@@ -333,6 +333,26 @@ class BirdnetConfig(_Strict):
         return self
 
 
+class LinearConfig(_Strict):
+    """A linear classifier over a BirdNET entry's embeddings (``opso train-linear``); its scores go to
+    ``scores/detector=linear:<name>/``, computed from the stored embeddings without reading audio."""
+
+    _storage_defaults = model_validator(mode="before")(classmethod(lambda cls, data: _storage_defaults(data, "model")))
+
+    name: str
+    model: str = Field(description="path or URL of a model written by opso train-linear (.opso-linear)")
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    threshold: float | dict[str, float] = Field(0.5, description="score at or above which a class is detected; "
+                                                "one number or one per class")
+    class_thresholds: dict[str, float] = Field(default_factory=dict, description="thresholds of single classes, "
+                                               "in place of threshold's")
+    calibrated_thresholds: bool = Field(False, description="use calibration.parquet's thresholds (opso calibrate) "
+                                        "for the classes whose calibration is ok")
+    chunks_per_task: int = Field(16, gt=0, le=100_000, description="embedding store chunks scored per task")
+
+    _name = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
+
+
 class LocalizationConfig(_Strict):
     """The localization stage: detections of one detector's class on nearby synchronized recorders,
     grouped by absolute time, delays by cross correlation of the raw audio, positions solved; rows
@@ -458,6 +478,7 @@ class RunConfig(_Strict):
     ribbit: list[RibbitSpecies] = Field(default_factory=list)
     cnn: list[CnnModelConfig] = Field(default_factory=list)
     birdnet: list[BirdnetConfig] = Field(default_factory=list)
+    linear: list[LinearConfig] = Field(default_factory=list)
     localization: LocalizationConfig | None = None
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
@@ -489,7 +510,8 @@ class RunConfig(_Strict):
     @model_validator(mode="after")
     def _unique_names(self):
         for kind, names in (("ribbit species", [s.name for s in self.ribbit]), ("cnn model", [m.name for m in self.cnn]),
-                            ("birdnet detector", [b.name for b in self.birdnet])):
+                            ("birdnet detector", [b.name for b in self.birdnet]),
+                            ("linear classifier", [m.name for m in self.linear])):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"{kind} names must be unique; repeated: {dupes}")

@@ -46,7 +46,7 @@ def calibrated_config(config, location):
         A calibrated BirdNET threshold below the entry's ``score_floor`` (the calibration was made
         with another floor: calibrate again).
     """
-    asking = [e for section in (config.ribbit, config.cnn, config.birdnet) for e in section
+    asking = [e for section in (config.ribbit, config.cnn, config.birdnet, config.linear) for e in section
               if e.calibrated_thresholds]
     if not asking:
         return config
@@ -66,6 +66,8 @@ def calibrated_config(config, location):
               if s.calibrated_thresholds else s for s in config.ribbit]
     cnn = [m.model_copy(update={"class_thresholds": {**m.class_thresholds, **use(f"cnn:{m.name}")}})
            if m.calibrated_thresholds else m for m in config.cnn]
+    linear = [m.model_copy(update={"class_thresholds": {**m.class_thresholds, **use(f"linear:{m.name}")}})
+              if m.calibrated_thresholds else m for m in config.linear]
     birdnet = []
     for b in config.birdnet:
         if b.calibrated_thresholds:
@@ -81,4 +83,4 @@ def calibrated_config(config, location):
     else:
         logger.warning("calibrated_thresholds: calibration.parquet in %s has no ok calibration of these detectors; "
                        "the configured thresholds apply", location.url)
-    return config.model_copy(update={"ribbit": ribbit, "cnn": cnn, "birdnet": birdnet})
+    return config.model_copy(update={"ribbit": ribbit, "cnn": cnn, "birdnet": birdnet, "linear": linear})

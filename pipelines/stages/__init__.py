@@ -8,7 +8,7 @@ and its page in the docs.
 
 from __future__ import annotations
 
-from pipelines.stages import birdnet, cnn, localization, spectrograms
+from pipelines.stages import birdnet, cnn, linear, localization, spectrograms
 
 __all__ = ["STAGE_KINDS", "enabled_kinds", "output_names"]
 
@@ -17,6 +17,7 @@ STAGE_KINDS = [
     spectrograms.KIND,
     cnn.KIND,
     birdnet.KIND,
+    linear.KIND,
     localization.KIND,
 ]
 

@@ -59,8 +59,8 @@ def test_no_driver_module_imports_a_stage_module():
 
 def test_every_kind_is_registered_once_with_a_name_and_phase():
     names = [kind.name for kind in registry.STAGE_KINDS]
-    assert names == ["spectrograms", "cnn", "birdnet", "localization"]
-    assert [kind.phase for kind in registry.STAGE_KINDS] == [1, 1, 1, 2]
+    assert names == ["spectrograms", "cnn", "birdnet", "linear", "localization"]
+    assert [kind.phase for kind in registry.STAGE_KINDS] == [1, 1, 1, 2, 2]
 
 
 def ribbit_config(root, out):

@@ -13,6 +13,7 @@ from pipelines.config import (
     ClusterConfig,
     CnnModelConfig,
     InputConfig,
+    LinearConfig,
     LocalizationConfig,
     OutputConfig,
     RibbitSpecies,
@@ -23,7 +24,7 @@ from pipelines.config import (
 DOC = Path(__file__).parents[2] / "docs" / "configuration.md"
 SECTIONS = {"input": InputConfig, "output": OutputConfig, "clips": ClipConfig, "spectrogram": SpectrogramConfig,
             "ribbit": RibbitSpecies, "cnn": CnnModelConfig, "birdnet": BirdnetConfig, "birdnet.species": BirdnetLocation,
-            "localization": LocalizationConfig,
+            "linear": LinearConfig, "localization": LocalizationConfig,
             "cluster": ClusterConfig}
 
 

@@ -1,5 +1,6 @@
-"""Search by example over a run's BirdNET embeddings: planted calls found, exact = approximate, S3 = local,
-the command's table and errors."""
+"""A run's BirdNET embeddings: search by example (planted calls found, exact = approximate, S3 = local, the
+command's table and errors) and linear classifiers trained on labels of the planted call, scoring the
+whole store as a ``linear`` detector without reading audio."""
 
 from __future__ import annotations
 
@@ -207,3 +208,128 @@ def test_a_run_without_embeddings_says_how_to_get_them(tmp_path, dask_client, ca
     run_pipeline(config_, dask_client, progress=False)
     assert main(["search", config_.output.url, "--example", "x.wav"]) == 2
     assert "has no embedding store: set embeddings: true on a birdnet entry" in capsys.readouterr().err
+
+
+def labels_csv(run: str, calls: pd.DataFrame, path, n_present: int = 6, n_absent: int = 24, seed: int = 1):
+    """A labels table: ``n_present`` planted calls and ``n_absent`` windows without one (long form)."""
+    import xarray as xr
+
+    ds = xr.open_zarr(f"{run}/embeddings.zarr/birdnet-birds")
+    positives = planted_windows(run, calls)
+    rng = np.random.default_rng(seed)
+    others = rng.choice(sorted(set(range(ds.sizes["clip"])) - positives), n_absent, replace=False)
+    rows = [(c.file, c.start_time, c.end_time, "trill", "present") for c in calls.iloc[:n_present].itertuples()]
+    rows += [(ds["file"].values[i], float(ds["start_time"].values[i]), float(ds["end_time"].values[i]), "trill",
+              "absent") for i in others]
+    pd.DataFrame(rows, columns=["file", "start_time", "end_time", "class", "label"]).to_csv(path, index=False)
+    return path
+
+
+def test_a_linear_classifier_from_a_few_labels_scores_the_planted_calls_on_top(planted, tmp_path, dask_client,
+                                                                               capsys, monkeypatch):
+    import shutil
+
+    from pipelines.embeddings.linear import LinearModel
+
+    root, calls = planted
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    labels = labels_csv(str(run), calls, tmp_path / "labels.csv")
+    model_path = tmp_path / "trill.opso-linear"
+    assert main(["train-linear", str(run), "--labels", str(labels), "--out", str(model_path)]) == 0
+    out = capsys.readouterr().out
+    assert "trill: 6 present, 24 absent windows; held-out 6: ROC AUC" in out and "linear:" in out
+    model = LinearModel.from_bytes(model_path.read_bytes())
+    assert model.classes == ("trill",) and model.embedding == "birdnet:birds" and len(model.embedding_model) == 64
+
+    def no_audio(*args, **kwargs):
+        raise AssertionError("audio read")
+
+    monkeypatch.setattr("pipelines.stages.birdnet._read_batch", no_audio)  # the workers are threads here
+    data = config(root, run).model_dump(mode="json", by_alias=True)
+    data["linear"] = [{"name": "trill", "model": str(model_path), "threshold": 0.5, "chunks_per_task": 1}]
+    summary = run_pipeline(load_config(data, environ={}), dask_client, progress=False)
+    assert summary.status == "complete"
+    scores = pd.read_parquet(run / "scores" / "detector=linear:trill")
+    assert len(scores) == 120 and list(scores.columns) == ["file", "recorder", "start_time", "end_time",
+                                                           "start_time_utc", "trill"]
+    birdnet = pd.read_parquet(run / "scores" / "detector=birdnet:birds").drop_duplicates(["file", "start_time"])
+    pd.testing.assert_frame_equal(  # the windows' coordinates are the BirdNET stage's
+        scores.sort_values(["file", "start_time"])[["file", "recorder", "start_time", "end_time", "start_time_utc"]]
+        .reset_index(drop=True),
+        birdnet.sort_values(["file", "start_time"])[["file", "recorder", "start_time", "end_time", "start_time_utc"]]
+        .reset_index(drop=True), check_dtype=False)
+    import xarray as xr
+
+    ds = xr.open_zarr(f"{run}/embeddings.zarr/birdnet-birds")
+    key = {(f, s): i for i, (f, s) in enumerate(zip(ds["file"].values.tolist(), ds["start_time"].values, strict=True))}
+    top = scores.sort_values("trill", ascending=False).head(24)
+    positives = planted_windows(str(run), calls)
+    assert {key[(f, s)] for f, s in zip(top["file"], top["start_time"], strict=True)} == positives
+    detections = pd.read_parquet(run / "detections").query("detector == 'linear:trill'")
+    assert summary.detections["linear:trill"] == len(detections) >= 22
+    assert sum(key[(f, s)] in positives for f, s in zip(detections["file"], detections["start_time"],
+                                                         strict=True)) / len(detections) >= 0.9
+
+    # another threshold: the detections are re-derived from the stored scores
+    before = (run / "scores" / "detector=linear:trill").glob("*.parquet")
+    before = {p: p.read_bytes() for p in before}
+    data["linear"][0]["threshold"] = 0.99
+    summary = run_pipeline(load_config(data, environ={}), dask_client, progress=False)
+    assert {p: p.read_bytes() for p in (run / "scores" / "detector=linear:trill").glob("*.parquet")} == before
+    assert summary.detections["linear:trill"] == int((scores["trill"] >= np.float32(0.99)).sum())
+
+
+def test_a_linear_classifier_from_the_run_s_reviews(planted, tmp_path):
+    import shutil
+
+    import xarray as xr
+
+    from pipelines.embeddings.linear import train_linear
+    from pipelines.review.reviews import write_review
+
+    root, calls = planted
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    ds = xr.open_zarr(f"{run}/embeddings.zarr/birdnet-birds")
+    positives = planted_windows(str(run), calls)
+    for clip in list(positives)[:5] + [c for c in range(0, 120, 7) if c not in positives][:12]:
+        for reviewer in ("ana", "ben"):
+            label = "present" if clip in positives else "absent"
+            if reviewer == "ben" and clip == min(positives):
+                label = "absent"  # the reviewers disagree: not a present window
+            write_review(str(run), {"clip": clip, "file": ds["file"].values[clip],
+                                    "start_time": float(ds["start_time"].values[clip]),
+                                    "end_time": float(ds["end_time"].values[clip]), "detector": "birdnet:birds",
+                                    "class": "trill", "score": 0.0, "label": label, "reviewer": reviewer,
+                                    "stratum": 0, "stratum_size": 120, "stratum_sampled": 17})
+    model = train_linear(str(run), test_fraction=0)
+    expected_present = 4 if min(positives) in list(positives)[:5] else 5
+    assert model.evaluation["trill"]["n_present"] == expected_present and model.evaluation["trill"]["n_absent"] >= 12
+    scores = model.scores(np.asarray(ds["embedding"].values, dtype=np.float32))[:, 0]
+    assert set(np.argsort(-scores)[:20]) <= positives
+
+
+def test_linear_models_are_checked(planted, tmp_path):
+    from pipelines.embeddings.linear import LinearModel
+
+    root, _ = planted
+    with pytest.raises(ConfigError, match="not a linear model"):
+        LinearModel.from_bytes(b"not a zip", "x")
+    model = LinearModel(("a", "b"), np.ones((2, 4), np.float32), np.zeros(2, np.float32), np.zeros(4, np.float32),
+                        np.ones(4, np.float32), "birdnet:other", "", {})
+    path = tmp_path / "m.opso-linear"
+    path.write_bytes(model.to_bytes())
+    np.testing.assert_array_equal(LinearModel.from_bytes(path.read_bytes()).weights, model.weights)
+    data = config(root, tmp_path / "out").model_dump(mode="json", by_alias=True)
+    data["linear"] = [{"name": "x", "model": str(path)}]
+    with pytest.raises(ConfigError, match="takes the embeddings of birdnet:other, which this run does not write"):
+        from pipelines.driver.preflight import check_run
+
+        check_run(load_config(data, environ={}), check_cluster=False)
+    data["linear"] = [{"name": "x", "model": str(path), "class_thresholds": {"c": 0.5}}]
+    with pytest.raises(ConfigError, match="thresholds name classes the model does not have"):
+        check_run(load_config(data, environ={}), check_cluster=False)
+    data["linear"] = [{"name": "x", "model": str(tmp_path / "missing.opso-linear")}]
+    with pytest.raises(ConfigError, match="model file not found"):
+        check_run(load_config(data, environ={}), check_cluster=False)
