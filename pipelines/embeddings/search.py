@@ -146,8 +146,11 @@ def _normalised(x: np.ndarray) -> np.ndarray:
 
 def _chunk_best(block: np.ndarray, queries: np.ndarray, k: int, offset: int) -> tuple[np.ndarray, ...]:
     """The best ``k`` rows of one chunk: (clip numbers, similarities, query index), best first."""
-    sims = _normalised(block) @ queries.T  # (rows, queries); NaN for failed clips
-    sims = np.nan_to_num(sims, nan=-np.inf)
+    x = np.asarray(block, dtype=np.float32)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))  # one pass; no normalised copy of the chunk
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sims = (x @ queries.T) / norms[:, None]  # (rows, queries); NaN for failed (or all-zero) clips
+    sims = np.nan_to_num(sims, nan=-np.inf, posinf=-np.inf, neginf=-np.inf)
     best_query = np.argmax(sims, axis=1)
     best = sims[np.arange(len(sims)), best_query]
     keep = np.flatnonzero(np.isfinite(best))
