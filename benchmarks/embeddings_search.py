@@ -15,7 +15,7 @@
 - ``hoplite``: perch-hoplite 1.0.2 (its own environment, ``.bench/perch-hoplite-1.0.2``, made by
   ``--create-env``) on the first ``--hoplite-n`` vectors: its in-memory database's insert, its
   brute-force search and its USearch index, against opso's exact scan and index on the same vectors
-  (``.bench/perch_hoplite_search.py`` runs hoplite's side).
+  (``perch_hoplite_search.py``, beside this script, runs hoplite's side).
 
     python benchmarks/embeddings_search.py [--only store,search,index,linear,hoplite] [--n 1000000]
                                            [--workers 2] [--repeats 3] [--create-env]
@@ -231,9 +231,7 @@ def hoplite_table(args, work: Path) -> None:
     python = ensure_venv(REPO / ".bench" / "perch-hoplite-1.0.2", args.create_env, HOPLITE_PACKAGES,
                          "no perch-hoplite environment at .bench/perch-hoplite-1.0.2; add --create-env",
                          "about 3 minutes")
-    script = REPO / ".bench" / "perch_hoplite_search.py"
-    if not script.exists():
-        sys.exit(f"{script} is missing (the hoplite side of this comparison)")
+    script = Path(__file__).with_name("perch_hoplite_search.py")  # hoplite's side, run in its environment
     n = min(args.hoplite_n, args.n)
     data = _open(ensure_vectors(work, args.n))
     vectors = np.asarray(data[:n].compute(), dtype=np.float16)
