@@ -337,6 +337,7 @@ def _check_review_options(args) -> None:
 
 
 def _cmd_review(args) -> int:
+    from pipelines.errors import ConfigError
     from pipelines.outputs.results import read_status
     from pipelines.review.media import ClipMedia
     from pipelines.review.queue import review_items
@@ -356,16 +357,24 @@ def _cmd_review(args) -> int:
         input_options = options  # the archive on the same storage as the run (one endpoint, one key)
     _REDACTION.add(secrets_of(options))
     _REDACTION.add(secrets_of(input_options))
-    items = review_items(url, options, detectors=args.detector, classes=args.class_name, n_bins=args.bins,
-                         per_bin=args.per_bin, seed=args.seed)
+    if args.clips:
+        from pipelines.review.queue import table_items
+
+        if not args.class_name or len(args.class_name) != 1:
+            raise ConfigError("review --clips: name the one class you are looking for with --class")
+        items = table_items(args.clips, args.class_name[0],
+                            _json_options(args.clips_storage_options, "--clips-storage-options"))
+    else:
+        items = review_items(url, options, detectors=args.detector, classes=args.class_name, n_bins=args.bins,
+                             per_bin=args.per_bin, seed=args.seed)
     media = ClipMedia(url, config, options, input_options, context_s=args.context_s)
     server = _review_server(args, ReviewApp(url, items, media, options))
     if args.host not in _LOCAL_HOSTS:
         print(f"opso review: warning: serving on {args.host}, not this machine only: whoever can reach it and has "
               "the address below (its token) can hear the archive's clips and write reviews", file=sys.stderr)
     n_classes = len(items.drop_duplicates(["detector", "class"]))
-    print(f"opso review: {len(items)} clips of {n_classes} class(es) in {url} "
-          f"({args.bins} score bins, up to {args.per_bin} clips each)")
+    how = f"from {args.clips}" if args.clips else f"{args.bins} score bins, up to {args.per_bin} clips each"
+    print(f"opso review: {len(items)} clips of {n_classes} class(es) in {url} ({how})")
     print(f"  open {server.url}")
     print(f"  answers are saved at once in {url.rstrip('/')}/reviews/; Ctrl-C stops the server", flush=True)
     try:
@@ -607,6 +616,10 @@ def build_parser() -> argparse.ArgumentParser:
     review.add_argument("--class", dest="class_name", action="append", default=None,
                         help="only this class (repeatable); a BirdNET class named here is offered even without a "
                              "detection (by default BirdNET offers its detected classes)")
+    review.add_argument("--clips", default=None, metavar="TABLE",
+                        help="review these clips instead of a sample (a CSV or Parquet table with file, start_time, "
+                             "end_time, e.g. opso search --out's), for the one class named with --class")
+    review.add_argument("--clips-storage-options", default=None, help="JSON for fsspec, for --clips")
     review.add_argument("--bins", type=int, default=10, help="score bins per class [default: 10]")
     review.add_argument("--per-bin", type=int, default=5, help="clips drawn per bin [default: 5]")
     review.add_argument("--seed", type=int, default=0,

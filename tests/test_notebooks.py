@@ -92,7 +92,9 @@ def run_cells(notebook, run_url, monkeypatch):
             exec(compile(source, f"{notebook.name}[{i}]", "exec"), namespace)
         except Exception as exc:  # report which cell broke
             pytest.fail(f"{notebook.name} code cell {i} failed: {type(exc).__name__}: {exc}")
-    matplotlib.pyplot.close("all")
+    import matplotlib.pyplot as plt  # a notebook without figures has not imported it
+
+    plt.close("all")
     return namespace
 
 
@@ -121,6 +123,7 @@ EXPECT_ON_DEMO = {
     "localized_events_map.ipynb": lambda ns: len(ns["events"]) == 0 and ns["localization"] is None,
     "birdnet_species_per_day.ipynb": lambda ns: ns["detector"] is None and ns["species_per_day"].size == 0,
     "calibration_curves.ipynb": lambda ns: ns["calibration"] is None and ns["curves"] == {} and not len(ns["reviews"]),
+    "search_by_example.ipynb": lambda ns: ns["store"] is None and ns["model"] is None and not len(ns["found"]),
 }
 
 
@@ -217,6 +220,16 @@ def test_calibration_curves_of_a_reviewed_run(reviewed_demo_run, monkeypatch):
     answered = namespace["answers"].loc[("ribbit:frog12", "frog12")]
     assert len(curve["points"]) == frog.n_reviews == answered["present"] + answered["absent"]
     assert namespace["answers"].loc[("ribbit:frog12", "frog12"), "disagreements"] == 1
+
+
+def test_search_by_example_on_a_birdnet_run(birdnet_demo_run, monkeypatch):
+    namespace = run_cells(NOTEBOOKS[[p.name for p in NOTEBOOKS].index("search_by_example.ipynb")],
+                          birdnet_demo_run, monkeypatch)
+    assert namespace["store"] == "birdnet:birds" and len(namespace["found"]) == 20
+    assert namespace["found"]["similarity"].iloc[0] == pytest.approx(1.0, abs=1e-3)  # the example's own window
+    model = namespace["model"]  # the demo's labels.csv: frog12 calls (fast_pulser has none)
+    assert model.classes == ("frog12",) and model.evaluation["frog12"]["n_present"] >= 2
+    assert len(namespace["top"]) == 10
 
 
 def test_every_notebook_has_a_check():

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,7 @@ from pipelines.review.sampling import uses_log_scores
 __all__ = ["CALIBRATION_FILE", "calibrate_run", "class_scores"]
 
 CALIBRATION_FILE = "calibration.parquet"
+logger = logging.getLogger(__name__)
 
 
 def class_scores(table: pd.DataFrame, detector: str, class_name: str, n_windows: int | None = None) -> np.ndarray:
@@ -80,8 +82,15 @@ def calibrate_run(url: str, target_precision: float, storage_options=None, *, n_
     from pipelines.outputs.results import read_status
 
     read_status(url, storage_options)  # not a run: say so (StorageError), not "no reviews"
+    from pipelines.outputs.results import list_detectors
+
     reviews = read_reviews(url, storage_options)
     reviews = reviews[reviews["label"].isin(["present", "absent"])]
+    scored = reviews["detector"].isin(list_detectors(url, storage_options))
+    if (~scored).any():  # e.g. answers about search results: not a sample of a detector's scores
+        logger.info("calibrate: %d answers about clips of no detector's scores (%s) left out",
+                    int((~scored).sum()), ", ".join(sorted(set(reviews.loc[~scored, "detector"]))))
+        reviews = reviews[scored]
     if not len(reviews):
         raise ConfigError(f"calibrate: the run at {url} has no present/absent reviews yet; review clips first "
                           "(answers go to reviews/ in the run folder: pipelines.review.reviews.write_review)")

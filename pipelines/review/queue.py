@@ -25,10 +25,12 @@ from pipelines.outputs.results import list_detectors, read_detections, read_scor
 from pipelines.outputs.tables import ID_COLUMNS
 from pipelines.review.sampling import stratified_sample, uses_log_scores
 
-__all__ = ["ITEM_COLUMNS", "class_table", "review_items"]
+__all__ = ["ITEM_COLUMNS", "SEARCH_DETECTOR", "class_table", "review_items", "table_items"]
 
 logger = logging.getLogger(__name__)
 
+#: the detector named in reviews of a table of clips (search results): no score table of the run is theirs
+SEARCH_DETECTOR = "search"
 #: columns of :func:`review_items`
 ITEM_COLUMNS = ["id", "detector", "class", "clip", *ID_COLUMNS, "score", "stratum", "stratum_size", "stratum_sampled"]
 
@@ -123,4 +125,44 @@ def review_items(url: str, storage_options=None, *, detectors=None, classes=None
                           "detector offers the species it detected; name others with --class)")
     items = pd.concat(parts, ignore_index=True)
     items["id"] = np.arange(len(items), dtype=np.int64)
+    return items[ITEM_COLUMNS]
+
+
+def table_items(source, class_name: str, storage_options=None) -> pd.DataFrame:
+    """Review items from a table of clips, e.g. ``opso search``'s results (CSV or Parquet, local or a
+    URL): ``file, start_time, end_time`` and, where present, ``recorder, start_time_utc``, ``clip`` and
+    ``similarity`` (shown as the score), in the table's order. The answers name the detector
+    :data:`SEARCH_DETECTOR` and ``class_name``; they train linear classifiers (``opso train-linear``)
+    and are left out of calibration (the clips are not a sample of a detector's scores).
+
+    Raises
+    ------
+    ConfigError
+        No such table, or one without ``file, start_time, end_time``.
+    """
+    import fsspec
+
+    if not class_name:
+        raise ConfigError("review --clips: name the class you are looking for with --class")
+    try:
+        with fsspec.open(source, "rb", **(storage_options or {})) as f:
+            table = pd.read_parquet(f) if str(source).endswith(".parquet") else pd.read_csv(f)
+    except FileNotFoundError:
+        raise ConfigError(f"review --clips: no table at {source}") from None
+    missing = sorted({"file", "start_time", "end_time"} - set(table.columns))
+    if missing:
+        raise ConfigError(f"review --clips: the table needs columns file, start_time, end_time (missing {missing})")
+    n = len(table)
+    if not n:
+        raise ConfigError(f"review --clips: the table at {source} has no rows")
+    utc = pd.to_datetime(table["start_time_utc"], utc=True) if "start_time_utc" in table else pd.NaT
+    items = pd.DataFrame({
+        "id": np.arange(n, dtype=np.int64), "detector": SEARCH_DETECTOR, "class": class_name,
+        "clip": table["clip"].astype(np.int64) if "clip" in table else np.arange(n, dtype=np.int64),
+        "file": table["file"].astype(str), "recorder": table.get("recorder", pd.Series([""] * n)).astype(str),
+        "start_time": table["start_time"].astype(np.float64), "end_time": table["end_time"].astype(np.float64),
+        "start_time_utc": utc,
+        "score": table["similarity"].astype(np.float64) if "similarity" in table else np.zeros(n),
+        "stratum": np.zeros(n, dtype=np.int64), "stratum_size": np.full(n, n, dtype=np.int64),
+        "stratum_sampled": np.full(n, n, dtype=np.int64)})
     return items[ITEM_COLUMNS]

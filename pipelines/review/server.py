@@ -61,7 +61,9 @@ def new_token() -> str:
 
 
 def _json_value(value):
-    """A table value as JSON (NaN and infinities as None, timestamps as ISO 8601)."""
+    """A table value as JSON (NaN, NaT and infinities as None, timestamps as ISO 8601)."""
+    if value is pd.NaT:
+        return None
     if isinstance(value, pd.Timestamp):
         return value.isoformat()
     if isinstance(value, np.generic):

@@ -333,3 +333,38 @@ def test_linear_models_are_checked(planted, tmp_path):
     data["linear"] = [{"name": "x", "model": str(tmp_path / "missing.opso-linear")}]
     with pytest.raises(ConfigError, match="model file not found"):
         check_run(load_config(data, environ={}), check_cluster=False)
+
+
+def test_search_results_reviewed_in_the_page_train_a_classifier(planted, tmp_path, monkeypatch, capsys):
+    """The loop: example -> search -> review the results (opso review --clips) -> train-linear on the answers."""
+    import shutil
+
+    from pipelines.embeddings.linear import train_linear
+    from pipelines.review import server as server_module
+    from pipelines.review.reviews import read_reviews
+
+    root, calls = planted
+    run = tmp_path / "run"
+    shutil.copytree(root / "run", run)
+    example = f"{calls.iloc[2].file}:{calls.iloc[2].start_time - 0.5:g}-{calls.iloc[2].start_time + 2.5:g}"
+    assert main(["search", str(run), "--example", example, "--k", "40", "--out", str(tmp_path / "found.csv")]) == 0
+    positives = planted_windows(str(run), calls)
+
+    def review_all(self):  # a reviewer answers every clip of the table, from the truth
+        self.start()
+        try:
+            for item in self.app.items.itertuples():
+                label = "present" if int(item.clip) in positives else "absent"
+                self.app.answer(int(item.id), label, "ana")
+        finally:
+            self.stop()
+
+    monkeypatch.setattr(server_module.ReviewServer, "serve_forever", review_all)
+    assert main(["review", str(run), "--clips", str(tmp_path / "found.csv"), "--class", "trill", "--port", "0"]) == 0
+    assert "40 clips of 1 class(es)" in capsys.readouterr().out
+    reviews = read_reviews(str(run))
+    assert len(reviews) == 40 and set(reviews["detector"]) == {"search"} and set(reviews["class"]) == {"trill"}
+    assert main(["review", str(run), "--clips", str(tmp_path / "found.csv"), "--port", "0"]) == 2
+    assert "name the one class" in capsys.readouterr().err
+    model = train_linear(str(run))
+    assert model.classes == ("trill",) and model.evaluation["trill"]["n_present"] == len(positives & set(reviews["clip"]))
