@@ -127,7 +127,7 @@ def _run_thresholds(status: dict) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for s in config.get("ribbit") or []:
         out[f"ribbit:{s['name']}"] = {s["name"]: s["threshold"]}
-    for kind in ("cnn", "birdnet"):
+    for kind in ("cnn", "birdnet", "linear"):
         for m in config.get(kind) or []:
             threshold = m["threshold"]
             own = dict(threshold) if isinstance(threshold, dict) else {None: threshold}
