@@ -257,6 +257,8 @@ class CnnModelConfig(_Strict):
     device: str = Field("auto", description="'auto' (CUDA if the worker has it), 'cpu', 'cuda', 'cuda:1', ...")
     clips_per_task: int | None = Field(None, gt=0, le=10**8, description="clips per task; null: spectrogram.task_audio_s of "
                                        "audio on CPU workers, 64x that on GPU workers")
+    embeddings: bool = Field(False, description="also keep every clip's embedding (the input of the model's "
+                             "classifier layer, float16) in embeddings.zarr/cnn-<name>")
     prepare_threads: int | None = Field(None, gt=0, le=256, description="threads that read and transform the next batches "
                                         "while the network runs; null: 1 on a CPU device, on a GPU the worker's "
                                         "usable cores less one, at most 8")

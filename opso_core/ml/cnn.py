@@ -240,6 +240,38 @@ class CNN(BaseModule):
                        raise_errors=raise_errors, wandb_session=wandb_session,
                        return_invalid_samples=return_invalid_samples, progress_bar=progress_bar)
 
+    def embed(self, samples, target_layer=None, avgpool=True, return_preds=False, return_dfs=True, batch_size=1,
+              num_workers=0, split_files_into_clips=True, overlap_fraction=0, final_clip=None, progress_bar=False):
+        """Embeddings of every sample: a layer's values (by default the input of the classifier layer,
+        e.g. ResNet's 512 pooled features), as OpenSoundscape 0.13's ``CNN.embed`` gives them.
+
+        Parameters
+        ----------
+        samples
+            As for :meth:`predict`: files (split into clips), or a clip table.
+        target_layer : torch.nn.Module or str, optional
+            A layer of ``self.network`` (or its dotted name) whose output is taken; default: the
+            classifier layer's input.
+        avgpool : bool
+            Average a 4-D output (batch, channels, height, width) over height and width.
+        return_preds : bool
+            Also return the network's outputs (logits), as a second value.
+        return_dfs : bool
+            DataFrames indexed like :meth:`predict`'s (else numpy arrays).
+
+        Returns
+        -------
+        pandas.DataFrame or numpy.ndarray, shape (samples, features)
+            NaN rows for samples that could not be read; with ``return_preds``, also the logits
+            (samples, classes).
+        """
+        from opso_core.ml.prediction import embed
+
+        return embed(self, samples, target_layer=target_layer, avgpool=avgpool, return_preds=return_preds,
+                     return_dfs=return_dfs, batch_size=batch_size, num_workers=num_workers,
+                     split_files_into_clips=split_files_into_clips, overlap_fraction=overlap_fraction,
+                     final_clip=final_clip, progress_bar=progress_bar)
+
     def eval(self, targets, scores, logging_offset=0):
         """One summary score and a dictionary of metrics.
 

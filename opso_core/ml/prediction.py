@@ -21,7 +21,7 @@ from opso_core.ml.utils import (
     one_ahead,
 )
 
-__all__ = ["inference_dataset", "predict"]
+__all__ = ["embed", "inference_dataset", "predict"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,28 +39,23 @@ def inference_dataset(samples, preprocessor, *, split_files_into_clips=True, ove
     return AudioFileDataset(samples, preprocessor, bypass_augmentations=bypass_augmentations)
 
 
-@torch.no_grad()
-def predict(model, samples, batch_size=1, num_workers=0, activation_layer=None, split_files_into_clips=True,
-            overlap_fraction=0, final_clip=None, bypass_augmentations=True, invalid_samples_log=None,
-            raise_errors=False, wandb_session=None, return_invalid_samples=False, progress_bar=False):
-    """Scores of ``model`` (a :class:`~opso_core.ml.cnn.CNN`) for every sample; see ``CNN.predict``."""
+def _prepared_dataset(model, samples, *, bypass_augmentations, split_files_into_clips, overlap_fraction, final_clip):
+    """The batch preprocessor (None: per-sample) and the dataset of ``samples``."""
     # the standard SpectrogramPreprocessor's steps after the audio run a batch at a time
     fast = batch_preprocessor(model.preprocessor, bypass_augmentations)
     dataset = inference_dataset(samples, model.preprocessor if fast is None else fast.audio_steps,
                                 split_files_into_clips=split_files_into_clips, overlap_fraction=overlap_fraction,
                                 final_clip=final_clip, bypass_augmentations=bypass_augmentations)
-    index = dataset.label_df.index
-    n_classes = len(model.classes)
-    if len(dataset) == 0:
-        logger.warning("no samples to predict on (files shorter than one clip, or all unreadable)")
-        scores = pd.DataFrame(np.zeros((0, n_classes)), index=index, columns=model.classes)
-        return (scores, set(dataset.invalid_samples)) if return_invalid_samples else scores
+    return fast, dataset
+
+
+def _network_batches(model, dataset, fast, *, batch_size, num_workers, raise_errors, progress_bar, desc):
+    """``(first row, rows of the batch, indices of its valid samples, input tensor, late failures)`` per
+    batch, the next one prepared in a thread while the caller runs the network; and the SafeDataset
+    (its invalid samples once the batches are consumed)."""
     safe = SafeDataset(dataset, invalid_sample_behavior="raise" if raise_errors else "none")
     loader = torch.utils.data.DataLoader(safe, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                          collate_fn=identity, pin_memory=model.device.type == "cuda")
-    network = inference_network(model.network, model.device)
-    out = np.full((len(dataset), n_classes), np.nan, dtype=np.float32)
-    failed_late = set()  # samples whose spectrogram steps failed in the batch path
 
     def prepared(batch):  # runs in the prefetch thread: the batch stacked in the network's layout
         valid = [i for i, s in enumerate(batch) if s is not None and s.data is not None]
@@ -79,9 +74,37 @@ def predict(model, samples, batch_size=1, num_workers=0, activation_layer=None, 
     if progress_bar:
         from tqdm.auto import tqdm
 
-        batches = tqdm(batches, desc="predict", total=len(loader))
-    row = 0
-    for n_batch, valid, tensors, failures in batches:
+        batches = tqdm(batches, desc=desc, total=len(loader))
+
+    def numbered():
+        row = 0
+        for n_batch, valid, tensors, failures in batches:
+            yield row, n_batch, valid, tensors, failures
+            row += n_batch
+
+    return numbered(), safe
+
+
+@torch.no_grad()
+def predict(model, samples, batch_size=1, num_workers=0, activation_layer=None, split_files_into_clips=True,
+            overlap_fraction=0, final_clip=None, bypass_augmentations=True, invalid_samples_log=None,
+            raise_errors=False, wandb_session=None, return_invalid_samples=False, progress_bar=False):
+    """Scores of ``model`` (a :class:`~opso_core.ml.cnn.CNN`) for every sample; see ``CNN.predict``."""
+    fast, dataset = _prepared_dataset(model, samples, bypass_augmentations=bypass_augmentations,
+                                      split_files_into_clips=split_files_into_clips,
+                                      overlap_fraction=overlap_fraction, final_clip=final_clip)
+    index = dataset.label_df.index
+    n_classes = len(model.classes)
+    if len(dataset) == 0:
+        logger.warning("no samples to predict on (files shorter than one clip, or all unreadable)")
+        scores = pd.DataFrame(np.zeros((0, n_classes)), index=index, columns=model.classes)
+        return (scores, set(dataset.invalid_samples)) if return_invalid_samples else scores
+    batches, safe = _network_batches(model, dataset, fast, batch_size=batch_size, num_workers=num_workers,
+                                     raise_errors=raise_errors, progress_bar=progress_bar, desc="predict")
+    network = inference_network(model.network, model.device)
+    out = np.full((len(dataset), n_classes), np.nan, dtype=np.float32)
+    failed_late = set()  # samples whose spectrogram steps failed in the batch path
+    for row, n_batch, valid, tensors, failures in batches:
         for i, exc in failures:
             failed_late.add(index[row + i])
             logger.warning("sample %s failed to preprocess: %s", index[row + i], exc)
@@ -89,9 +112,8 @@ def predict(model, samples, batch_size=1, num_workers=0, activation_layer=None, 
             logits = network(tensors)
             scores = apply_activation_layer(logits.float(), activation_layer).cpu().numpy()
             out[[row + i for i in valid]] = scores
-        row += n_batch
         if wandb_session is not None:
-            wandb_session.log({"progress": row / len(dataset)})
+            wandb_session.log({"progress": (row + n_batch) / len(dataset)})
     failed = safe._invalid_samples | failed_late
     invalid = set(dataset.invalid_samples) | {_file_of(s) for s in failed}
     if failed:
@@ -101,6 +123,59 @@ def predict(model, samples, batch_size=1, num_workers=0, activation_layer=None, 
             f.writelines(f"{s}\n" for s in sorted(map(str, invalid)))
     scores = pd.DataFrame(out, index=index, columns=model.classes)
     return (scores, invalid) if return_invalid_samples else scores
+
+
+@torch.no_grad()
+def embed(model, samples, target_layer=None, avgpool=True, return_preds=False, return_dfs=True, batch_size=1,
+          num_workers=0, split_files_into_clips=True, overlap_fraction=0, final_clip=None, progress_bar=False):
+    """Embeddings of ``model`` (a :class:`~opso_core.ml.cnn.CNN`) for every sample; see ``CNN.embed``."""
+    import copy
+
+    fast, dataset = _prepared_dataset(model, samples, bypass_augmentations=True,
+                                      split_files_into_clips=split_files_into_clips,
+                                      overlap_fraction=overlap_fraction, final_clip=final_clip)
+    index = dataset.label_df.index
+    network = copy.deepcopy(model.network).eval().to(model.device)  # eager: every named layer is there
+    if target_layer is None:  # the classifier's input: what the network's last layer classifies
+        layer, take_input = network.get_submodule(getattr(network, "classifier_layer", "fc")), True
+    else:
+        name = target_layer if isinstance(target_layer, str) else next(
+            (n for n, m in model.network.named_modules() if m is target_layer), None)
+        if name is None:
+            raise OpsoValueError("target_layer must be a layer of the model's network (or its name)")
+        layer, take_input = network.get_submodule(name), False
+    kept = {}
+
+    def keep(module, inputs, output):
+        kept["value"] = inputs[0] if take_input else output
+
+    handle = layer.register_forward_hook(keep)
+    rows_out, values_out, preds_out = [], [], []
+    try:
+        batches, _ = _network_batches(model, dataset, fast, batch_size=batch_size, num_workers=num_workers,
+                                      raise_errors=False, progress_bar=progress_bar, desc="embed")
+        for row, _, valid, tensors, _ in batches:
+            if not valid:
+                continue
+            logits = network(tensors)
+            value = kept["value"].float()
+            if avgpool and value.dim() == 4:
+                value = value.mean(dim=(2, 3))
+            rows_out += [row + i for i in valid]
+            values_out.append(value.flatten(1).cpu().numpy())
+            preds_out.append(logits.float().cpu().numpy())
+    finally:
+        handle.remove()
+    width = values_out[0].shape[1] if values_out else 0
+    out = np.full((len(dataset), width), np.nan, dtype=np.float32)
+    preds = np.full((len(dataset), len(model.classes)), np.nan, dtype=np.float32)
+    if values_out:
+        out[rows_out] = np.concatenate(values_out)
+        preds[rows_out] = np.concatenate(preds_out)
+    if return_dfs:
+        out = pd.DataFrame(out, index=index)
+        preds = pd.DataFrame(preds, index=index, columns=model.classes)
+    return (out, preds) if return_preds else out
 
 
 def _file_of(index_value):

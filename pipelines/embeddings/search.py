@@ -1,8 +1,9 @@
 """Search by example: the clips of a run most similar (cosine) to one or more example clips.
 
-An example is ``FILE[:START-END]`` (seconds; the whole file without a range), inside the archive or
-not: its audio is cut into the store's windows and embedded with the store's model (BirdNET: 3 s
-windows at 48 kHz, as the run cut them). A clip's similarity is the largest cosine similarity between
+An example is ``FILE[:START-END]`` (seconds; the whole file without a range). For a BirdNET store it
+may come from inside the archive or not: its audio is cut into 3 s windows at 48 kHz, as the run cut
+them, and embedded with the model. For a CNN's store it is a stretch of an archive file: the stored
+embeddings of the clips it covers are the queries. A clip's similarity is the largest cosine similarity between
 its embedding and any example window; ``example`` names the example it is closest to.
 
 The exact search scans the store chunk by chunk (:func:`search`): one task per chunk, run on the Dask
@@ -29,7 +30,7 @@ from pipelines.outputs.embedding_store import EMBEDDINGS_FOLDER, embedding_store
 from pipelines.outputs.location import OutputLocation
 
 __all__ = ["Example", "RESULT_COLUMNS", "embed_examples", "list_embedding_stores", "open_embeddings",
-           "parse_example", "search", "search_vectors"]
+           "parse_example", "search", "search_vectors", "stored_examples"]
 
 logger = logging.getLogger(__name__)
 
@@ -104,18 +105,47 @@ def open_embeddings(url: str, detector: str | None = None, storage_options=None)
     return ds, detector
 
 
-def embed_examples(examples: list[Example], detector: str, input_storage_options=None) -> tuple[np.ndarray, list]:
-    """The embeddings of the examples' windows with ``detector``'s model, float32 (n_windows, n_features),
-    and the example each window came from.
+def stored_examples(examples: list[Example], ds, detector: str) -> tuple[np.ndarray, list]:
+    """The stored embeddings of the store's clips that the examples cover (by at least half a clip; a
+    whole file without a range), float32, and the example each came from.
 
     Raises
     ------
     ConfigError
-        A detector kind whose examples cannot be embedded here, or an example outside its file.
+        An example that covers no clip of the store.
+    """
+    files = np.array(ds["file"].values.tolist(), dtype=object)  # StringDType does not cast to str
+    starts, ends = ds["start_time"].values, ds["end_time"].values
+    vectors, owners = [], []
+    for example in examples:
+        rows = files == example.file
+        if example.start_s is not None:
+            overlap = np.minimum(ends, example.end_s) - np.maximum(starts, example.start_s)
+            rows &= overlap >= 0.5 * (ends - starts) - 1e-9
+        rows = np.flatnonzero(rows)
+        if not len(rows):
+            raise ConfigError(f"search: the example {example} covers no clip of {detector}'s embeddings (an example "
+                              "from outside the archive can be embedded for BirdNET stores only)")
+        vectors.append(np.asarray(ds["embedding"].isel(clip=rows).values, dtype=np.float32))
+        owners += [str(example)] * len(rows)
+    return np.concatenate(vectors), owners
+
+
+def embed_examples(examples: list[Example], detector: str, input_storage_options=None, ds=None) -> tuple[np.ndarray, list]:
+    """The embeddings of the examples' windows with ``detector``'s model, float32 (n_windows, n_features),
+    and the example each window came from. Stores of other models (CNNs) give the stored embeddings of
+    the clips the examples cover (:func:`stored_examples`, with the store ``ds``).
+
+    Raises
+    ------
+    ConfigError
+        An example outside its file, or (not BirdNET) covering no clip of the store.
     """
     kind = detector.split(":", 1)[0]
     if kind != "birdnet":
-        raise ConfigError(f"search: examples can be embedded with BirdNET models only, not {detector!r}")
+        if ds is None:
+            raise ConfigError(f"search: examples of {detector!r} come from its store; give the store")
+        return stored_examples(examples, ds, detector)
     from opso_core.audio_info import audio_file_info
     from pipelines.birdnet import model
     from pipelines.birdnet.windows import read_windows, window_times
@@ -232,7 +262,7 @@ def search(url: str, examples, k: int = 100, *, detector: str | None = None, sto
         raise ConfigError("search: give at least one example (FILE or FILE:START-END)")
     parsed = [e if isinstance(e, Example) else parse_example(str(e)) for e in examples]
     ds, detector = open_embeddings(url, detector, storage_options)
-    queries, owners = embed_examples(parsed, detector, input_storage_options)
+    queries, owners = embed_examples(parsed, detector, input_storage_options, ds)
     if approximate:
         from pipelines.embeddings.index import index_search
 

@@ -10,7 +10,10 @@ writes
 
 - ``scores/detector=cnn:<name>/part-<range>.parquet``: ``file, recorder, start_time, end_time,
   start_time_utc`` and one column per class;
-- ``detections/part-cnn-<name>-<range>.parquet``: long format, classes at or above their threshold.
+- ``detections/part-cnn-<name>-<range>.parquet``: long format, classes at or above their threshold;
+- with ``embeddings: true``, the clips' embeddings (the input of the model's classifier layer, as a
+  forward pre-hook sees it) into ``embeddings.zarr/cnn-<name>`` (:mod:`pipelines.outputs.embedding_store`;
+  tasks then own whole chunks of the store).
 
 The model is loaded once per worker process (cached by the file's SHA-256) from opso's safe model
 format; pickled models are refused. Scores equal ``CNN.predict(files, activation_layer=...)`` on
@@ -38,8 +41,15 @@ from pipelines.config import CnnModelConfig, RunConfig
 from pipelines.driver.clip_plan import ClipRange
 from pipelines.driver.tasks import Stage, task_ranges
 from pipelines.errors import ConfigError, StorageError
+from pipelines.outputs.embedding_store import (
+    EMBEDDINGS_FOLDER,
+    create_embedding_store,
+    embedding_store_name,
+    write_embeddings,
+)
 from pipelines.outputs.location import OutputLocation
 from pipelines.outputs.run_folder import OutputName
+from pipelines.outputs.spectrogram_store import open_store, write_clip_coords
 from pipelines.outputs.tables import (
     ID_COLUMNS,
     rederive_detections,
@@ -78,6 +88,7 @@ class CnnDetector:
     tensor_settings: object  # opso_core.ml.spectrogram_tensors.TensorSettings
     clips_per_task: int | None = None
     prepare_threads: int | None = None
+    embeddings: bool = False
 
     @property
     def detector(self) -> str:
@@ -159,7 +170,8 @@ def describe_cnn_detector(cfg: CnnModelConfig, run_sample_rate_hz: int | None) -
                        clip_duration_s=duration, overlap_s=cfg.overlap_fraction * duration,
                        final_clip=cfg.final_clip, sample_rate_hz=sample_rate,
                        params=spec.spectrogram_params(sample_rate), tensor_settings=spec.tensor_settings(sample_rate),
-                       clips_per_task=cfg.clips_per_task, prepare_threads=cfg.prepare_threads)
+                       clips_per_task=cfg.clips_per_task, prepare_threads=cfg.prepare_threads,
+                       embeddings=bool(cfg.embeddings))
 
 
 def _device(name: str):
@@ -189,8 +201,68 @@ def _model(detector: CnnDetector):
                 model = load_model(tmp, device=device)
             finally:
                 os.unlink(tmp)
-            _MODELS[key] = inference_network(model.network, device)  # a copy: the loaded model is not kept
+            classifier = getattr(model.network, "classifier_layer", "fc")
+            network = inference_network(model.network, device)  # a copy: the loaded model is not kept
+            _hook_classifier_input(network, classifier)
+            _MODELS[key] = network
         return _MODELS[key]
+
+
+#: the input of the classifier layer in the last forward pass of this thread (the clips' embeddings)
+_LAST_EMBEDDING = threading.local()
+
+
+def _hook_classifier_input(network, classifier: str) -> None:
+    """Keep the input of ``network``'s classifier layer (dotted path) of each forward pass, per thread (a
+    worker's threads share one network)."""
+    try:
+        layer = network.get_submodule(classifier)
+    except AttributeError:
+        return  # an architecture without a classifier layer: no embeddings (asked for: an error in the task)
+
+    def keep(module, inputs):
+        _LAST_EMBEDDING.value = inputs[0]
+
+    layer.register_forward_pre_hook(keep)
+
+
+def embedding_size(detector: CnnDetector) -> int:
+    """Values per clip in the detector's embeddings: the in-features of its model's classifier layer (the
+    model is built here, on the CPU)."""
+    import torch
+
+    from opso_core.ml.cnn import load_model
+
+    data = _read_model_file(detector.url, detector.storage_options)
+    fd, tmp = tempfile.mkstemp(suffix=".model")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        model = load_model(tmp, device=torch.device("cpu"))
+    finally:
+        os.unlink(tmp)
+    classifier = getattr(model.network, "classifier_layer", "fc")
+    try:
+        layer = model.network.get_submodule(classifier)
+    except AttributeError:
+        raise ConfigError(f"cnn.{detector.name}.embeddings: the model's network has no classifier layer "
+                          f"{classifier!r} to take embeddings from") from None
+    size = getattr(layer, "in_features", None)
+    if not isinstance(size, int):
+        raise ConfigError(f"cnn.{detector.name}.embeddings: the classifier layer {classifier!r} is a "
+                          f"{type(layer).__name__}, not a linear layer; its input size is unknown")
+    return size
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingLayout:
+    """Where a CNN task writes its clips' embeddings: the store's clips, features, chunk length (clips;
+    tasks own whole chunks) and ``clip`` coordinate chunk."""
+
+    n_clips: int
+    n_features: int
+    chunk: int
+    index_chunk: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,18 +272,19 @@ class CnnTask:
 
     detector: CnnDetector
     input_storage_options: dict
+    store: EmbeddingLayout | None = None  # with embeddings
 
     def __call__(self, clip_range: ClipRange, clips: pd.DataFrame, location: OutputLocation,
                  needed: frozenset | None = None) -> dict:
         det = self.detector
-        if needed is not None and f"scores:{det.detector}" not in needed:
+        if needed is not None and f"scores:{det.detector}" not in needed and f"embeddings:{det.detector}" not in needed:
             if f"detections:{det.detector}" not in needed:
                 return {}
             n = rederive_detections(location, det.detector, clip_range.name, dict(zip(det.classes, det.thresholds,
                                                                                       strict=True)))
             return {"detections": {det.detector: n}}
         result = infer_clips(clip_range, clips, location=location, detector=det,
-                             input_storage_options=self.input_storage_options)
+                             input_storage_options=self.input_storage_options, store=self.store)
         return {"n_clips": len(clip_range), "n_ok": result["n_ok"], "failures": result["failures"],
                 "detections": {det.detector: result["detections"]}, "device": result["device"],
                 "model_load_s": result["model_load_s"], "forward_s": result["forward_s"],
@@ -253,7 +326,7 @@ def _prepare(detector: CnnDetector, clips: pd.DataFrame, storage_options, audio_
 
 
 def infer_clips(clip_range: ClipRange, clips: pd.DataFrame, *, location: OutputLocation, detector: CnnDetector,
-                input_storage_options=None) -> dict:
+                input_storage_options=None, store: EmbeddingLayout | None = None) -> dict:
     """Score a range of clips with the detector's model and write its score and detection tables.
 
     The next batches of ``batch_size`` clips are prepared in :func:`prepare_threads` threads while the
@@ -287,6 +360,7 @@ def infer_clips(clip_range: ClipRange, clips: pd.DataFrame, *, location: OutputL
                                                       input_storage_options, audio_only=on_device),
                                starts, threads=threads, name="opso-cnn-prepare"))
     outputs = []  # (rows, scores on the device): copied back once, so the GPU is never waited for per batch
+    embedded = []  # (rows, embeddings on the device), with embeddings
     wait_s = 0.0
     loop_started = time.perf_counter()
     with torch.no_grad():
@@ -307,6 +381,8 @@ def infer_clips(clip_range: ClipRange, clips: pd.DataFrame, *, location: OutputL
             x = spectrograms_to_tensor(values, frequencies, detector.tensor_settings, device=device)
             logits = network(inference_input(x, device))
             outputs.append((rows, apply_activation_layer(logits.float(), detector.activation)))
+            if store is not None:
+                embedded.append((rows, _LAST_EMBEDDING.value.detach().float().flatten(1)))
         for rows, batch_scores in outputs:
             scores[rows] = batch_scores.cpu().numpy()
             valid[rows] = True
@@ -317,6 +393,14 @@ def infer_clips(clip_range: ClipRange, clips: pd.DataFrame, *, location: OutputL
                                     dict(zip(detector.classes, detector.thresholds, strict=True)))
     location.write_parquet(score_part(detector.detector, clip_range.name), table,
                            schema=score_schema(detector.classes, pa.float32()))
+    if store is not None:  # NaN where a clip failed
+        values = np.full((len(clips), store.n_features), np.nan, dtype=np.float32)
+        for rows, batch in embedded:
+            values[rows] = batch.cpu().numpy()
+        name = embedding_store_name(detector.detector)
+        write_embeddings(location, detector.detector, clip_range, values, clips_per_chunk=store.chunk)
+        write_clip_coords(location, clip_range, clips, clips_per_chunk=store.chunk, n_clips=store.n_clips,
+                          index_chunk=store.index_chunk, store_name=name)
     file_failures = [[_merge_items(file, items), error_type, message]
                      for file, (error_type, message, items) in failures.items()]
     return {"detections": n_detections, "n_ok": int(valid.sum()), "failures": file_failures, "device": str(device),
@@ -357,6 +441,32 @@ def _merge_items(file: str, items: list[str]) -> str:
 GPU_TASK_FACTOR = 64
 
 
+#: most clips per chunk of an embedding store
+MAX_EMBEDDING_CHUNK = 2048
+
+
+def _embedding_chunk(detector: CnnDetector, per_task: int) -> int:
+    """Clips per chunk of the detector's store: whole batches, at most a task's and :data:`MAX_EMBEDDING_CHUNK`."""
+    batches = max(1, min(per_task, MAX_EMBEDDING_CHUNK) // detector.batch_size)
+    return batches * detector.batch_size
+
+
+def _embedding_store(location: OutputLocation, detector: CnnDetector, n_clips: int, chunk: int) -> EmbeddingLayout:
+    """Create the detector's embedding store's metadata unless it is there; its layout."""
+    name = embedding_store_name(detector.detector)
+    location.check_lease()  # the store's metadata is written with zarr, not through the location
+    if not location.exists(f"{name}/.zmetadata"):
+        create_embedding_store(location, detector.detector, n_clips, n_features=embedding_size(detector),
+                               clips_per_chunk=chunk, attrs={"model": detector.url, "model_sha256": detector.sha256,
+                                                             "clip_duration_s": detector.clip_duration_s,
+                                                             "overlap_s": detector.overlap_s,
+                                                             "sample_rate_hz": detector.sample_rate_hz})
+    group = open_store(location, mode="r", store_name=name)
+    values = group["embedding"]
+    return EmbeddingLayout(int(values.shape[0]), int(values.shape[1]), int(values.chunks[0]),
+                           int(group["clip"].chunks[0]))
+
+
 def _per_task(detector: CnnDetector, task_audio_s: float, gpu_workers: bool) -> int:
     """Clips per task: the ``cnn`` entry's ``clips_per_task``, or by default ``task_audio_s`` seconds of
     audio on CPU workers and :data:`GPU_TASK_FACTOR` times that on GPU workers (about ten thousand 2 s
@@ -387,6 +497,7 @@ class CnnKind(StageKind):
     output_names = (
         OutputName("scores", rf"detector=cnn:[^/]+/part-{RANGE}\.parquet"),
         OutputName("detections", rf"part-cnn-[A-Za-z0-9_.-]+-{RANGE}\.parquet"),
+        OutputName(EMBEDDINGS_FOLDER, r"cnn-[A-Za-z0-9_.-]+", store=True),
     )
 
     def enabled(self, config: RunConfig) -> bool:
@@ -419,6 +530,9 @@ class CnnKind(StageKind):
                                                                          ctx.gpu_layout)})
             products.append(Product(f"scores:{det.detector}", det.detector, own, outputs=(
                 OutputName(f"scores/detector={det.detector}", rf"part-{RANGE}\.parquet"),)))
+            if model.embeddings:
+                products.append(Product(f"embeddings:{det.detector}", det.detector, own, outputs=(
+                    OutputName(EMBEDDINGS_FOLDER, re.escape(f"cnn-{model.name}"), store=True),)))
             products.append(Product(f"detections:{det.detector}", det.detector,
                                     {f"cnn[{model.name}].threshold": model.threshold,
                                      **({f"cnn[{model.name}].class_thresholds": model.class_thresholds}
@@ -443,9 +557,13 @@ class CnnKind(StageKind):
                 missing = clip_index.files[(clip_index.counts == 0) & (run_counts > 0)]
                 failures = tuple((f, "NoClips", f"shorter than one clip of the model ({det.clip_duration_s:g} s); "
                                   f"not scored by {det.detector}") for f in sorted(missing))
-            ranges = task_ranges(clip_index.n_clips, _per_task(det, config.spectrogram.task_audio_s, ctx.gpu_layout),
-                                 align=det.batch_size)
-            stages.append(Stage(det.detector, clip_index, ranges, CnnTask(det, dict(config.input.storage_options)),
+            per_task = _per_task(det, config.spectrogram.task_audio_s, ctx.gpu_layout)
+            align, store = det.batch_size, None
+            if det.embeddings and ctx.location is not None:  # no location: planned only (opso run --dry-run)
+                align = _embedding_chunk(det, per_task)  # tasks own whole chunks of the store
+                store = _embedding_store(ctx.location, det, clip_index.n_clips, align)
+            ranges = task_ranges(clip_index.n_clips, per_task, align=align)
+            stages.append(Stage(det.detector, clip_index, ranges, CnnTask(det, dict(config.input.storage_options), store),
                                 resources={"GPU": 1} if ctx.gpu_workers else None, failures=failures))
         return stages
 

@@ -1,5 +1,5 @@
 """The ``linear`` detector kind: a linear classifier (``opso train-linear``) scores every embedding of a
-BirdNET entry's store, without reading audio.
+BirdNET or CNN entry's store (``embeddings: true``), without reading audio.
 
 Phase 2: it runs once the run's detectors (phase 1) have written the embeddings. Its tasks own whole
 chunks of the store (``chunks_per_task`` each; the driver plans one row per chunk, never per clip) and
@@ -105,16 +105,24 @@ def describe_linear(cfg: LinearConfig, config: RunConfig | None = None) -> Linea
 
 def _check_embeddings(cfg: LinearConfig, det: LinearDetector, config: RunConfig) -> None:
     kind, _, name = det.model.embedding.partition(":")
-    entry = next((b for b in config.birdnet if b.name == name), None) if kind == "birdnet" else None
+    entries = {"birdnet": config.birdnet, "cnn": config.cnn}.get(kind, [])
+    entry = next((e for e in entries if e.name == name), None)
     if entry is None or not entry.embeddings:
-        offered = [f"birdnet:{b.name}" for b in config.birdnet if b.embeddings]
+        offered = [f"{k}:{e.name}" for k, es in (("birdnet", config.birdnet), ("cnn", config.cnn)) for e in es
+                   if e.embeddings]
         raise ConfigError(f"linear.{cfg.name}: its model takes the embeddings of {det.model.embedding}, which this run "
-                          f"does not write (it writes {offered or 'none'}; set embeddings: true on that birdnet entry)")
-    from pipelines.stages.birdnet import describe_birdnet
+                          f"does not write (it writes {offered or 'none'}; set embeddings: true on that {kind or 'detector'} "
+                          "entry)")
+    if kind == "birdnet":
+        from pipelines.stages.birdnet import describe_birdnet
 
-    sha = describe_birdnet(entry).model_sha256
+        sha = describe_birdnet(entry).model_sha256
+    else:
+        from pipelines.stages.cnn import describe_cnn_detector
+
+        sha = describe_cnn_detector(entry, config.spectrogram.sample_rate).sha256
     if det.model.embedding_model and det.model.embedding_model != sha:
-        raise ConfigError(f"linear.{cfg.name}: its model was trained on embeddings of another BirdNET model "
+        raise ConfigError(f"linear.{cfg.name}: its model was trained on embeddings of another {kind} model "
                           f"({det.model.embedding_model[:12]}, this run's is {sha[:12]}); train it again on this run")
 
 

@@ -206,3 +206,54 @@ def test_review_serves_a_cnn_run(cnn_archive, model_file, dask_client, tmp_path)
     (review,) = read_reviews(run).to_dict("records")
     assert (review["detector"], review["class"], review["file"], review["label"]) == (
         "cnn:toy", items["class"].iloc[0], items["file"].iloc[0], "present")
+
+
+def test_embeddings_are_the_classifier_s_input(cnn_archive, model_file, dask_client, tmp_path):
+    """``embeddings: true`` keeps each clip's classifier input: the model's fc layer on the stored
+    embedding gives the stored score back; an example clip of the archive finds itself first."""
+    import xarray as xr
+
+    from pipelines.embeddings.search import search
+
+    path, model = model_file
+    summary = run_pipeline(config(cnn_archive.root, tmp_path / "out", path, embeddings=True, batch_size=4,
+                                  clips_per_task=8), dask_client, progress=False)
+    assert summary.status == "complete"
+    ds = xr.open_zarr(tmp_path / "out" / "embeddings.zarr" / "cnn-toy")
+    assert ds["embedding"].shape == (12, 512) and ds["embedding"].dtype == np.float16
+    assert ds["embedding"].data.chunks[0][0] == 8  # whole batches, a task's clips
+    scores = pd.read_parquet(tmp_path / "out" / "scores" / "detector=cnn:toy").sort_values(["file", "start_time"])
+    order = np.lexsort((ds["start_time"].values, np.array(ds["file"].values.tolist(), dtype=object)))
+    emb = torch.tensor(np.asarray(ds["embedding"].values[order], dtype=np.float32))
+    fc = model.network.fc
+    logits = (emb @ fc.weight.detach().T + fc.bias.detach()).numpy()
+    np.testing.assert_allclose(1 / (1 + np.exp(-logits)), scores[CLASSES].to_numpy(), atol=2e-3)  # float16 input
+    first = scores.iloc[3]
+    found = search(str(tmp_path / "out"), [f"{first.file}:{first.start_time:g}-{first.end_time:g}"], k=3)
+    assert (found["file"].iloc[0], found["start_time"].iloc[0]) == (first.file, first.start_time)
+    assert found["similarity"].iloc[0] == pytest.approx(1.0, abs=1e-3)
+    # the run again: nothing to do (the store is kept)
+    again = run_pipeline(config(cnn_archive.root, tmp_path / "out", path, embeddings=True, batch_size=4,
+                                clips_per_task=8), dask_client, progress=False)
+    assert again.status == "complete"
+
+
+def test_a_linear_classifier_on_a_cnn_s_embeddings(cnn_archive, model_file, dask_client, tmp_path):
+    from pipelines.embeddings.linear import train_linear
+
+    path, _ = model_file
+    out = tmp_path / "out"
+    base = config(cnn_archive.root, out, path, embeddings=True, batch_size=4, clips_per_task=8)
+    run_pipeline(base, dask_client, progress=False)
+    scores = pd.read_parquet(out / "scores" / "detector=cnn:toy")
+    labels = scores[["file", "start_time", "end_time"]].assign(loud=(scores["frog"] >= scores["frog"].median()).astype(int))
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    model = train_linear(str(out), str(tmp_path / "labels.csv"), test_fraction=0)
+    assert model.embedding == "cnn:toy" and model.classes == ("loud",)
+    (tmp_path / "loud.opso-linear").write_bytes(model.to_bytes())
+    data = base.model_dump(mode="json", by_alias=True)
+    data["linear"] = [{"name": "loud", "model": str(tmp_path / "loud.opso-linear")}]
+    summary = run_pipeline(load_config(data, environ={}), dask_client, progress=False)
+    assert summary.status == "complete"
+    linear = pd.read_parquet(out / "scores" / "detector=linear:loud").merge(labels, on=["file", "start_time"])
+    assert len(linear) == 12 and ((linear["loud_x"] >= 0.5) == (linear["loud_y"] == 1)).mean() >= 0.9
