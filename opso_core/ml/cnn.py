@@ -102,8 +102,10 @@ class CNN(BaseModule):
         self.network = architecture
         self.device = best_device()
         self.preprocessor = preprocessor_class(sample_duration=sample_duration, out_shape=self.sample_shape)
-        self.loss_fn = CrossEntropyLoss_hot() if self.single_target else BCEWithLogitsLoss_hot()
-        self.loss_cls = None
+        # as 0.9.0: the loss class, instantiated when training starts (replace it before training to change
+        # the loss); loss_fn holds an instance of it meanwhile
+        self.loss_cls = CrossEntropyLoss_hot if self.single_target else BCEWithLogitsLoss_hot
+        self.loss_fn = self.loss_cls()
         self.opt_net = None
         self.scheduler = None
         self.optimizer_cls = torch.optim.SGD

@@ -17,7 +17,7 @@ import warnings
 import torch
 from torch import nn
 
-from opso_core.errors import OpsoError, OpsoValueError
+from opso_core.errors import OpsoAssertionError, OpsoError
 
 __all__ = [
     "ARCH_DICT", "PretrainedWeightsUnavailableError", "alexnet", "build_architecture", "change_conv2d_channels",
@@ -59,9 +59,9 @@ def list_architectures():
 
 def build_architecture(name: str, **kwargs) -> nn.Module:
     """Build a registered architecture by name (``kwargs`` as for its function)."""
-    if name not in ARCH_DICT:
-        raise OpsoValueError(f"unknown architecture {name!r}; choose one of {list_architectures()} "
-                             "or register your own with register_arch")
+    if name not in ARCH_DICT:  # 0.9.0 asserts: OpsoAssertionError is an AssertionError and a ValueError
+        raise OpsoAssertionError(f"unknown architecture {name!r}; choose one of {list_architectures()} "
+                                 "or register your own with register_arch")
     return ARCH_DICT[name](**kwargs)
 
 

@@ -97,9 +97,12 @@ def train(model, train_df, validation_df=None, epochs=1, batch_size=1, num_worke
 
     from opso_core.ml.loss import ResampleLoss
 
-    if getattr(model, "loss_cls", None) is ResampleLoss:
+    loss_cls = getattr(model, "loss_cls", None)
+    if loss_cls is ResampleLoss:
         model.loss_fn = ResampleLoss(torch.as_tensor(train_df.to_numpy().sum(axis=0), dtype=torch.float32),
                                      train_num=len(train_df))
+    elif loss_cls is not None:  # as 0.9.0's _init_loss_fn: the loss class set before training is the one used
+        model.loss_fn = loss_cls()
     model.network.to(model.device)
     if hasattr(model.loss_fn, "to"):
         model.loss_fn.to(model.device)

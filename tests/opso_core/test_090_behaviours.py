@@ -1,0 +1,78 @@
+"""Behaviours of OpenSoundscape 0.9.0 that ported code relies on, against the real 0.9.0's
+(``tests/reference/opensoundscape_0.9.0_behaviours.json``, made by
+``tests/reference/make_opensoundscape_090_behaviours.py`` in the reference environment)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import opso_core
+
+REFERENCE = json.loads((Path(__file__).parents[1] / "reference" / "opensoundscape_0.9.0_behaviours.json").read_text())
+
+
+@pytest.mark.parametrize("name", REFERENCE["top_level"])
+def test_every_top_level_name_of_090(name):
+    """``opensoundscape.SpectrogramPreprocessor`` and the rest port as ``opso_core.<name>``."""
+    value = getattr(opso_core, name)
+    assert value is not None and name in dir(opso_core)
+
+
+def test_top_level_names_stay_lazy():
+    """Exposing the 0.9.0 names does not import torch with ``import opso_core``."""
+    import subprocess
+    import sys
+
+    code = "import sys, opso_core; opso_core.Audio; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_the_loss_class_as_090_sets_it():
+    torch = pytest.importorskip("torch")
+    from opso_core.ml import cnn_architectures as ca
+    from opso_core.ml.cnn import CNN
+
+    multi = CNN(ca.resnet18(2, weights=None), [0, 1], 2)
+    single = CNN(ca.resnet18(2, weights=None), [0, 1], 2, single_target=True)
+    assert multi.loss_cls.__name__ == REFERENCE["loss_cls"]["multi_target"]
+    assert single.loss_cls.__name__ == REFERENCE["loss_cls"]["single_target"]
+    assert isinstance(multi.loss_fn, multi.loss_cls)
+
+    class Halved(torch.nn.BCEWithLogitsLoss):  # a user's replacement, as 0.9.0 users make it
+        def forward(self, logits, target):
+            return 0.5 * super().forward(logits, target.float())
+
+    multi.loss_cls = Halved
+    multi.train(_tiny_labels(), epochs=0, save_path=_tmp(), num_workers=0)  # epochs=0: set up for training only
+    assert isinstance(multi.loss_fn, Halved)
+
+
+def test_an_unknown_architecture_raises_what_090_raises():
+    pytest.importorskip("torch")
+    import builtins
+
+    from opso_core.ml.cnn import CNN
+
+    with pytest.raises(AssertionError) as caught:
+        CNN("not_an_architecture", [0, 1], 2)
+    bases = {c.__name__ for c in type(caught.value).__mro__ if getattr(builtins, c.__name__, None) is c}
+    assert set(REFERENCE["unknown_architecture"]) <= bases and "ValueError" in bases  # opso's own type too
+    assert "choose one of" in str(caught.value)
+
+
+def _tmp():
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="opso-loss-")
+
+
+def _tiny_labels():
+    import pandas as pd
+
+    from opso_core.testing import make_archive
+
+    archive = make_archive(_tmp(), n_recorders=1, files_per_recorder=1, file_duration_s=4, sample_rate_hz=16000)
+    return pd.DataFrame({0: [1], 1: [0]}, index=pd.Index(list(archive.files.file), name="file"))

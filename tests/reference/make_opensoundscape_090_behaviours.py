@@ -1,0 +1,56 @@
+"""Record behaviours of the real OpenSoundscape 0.9.0 that opso must share (issue 23), as JSON.
+
+Run it in the reference environment, never the project's:
+
+    ../shared/tools/opensoundscape-0.9.0-venv.sh /tmp/oss-0.9.0
+    /tmp/oss-0.9.0/bin/python tests/reference/make_opensoundscape_090_behaviours.py
+
+It writes ``tests/reference/opensoundscape_0.9.0_behaviours.json`` (committed), which
+``tests/opso_core/test_090_behaviours.py`` compares opso with: the names the package exposes at its
+top level, the CNN's loss class, and the built-in exception types 0.9.0 raises where opso raises its
+own typed errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+OUT = Path(__file__).resolve().with_name("opensoundscape_0.9.0_behaviours.json")
+
+
+def builtin_bases(exc: BaseException) -> list[str]:
+    """The built-in exception classes ``exc`` is an instance of (what ported ``except`` clauses catch)."""
+    import builtins
+
+    return sorted(c.__name__ for c in type(exc).__mro__ if getattr(builtins, c.__name__, None) is c
+                  and c not in (BaseException, Exception, object))
+
+
+def main() -> None:
+    os.chdir("/")  # the package's own logging.py must not shadow the standard library's
+    import opensoundscape
+    from opensoundscape.ml import cnn_architectures
+    from opensoundscape.ml.cnn import CNN
+
+    out = {"version": opensoundscape.__version__,
+           "top_level": sorted(n for n in vars(opensoundscape) if not n.startswith("_"))}
+
+    def network():  # no pretrained weights: nothing to download
+        return cnn_architectures.resnet18(2, weights=None)
+
+    out["loss_cls"] = {"multi_target": CNN(network(), classes=[0, 1], sample_duration=2).loss_cls.__name__,
+                       "single_target": CNN(network(), classes=[0, 1], sample_duration=2,
+                                            single_target=True).loss_cls.__name__}
+    try:
+        CNN("not_an_architecture", classes=[0, 1], sample_duration=2)
+    except Exception as exc:  # recording whatever 0.9.0 raises
+        out["unknown_architecture"] = builtin_bases(exc)
+    OUT.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {OUT}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
