@@ -82,6 +82,8 @@ RESAMPLE_TYPES = (*_SOXR_QUALITIES, *_POLYPHASE_WINDOWS, "fft", "scipy")
 _OUT_OF_BOUNDS_MODES = ("warn", "raise", "ignore")
 _TRUNCATED_MODES = ("warn", "raise", "ignore")
 _OPSO_METADATA_PREFIX = "opso_metadata"
+#: the OpenSoundscape version whose API (and opso_metadata format) opso_core implements
+OPENSOUNDSCAPE_API_VERSION = "0.9.0"
 # samples that differ from an integer sample index by less than this are that index (float error)
 _SAMPLE_INDEX_TOLERANCE = 1e-6
 
@@ -169,6 +171,9 @@ def generate_opso_metadata_str(metadata_dictionary: dict, version="v0.1") -> str
     metadata = dict(metadata_dictionary)
     metadata["opso_metadata_version"] = version
     metadata["opso_core_version"] = __version__
+    # 0.9.0 writes its own version under this key and ported code reads it: the OpenSoundscape version
+    # whose metadata format and API opso_core implements
+    metadata["opensoundscape_version"] = OPENSOUNDSCAPE_API_VERSION
     return _OPSO_METADATA_PREFIX + json.dumps(_json_safe(metadata))
 
 
@@ -800,8 +805,9 @@ class Audio:
                     warnings.warn(f"metadata is only saved for WAV and AIFF files, not {fmt}",
                                   stacklevel=2)
             else:
+                # empty strings are left out: libsndfile refuses them ("bad string"; 0.9.0 fails to save)
                 tags = {k: str(v) for k, v in self.metadata.items()
-                        if k in SOUNDFILE_TAG_FIELDS and v is not None}
+                        if k in SOUNDFILE_TAG_FIELDS and v is not None and str(v) != ""}
                 if metadata_format != "soundfile":
                     tags["comment"] = generate_opso_metadata_str(self.metadata)
 

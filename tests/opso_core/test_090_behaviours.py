@@ -76,3 +76,32 @@ def _tiny_labels():
 
     archive = make_archive(_tmp(), n_recorders=1, files_per_recorder=1, file_duration_s=4, sample_rate_hz=16000)
     return pd.DataFrame({0: [1], 1: [0]}, index=pd.Index(list(archive.files.file), name="file"))
+
+
+def test_saved_metadata_reads_back_with_090_s_keys(tmp_path):
+    import numpy as np
+
+    from opso_core.audio import Audio
+
+    audio = Audio(np.full(16000, 0.01, dtype=np.float32), 16000)
+    audio.metadata = {"title": "t", "artist": "x"}
+    audio.save(tmp_path / "a.wav")
+    back = Audio.from_file(tmp_path / "a.wav").metadata
+    assert set(REFERENCE["saved_metadata"]["keys"]) <= set(back)  # opso adds format, frames, ... of the header
+    assert back["opensoundscape_version"] == REFERENCE["saved_metadata"]["opensoundscape_version"]
+
+
+def test_an_empty_tag_is_left_out_where_090_fails(tmp_path):
+    """Deliberate deviation: 0.9.0 fails to save (libsndfile refuses an empty string); opso saves without it."""
+    import numpy as np
+
+    from opso_core.audio import Audio
+
+    assert REFERENCE["empty_tag"].startswith("LibsndfileError")  # what 0.9.0 does
+    audio = Audio(np.full(16000, 0.01, dtype=np.float32), 16000)
+    audio.metadata = {"title": "", "artist": "x"}
+    for fmt in ("opso", "soundfile"):
+        audio.save(tmp_path / f"{fmt}.wav", metadata_format=fmt)
+        back = Audio.from_file(tmp_path / f"{fmt}.wav").metadata
+        assert back["artist"] == "x"
+    assert Audio.from_file(tmp_path / "opso.wav").metadata["title"] == ""  # the comment keeps every field

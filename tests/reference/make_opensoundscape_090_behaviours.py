@@ -7,8 +7,8 @@ Run it in the reference environment, never the project's:
 
 It writes ``tests/reference/opensoundscape_0.9.0_behaviours.json`` (committed), which
 ``tests/opso_core/test_090_behaviours.py`` compares opso with: the names the package exposes at its
-top level, the CNN's loss class, and the built-in exception types 0.9.0 raises where opso raises its
-own typed errors.
+top level, the CNN's loss class, the built-in exception types 0.9.0 raises where opso raises its
+own typed errors, and what ``Audio.save`` writes into the metadata.
 """
 
 from __future__ import annotations
@@ -48,6 +48,23 @@ def main() -> None:
         CNN("not_an_architecture", classes=[0, 1], sample_duration=2)
     except Exception as exc:  # recording whatever 0.9.0 raises
         out["unknown_architecture"] = builtin_bases(exc)
+    import tempfile
+
+    import numpy as np
+    from opensoundscape.audio import Audio
+
+    with tempfile.TemporaryDirectory() as tmp:
+        audio = Audio(np.full(16000, 0.01, dtype=np.float32), 16000)
+        audio.metadata = {"title": "t", "artist": "x"}
+        audio.save(f"{tmp}/a.wav")
+        back = Audio.from_file(f"{tmp}/a.wav").metadata
+        out["saved_metadata"] = {"keys": sorted(back), "opensoundscape_version": back["opensoundscape_version"]}
+        audio.metadata = {"title": "", "artist": "x"}
+        try:
+            audio.save(f"{tmp}/b.wav")
+            out["empty_tag"] = "saved"
+        except Exception as exc:
+            out["empty_tag"] = f"{type(exc).__name__}: {exc}"
     OUT.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
     print(f"wrote {OUT}", file=sys.stderr)
 
