@@ -82,8 +82,18 @@ RESAMPLE_TYPES = (*_SOXR_QUALITIES, *_POLYPHASE_WINDOWS, "fft", "scipy")
 _OUT_OF_BOUNDS_MODES = ("warn", "raise", "ignore")
 _TRUNCATED_MODES = ("warn", "raise", "ignore")
 _OPSO_METADATA_PREFIX = "opso_metadata"
-#: the OpenSoundscape version whose API (and opso_metadata format) opso_core implements
-OPENSOUNDSCAPE_API_VERSION = "0.9.0"
+
+
+class OpsoMetadata(dict):
+    """The metadata read from an opso_metadata comment: a plain dict, except that
+    ``metadata["opensoundscape_version"]``, the key 0.9.0 writes its own version under, gives the
+    ``opso_core_version`` that wrote the file, so code ported by changing its imports reads what it
+    read before. The key is not stored (the dictionary compares equal to what was saved)."""
+
+    def __missing__(self, key):
+        if key == "opensoundscape_version" and "opso_core_version" in self:
+            return self["opso_core_version"]
+        raise KeyError(key)
 # samples that differ from an integer sample index by less than this are that index (float error)
 _SAMPLE_INDEX_TOLERANCE = 1e-6
 
@@ -171,9 +181,6 @@ def generate_opso_metadata_str(metadata_dictionary: dict, version="v0.1") -> str
     metadata = dict(metadata_dictionary)
     metadata["opso_metadata_version"] = version
     metadata["opso_core_version"] = __version__
-    # 0.9.0 writes its own version under this key and ported code reads it: the OpenSoundscape version
-    # whose metadata format and API opso_core implements
-    metadata["opensoundscape_version"] = OPENSOUNDSCAPE_API_VERSION
     return _OPSO_METADATA_PREFIX + json.dumps(_json_safe(metadata))
 
 
@@ -192,7 +199,7 @@ def parse_opso_metadata(comment_string: str) -> dict:
         metadata["recording_start_time"] = datetime.datetime.fromisoformat(
             metadata["recording_start_time"]
         )
-    return metadata
+    return OpsoMetadata(metadata)
 
 
 def _metadata_from_info(info: AudioFileInfo) -> dict:
@@ -210,7 +217,7 @@ def _metadata_from_info(info: AudioFileInfo) -> dict:
         else:
             header_facts = {k: metadata[k] for k in ("samplerate", "frames", "format", "subtype",
                                                      "sections", "duration")}
-            metadata = {**saved, **header_facts}
+            metadata = OpsoMetadata({**saved, **header_facts})
     elif "AudioMoth" in (metadata.get("artist") or "") or (
             comment.startswith("Recorded at") and "AudioMoth" in comment):
         try:
