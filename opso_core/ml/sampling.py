@@ -35,22 +35,34 @@ class ClassAwareSampler(Sampler):
 
     Parameters
     ----------
-    labels : array-like, shape (n_samples, n_classes)
-        0/1 labels; every class needs at least one positive.
+    labels : array-like, shape (n_samples,) or (n_samples, n_classes)
+        Each sample's class number (0 to n_classes - 1, as OpenSoundscape 0.9.0 takes them: an epoch
+        is then the largest class's size times the number of classes), or 0/1 labels per class (an
+        epoch is ``n_samples``); every class needs at least one sample.
     num_samples_cls : int
         Consecutive samples drawn per chosen class.
     """
 
     def __init__(self, labels, num_samples_cls=1):
         labels = np.asarray(labels)
-        if labels.ndim != 2:
-            raise OpsoValueError(f"labels must be (n_samples, n_classes), got shape {labels.shape}")
-        per_class = [np.flatnonzero(labels[:, c]) for c in range(labels.shape[1])]
+        if labels.ndim == 1:  # class numbers, as 0.9.0 takes them
+            n_classes = len(np.unique(labels))
+            if len(labels) and (not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0
+                                or labels.max() >= n_classes):
+                raise OpsoValueError(f"1-D labels are class numbers 0 to {n_classes - 1} (one per class present), "
+                                     f"got {np.unique(labels)[:10].tolist()}")
+            per_class = [np.flatnonzero(labels == c) for c in range(n_classes)]
+            num_samples = max((len(p) for p in per_class), default=0) * n_classes
+        elif labels.ndim == 2:
+            per_class = [np.flatnonzero(labels[:, c]) for c in range(labels.shape[1])]
+            num_samples = labels.shape[0]
+        else:
+            raise OpsoValueError(f"labels must be (n_samples,) or (n_samples, n_classes), got shape {labels.shape}")
         if any(len(p) == 0 for p in per_class):
             raise OpsoValueError("ClassAwareSampler needs at least one positive sample of every class")
-        self.class_iter = _RandomCycleIter(range(labels.shape[1]))
+        self.class_iter = _RandomCycleIter(range(len(per_class)))
         self.data_iters = [_RandomCycleIter(p) for p in per_class]
-        self.num_samples = labels.shape[0]
+        self.num_samples = num_samples
         self.num_samples_cls = int(num_samples_cls)
 
     def __iter__(self):

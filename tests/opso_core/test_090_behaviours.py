@@ -110,3 +110,21 @@ def test_an_empty_tag_is_left_out_where_090_fails(tmp_path):
         back = Audio.from_file(tmp_path / f"{fmt}.wav").metadata
         assert back["artist"] == "x"
     assert Audio.from_file(tmp_path / "opso.wav").metadata["title"] == ""  # the comment keeps every field
+
+
+def test_class_aware_sampler_takes_090_s_class_numbers():
+    pytest.importorskip("torch")
+    import numpy as np
+
+    from opso_core.ml.sampling import ClassAwareSampler
+
+    reference = REFERENCE["class_aware_sampler"]
+    labels = reference["labels"]
+    sampler = ClassAwareSampler(np.array(labels), num_samples_cls=1)
+    drawn = list(sampler)
+    assert len(sampler) == len(drawn) == reference["len"]  # the largest class's size x the classes
+    assert [sum(labels[i] == c for i in drawn) for c in range(3)] == reference["per_class"]
+    with pytest.raises(ValueError, match="class numbers 0 to 1"):
+        ClassAwareSampler(np.array([0, 5]))
+    one_hot = ClassAwareSampler(np.eye(3)[labels])  # opso's 0/1 form: an epoch is the samples
+    assert len(one_hot) == len(labels)

@@ -65,6 +65,13 @@ def main() -> None:
             out["empty_tag"] = "saved"
         except Exception as exc:
             out["empty_tag"] = f"{type(exc).__name__}: {exc}"
+    from opensoundscape.ml.sampling import ClassAwareSampler
+
+    sampler = ClassAwareSampler(np.array([0, 0, 0, 1, 2, 2]), num_samples_cls=1)
+    drawn = list(sampler)
+    labels = [0, 0, 0, 1, 2, 2]
+    out["class_aware_sampler"] = {"labels": labels, "len": len(sampler),
+                                  "per_class": [sum(labels[i] == c for i in drawn) for c in range(3)]}
     OUT.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
     print(f"wrote {OUT}", file=sys.stderr)
 
