@@ -269,6 +269,16 @@ def _cmd_status(args) -> int:
     return EXIT_OK
 
 
+def _input_options(args) -> dict:
+    """The archive's storage options: ``--input-storage-options``, else the configuration file's."""
+    options = _json_options(args.input_storage_options, "--input-storage-options")
+    if not options and os.path.isfile(args.target) and args.target.lower().endswith((".yaml", ".yml")):
+        from pipelines.config import load_config
+
+        options = load_config(args.target).input.storage_options
+    return options
+
+
 def _json_options(text: str | None, flag: str) -> dict:
     """Storage options given as JSON on the command line."""
     from pipelines.errors import ConfigError
@@ -345,11 +355,7 @@ def _cmd_review(args) -> int:
 
     _check_review_options(args)
     url, options = _status_target(args)
-    input_options = _json_options(args.input_storage_options, "--input-storage-options")
-    if os.path.isfile(args.target) and args.target.lower().endswith((".yaml", ".yml")) and not input_options:
-        from pipelines.config import load_config
-
-        input_options = load_config(args.target).input.storage_options
+    input_options = _input_options(args)
     status = read_status(url, options)
     config = status.get("config") or {}
     input_url = str((config.get("input") or {}).get("url", ""))
@@ -388,11 +394,7 @@ def _cmd_search(args) -> int:
     from pipelines.embeddings.search import search
 
     url, options = _status_target(args)
-    input_options = _json_options(args.input_storage_options, "--input-storage-options")
-    if os.path.isfile(args.target) and args.target.lower().endswith((".yaml", ".yml")) and not input_options:
-        from pipelines.config import load_config
-
-        input_options = load_config(args.target).input.storage_options
+    input_options = _input_options(args)
     _REDACTION.add(secrets_of(options))
     _REDACTION.add(secrets_of(input_options))
     table = search(url, args.example, args.k, detector=args.detector, storage_options=options,

@@ -40,15 +40,17 @@ def _class_seed(seed: int, detector: str, class_name: str) -> int:
     return int.from_bytes(digest[:8], "little")
 
 
-def class_table(scores: pd.DataFrame, class_name: str) -> pd.DataFrame:
+def class_table(scores: pd.DataFrame, class_name: str, windows: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per clip of a detector's score table (:func:`~pipelines.outputs.results.read_scores`,
     sorted by file and start time) with ``clip`` (its position) and ``score`` (this class's).
 
     A BirdNET long table gives one row per window; windows with no row of the class scored below the
-    floor and get 0.
+    floor and get 0. ``windows``: the table's windows (its id columns, one row each), when already
+    found for another class.
     """
     if "class" in scores.columns and "score" in scores.columns:
-        windows = scores[ID_COLUMNS].drop_duplicates(["file", "start_time"]).reset_index(drop=True)
+        if windows is None:
+            windows = scores[ID_COLUMNS].drop_duplicates(["file", "start_time"]).reset_index(drop=True)
         found = scores.loc[scores["class"] == class_name, ["file", "start_time", "score"]]
         out = windows.merge(found, on=["file", "start_time"], how="left")
         out["score"] = out["score"].fillna(0.0).astype(np.float64)
@@ -107,8 +109,11 @@ def review_items(url: str, storage_options=None, *, detectors=None, classes=None
     offered = set()
     for detector in chosen:
         scores = read_scores(url, detector, storage_options)
+        windows = None  # a long table's windows, found once for all its classes
+        if "class" in scores.columns and "score" in scores.columns:
+            windows = scores[ID_COLUMNS].drop_duplicates(["file", "start_time"]).reset_index(drop=True)
         for class_name in _classes(scores, detector, detections, classes):
-            table = class_table(scores, class_name)
+            table = class_table(scores, class_name, windows)
             sample = stratified_sample(table, "score", n_bins=n_bins, per_bin=per_bin,
                                        log=uses_log_scores(detector), seed=_class_seed(seed, detector, class_name))
             offered.add(class_name)

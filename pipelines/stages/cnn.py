@@ -182,25 +182,31 @@ def _device(name: str):
     return torch.device(name)
 
 
+def _load_model(detector: CnnDetector, device):
+    """The detector's model file loaded on ``device`` (checked against the hash the run started with)."""
+    from opso_core.ml.cnn import load_model
+
+    data = _read_model_file(detector.url, detector.storage_options)
+    if hashlib.sha256(data).hexdigest() != detector.sha256:
+        raise ConfigError(f"the model file {detector.url} changed while the run was going on")
+    fd, tmp = tempfile.mkstemp(suffix=".model")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return load_model(tmp, device=device)
+    finally:
+        os.unlink(tmp)
+
+
 def _model(detector: CnnDetector):
     """The detector's network on this worker, in its inference form, loaded once per process."""
-    from opso_core.ml.cnn import load_model
     from opso_core.ml.utils import inference_network
 
     device = _device(detector.device)
     key = (detector.sha256, str(device))
     with _MODELS_LOCK:
         if key not in _MODELS:
-            data = _read_model_file(detector.url, detector.storage_options)
-            if hashlib.sha256(data).hexdigest() != detector.sha256:
-                raise ConfigError(f"the model file {detector.url} changed while the run was going on")
-            fd, tmp = tempfile.mkstemp(suffix=".model")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                model = load_model(tmp, device=device)
-            finally:
-                os.unlink(tmp)
+            model = _load_model(detector, device)
             classifier = getattr(model.network, "classifier_layer", "fc")
             network = inference_network(model.network, device)  # a copy: the loaded model is not kept
             _hook_classifier_input(network, classifier)
@@ -231,16 +237,7 @@ def embedding_size(detector: CnnDetector) -> int:
     model is built here, on the CPU)."""
     import torch
 
-    from opso_core.ml.cnn import load_model
-
-    data = _read_model_file(detector.url, detector.storage_options)
-    fd, tmp = tempfile.mkstemp(suffix=".model")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        model = load_model(tmp, device=torch.device("cpu"))
-    finally:
-        os.unlink(tmp)
+    model = _load_model(detector, torch.device("cpu"))
     classifier = getattr(model.network, "classifier_layer", "fc")
     try:
         layer = model.network.get_submodule(classifier)
