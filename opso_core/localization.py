@@ -382,8 +382,8 @@ class SpatialEvent:
         -------
         (numpy.ndarray, numpy.ndarray)
             ``tdoas`` (seconds; 0 for the first receiver) and ``cc_maxs`` (the correlation maxima;
-            for the first receiver, its autocorrelation's), each of shape (n,). Also stored on the
-            event.
+            1 for the first receiver, as in OpenSoundscape 0.9.0), each of shape (n,). Also stored on
+            the event.
         """
         from opso_core.audio import Audio
 
@@ -398,11 +398,8 @@ class SpatialEvent:
                                             max_delay=max_delay, bandpass_range=band)
             tdoas.append(delay)
             cc_maxs.append(cc_max)
-        from opso_core.signal_processing import gcc
-
-        auto = gcc(reference.samples, reference.samples, cc_filter=cc_filter)
         self.tdoas = np.asarray(tdoas)
-        self.cc_maxs = np.asarray([float(auto[len(reference.samples) - 1]), *cc_maxs])  # lag 0
+        self.cc_maxs = np.asarray([1.0, *cc_maxs])  # the reference against itself: 1, as 0.9.0 sets it
         return self.tdoas, self.cc_maxs
 
     def estimate_location(self, algorithm="gillette", cc_threshold=None, min_n_receivers=3, speed_of_sound=343):

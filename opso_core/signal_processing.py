@@ -51,6 +51,14 @@ def gcc(x, y, cc_filter="phat", epsilon=0.001, radius=None):
         Correlation at lags ``-(m-1), ..., n-1`` (``scipy.signal.correlation_lags(n, m)``), the
         layout of ``scipy.signal.correlate(x, y, mode="full")``. A peak at lag ``k > 0`` means
         ``x`` lags ``y`` by ``k`` samples.
+
+    Notes
+    -----
+    Coherence estimated from one pair of segments is 1 at every frequency, so the Hannan-Thomson
+    weight ``coherence / (|Gxy| (1 - coherence))`` is set by ``epsilon`` alone: about
+    ``1 / (3 epsilon)`` wherever ``|Gxy|`` is much larger than ``epsilon``. ``ht`` then is close to
+    the plain cross correlation times that constant; its values follow OpenSoundscape 0.9.0's (same
+    formula, in float64 where 0.9.0 computes in float32).
     """
     return band_limited_gcc(x, y, cc_filter=cc_filter, epsilon=epsilon)
 
@@ -101,11 +109,11 @@ def band_limited_gcc(x, y, cc_filter="phat", epsilon=0.001, band_hz=None, sample
         Gxx = np.real(X * np.conj(X))
         Gyy = np.real(Y * np.conj(Y))
         phi = 1 / (np.sqrt(Gxx * Gyy) + epsilon)
-    elif cc_filter == "ht":
+    elif cc_filter == "ht":  # epsilon placed as OpenSoundscape 0.9.0 places it (this sets the scale, see gcc)
         Gxx = np.real(X * np.conj(X))
         Gyy = np.real(Y * np.conj(Y))
-        gamma_sq = np.abs(Gxy) ** 2 / (Gxx * Gyy + epsilon)
-        phi = gamma_sq / (np.abs(Gxy) * np.abs(1 - gamma_sq) + epsilon)
+        coherence = np.abs(Gxy / (np.sqrt(Gxx * Gyy) + epsilon)) ** 2
+        phi = coherence / (np.abs(Gxy) * (1 - coherence) + epsilon)
     else:
         phi = 1.0
     weighted = Gxy * phi
