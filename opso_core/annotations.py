@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from opso_core.errors import OpsoAssertionError, OpsoTypeError, OpsoValueError
+from opso_core.errors import OpsoAssertionError, OpsoTypeError, OpsoValueError, OpsoValueIndexError
 from opso_core.utils import generate_clip_times_df, make_clip_df
 
 __all__ = ["BoxedAnnotations", "categorical_to_one_hot", "diff", "one_hot_labels_on_time_interval",
@@ -84,9 +84,10 @@ class BoxedAnnotations:
         for i, path in enumerate(raven_paths):
             df = pd.read_csv(path, sep="\t")
             if annotation_column_idx is not None:
-                if annotation_column_idx >= len(df.columns):
-                    raise OpsoValueError(f"{path} has {len(df.columns)} columns; no annotation column at "
-                                         f"position {annotation_column_idx} (use annotation_column_idx=None)")
+                if annotation_column_idx >= len(df.columns):  # an IndexError in 0.9.0, also one here
+                    raise OpsoValueIndexError(f"{path} has {len(df.columns)} columns; no annotation column at "
+                                              f"position {annotation_column_idx} (use annotation_column_idx=None "
+                                              "for a table without labels)")
                 df = df.rename(columns={df.columns[annotation_column_idx]: "annotation"})
             else:
                 df["annotation"] = np.nan
@@ -244,8 +245,8 @@ class BoxedAnnotations:
             missing = set(clips["file"]) - set(self.df["file"])
             if missing:
                 warnings.warn(f"{len(missing)} files of clip_df have no annotations", stacklevel=2)
-        for file, idx in clips.groupby("file", sort=False).groups.items():
-            ann = df[df["file"] == file]
+        for file, idx in clips.groupby("file", sort=False, dropna=False).groups.items():
+            ann = df[df["file"].isna()] if file != file else df[df["file"] == file]  # NaN: annotations without a file
             if ann.empty:
                 continue
             c_start = clips.loc[idx, "start_time"].to_numpy()[:, None]
@@ -269,18 +270,29 @@ class BoxedAnnotations:
         """One-hot labels for even-length clips of every annotated file (``Audio.split`` clips).
 
         ``full_duration`` (s) is used for every file; None reads each file's duration from its header.
+        With ``full_duration``, annotations without a file (``file`` NaN, e.g. a Raven table read without
+        ``audio_files``) get clips too, indexed by file NaN, as in OpenSoundscape 0.9.0.
+
+        Returns
+        -------
+        pandas.DataFrame
+            0/1 (int) per class, MultiIndex ``(file, start_time, end_time)``, a row per clip.
         """
-        files = list(self.df["file"].dropna().unique())
         if full_duration is None:
+            files = list(self.df["file"].dropna().unique())
+            if not files:
+                raise OpsoAssertionError("the annotations name no audio file, so the clips' durations cannot be "
+                                         "read: give full_duration (seconds), or set the 'file' column "
+                                         "(from_raven_files(..., audio_files=...))")
             clip_df = make_clip_df(files, clip_duration=clip_duration, clip_overlap=clip_overlap,
                                    final_clip=final_clip, raise_exceptions=True)
         else:
-            frames = []
-            for f in files:
-                clips = generate_clip_times_df(full_duration, clip_duration, clip_overlap, final_clip)
-                clips.insert(0, "file", f)
-                frames.append(clips)
-            clip_df = pd.concat(frames).set_index(["file", "start_time", "end_time"])
+            template = generate_clip_times_df(full_duration, clip_duration, clip_overlap, final_clip)
+            files = list(self.df["file"].unique())  # NaN included: annotations without a file
+            clip_df = pd.DataFrame(index=pd.MultiIndex.from_arrays(
+                [np.repeat(np.asarray(files, dtype=object), len(template)),
+                 np.tile(template["start_time"].to_numpy(), len(files)),
+                 np.tile(template["end_time"].to_numpy(), len(files))], names=["file", "start_time", "end_time"]))
         return self.one_hot_labels_like(clip_df, min_label_overlap=min_label_overlap,
                                         min_label_fraction=min_label_fraction, class_subset=class_subset)
 

@@ -6,6 +6,10 @@ can catch either ``except opso_core.errors.OpsoError`` or ``except ValueError``.
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+
 __all__ = [
     "AudioFileNotFoundError",
     "AudioFormatError",
@@ -14,6 +18,7 @@ __all__ = [
     "DimensionError",
     "GetDurationError",
     "MissingDependencyError",
+    "NoValidSamplesError",
     "OpsoError",
     "OpsoAssertionError",
     "OpsoIndexError",
@@ -21,9 +26,11 @@ __all__ = [
     "OpsoTypeError",
     "OpsoTypeValueError",
     "OpsoValueError",
+    "OpsoValueIndexError",
     "TruncatedAudioError",
     "TruncatedAudioWarning",
     "MixdownWarning",
+    "warn_caller",
     "OutOfBoundsWarning",
     "ParseError",
     "PreprocessingError",
@@ -62,6 +69,16 @@ class DimensionError(OpsoValueError, TypeError):
 
 class OpsoIndexError(OpsoError, IndexError):
     """An index (channel, sample, position) is out of range."""
+
+
+class OpsoValueIndexError(OpsoValueError, IndexError):
+    """A position (a column number, say) is out of range, where OpenSoundscape 0.9.0 raised ``IndexError``;
+    also a ``ValueError``."""
+
+
+class NoValidSamplesError(OpsoError, IndexError):
+    """Every sample of a dataset failed to load or preprocess (prediction, training, CAMs), where
+    OpenSoundscape 0.9.0 raised ``IndexError``; the message names the first failures and their cause."""
 
 
 class AudioOutOfBoundsError(OpsoValueError):
@@ -129,3 +146,18 @@ def missing_dependency(package: str, extra: str) -> MissingDependencyError:
         f"{package} is needed for this feature but is not installed. "
         f"Install it with: pip install 'opso[{extra}]'  (or: pip install {package})"
     )
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def warn_caller(message: str, category: type[Warning] = UserWarning) -> None:
+    """``warnings.warn`` attributed to the first caller outside opso_core (and outside torch, whose
+    ``no_grad`` decorator wraps prediction), so the warning names the user's line whatever the depth."""
+    level, frame = 2, sys._getframe(1)  # level 2: warn_caller's caller
+    while frame is not None:
+        path = os.path.abspath(frame.f_code.co_filename)
+        if not (path.startswith(_PACKAGE_DIR + os.sep) or f"{os.sep}torch{os.sep}" in path):
+            break
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

@@ -13,9 +13,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from opso_core.errors import OpsoValueError, missing_dependency
-from opso_core.ml.prediction import inference_dataset
-from opso_core.ml.safe_dataset import SafeDataset
+from opso_core.errors import OpsoAssertionError, OpsoValueError, missing_dependency
+from opso_core.ml.prediction import first_sample_error, inference_dataset
+from opso_core.ml.safe_dataset import SafeDataset, no_valid_samples
 
 __all__ = ["CAM", "BUILTIN_METHODS", "generate_cams"]
 
@@ -174,8 +174,9 @@ def generate_cams(model, samples, method="gradcam", classes=None, target_layers=
         Make a map per listed class; None: one map for each sample's top-scoring class (stored
         under the class None).
     target_layers : list of torch.nn.Module, optional
-        Default: the architecture's ``cam_layer`` (ResNets: ``layer4``). Maps of several layers are
-        averaged.
+        Default: the network's ``cam_target_layers`` (the architectures set it as OpenSoundscape 0.9.0
+        does: ResNets ``[layer4]``, VGG/AlexNet/SqueezeNet/DenseNet ``[features[-1]]``, Inception
+        ``[Mixed_7c]``), else the module its ``cam_layer`` names. Maps of several layers are averaged.
     guided_backprop : bool
         Also compute guided backpropagation maps (``cam.gbp_maps``).
 
@@ -187,17 +188,15 @@ def generate_cams(model, samples, method="gradcam", classes=None, target_layers=
     if classes is not None:
         unknown = set(classes) - set(model.classes)
         if unknown:
-            raise OpsoValueError(f"classes {sorted(unknown)} are not classes of the model {model.classes}")
+            raise OpsoAssertionError(  # 0.9.0 asserted it: ported `except AssertionError` still catches it
+                f"classes {sorted(unknown, key=str)} are not classes of the model {model.classes}")
     if method is not None and isinstance(method, str) and method not in BUILTIN_METHODS + tuple(_GRAD_CAM_PACKAGE_METHODS):
         raise OpsoValueError(f"method must be one of {BUILTIN_METHODS + tuple(_GRAD_CAM_PACKAGE_METHODS)}, a "
                              f"pytorch_grad_cam CAM class, or None; got {method!r}")
     network = model.network.to(model.device)
     network.eval()
     if target_layers is None:
-        layer_name = getattr(network, "cam_layer", None)
-        if layer_name is None:
-            raise OpsoValueError("this architecture has no default CAM layer; pass target_layers=[module]")
-        target_layers = [network.get_submodule(layer_name)]
+        target_layers = default_cam_layers(network)
     dataset = inference_dataset(samples, model.preprocessor, split_files_into_clips=split_files_into_clips,
                                 bypass_augmentations=bypass_augmentations)
     safe = SafeDataset(dataset, invalid_sample_behavior="none")
@@ -211,10 +210,7 @@ def generate_cams(model, samples, method="gradcam", classes=None, target_layers=
         x = torch.stack([s.data for s in good]).to(model.device)
         activations, gradients, handles = {}, {}, []
         for i, layer in enumerate(target_layers):
-            handles.append(layer.register_forward_hook(
-                lambda m, inp, o, i=i, store=activations: store.__setitem__(i, o)))
-            handles.append(layer.register_full_backward_hook(
-                lambda m, gin, gout, i=i, store=gradients: store.__setitem__(i, gout[0])))
+            handles.append(layer.register_forward_hook(_keep_output_and_its_gradient(i, activations, gradients)))
         try:
             with torch.enable_grad():
                 logits = network(x.requires_grad_(True))
@@ -251,4 +247,33 @@ def generate_cams(model, samples, method="gradcam", classes=None, target_layers=
             gbp = pd.Series({c: np.asarray(gbps[c][j]) for c in targets}, dtype=object) if guided_backprop else None
             sample.cam = CAM(sample.data.detach().cpu(), activation_maps=act, gbp_maps=gbp)
         out.extend(batch)
+    if len(safe) and len(safe._invalid_indices) == len(safe):
+        raise no_valid_samples(sorted(map(str, safe._invalid_samples)), first_sample_error(dataset))
     return out
+
+
+def _keep_output_and_its_gradient(i, activations, gradients):
+    """A forward hook storing the layer's output (a copy: DenseNet's ReLU then modifies it in place) as
+    ``activations[i]`` and, through a tensor hook, its gradient as ``gradients[i]``. A module backward
+    hook would fail on a layer whose output is modified in place."""
+
+    def hook(module, inputs, output):
+        activations[i] = output.detach().clone()
+        if output.requires_grad:
+            output.register_hook(lambda grad: gradients.__setitem__(i, grad))
+
+    return hook
+
+
+def default_cam_layers(network):
+    """The layers CAMs are made from when none are given: ``network.cam_target_layers`` (a list of modules,
+    as OpenSoundscape 0.9.0's architectures carry it, and as a user may set it), else the module named by
+    ``network.cam_layer``."""
+    layers = getattr(network, "cam_target_layers", None)
+    if layers is not None:
+        return list(layers)
+    layer_name = getattr(network, "cam_layer", None)
+    if layer_name is None:
+        raise OpsoValueError("this network has no default CAM layer: set network.cam_target_layers = [module] "
+                             "or pass target_layers=[module]")
+    return [network.get_submodule(layer_name)]

@@ -23,7 +23,7 @@ __all__ = [
     "ARCH_DICT", "PretrainedWeightsUnavailableError", "alexnet", "build_architecture", "change_conv2d_channels",
     "change_fc_output_size", "densenet121", "efficientnet_b0", "efficientnet_b4", "efficientnet_widese_b0",
     "efficientnet_widese_b4", "freeze_params", "inception_v3", "list_architectures", "register_arch", "resnet18",
-    "resnet34", "resnet50", "resnet101", "resnet152", "squeezenet1_0", "vgg11_bn",
+    "resnet34", "resnet50", "resnet101", "resnet152", "set_cam_layer", "squeezenet1_0", "vgg11_bn",
 ]
 
 ARCH_DICT: dict = {}
@@ -135,8 +135,18 @@ def _torchvision_arch(builder_name, num_classes, freeze_feature_extractor, weigh
     if num_channels != 3:
         _set(model, first_conv, change_conv2d_channels(model.get_submodule(first_conv), num_channels))
     model.classifier_layer = classifier
-    model.cam_layer = cam_layer
+    set_cam_layer(model, cam_layer)
     return model
+
+
+def set_cam_layer(model, name: str) -> None:
+    """Make the module ``name`` (dotted path; ``"features"`` means its last layer, as 0.9.0 chose) the
+    network's default CAM layer: ``model.cam_layer`` (the name, kept through saving) and
+    ``model.cam_target_layers`` (``[module]``, OpenSoundscape 0.9.0's attribute)."""
+    if name == "features":
+        name = f"features.{list(dict(model.features.named_children()))[-1]}"
+    model.cam_layer = name
+    model.cam_target_layers = [model.get_submodule(name)]
 
 
 def _resnet(builder_name, num_classes, freeze_feature_extractor, weights, num_channels):
@@ -196,7 +206,7 @@ def squeezenet1_0(num_classes, freeze_feature_extractor=False, weights="DEFAULT"
     model.num_classes = num_classes
     if num_channels != 3:
         model.features[0] = change_conv2d_channels(model.features[0], num_channels)
-    model.cam_layer = "features"
+    set_cam_layer(model, "features")
     return model
 
 
@@ -222,7 +232,7 @@ def inception_v3(num_classes, freeze_feature_extractor=False, weights="DEFAULT",
     model.fc = change_fc_output_size(model.fc, num_classes)
     if num_channels != 3:
         model.Conv2d_1a_3x3.conv = change_conv2d_channels(model.Conv2d_1a_3x3.conv, num_channels)
-    model.cam_layer = "Mixed_7c"
+    set_cam_layer(model, "Mixed_7c")
     return model
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from opso_core.errors import OpsoTypeError, OpsoValueError
+from opso_core.errors import OpsoTypeAssertionError, OpsoTypeError, OpsoValueError, warn_caller
 from opso_core.sample import AudioSample
 from opso_core.utils import make_clip_df
 
@@ -22,7 +23,18 @@ def _as_label_df(samples) -> pd.DataFrame:
         raise OpsoTypeError("samples must be a list of paths or a DataFrame, not a single string; wrap it in a list")
     if isinstance(samples, list | tuple | np.ndarray | pd.Index):
         return pd.DataFrame(index=[str(s) for s in samples])
-    raise OpsoTypeError(f"samples must be a DataFrame, a list or an array of paths; got {type(samples).__name__}")
+    raise OpsoTypeAssertionError(  # 0.9.0 asserted the type: ported `except AssertionError` still catches it
+        f"samples must be a DataFrame, a list or an array of paths; got {type(samples).__name__}")
+
+
+def _warn_if_first_file_is_missing(df: pd.DataFrame) -> None:
+    """Warn, as OpenSoundscape 0.9.0 does, when the first sample's file is not on the local disk (a
+    likely sign that the table's index is not file paths). URLs are not checked."""
+    if not len(df):
+        return
+    first = df.index[0][0] if isinstance(df.index, pd.MultiIndex) else df.index[0]
+    if isinstance(first, str | Path) and "://" not in str(first) and not Path(first).exists():
+        warn_caller(f"the index of samples must be file paths; the first sample {first} was not found")
 
 
 class AudioFileDataset(torch.utils.data.Dataset):
@@ -46,6 +58,7 @@ class AudioFileDataset(torch.utils.data.Dataset):
         if isinstance(df.index, pd.MultiIndex):
             if df.index.nlevels != 3:
                 raise OpsoValueError("a MultiIndex must have the levels (file, start_time, end_time)")
+        _warn_if_first_file_is_missing(df)
         self.label_df = df
         self.preprocessor = preprocessor
         self.bypass_augmentations = bypass_augmentations

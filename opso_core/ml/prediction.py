@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from opso_core.errors import OpsoValueError
+from opso_core.errors import OpsoValueError, warn_caller
 from opso_core.ml.batch_preprocessing import batch_preprocessor
 from opso_core.ml.datasets import AudioFileDataset, AudioSplittingDataset
-from opso_core.ml.safe_dataset import SafeDataset
+from opso_core.ml.safe_dataset import SafeDataset, no_valid_samples
 from opso_core.ml.utils import (
     ACTIVATION_LAYERS,
     apply_activation_layer,
@@ -21,7 +21,7 @@ from opso_core.ml.utils import (
     one_ahead,
 )
 
-__all__ = ["embed", "inference_dataset", "predict"]
+__all__ = ["embed", "first_sample_error", "inference_dataset", "predict", "warn_about_inputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,14 +89,20 @@ def _network_batches(model, dataset, fast, *, batch_size, num_workers, raise_err
 def predict(model, samples, batch_size=1, num_workers=0, activation_layer=None, split_files_into_clips=True,
             overlap_fraction=0, final_clip=None, bypass_augmentations=True, invalid_samples_log=None,
             raise_errors=False, wandb_session=None, return_invalid_samples=False, progress_bar=False):
-    """Scores of ``model`` (a :class:`~opso_core.ml.cnn.CNN`) for every sample; see ``CNN.predict``."""
+    """Scores of ``model`` (a :class:`~opso_core.ml.cnn.CNN`) for every sample; see ``CNN.predict``.
+
+    Warns (as OpenSoundscape 0.9.0) when a label table's columns differ from ``model.classes``, when
+    there is nothing to predict on (naming the files shorter than one clip), and when samples failed
+    (their scores are NaN). Raises :class:`~opso_core.errors.NoValidSamplesError` (an ``IndexError``,
+    as 0.9.0) when every sample failed.
+    """
     fast, dataset = _prepared_dataset(model, samples, bypass_augmentations=bypass_augmentations,
                                       split_files_into_clips=split_files_into_clips,
                                       overlap_fraction=overlap_fraction, final_clip=final_clip)
+    warn_about_inputs(model, samples, dataset)
     index = dataset.label_df.index
     n_classes = len(model.classes)
     if len(dataset) == 0:
-        logger.warning("no samples to predict on (files shorter than one clip, or all unreadable)")
         scores = pd.DataFrame(np.zeros((0, n_classes)), index=index, columns=model.classes)
         return (scores, set(dataset.invalid_samples)) if return_invalid_samples else scores
     batches, safe = _network_batches(model, dataset, fast, batch_size=batch_size, num_workers=num_workers,
@@ -104,25 +110,61 @@ def predict(model, samples, batch_size=1, num_workers=0, activation_layer=None, 
     network = inference_network(model.network, model.device)
     out = np.full((len(dataset), n_classes), np.nan, dtype=np.float32)
     failed_late = set()  # samples whose spectrogram steps failed in the batch path
+    n_scored, last_error = 0, None
     for row, n_batch, valid, tensors, failures in batches:
         for i, exc in failures:
             failed_late.add(index[row + i])
+            last_error = exc
             logger.warning("sample %s failed to preprocess: %s", index[row + i], exc)
         if valid:
             logits = network(tensors)
             scores = apply_activation_layer(logits.float(), activation_layer).cpu().numpy()
             out[[row + i for i in valid]] = scores
+            n_scored += len(valid)
         if wandb_session is not None:
             wandb_session.log({"progress": (row + n_batch) / len(dataset)})
-    failed = safe._invalid_samples | failed_late
-    invalid = set(dataset.invalid_samples) | {_file_of(s) for s in failed}
-    if failed:
-        logger.warning("%d samples could not be preprocessed; their scores are NaN", len(failed))
+    invalid = set(dataset.invalid_samples) | safe._invalid_samples | {_file_of(s) for s in failed_late}
+    if n_scored == 0:
+        cause = last_error or first_sample_error(dataset)
+        raise no_valid_samples(sorted(map(str, invalid)), cause)
+    n_failed = len(dataset) - n_scored
+    if n_failed:
+        warn_caller(f"{n_failed} of {len(dataset)} samples could not be loaded or preprocessed; their scores "
+                      f"are NaN (return_invalid_samples=True or invalid_samples_log lists their files)")
     if invalid_samples_log is not None:
         with open(invalid_samples_log, "w") as f:
             f.writelines(f"{s}\n" for s in sorted(map(str, invalid)))
     scores = pd.DataFrame(out, index=index, columns=model.classes)
     return (scores, invalid) if return_invalid_samples else scores
+
+
+def warn_about_inputs(model, samples, dataset) -> None:
+    """The warnings OpenSoundscape 0.9.0 gives before predicting: a label table whose columns are not
+    ``model.classes``; no samples at all (here with the files shorter than one clip named)."""
+    if len(dataset.classes) and list(dataset.classes) != list(model.classes):
+        warn_caller(f"the columns of the samples table {list(dataset.classes)} differ from model.classes "
+                      f"{list(model.classes)}; scores are given for model.classes")
+    if len(dataset):
+        return
+    message = "there are no samples to predict on, so no predictions are generated"
+    if isinstance(dataset, AudioSplittingDataset):
+        files = list(samples.index if isinstance(samples, pd.DataFrame) else samples)
+        short = [str(f) for f in files if str(f) not in {str(i) for i in dataset.invalid_samples}]
+        if short:
+            shown = ", ".join(short[:3]) + (f" and {len(short) - 3} more" if len(short) > 3 else "")
+            message += (f": {len(short)} file(s) are shorter than one clip "
+                        f"({model.preprocessor.sample_duration} s): {shown} (final_clip='extend' scores them)")
+    warn_caller(message)
+
+
+def first_sample_error(dataset):
+    """The exception the first sample of ``dataset`` raises (None if it loads): the cause shown when
+    every sample failed."""
+    try:
+        dataset[0]
+    except Exception as exc:  # reported, not raised: the caller raises NoValidSamplesError
+        return exc
+    return None
 
 
 @torch.no_grad()
@@ -152,8 +194,8 @@ def embed(model, samples, target_layer=None, avgpool=True, return_preds=False, r
     handle = layer.register_forward_hook(keep)
     rows_out, values_out, preds_out = [], [], []
     try:
-        batches, _ = _network_batches(model, dataset, fast, batch_size=batch_size, num_workers=num_workers,
-                                      raise_errors=False, progress_bar=progress_bar, desc="embed")
+        batches, safe = _network_batches(model, dataset, fast, batch_size=batch_size, num_workers=num_workers,
+                                         raise_errors=False, progress_bar=progress_bar, desc="embed")
         for row, _, valid, tensors, _ in batches:
             if not valid:
                 continue
@@ -166,6 +208,9 @@ def embed(model, samples, target_layer=None, avgpool=True, return_preds=False, r
             preds_out.append(logits.float().cpu().numpy())
     finally:
         handle.remove()
+    if len(dataset) and not values_out:
+        failed = sorted(map(str, set(dataset.invalid_samples) | safe._invalid_samples))
+        raise no_valid_samples(failed, first_sample_error(dataset))
     width = values_out[0].shape[1] if values_out else 0
     out = np.full((len(dataset), width), np.nan, dtype=np.float32)
     preds = np.full((len(dataset), len(model.classes)), np.nan, dtype=np.float32)

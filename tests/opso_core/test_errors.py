@@ -59,3 +59,29 @@ def test_lazy_submodules_are_modules():
     from opso_core import annotations
 
     assert annotations is opso_core.annotations and hasattr(annotations, "categorical_to_one_hot")
+
+
+def test_warn_caller_names_the_users_line():
+    """Warnings from deep inside opso_core (through torch's no_grad wrapper too) point at the caller."""
+    from opso_core.errors import warn_caller
+
+    def inside_opso():  # stands for library code: pretend this frame is opso_core's
+        warn_caller("careful")
+
+    inside_opso.__code__ = inside_opso.__code__.replace(co_filename=opso_core.errors.__file__)
+    with pytest.warns(UserWarning, match="careful") as caught:
+        inside_opso()
+    assert caught[0].filename == __file__
+
+
+def test_no_valid_samples_error_is_an_index_error_naming_the_root_cause():
+    from opso_core.errors import AudioFileNotFoundError, NoValidSamplesError, PreprocessingError
+    from opso_core.ml.safe_dataset import no_valid_samples
+
+    root = AudioFileNotFoundError("a.wav: no such audio file")
+    wrapped = PreprocessingError("failed to preprocess sample from a.wav")
+    wrapped.__cause__ = root
+    error = no_valid_samples([f"{c}.wav" for c in "abcde"], wrapped)
+    assert isinstance(error, NoValidSamplesError) and isinstance(error, IndexError)
+    assert "a.wav, b.wav, c.wav and 2 more" in str(error)
+    assert "AudioFileNotFoundError: a.wav: no such audio file" in str(error) and error.__cause__ is root

@@ -136,7 +136,8 @@ def test_predict_gives_the_per_sample_scores(model, recordings, monkeypatch):
 def test_predict_scores_nan_for_samples_failing_in_the_batch_step(model, recordings, tmp_path, caplog):
     files = [str(recordings[k]) for k in ("a", "low", "b")]
     log = tmp_path / "invalid.txt"
-    with caplog.at_level(logging.WARNING, logger="opso_core.ml.prediction"):
+    with caplog.at_level(logging.WARNING, logger="opso_core.ml.prediction"), \
+            pytest.warns(UserWarning, match="1 of 3 samples could not be loaded or preprocessed; their scores are NaN"):
         scores, invalid = model.predict(files, batch_size=3, invalid_samples_log=log, return_invalid_samples=True)
     assert invalid == {files[1]}
     assert log.read_text().split() == [files[1]]

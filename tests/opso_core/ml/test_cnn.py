@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from opso_core.errors import OpsoValueError
+from opso_core.errors import NoValidSamplesError, OpsoValueError
 from opso_core.metrics import predict_multi_target_labels, predict_single_target_labels
 from opso_core.ml import cnn_architectures as ca
 from opso_core.ml.cnn import (
@@ -248,8 +248,36 @@ def test_cam_on_one_sample(trained, labelled_files):
     assert ax.get_title() == "backprop_and_activation for class None"
     per_class = model.generate_cams(samples=list(labelled_files.index)[:1], method="gradcam++", classes=["frog", "other"])
     assert list(per_class[0].cam.activation_maps.index) == ["frog", "other"]
-    with pytest.raises(OpsoValueError):
+    with pytest.raises(AssertionError, match="bird"):  # 0.9.0's type; an OpsoValueError too
         model.generate_cams(samples=list(labelled_files.index)[:1], classes=["bird"])
+
+
+@pytest.mark.parametrize("name", ["densenet121", "vgg11_bn"])
+def test_cams_of_the_architectures_cam_target_layers(name, labelled_files):
+    """The default layer is ``network.cam_target_layers`` (DenseNet's is followed by an in-place ReLU,
+    which a module backward hook cannot take); a user's choice there is used."""
+    network = ca.ARCH_DICT[name](2, weights=None)
+    model = CNN(network, classes=["frog", "other"], sample_duration=3.0)
+    first = list(labelled_files.index)[:1]
+    default = model.generate_cams(samples=first, classes=["frog"])[0].cam.activation_maps["frog"]
+    assert default.shape == (224, 224) and np.isfinite(default).all() and 0.9 < default.max() <= 1
+    explicit = model.generate_cams(samples=first, classes=["frog"], target_layers=network.cam_target_layers)
+    np.testing.assert_array_equal(explicit[0].cam.activation_maps["frog"], default)
+    network.cam_target_layers = [network.features[0]]  # a user's choice, as in 0.9.0
+    earlier = model.generate_cams(samples=first, classes=["frog"])[0].cam.activation_maps["frog"]
+    assert not np.array_equal(earlier, default)
+
+
+def test_every_sample_failing_raises_an_index_error_naming_the_cause(trained, tmp_path):
+    model, _ = trained
+    missing = str(tmp_path / "missing.wav")
+    for call in (lambda: model.predict([missing]), lambda: model.generate_cams([missing]),
+                 lambda: model.predict([missing], split_files_into_clips=False)):
+        with pytest.raises(NoValidSamplesError, match="missing.wav.*AudioFileNotFoundError"), \
+                pytest.warns(UserWarning, match="the first sample .*missing.wav was not found"):
+            call()
+    with pytest.raises(IndexError), pytest.warns(UserWarning, match="not found"):  # 0.9.0's type
+        model.embed([missing])
 
 
 def test_string_architecture_and_offline_pretrained_error(monkeypatch):
@@ -298,7 +326,7 @@ def test_bad_files_get_nan_scores_and_are_logged(trained, labelled_files, tmp_pa
     bad = tmp_path / "bad.wav"
     bad.write_text("not audio")
     df = pd.DataFrame({"frog": [1, 0], "other": [0, 1]}, index=[list(labelled_files.index)[0], str(bad)])
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING), pytest.warns(UserWarning, match="1 of 2 samples could not be loaded"):
         scores, invalid = model.predict(df, split_files_into_clips=False, return_invalid_samples=True,
                                         invalid_samples_log=tmp_path / "bad.log")
     assert np.isfinite(scores.iloc[0]).all() and scores.iloc[1].isna().all()

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 import torch
 
-from opso_core.errors import OpsoValueError
+from opso_core.errors import NoValidSamplesError, OpsoValueError
 from opso_core.ml.datasets import AudioFileDataset, AudioSplittingDataset
 from opso_core.ml.safe_dataset import SafeDataset
 from opso_core.ml.sampling import ClassAwareSampler, ImbalancedDatasetSampler
@@ -64,15 +64,22 @@ def test_safe_dataset_behaviours(labelled_files, pre, tmp_path):
         SafeDataset(ds, "raise")[2]
     sub = SafeDataset(ds, "substitute")
     assert sub[2].source == labelled_files.index[0]
-    assert sub._invalid_indices == {2} and sub._invalid_samples == {str(bad)}
+    assert sub._invalid_indices == [2] and sub._valid_indices == [0]  # lists, in the order tried, as 0.9.0
+    assert sub._invalid_samples == {str(bad)}
     none = SafeDataset(ds, "none", eager_eval=True)
-    assert none.is_index_built and none._valid_indices == {0, 1} and none.num_samples_examined == 3
-    assert none[2] is None and none[0] is not None  # as OpenSoundscape 0.9.0
-    with pytest.warns(UserWarning, match="1 samples failed"):
+    assert none.is_index_built and none._valid_indices == [0, 1] and none.num_samples_examined == 3
+    assert none[2] is None and none[0] is not None and none[-1] is None  # as OpenSoundscape 0.9.0
+    assert none._invalid_indices == [2]  # tried twice, listed once
+    with pytest.raises(IndexError):
+        none[3]
+    with pytest.warns(UserWarning, match="There were 1 sample"):
         assert none.report(log=tmp_path / "log.txt") == {str(bad)}
     assert str(bad) in (tmp_path / "log.txt").read_text()
     with pytest.raises(OpsoValueError):
         SafeDataset(ds, "skip")
+    only_bad = SafeDataset(AudioFileDataset(df.tail(1), pre), "substitute")
+    with pytest.raises(NoValidSamplesError, match="bad.wav"):  # an IndexError, as 0.9.0
+        only_bad[0]
 
 
 def test_samplers():
