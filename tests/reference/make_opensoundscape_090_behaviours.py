@@ -8,7 +8,8 @@ Run it in the reference environment, never the project's:
 It writes ``tests/reference/opensoundscape_0.9.0_behaviours.json`` (committed), which
 ``tests/opso_core/test_090_behaviours.py`` compares opso with: the names the package exposes at its
 top level, the CNN's loss class, the built-in exception types 0.9.0 raises where opso raises its
-own typed errors, and what ``Audio.save`` writes into the metadata.
+own typed errors, what ``Audio.save`` writes into the metadata, and (key ``scenarios``) what 0.9.0
+does in each scenario of ``behaviour_scenarios.py``.
 """
 
 from __future__ import annotations
@@ -21,16 +22,13 @@ from pathlib import Path
 OUT = Path(__file__).resolve().with_name("opensoundscape_0.9.0_behaviours.json")
 
 
-def builtin_bases(exc: BaseException) -> list[str]:
-    """The built-in exception classes ``exc`` is an instance of (what ported ``except`` clauses catch)."""
-    import builtins
-
-    return sorted(c.__name__ for c in type(exc).__mro__ if getattr(builtins, c.__name__, None) is c
-                  and c not in (BaseException, Exception, object))
+sys.path.insert(0, str(Path(__file__).parent))
+from behaviour_scenarios import SCENARIOS, builtin_bases, observe  # noqa: E402
 
 
 def main() -> None:
     os.chdir("/")  # the package's own logging.py must not shadow the standard library's
+    os.environ.setdefault("WANDB_MODE", "disabled")
     import opensoundscape
     from opensoundscape.ml import cnn_architectures
     from opensoundscape.ml.cnn import CNN
@@ -72,6 +70,11 @@ def main() -> None:
     labels = [0, 0, 0, 1, 2, 2]
     out["class_aware_sampler"] = {"labels": labels, "len": len(sampler),
                                   "per_class": [sum(labels[i] == c for i in drawn) for c in range(3)]}
+    out["scenarios"] = {}
+    for name in SCENARIOS:
+        with tempfile.TemporaryDirectory() as tmp:
+            out["scenarios"][name] = observe(name, "opensoundscape", Path(tmp))
+        print(name, out["scenarios"][name]["raised"] or "ok", file=sys.stderr)
     OUT.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
     print(f"wrote {OUT}", file=sys.stderr)
 
