@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["MIN_TASKS_IN_FLIGHT", "TASKS_IN_FLIGHT_PER_THREAD", "WATCH_INTERVAL_S", "Job", "in_flight_limit",
+__all__ = ["MIN_TASKS_IN_FLIGHT", "TASKS_IN_FLIGHT_PER_THREAD", "WATCH_INTERVAL_S", "Job", "in_flight_limit", "succeeded",
            "run_bounded", "signals_deferred"]
 
 #: seconds between calls of the cluster watch while waiting
@@ -110,6 +110,15 @@ def _act(handler, signum, frame) -> None:
         signal.raise_signal(signum)  # the default action (SIGTERM: the process ends), now that it is restored
 
 
+def succeeded(future, result) -> bool:
+    """Whether a future ``run_bounded`` hands over with ``result`` ran to completion, ``result`` being its
+    value. A worker that held the value can be removed after it was fetched (a cancelled batch job): the
+    future's status then reads ``"lost"`` (Dask would compute it again), but the value is in hand."""
+    if future.status == "finished":
+        return True
+    return future.status == "lost" and not isinstance(result, BaseException)
+
+
 def run_bounded(client, jobs: Iterable[Job], on_done: Callable[[list], None], *, watch=None, tick=None,
                 limit: int | None = None, poll_s: float = 0.05, first_poll_s: float = 0.002) -> int:
     """Run every job of ``jobs`` (an iterator, read as room frees up) on ``client``'s cluster.
@@ -118,8 +127,8 @@ def run_bounded(client, jobs: Iterable[Job], on_done: Callable[[list], None], *,
     ----------
     jobs : iterable of Job
     on_done : callable
-        Called with each batch of finished ``(future, label, result)``: ``future.status`` is
-        ``"finished"`` (``result`` is the task's value) or not (failed or cancelled: ask the future).
+        Called with each batch of finished ``(future, label, result)``: :func:`succeeded` says whether
+        ``result`` is the task's value (else the task failed or was cancelled: ask the future).
     watch : callable, optional
         Called every :data:`WATCH_INTERVAL_S` seconds; stops the run by raising (lost workers, lost lock).
     tick : callable, optional

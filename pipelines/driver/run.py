@@ -40,7 +40,7 @@ from importlib.metadata import PackageNotFoundError, version
 import pandas as pd
 
 from pipelines.config import RunConfig, check_sizes
-from pipelines.driver.bounded import Job, run_bounded
+from pipelines.driver.bounded import Job, run_bounded, succeeded
 from pipelines.driver.clip_plan import BIRDNET_WINDOWS, ClipIndex
 from pipelines.driver.context import RunContext
 from pipelines.driver.identity import compare_outputs, flatten_config, resolve_products
@@ -569,7 +569,7 @@ def _inventory(config: RunConfig, location: OutputLocation, client, preflight: P
     bar = StageProgress({"inventory": n_batches}, enabled=progress)
 
     def done(batch):
-        failed = [fut for fut, _, _ in batch if fut.status != "finished"]
+        failed = [fut for fut, _, result in batch if not succeeded(fut, result)]
         if failed:  # inventory_files turns every bad file into a row: this is the cluster or the code
             raise failed[0].exception() if failed[0].status == "error" else RuntimeError("an inventory task was "
                                                                                          f"{failed[0].status}")

@@ -26,7 +26,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from pipelines.driver.bounded import Job, run_bounded
+from pipelines.driver.bounded import Job, run_bounded, succeeded
 from pipelines.driver.clip_plan import ClipIndex, ClipRange, ClipSpan, TaskRanges
 from pipelines.driver.progress import StageProgress
 from pipelines.driver.records import MARKERS_PER_TASK, RecordTally, tally_markers
@@ -315,9 +315,10 @@ def run_tasks(client, location: OutputLocation, stages, fingerprint: str, settle
 
     def done_batch(batch):
         for fut, label, result in batch:
-            if fut.status == "finished" and label[0] == "tally":
+            ok = succeeded(fut, result)
+            if ok and label[0] == "tally":
                 tallies[label[1]].merge(result)
-            elif fut.status == "finished":
+            elif ok:
                 for record in result if isinstance(result, list) else [result]:
                     tallies[label[0]].add(record)
             else:

@@ -103,3 +103,19 @@ def test_a_ctrl_c_held_during_a_call_that_fails_is_not_lost():
         time.sleep(0.05)
         raise RuntimeError("the task failed")
     assert isinstance(stopped.value.__context__, RuntimeError)  # the error is chained, for -v
+
+
+def test_a_value_fetched_before_its_worker_left_counts_as_succeeded():
+    """A batch job cancelled after its task's value was fetched turns the future "lost" (Dask would compute
+    it again); the value in hand is the task's, so the task succeeded (it failed runs on SLURM before)."""
+    from types import SimpleNamespace
+
+    from distributed.client import CancelledError
+
+    from pipelines.driver.bounded import succeeded
+
+    assert succeeded(SimpleNamespace(status="finished"), {"n": 1})
+    assert succeeded(SimpleNamespace(status="lost"), {"n": 1})
+    assert not succeeded(SimpleNamespace(status="lost"), CancelledError("x"))
+    assert not succeeded(SimpleNamespace(status="error"), (ValueError, ValueError("x"), None))
+    assert not succeeded(SimpleNamespace(status="cancelled"), CancelledError("x"))
