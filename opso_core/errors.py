@@ -154,10 +154,14 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 def warn_caller(message: str, category: type[Warning] = UserWarning) -> None:
     """``warnings.warn`` attributed to the first caller outside opso_core (and outside torch, whose
     ``no_grad`` decorator wraps prediction), so the warning names the user's line whatever the depth."""
+    torch = sys.modules.get("torch")  # no torch frames unless torch is loaded
+    skipped = [_PACKAGE_DIR]
+    if getattr(torch, "__file__", None):
+        skipped.append(os.path.dirname(os.path.abspath(torch.__file__)))
     level, frame = 2, sys._getframe(1)  # level 2: warn_caller's caller
     while frame is not None:
         path = os.path.abspath(frame.f_code.co_filename)
-        if not (path.startswith(_PACKAGE_DIR + os.sep) or f"{os.sep}torch{os.sep}" in path):
+        if not any(path.startswith(folder + os.sep) for folder in skipped):
             break
         frame, level = frame.f_back, level + 1
     warnings.warn(message, category, stacklevel=level)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from opso_core.errors import OpsoAssertionError, OpsoValueError, missing_dependency
-from opso_core.ml.prediction import first_sample_error, inference_dataset
+from opso_core.ml.prediction import inference_dataset, sample_error, warn_about_inputs
 from opso_core.ml.safe_dataset import SafeDataset, no_valid_samples
 
 __all__ = ["CAM", "BUILTIN_METHODS", "generate_cams"]
@@ -199,6 +199,7 @@ def generate_cams(model, samples, method="gradcam", classes=None, target_layers=
         target_layers = default_cam_layers(network)
     dataset = inference_dataset(samples, model.preprocessor, split_files_into_clips=split_files_into_clips,
                                 bypass_augmentations=bypass_augmentations)
+    warn_about_inputs(model, samples, dataset)  # as 0.9.0, whose CAMs go through predict's dataset checks
     safe = SafeDataset(dataset, invalid_sample_behavior="none")
     out = []
     for start in range(0, len(safe), batch_size):
@@ -248,17 +249,19 @@ def generate_cams(model, samples, method="gradcam", classes=None, target_layers=
             sample.cam = CAM(sample.data.detach().cpu(), activation_maps=act, gbp_maps=gbp)
         out.extend(batch)
     if len(safe) and len(safe._invalid_indices) == len(safe):
-        raise no_valid_samples(sorted(map(str, safe._invalid_samples)), first_sample_error(dataset))
+        raise no_valid_samples(sorted(map(str, safe._invalid_samples)), sample_error(dataset, safe._invalid_indices[0]))
     return out
 
 
 def _keep_output_and_its_gradient(i, activations, gradients):
-    """A forward hook storing the layer's output (a copy: DenseNet's ReLU then modifies it in place) as
-    ``activations[i]`` and, through a tensor hook, its gradient as ``gradients[i]``. A module backward
-    hook would fail on a layer whose output is modified in place."""
+    """A forward hook storing the layer's output as ``activations[i]`` and, through a tensor hook, its
+    gradient as ``gradients[i]`` (a module backward hook fails on a layer whose output is modified in
+    place, as DenseNet's ReLU modifies ``features``). The output is kept, not copied: after such an
+    in-place ReLU it holds the features the classifier uses, as pytorch-grad-cam (0.9.0's CAMs) sees
+    them on the CPU."""
 
     def hook(module, inputs, output):
-        activations[i] = output.detach().clone()
+        activations[i] = output.detach()
         if output.requires_grad:
             output.register_hook(lambda grad: gradients.__setitem__(i, grad))
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from opso_core.errors import OpsoTypeAssertionError, OpsoTypeError, OpsoValueError, warn_caller
+from opso_core.errors import OpsoTypeAssertionError, OpsoValueError, warn_caller
 from opso_core.sample import AudioSample
 from opso_core.utils import make_clip_df
 
@@ -20,7 +20,8 @@ def _as_label_df(samples) -> pd.DataFrame:
     if isinstance(samples, pd.DataFrame):
         return samples
     if isinstance(samples, str):
-        raise OpsoTypeError("samples must be a list of paths or a DataFrame, not a single string; wrap it in a list")
+        raise OpsoTypeAssertionError("samples must be a list of paths or a DataFrame, not a single string; wrap it "
+                                     "in a list")  # 0.9.0 asserted the type
     if isinstance(samples, list | tuple | np.ndarray | pd.Index):
         return pd.DataFrame(index=[str(s) for s in samples])
     raise OpsoTypeAssertionError(  # 0.9.0 asserted the type: ported `except AssertionError` still catches it

@@ -21,7 +21,7 @@ from opso_core.ml.utils import (
     one_ahead,
 )
 
-__all__ = ["embed", "first_sample_error", "inference_dataset", "predict", "warn_about_inputs"]
+__all__ = ["FailedRows", "embed", "inference_dataset", "predict", "sample_error", "warn_about_inputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,32 +105,25 @@ def predict(model, samples, batch_size=1, num_workers=0, activation_layer=None, 
     if len(dataset) == 0:
         scores = pd.DataFrame(np.zeros((0, n_classes)), index=index, columns=model.classes)
         return (scores, set(dataset.invalid_samples)) if return_invalid_samples else scores
-    batches, safe = _network_batches(model, dataset, fast, batch_size=batch_size, num_workers=num_workers,
-                                     raise_errors=raise_errors, progress_bar=progress_bar, desc="predict")
+    batches, _ = _network_batches(model, dataset, fast, batch_size=batch_size, num_workers=num_workers,
+                                  raise_errors=raise_errors, progress_bar=progress_bar, desc="predict")
     network = inference_network(model.network, model.device)
     out = np.full((len(dataset), n_classes), np.nan, dtype=np.float32)
-    failed_late = set()  # samples whose spectrogram steps failed in the batch path
-    n_scored, last_error = 0, None
+    failed = FailedRows(index)
     for row, n_batch, valid, tensors, failures in batches:
-        for i, exc in failures:
-            failed_late.add(index[row + i])
-            last_error = exc
-            logger.warning("sample %s failed to preprocess: %s", index[row + i], exc)
+        failed.add_batch(row, n_batch, valid, failures)
         if valid:
             logits = network(tensors)
             scores = apply_activation_layer(logits.float(), activation_layer).cpu().numpy()
             out[[row + i for i in valid]] = scores
-            n_scored += len(valid)
         if wandb_session is not None:
             wandb_session.log({"progress": (row + n_batch) / len(dataset)})
-    invalid = set(dataset.invalid_samples) | safe._invalid_samples | {_file_of(s) for s in failed_late}
-    if n_scored == 0:
-        cause = last_error or first_sample_error(dataset)
-        raise no_valid_samples(sorted(map(str, invalid)), cause)
-    n_failed = len(dataset) - n_scored
-    if n_failed:
-        warn_caller(f"{n_failed} of {len(dataset)} samples could not be loaded or preprocessed; their scores "
-                      f"are NaN (return_invalid_samples=True or invalid_samples_log lists their files)")
+    invalid = set(dataset.invalid_samples) | failed.files()
+    if len(failed.rows) == len(dataset):
+        raise no_valid_samples(sorted(map(str, invalid)), failed.cause(dataset))
+    if failed.rows:
+        warn_caller(f"{len(failed.rows)} of {len(dataset)} samples could not be loaded or preprocessed; their "
+                    "scores are NaN (return_invalid_samples=True or invalid_samples_log lists their files)")
     if invalid_samples_log is not None:
         with open(invalid_samples_log, "w") as f:
             f.writelines(f"{s}\n" for s in sorted(map(str, invalid)))
@@ -157,11 +150,42 @@ def warn_about_inputs(model, samples, dataset) -> None:
     warn_caller(message)
 
 
-def first_sample_error(dataset):
-    """The exception the first sample of ``dataset`` raises (None if it loads): the cause shown when
+class FailedRows:
+    """The rows of a dataset that got no output, counted in this process from the batches (with
+    ``num_workers > 0`` each DataLoader worker has its own copy of the SafeDataset, so its record of
+    failures never reaches this process), and the last preprocessing error seen."""
+
+    def __init__(self, index):
+        self.index = index
+        self.rows: list[int] = []
+        self.last_error = None
+
+    def add_batch(self, row, n_batch, valid, failures) -> None:
+        """Record a batch of ``n_batch`` rows from ``row`` whose positions ``valid`` got an output;
+        ``failures`` are ``(position, exception)`` of the batch-step failures."""
+        for i, exc in failures:
+            self.last_error = exc
+            logger.warning("sample %s failed to preprocess: %s", self.index[row + i], exc)
+        ok = set(valid)
+        self.rows += [row + i for i in range(n_batch) if i not in ok]
+
+    def files(self) -> set:
+        """The files of the failed rows (a clip's file)."""
+        return {_file_of(self.index[r]) for r in self.rows}
+
+    def cause(self, dataset):
+        """The error to show for the failures: the last batch-step error, else what the first failed
+        sample raises when loaded again."""
+        if self.last_error is not None or not self.rows:
+            return self.last_error
+        return sample_error(dataset, self.rows[0])
+
+
+def sample_error(dataset, position: int):
+    """The exception sample ``position`` of ``dataset`` raises (None if it loads): the cause shown when
     every sample failed."""
     try:
-        dataset[0]
+        dataset[position]
     except Exception as exc:  # reported, not raised: the caller raises NoValidSamplesError
         return exc
     return None
@@ -193,10 +217,12 @@ def embed(model, samples, target_layer=None, avgpool=True, return_preds=False, r
 
     handle = layer.register_forward_hook(keep)
     rows_out, values_out, preds_out = [], [], []
+    failed = FailedRows(index)
     try:
-        batches, safe = _network_batches(model, dataset, fast, batch_size=batch_size, num_workers=num_workers,
-                                         raise_errors=False, progress_bar=progress_bar, desc="embed")
-        for row, _, valid, tensors, _ in batches:
+        batches, _ = _network_batches(model, dataset, fast, batch_size=batch_size, num_workers=num_workers,
+                                      raise_errors=False, progress_bar=progress_bar, desc="embed")
+        for row, n_batch, valid, tensors, failures in batches:
+            failed.add_batch(row, n_batch, valid, failures)
             if not valid:
                 continue
             logits = network(tensors)
@@ -208,9 +234,8 @@ def embed(model, samples, target_layer=None, avgpool=True, return_preds=False, r
             preds_out.append(logits.float().cpu().numpy())
     finally:
         handle.remove()
-    if len(dataset) and not values_out:
-        failed = sorted(map(str, set(dataset.invalid_samples) | safe._invalid_samples))
-        raise no_valid_samples(failed, first_sample_error(dataset))
+    if len(dataset) and len(failed.rows) == len(dataset):
+        raise no_valid_samples(sorted(map(str, set(dataset.invalid_samples) | failed.files())), failed.cause(dataset))
     width = values_out[0].shape[1] if values_out else 0
     out = np.full((len(dataset), width), np.nan, dtype=np.float32)
     preds = np.full((len(dataset), len(model.classes)), np.nan, dtype=np.float32)

@@ -73,6 +73,14 @@ def test_warn_caller_names_the_users_line():
         inside_opso()
     assert caught[0].filename == __file__
 
+    def in_a_users_torch_folder():  # a user's own folder named torch is not torch's
+        inside_opso()
+
+    in_a_users_torch_folder.__code__ = in_a_users_torch_folder.__code__.replace(co_filename="/home/u/torch/run.py")
+    with pytest.warns(UserWarning, match="careful") as caught:
+        in_a_users_torch_folder()
+    assert caught[0].filename == "/home/u/torch/run.py"
+
 
 def test_no_valid_samples_error_is_an_index_error_naming_the_root_cause():
     from opso_core.errors import AudioFileNotFoundError, NoValidSamplesError, PreprocessingError

@@ -276,8 +276,50 @@ def test_every_sample_failing_raises_an_index_error_naming_the_cause(trained, tm
         with pytest.raises(NoValidSamplesError, match="missing.wav.*AudioFileNotFoundError"), \
                 pytest.warns(UserWarning, match="the first sample .*missing.wav was not found"):
             call()
-    with pytest.raises(IndexError), pytest.warns(UserWarning, match="not found"):  # 0.9.0's type
+    with pytest.raises(IndexError, match="missing.wav.*AudioFileNotFoundError"), \
+            pytest.warns(UserWarning, match="not found"):  # 0.9.0's type
         model.embed([missing])
+    with pytest.raises(AssertionError, match="single string"):  # 0.9.0 asserted the type; a TypeError too
+        model.predict(missing)
+
+
+def test_generate_cams_warns_as_predict_does(trained, tmp_path):
+    from opso_core.audio import Audio
+
+    model, _ = trained
+    short = tmp_path / "short.wav"
+    Audio(np.zeros(22050, dtype=np.float32), 22050).save(short)
+    with pytest.warns(UserWarning, match="no samples to predict on.*short.wav"):
+        assert model.generate_cams([str(short)]) == []
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_failed_samples_are_listed_with_loader_workers(trained, labelled_files, tmp_path, num_workers):
+    """With DataLoader workers the SafeDataset's record stays in the worker processes: the failures are
+    counted from the batches instead (0.9.0 gave the failed sample another sample's scores there)."""
+    model, _ = trained
+    bad = tmp_path / "bad.wav"
+    bad.write_text("not audio")
+    files = [list(labelled_files.index)[0], str(bad)]
+    with pytest.warns(UserWarning, match="1 of 2 samples could not be loaded"):
+        scores, invalid = model.predict(files, split_files_into_clips=False, num_workers=num_workers,
+                                        return_invalid_samples=True)
+    assert invalid == {str(bad)} and scores.loc[str(bad)].isna().all() and scores.iloc[0].notna().all()
+    with pytest.raises(NoValidSamplesError, match="bad.wav.*AudioFormatError"):
+        model.predict([str(bad)], split_files_into_clips=False, num_workers=num_workers)
+
+
+def test_embed_names_samples_failing_in_the_batch_step(trained, tmp_path):
+    """A file the standard preprocessor's batch step refuses (16 kHz, below the model's 0-11025 Hz band)."""
+    from opso_core.audio import Audio
+
+    model, _ = trained
+    low = tmp_path / "low.wav"
+    Audio(np.zeros(16000 * 3, dtype=np.float32), 16000).save(low)
+    with pytest.raises(NoValidSamplesError, match="low.wav.*reaches outside"):
+        model.embed([str(low)])
+    with pytest.raises(NoValidSamplesError, match="low.wav.*reaches outside"):
+        model.predict([str(low)])
 
 
 def test_string_architecture_and_offline_pretrained_error(monkeypatch):
