@@ -16,7 +16,7 @@ Prints clips per second, audio-hours per hour, each row's throughput relative to
 and seconds in the network per task (on a GPU the target is >= 1 s of network work per task).
 
     python benchmarks/cnn_inference_throughput.py [--minutes 10] [--batch 32] [--device auto] [--workers 2]
-        [--prepare-threads auto,1,8] [--predict-minutes M] [--copies N]
+        [--prepare-threads auto,1,8] [--predict-minutes M] [--copies N] [--precision bfloat16]
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def main():
 
     from opso_core.ml import cnn_architectures as ca
     from opso_core.ml.cnn import CNN
-    from opso_core.ml.utils import inference_input, inference_network
+    from opso_core.ml.utils import inference_input, inference_network, precision_context
     from opso_core.testing import make_archive
     from pipelines.config import load_config
     from pipelines.outputs.location import OutputLocation
@@ -72,6 +72,8 @@ def main():
     parser.add_argument("--predict-minutes", type=float, default=None,
                         help="audio minutes given to CNN.predict [all]; 0 skips it")
     parser.add_argument("--clips-per-task", type=int, default=None, help="the cnn entry's clips_per_task [null]")
+    parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16", "float16"),
+                        help="the cnn entry's precision, also used for the bare network [float32]")
     parser.add_argument("--copies", type=int, default=1,
                         help="hard-link the generated recorder folder this many times (more audio for a GPU, "
                              "without the time to synthesise it) [1]")
@@ -110,7 +112,7 @@ def main():
 
     network = inference_network(model.network, device)
     x = inference_input(torch.rand(args.batch, 3, 224, 224), device)
-    with torch.no_grad():
+    with torch.no_grad(), precision_context(device, args.precision):
         for _ in range(3):
             network(x)
         if device.type == "cuda":
@@ -138,7 +140,11 @@ def main():
         values = steps["spectrograms (float64 STFT, dB)"]()
         freqs = params.frequencies(22050)
         steps["network input (224x224 resize, scale)"] = lambda: spectrograms_to_tensor(values, freqs, TensorSettings())
-        steps["network"] = lambda: network(x)
+        def run_network():
+            with precision_context(device, args.precision):
+                return network(x)
+
+        steps["network"] = run_network
         print(f"GPU time per batch of {args.batch} (ms, median of 20):")
         with torch.no_grad():
             for name, step in steps.items():
@@ -159,7 +165,8 @@ def main():
                               "spectrogram": {"sample_rate": 22050, "store": "none"},
                               "cnn": [{"name": "m", "model": str(work / "m.model"), "activation": "sigmoid",
                                        "threshold": 0.5, "batch_size": args.batch, "device": args.device,
-                                       "prepare_threads": threads, "clips_per_task": args.clips_per_task}],
+                                       "prepare_threads": threads, "clips_per_task": args.clips_per_task,
+                                       "precision": args.precision}],
                               "cluster": {"kind": "local", "n_workers": workers, "threads_per_worker": 1}})
         summary, run_s = _run_stage(config, device, workers)
         loc = OutputLocation(str(run))
@@ -175,7 +182,8 @@ def main():
         rows.append((f"pipeline: whole run, {label}", run_s, n))
         task_rows.append((label, records))
 
-    print(f"{n} clips of 2 s ({hours:.3f} audio hours), ResNet18 224x224x3, batch {args.batch}, device {device}"
+    print(f"{n} clips of 2 s ({hours:.3f} audio hours), ResNet18 224x224x3, {args.precision}, batch {args.batch}, "
+          f"device {device}"
           f"{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, {workers} worker(s), "
           f"{len(os.sched_getaffinity(0))} cores, torch threads in this process {torch.get_num_threads()}")
     print(f"{'method':<64} {'wall s':>8} {'clips/s':>8} {'audio-h/h':>10} {'vs network':>11}")

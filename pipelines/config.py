@@ -261,7 +261,10 @@ class CnnModelConfig(_Strict):
                              "classifier layer, float16) in embeddings.zarr/cnn-<name>")
     prepare_threads: int | None = Field(None, gt=0, le=256, description="threads that read and transform the next batches "
                                         "while the network runs; null: 1 on a CPU device, on a GPU the worker's "
-                                        "usable cores less one, at most 8")
+                                        "usable cores less one, at most 4")
+    precision: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="the network's arithmetic: float32 (scores equal CNN.predict's), or bfloat16/float16 "
+        "autocast (faster on GPUs with tensor cores; the score differences each causes are in docs/pipeline.md)")
 
     _name = field_validator("name")(classmethod(lambda cls, v: _check_name(v)))
 

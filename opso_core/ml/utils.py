@@ -11,8 +11,9 @@ import torch
 from opso_core.errors import OpsoValueError
 from opso_core.prefetch import one_ahead, prefetched  # their home before (torch-free now)
 
-__all__ = ["BaseModule", "apply_activation_layer", "best_device", "cas_dataloader", "collate_audio_samples_to_dict",
-           "get_batch", "identity", "inference_input", "inference_network", "one_ahead", "prefetched"]
+__all__ = ["PRECISIONS", "BaseModule", "apply_activation_layer", "best_device", "cas_dataloader",
+           "collate_audio_samples_to_dict", "get_batch", "identity", "inference_input", "inference_network",
+           "one_ahead", "precision_context", "prefetched"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,28 @@ def inference_network(network: torch.nn.Module, device=None) -> torch.nn.Module:
     except Exception as exc:  # tracing fails on data-dependent control flow: keep the layers
         logger.debug("conv/batch-norm folding skipped (%s: %s)", type(exc).__name__, exc)
     return net.to(device=device, memory_format=torch.channels_last)
+
+
+#: the arithmetic a network can run inference in: float32 (exact), or bfloat16/float16 autocast
+PRECISIONS = ("float32", "bfloat16", "float16")
+
+
+def precision_context(device, precision: str = "float32"):
+    """A context in which a network's forward pass runs in ``precision`` on ``device``.
+
+    ``float32``: no change (``contextlib.nullcontext``). ``bfloat16`` / ``float16``: ``torch.autocast``
+    on the device's type: convolutions and matrix products in the reduced type (tensor cores on a GPU),
+    reductions and normalisations in float32. Take scores from ``logits.float()``. The score
+    differences it causes are measured by ``benchmarks/cnn_precision.py``.
+    """
+    import contextlib
+
+    if precision not in PRECISIONS:
+        raise OpsoValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "float32":
+        return contextlib.nullcontext()
+    device_type = torch.device(device).type if not isinstance(device, torch.device) else device.type
+    return torch.autocast(device_type=device_type, dtype=getattr(torch, precision))
 
 
 def inference_input(x: torch.Tensor, device=None) -> torch.Tensor:

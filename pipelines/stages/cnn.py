@@ -89,6 +89,7 @@ class CnnDetector:
     clips_per_task: int | None = None
     prepare_threads: int | None = None
     embeddings: bool = False
+    precision: str = "float32"
 
     @property
     def detector(self) -> str:
@@ -171,7 +172,7 @@ def describe_cnn_detector(cfg: CnnModelConfig, run_sample_rate_hz: int | None) -
                        final_clip=cfg.final_clip, sample_rate_hz=sample_rate,
                        params=spec.spectrogram_params(sample_rate), tensor_settings=spec.tensor_settings(sample_rate),
                        clips_per_task=cfg.clips_per_task, prepare_threads=cfg.prepare_threads,
-                       embeddings=bool(cfg.embeddings))
+                       embeddings=bool(cfg.embeddings), precision=cfg.precision)
 
 
 def _device(name: str):
@@ -340,7 +341,12 @@ def infer_clips(clip_range: ClipRange, clips: pd.DataFrame, *, location: OutputL
     import torch
 
     from opso_core.ml.spectrogram_tensors import spectrograms_on_device, spectrograms_to_tensor
-    from opso_core.ml.utils import apply_activation_layer, inference_input, prefetched
+    from opso_core.ml.utils import (
+        apply_activation_layer,
+        inference_input,
+        precision_context,
+        prefetched,
+    )
 
     started = time.perf_counter()
     network = _model(detector)
@@ -376,7 +382,8 @@ def infer_clips(clip_range: ClipRange, clips: pd.DataFrame, *, location: OutputL
             else:
                 values = batch.values[batch.ok]
             x = spectrograms_to_tensor(values, frequencies, detector.tensor_settings, device=device)
-            logits = network(inference_input(x, device))
+            with precision_context(device, detector.precision):
+                logits = network(inference_input(x, device))
             outputs.append((rows, apply_activation_layer(logits.float(), detector.activation)))
             if store is not None:
                 embedded.append((rows, _LAST_EMBEDDING.value.detach().float().flatten(1)))

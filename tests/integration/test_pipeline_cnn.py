@@ -69,6 +69,23 @@ def test_scores_equal_cnn_predict(cnn_archive, model_file, dask_client, tmp_path
     assert summary.detections["cnn:toy"] == len(detections)
 
 
+def test_a_reduced_precision_is_close_and_recomputes_the_scores(cnn_archive, model_file, dask_client, tmp_path):
+    """``precision: bfloat16`` runs the network under autocast (CPU here; the GPU's tensor cores in use):
+    scores near float32's, not equal to them, and a changed precision recomputes the scores."""
+    path, _ = model_file
+    out = tmp_path / "out"
+    run_pipeline(config(cnn_archive.root, out, path), dask_client, progress=False)
+    loc = OutputLocation(str(out))
+    full = loc.read_parquet_folder("scores/detector=cnn:toy").sort_values(["file", "start_time"])
+    summary = run_pipeline(config(cnn_archive.root, out, path, precision="bfloat16"), dask_client, progress=False)
+    assert summary.status == "complete"
+    reduced = loc.read_parquet_folder("scores/detector=cnn:toy").sort_values(["file", "start_time"])
+    diff = np.abs(reduced[CLASSES].to_numpy() - full[CLASSES].to_numpy())
+    assert 0 < diff.max() < 2e-2, diff.max()
+    with pytest.raises(ConfigError, match="cnn.0.precision: Input should be 'float32', 'bfloat16' or 'float16'"):
+        config(cnn_archive.root, tmp_path / "bad", path, precision="int8")
+
+
 def test_model_errors_are_config_errors(cnn_archive, model_file, dask_client, tmp_path):
     path, model = model_file
     with pytest.raises(ConfigError, match="not found"):
