@@ -429,6 +429,11 @@ class ClusterConfig(_Strict):
     memory_limit: str | None = Field(None, description="per worker, e.g. '4GiB'; null: Dask's default (local) or "
                                      "dask-jobqueue's configured memory (slurm/pbs)")
     processes: bool = Field(True, description="local only: workers in processes (true) or threads of the driver")
+    gpus: Literal["auto"] | int = Field("auto", description="local: one more worker per GPU (its CUDA_VISIBLE_DEVICES "
+                                        "that GPU, Dask resource GPU=1, where CNN tasks go); 'auto': the NVIDIA GPUs "
+                                        "this machine shows (CUDA_VISIBLE_DEVICES honoured), 0: none. slurm: GPUs per "
+                                        "job, 0 or 1 ('auto': 0): each job asks for one (--gres=gpu:1) and its worker "
+                                        "has the GPU resource")
     jobqueue: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for dask-jobqueue "
                                      "(queue, walltime, account, job_extra_directives, ...)")
     no_workers_timeout_s: float | None = Field(None, gt=0, le=30 * 86400, description="stop the run (exit code 3) when no worker "
@@ -441,6 +446,13 @@ class ClusterConfig(_Strict):
                                           "slurm/pbs); ':8787' opens it to the network")
 
     _kind = field_validator("kind")(classmethod(lambda cls, v: check_cluster_kind(v)))
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus(cls, v):
+        if v != "auto" and not 0 <= v <= 64:
+            raise ValueError(f"gpus must be 'auto' or a number of GPUs from 0 to 64, got {v}")
+        return v
 
     @field_validator("memory_limit")
     @classmethod

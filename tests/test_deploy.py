@@ -70,3 +70,13 @@ def test_birdnet_example_configurations_load():
     assert compose.birdnet[0].name == "birds" and compose.output.url == "s3://opso/runs/birds/"
     dockerfile = (DEPLOY / "docker" / "Dockerfile").read_text()
     assert "ARG OPSO_EXTRAS=pipeline,s3,hpc,ml,plot,birdnet" in dockerfile
+
+
+def test_slurm_gpu_example_asks_each_job_for_a_gpu():
+    pytest.importorskip("dask_jobqueue")
+    from pipelines.driver.cluster import job_script
+
+    config = load_config(DEPLOY / "slurm" / "cnn-gpu.yaml", environ={})
+    assert config.cluster.gpus == 1 and config.cnn[0].precision == "float32"
+    script = job_script(config.cluster, "slurm")
+    assert "#SBATCH --gres=gpu:1" in script and "--resources GPU=1" in script and "#SBATCH -p gpu" in script

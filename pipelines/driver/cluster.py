@@ -30,8 +30,8 @@ from opso_core.errors import MissingDependencyError, missing_dependency
 from pipelines.config import JOBQUEUE_KINDS, ClusterConfig, check_cluster_kind
 from pipelines.errors import ClusterError, ConfigError
 
-__all__ = ["JOBQUEUE_CLUSTERS", "THREAD_LIMITS", "ClusterSession", "check_cluster_settings", "job_script",
-           "jobqueue_kwargs", "open_cluster"]
+__all__ = ["JOBQUEUE_CLUSTERS", "THREAD_LIMITS", "ClusterSession", "check_cluster_settings", "gpu_local_cluster",
+           "job_script", "jobqueue_kwargs", "local_gpu_devices", "open_cluster", "visible_gpus"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,15 @@ def jobqueue_kwargs(settings: ClusterConfig, kind: str) -> dict:
     kwargs["job_script_prologue"] = prologue
     if "scheduler_options" in user:
         kwargs["scheduler_options"] = {**kwargs["scheduler_options"], **user.pop("scheduler_options")}
+    if kind == "slurm" and settings.gpus not in ("auto", 0):  # one GPU per job, its worker a GPU worker
+        directives = list(user.pop("job_extra_directives", None)
+                          or dask.config.get("jobqueue.slurm.job-extra-directives", None) or [])
+        if not any(d.strip().startswith(("--gres", "--gpus", "-G")) for d in directives):
+            directives.append("--gres=gpu:1")
+        kwargs["job_extra_directives"] = directives
+        worker_args = list(user.pop("worker_extra_args", None)
+                           or dask.config.get("jobqueue.slurm.worker-extra-args", None) or [])
+        kwargs["worker_extra_args"] = [*worker_args, "--resources", "GPU=1"]
     kwargs.update(user)
     return kwargs
 
@@ -114,6 +123,15 @@ def check_cluster_settings(settings: ClusterConfig, kind: str | None = None) -> 
         kind = check_cluster_kind(kind or settings.kind)
     except ValueError as exc:
         raise ConfigError(f"cluster.kind: {exc}") from None
+    if kind == "local":
+        local_gpu_devices(settings)  # raises on an impossible number of GPUs
+    elif kind == "slurm" and settings.gpus not in ("auto", 0, 1):
+        raise ConfigError(f"cluster.gpus: {settings.gpus} GPUs per slurm job; a job's one worker drives one GPU: "
+                          "set gpus: 1 and n_workers to the number of GPUs to use")
+    elif kind == "pbs" and settings.gpus not in ("auto", 0):
+        raise ConfigError("cluster.gpus: on pbs, ask for the GPU with your site's directive and make the worker a "
+                          "GPU worker: cluster.jobqueue: {job_extra_directives: ['-l select=1:ngpus=1'], "
+                          "worker_extra_args: ['--resources', 'GPU=1']} (the directive's form varies by site)")
     if kind == "local" and settings.n_workers is not None:
         threads = settings.n_workers * settings.threads_per_worker
         if threads > MAX_LOCAL_OVERSUBSCRIPTION * _cpu_count():
@@ -312,7 +330,8 @@ def open_cluster(settings: ClusterConfig, kind: str | None = None):
 
     kind = check_cluster_settings(settings, kind)
     if kind == "local":
-        n_workers = settings.n_workers or max(1, _cpu_count() // settings.threads_per_worker)
+        devices = local_gpu_devices(settings)
+        n_workers = settings.n_workers or max(1, _cpu_count() // settings.threads_per_worker - len(devices))
         dashboard = settings.dashboard_address or "127.0.0.1:0"
         host = dashboard.rpartition(":")[0]
         kwargs = dict(n_workers=n_workers, threads_per_worker=settings.threads_per_worker,
@@ -323,7 +342,7 @@ def open_cluster(settings: ClusterConfig, kind: str | None = None):
         if settings.memory_limit:
             kwargs["memory_limit"] = settings.memory_limit
         with _sigint_deferred() as interrupted, dask.config.set(_worker_config()):
-            cluster = LocalCluster(**kwargs)
+            cluster = gpu_local_cluster(kwargs, devices) if devices else LocalCluster(**kwargs)
             client = Client(cluster)
         with cluster, client:
             if interrupted:
@@ -365,6 +384,71 @@ def _quiet_workers(client) -> None:
         client.run(_quiet_worker_logs)
     except Exception as exc:  # best effort: the cluster is being closed anyway
         logger.debug("could not quiet the workers' logs: %s", exc)
+
+
+def visible_gpus() -> list[str]:
+    """The NVIDIA GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries: that variable's
+    entries when it is set (``""`` or ``-1``: none), else one per GPU the driver lists in
+    ``/proc/driver/nvidia/gpus`` (no GPU library is imported). Empty without an NVIDIA driver."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        entries = [d.strip() for d in listed.split(",") if d.strip()]
+        return [] if not entries or entries[0] == "-1" else entries
+    try:
+        return [str(i) for i in range(len(os.listdir("/proc/driver/nvidia/gpus")))]
+    except OSError:
+        return []
+
+
+def local_gpu_devices(settings: ClusterConfig) -> list[str]:
+    """The ``CUDA_VISIBLE_DEVICES`` value of each GPU worker a local cluster starts (one per GPU).
+
+    ``cluster.gpus: auto`` takes every visible GPU (:func:`visible_gpus`; none with ``processes: false``,
+    whose workers share the driver's process); a number takes that many of them. A number on a machine
+    that shows none starts that many GPU workers anyway, devices ``0``, ``1``, ... (logged: their CNN
+    tasks run on the CPU), so a GPU layout can be tried out anywhere.
+
+    Raises
+    ------
+    ConfigError
+        More GPUs asked for than are visible, or GPUs with ``processes: false``.
+    """
+    visible = visible_gpus()
+    if settings.gpus == "auto":
+        return visible if settings.processes else []
+    if settings.gpus and not settings.processes:
+        raise ConfigError("cluster.gpus: GPU workers need their own processes (processes: true); each sees only "
+                          "its GPU")
+    if visible and settings.gpus > len(visible):
+        raise ConfigError(f"cluster.gpus: {settings.gpus} GPUs asked for, {len(visible)} visible here "
+                          f"(CUDA_VISIBLE_DEVICES or /proc/driver/nvidia/gpus)")
+    if settings.gpus and not visible:
+        logger.warning("cluster.gpus: %d, but no NVIDIA GPU is visible here: the %d GPU workers run their CNN tasks "
+                       "on the CPU", settings.gpus, settings.gpus)
+        return [str(i) for i in range(settings.gpus)]
+    return visible[: settings.gpus]
+
+
+def gpu_local_cluster(local_kwargs: dict, devices: list[str]):
+    """A cluster on this machine like ``LocalCluster(**local_kwargs)`` (its CPU workers), plus one
+    worker per entry of ``devices``: a process whose ``CUDA_VISIBLE_DEVICES`` is that GPU alone (so
+    ``cuda``/``cuda:0`` is its own GPU), with the Dask resource ``GPU=1``, as ``dask-cuda``'s
+    LocalCUDACluster starts them. Built from Dask's public ``SpecCluster``; workers are named
+    ``cpu-<i>`` and ``gpu-<i>``."""
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    host = "127.0.0.1"  # as LocalCluster: scheduler and workers on the loopback; the dashboard where asked
+    options = {"nthreads": local_kwargs["threads_per_worker"], "host": host,
+               "memory_limit": local_kwargs.get("memory_limit", "auto"),
+               "dashboard_address": local_kwargs["worker_dashboard_address"], "env": dict(local_kwargs.get("env", {}))}
+    workers = {f"cpu-{i}": {"cls": Nanny, "options": dict(options)} for i in range(local_kwargs["n_workers"])}
+    for i, device in enumerate(devices):
+        workers[f"gpu-{i}"] = {"cls": Nanny, "options": {**options, "resources": {"GPU": 1},
+                                                         "env": {**options["env"], "CUDA_VISIBLE_DEVICES": device}}}
+    scheduler = {"cls": Scheduler, "options": {"host": host, "dashboard_address": local_kwargs["dashboard_address"]}}
+    logger.info("local cluster: %d CPU worker(s) and %d GPU worker(s) (CUDA_VISIBLE_DEVICES %s)",
+                local_kwargs["n_workers"], len(devices), ", ".join(devices))
+    return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.WARNING, name="opso-local")
 
 
 def _cpu_count() -> int:

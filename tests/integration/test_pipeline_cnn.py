@@ -131,6 +131,35 @@ def test_tasks_run_on_the_gpu_worker(cnn_archive, model_file, tmp_path):
             proc.wait(timeout=30)
 
 
+@pytest.mark.slow
+def test_a_local_cluster_with_gpus_sends_cnn_tasks_to_its_gpu_workers(cnn_archive, model_file, tmp_path, dask_client,
+                                                                      monkeypatch):
+    """``cluster.gpus: 2`` starts a worker per GPU (stand-ins here: no GPU is visible, so they score on
+    their CPUs); every CNN task runs on them, and the scores equal a plain run's."""
+    from pipelines.driver.cluster import open_cluster
+
+    path, _ = model_file
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    cfg = config(cnn_archive.root, tmp_path / "out", path, clips_per_task=4)
+    cfg = cfg.model_copy(update={"cluster": cfg.cluster.model_copy(update={"n_workers": 1, "gpus": 2})})
+    with open_cluster(cfg.cluster) as session:
+        workers = session.client.scheduler_info(n_workers=-1)["workers"]
+        gpu = {address for address, w in workers.items() if (w.get("resources") or {}).get("GPU")}
+        summary = run_pipeline(cfg, session.client, progress=False, watch=session.check)
+    assert summary.status == "complete" and len(gpu) == 2
+    loc = OutputLocation(str(tmp_path / "out"))
+    markers = [loc.read_json(f"_progress/cnn-toy/{n}") for n in loc.list("_progress/cnn-toy")]
+    assert len(markers) == 3 and {m["worker"] for m in markers} <= gpu
+    plain = run_pipeline(config(cnn_archive.root, tmp_path / "plain", path, clips_per_task=4), dask_client,
+                         progress=False)
+    assert plain.status == "complete"
+    key = ["file", "start_time"]
+    pd.testing.assert_frame_equal(
+        loc.read_parquet_folder("scores/detector=cnn:toy").sort_values(key).reset_index(drop=True),
+        OutputLocation(str(tmp_path / "plain")).read_parquet_folder("scores/detector=cnn:toy").sort_values(key)
+        .reset_index(drop=True))
+
+
 def test_pipeline_scores_table_columns(cnn_archive, model_file, dask_client, tmp_path):
     path, _ = model_file
     run_pipeline(config(cnn_archive.root, tmp_path / "out", path, activation=None, threshold={"frog": 0.0, "other": 99}),

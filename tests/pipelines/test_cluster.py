@@ -148,3 +148,68 @@ def test_a_local_dashboard_listens_on_loopback_only():
     with open_cluster(opened) as session:
         port = session.client.scheduler_info()["services"]["dashboard"]
         assert _listening_addresses(port) & {"0.0.0.0", "ipv6-any"}
+
+
+@pytest.mark.parametrize(("listed", "expected"), [("0,2", ["0", "2"]), ("", []), ("-1", []),
+                                                  ("GPU-5a1c,GPU-77e0", ["GPU-5a1c", "GPU-77e0"])])
+def test_visible_gpus_follow_cuda_visible_devices(monkeypatch, listed, expected):
+    from pipelines.driver.cluster import visible_gpus
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", listed)
+    assert visible_gpus() == expected
+
+
+def test_local_gpu_workers_by_settings(monkeypatch, caplog):
+    from pipelines.driver.cluster import local_gpu_devices
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,3")
+    assert local_gpu_devices(ClusterConfig()) == ["1", "3"]  # auto: every visible GPU
+    assert local_gpu_devices(ClusterConfig(gpus=1)) == ["1"]
+    assert local_gpu_devices(ClusterConfig(gpus=0)) == []
+    assert local_gpu_devices(ClusterConfig(processes=False)) == []  # threads share one process
+    with pytest.raises(ConfigError, match="3 GPUs asked for, 2 visible"):
+        check_cluster_settings(ClusterConfig(gpus=3))
+    with pytest.raises(ConfigError, match="need their own processes"):
+        check_cluster_settings(ClusterConfig(gpus=1, processes=False))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with caplog.at_level(logging.WARNING, logger="pipelines.driver.cluster"):
+        assert local_gpu_devices(ClusterConfig(gpus=2)) == ["0", "1"]  # a GPU layout tried out on a CPU
+    assert "no NVIDIA GPU is visible" in caplog.text
+    with pytest.raises(ValueError, match="from 0 to 64"):
+        ClusterConfig(gpus=-1)
+
+
+def test_a_local_cluster_starts_one_worker_per_gpu(monkeypatch):
+    """Each GPU worker is its own process seeing only its GPU, with the GPU resource; the CPU workers
+    keep the rest (here two stand-in GPUs on a CPU machine)."""
+    import os
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    settings = ClusterConfig(n_workers=1, threads_per_worker=1, gpus=2)
+    with open_cluster(settings) as session:
+        workers = session.client.scheduler_info(n_workers=-1)["workers"]
+        by_name = {w["name"]: (address, w) for address, w in workers.items()}
+        assert sorted(by_name) == ["cpu-0", "gpu-0", "gpu-1"]
+        seen = session.client.run(lambda: (os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("OMP_NUM_THREADS")))
+        for name, device in (("gpu-0", "0"), ("gpu-1", "1")):
+            address, info = by_name[name]
+            assert info["resources"] == {"GPU": 1} and seen[address] == (device, "1")
+        assert not by_name["cpu-0"][1].get("resources")
+        assert all(address.startswith("tcp://127.0.0.1:") for address in workers)
+
+
+def test_slurm_gpu_jobs_ask_for_a_gpu_and_start_gpu_workers():
+    pytest.importorskip("dask_jobqueue")
+    settings = ClusterConfig(kind="slurm", n_workers=2, threads_per_worker=4, memory_limit="8GiB", gpus=1,
+                             jobqueue={"queue": "gpu", "worker_extra_args": ["--lifetime", "55m"]})
+    script = job_script(settings, "slurm")
+    assert "#SBATCH --gres=gpu:1" in script
+    assert "--resources GPU=1" in script and "--lifetime 55m" in script
+    own = ClusterConfig(kind="slurm", n_workers=1, memory_limit="8GiB", gpus=1,
+                        jobqueue={"job_extra_directives": ["--gpus=a100:1"]})
+    assert "--gres" not in job_script(own, "slurm") and "#SBATCH --gpus=a100:1" in job_script(own, "slurm")
+    assert "--gres" not in job_script(ClusterConfig(kind="slurm", n_workers=1, memory_limit="8GiB"), "slurm")
+    with pytest.raises(ConfigError, match="set gpus: 1 and n_workers"):
+        check_cluster_settings(ClusterConfig(kind="slurm", n_workers=1, memory_limit="8GiB", gpus=2))
+    with pytest.raises(ConfigError, match="on pbs, ask for the GPU"):
+        check_cluster_settings(ClusterConfig(kind="pbs", n_workers=1, memory_limit="8GiB", gpus=1))
