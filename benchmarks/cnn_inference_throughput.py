@@ -74,6 +74,7 @@ def main():
     parser.add_argument("--clips-per-task", type=int, default=None, help="the cnn entry's clips_per_task [null]")
     parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16", "float16"),
                         help="the cnn entry's precision, also used for the bare network [float32]")
+    parser.add_argument("--no-cuda-graphs", action="store_true", help="the cnn entry's cuda_graphs: false")
     parser.add_argument("--copies", type=int, default=1,
                         help="hard-link the generated recorder folder this many times (more audio for a GPU, "
                              "without the time to synthesise it) [1]")
@@ -166,7 +167,7 @@ def main():
                               "cnn": [{"name": "m", "model": str(work / "m.model"), "activation": "sigmoid",
                                        "threshold": 0.5, "batch_size": args.batch, "device": args.device,
                                        "prepare_threads": threads, "clips_per_task": args.clips_per_task,
-                                       "precision": args.precision}],
+                                       "precision": args.precision, "cuda_graphs": not args.no_cuda_graphs}],
                               "cluster": {"kind": "local", "n_workers": workers, "threads_per_worker": 1}})
         summary, run_s = _run_stage(config, device, workers)
         loc = OutputLocation(str(run))
@@ -191,13 +192,14 @@ def main():
         rate = clips / s
         print(f"{name:<64} {s:8.2f} {rate:8.1f} {clips * 2 / 3600 / (s / 3600):10.0f} {rate / (n / bare_s):10.2f}x")
     print(f"\n{'stage run':<28} {'tasks':>6} {'clips/task':>11} {'task s (median)':>16} {'network s/task':>15} "
-          f"{'model load s':>13}")
+          f"{'model load s':>13} {'graph batches':>14}")
     for label, records in task_rows:
         clips = [r["n_clips"] for r in records]
         print(f"{label:<28} {len(records):6d} {statistics.median(clips):11.0f} "
               f"{statistics.median(r['task_s'] for r in records):16.2f} "
               f"{statistics.median(r['forward_s'] for r in records):15.2f} "
-              f"{max(r['model_load_s'] for r in records):13.2f}")
+              f"{max(r['model_load_s'] for r in records):13.2f} "
+              f"{sum(r.get('graph_batches', 0) for r in records):14d}")
     print("(network s/task: seconds a task spent in the network's forward passes incl. copying scores back; "
           "the rest of a task is waiting for batches being read and transformed, and writing)")
     shutil.rmtree(work, ignore_errors=True)

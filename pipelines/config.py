@@ -262,6 +262,9 @@ class CnnModelConfig(_Strict):
     prepare_threads: int | None = Field(None, gt=0, le=256, description="threads that read and transform the next batches "
                                         "while the network runs; null: 1 on a CPU device, on a GPU the worker's "
                                         "usable cores less one, at most 4")
+    cuda_graphs: bool = Field(True, description="on a CUDA device, run each full batch (spectrograms, network input, "
+                              "network) as one recorded CUDA graph, checked against the eager computation once per "
+                              "worker; false: every batch eagerly")
     precision: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="the network's arithmetic: float32 (scores equal CNN.predict's), or bfloat16/float16 "
         "autocast (faster on GPUs with tensor cores; the score differences each causes are in docs/pipeline.md)")

@@ -66,13 +66,14 @@ def inference_network(network: torch.nn.Module, device=None) -> torch.nn.Module:
 PRECISIONS = ("float32", "bfloat16", "float16")
 
 
-def precision_context(device, precision: str = "float32"):
+def precision_context(device, precision: str = "float32", cache: bool = True):
     """A context in which a network's forward pass runs in ``precision`` on ``device``.
 
     ``float32``: no change (``contextlib.nullcontext``). ``bfloat16`` / ``float16``: ``torch.autocast``
     on the device's type: convolutions and matrix products in the reduced type (tensor cores on a GPU),
     reductions and normalisations in float32. Take scores from ``logits.float()``. The score
-    differences it causes are measured by ``benchmarks/cnn_precision.py``.
+    differences it causes are measured by ``benchmarks/cnn_precision.py``. ``cache=False`` turns off
+    autocast's cache of cast weights, as capturing a CUDA graph requires.
     """
     import contextlib
 
@@ -81,7 +82,7 @@ def precision_context(device, precision: str = "float32"):
     if precision == "float32":
         return contextlib.nullcontext()
     device_type = torch.device(device).type if not isinstance(device, torch.device) else device.type
-    return torch.autocast(device_type=device_type, dtype=getattr(torch, precision))
+    return torch.autocast(device_type=device_type, dtype=getattr(torch, precision), cache_enabled=cache)
 
 
 def inference_input(x: torch.Tensor, device=None) -> torch.Tensor:

@@ -90,6 +90,7 @@ class CnnDetector:
     prepare_threads: int | None = None
     embeddings: bool = False
     precision: str = "float32"
+    cuda_graphs: bool = True
 
     @property
     def detector(self) -> str:
@@ -172,7 +173,7 @@ def describe_cnn_detector(cfg: CnnModelConfig, run_sample_rate_hz: int | None) -
                        final_clip=cfg.final_clip, sample_rate_hz=sample_rate,
                        params=spec.spectrogram_params(sample_rate), tensor_settings=spec.tensor_settings(sample_rate),
                        clips_per_task=cfg.clips_per_task, prepare_threads=cfg.prepare_threads,
-                       embeddings=bool(cfg.embeddings), precision=cfg.precision)
+                       embeddings=bool(cfg.embeddings), precision=cfg.precision, cuda_graphs=cfg.cuda_graphs)
 
 
 def _device(name: str):
@@ -286,7 +287,7 @@ class CnnTask:
         return {"n_clips": len(clip_range), "n_ok": result["n_ok"], "failures": result["failures"],
                 "detections": {det.detector: result["detections"]}, "device": result["device"],
                 "model_load_s": result["model_load_s"], "forward_s": result["forward_s"],
-                "prepare_threads": result["prepare_threads"]}
+                "prepare_threads": result["prepare_threads"], "graph_batches": result["graph_batches"]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -340,13 +341,8 @@ def infer_clips(clip_range: ClipRange, clips: pd.DataFrame, *, location: OutputL
     """
     import torch
 
-    from opso_core.ml.spectrogram_tensors import spectrograms_on_device, spectrograms_to_tensor
-    from opso_core.ml.utils import (
-        apply_activation_layer,
-        inference_input,
-        precision_context,
-        prefetched,
-    )
+    from opso_core.ml.utils import apply_activation_layer, prefetched
+    from pipelines.stages.cnn_batch import BatchScorer
 
     started = time.perf_counter()
     network = _model(detector)
@@ -358,7 +354,7 @@ def infer_clips(clip_range: ClipRange, clips: pd.DataFrame, *, location: OutputL
     starts = range(0, len(clips), detector.batch_size)
     threads = prepare_threads(detector.prepare_threads, device)
     on_device = device.type == "cuda"  # spectrograms where the network runs: the CPU threads only read audio
-    frequencies = detector.params.frequencies(detector.sample_rate_hz)
+    scorer = BatchScorer(network, detector, device, cuda_graphs=detector.cuda_graphs, keep_embeddings=store is not None)
     prepared = iter(prefetched(lambda start: _prepare(detector, clips.iloc[start : start + detector.batch_size],
                                                       input_storage_options, audio_only=on_device),
                                starts, threads=threads, name="opso-cnn-prepare"))
@@ -377,14 +373,10 @@ def infer_clips(clip_range: ClipRange, clips: pd.DataFrame, *, location: OutputL
             if not len(rows):
                 continue
             if on_device:
-                values = spectrograms_on_device(batch.samples.to(device, non_blocking=True), detector.sample_rate_hz,
-                                                detector.params)
+                logits = scorer.from_audio(batch.samples)
             else:
-                values = batch.values[batch.ok]
-            x = spectrograms_to_tensor(values, frequencies, detector.tensor_settings, device=device)
-            with precision_context(device, detector.precision):
-                logits = network(inference_input(x, device))
-            outputs.append((rows, apply_activation_layer(logits.float(), detector.activation)))
+                logits = scorer.from_spectrograms(batch.values[batch.ok])
+            outputs.append((rows, apply_activation_layer(logits, detector.activation)))
             if store is not None:
                 embedded.append((rows, _LAST_EMBEDDING.value.detach().float().flatten(1)))
         for rows, batch_scores in outputs:
@@ -408,7 +400,8 @@ def infer_clips(clip_range: ClipRange, clips: pd.DataFrame, *, location: OutputL
     file_failures = [[_merge_items(file, items), error_type, message]
                      for file, (error_type, message, items) in failures.items()]
     return {"detections": n_detections, "n_ok": int(valid.sum()), "failures": file_failures, "device": str(device),
-            "model_load_s": model_load_s, "forward_s": round(forward_s, 4), "prepare_threads": threads}
+            "model_load_s": model_load_s, "forward_s": round(forward_s, 4), "prepare_threads": threads,
+            "graph_batches": scorer.replays}
 
 
 #: most threads that read audio for a GPU's batches by default (on an H200, 1, 4 and 8 gave the same
@@ -527,7 +520,7 @@ class CnnKind(StageKind):
             det = _described(model, ctx.sample_rate_hz)
             own = flat_settings(f"cnn[{model.name}]", model.model_dump(mode="json"), drop=(
                 "name", "model", "storage_options", "threshold", "class_thresholds", "calibrated_thresholds", "device",
-                "prepare_threads", "clips_per_task"))
+                "prepare_threads", "clips_per_task", "cuda_graphs"))
             own.update({f"cnn[{model.name}].model_sha256": det.sha256,
                         f"cnn[{model.name}].sample_rate_hz": det.sample_rate_hz,
                         f"cnn[{model.name}].clips_per_task": _per_task(det, ctx.config.spectrogram.task_audio_s,

@@ -74,6 +74,7 @@ def test_cnn_stage_on_the_gpu_equals_cnn_predict_without_tf32(archive, model, gp
     scores, markers = _run(archive, path, tmp_path / "out", gpu_client, prepare_threads=3)
     assert {m["device"] for m in markers} == {"cuda:0"}
     assert {m["prepare_threads"] for m in markers} == {3}
+    assert sum(m["graph_batches"] for m in markers) > 0  # full batches ran as the recorded CUDA graph
     assert len(scores) == 4 * 15  # 30 s files, 2 s clips
     expected = _expected(cnn, archive, torch.device("cpu"))
     diff = np.abs(scores[CLASSES].to_numpy() - expected).max()
@@ -94,3 +95,26 @@ def test_cnn_stage_on_the_gpu_with_torch_defaults(archive, model, gpu_client, tm
           f"vs CPU CNN.predict {versus_cpu:.2e}, vs GPU CNN.predict {versus_gpu:.2e}")
     assert versus_gpu < 1e-3, versus_gpu
     assert versus_cpu < 1e-3, versus_cpu
+
+
+def test_cuda_graph_batches_equal_eager_batches(archive, model, gpu_client, tmp_path):
+    """The recorded graph replays the eager computation's kernels: the same scores (to float rounding)."""
+    path, _ = model
+    graphs, with_markers = _run(archive, path, tmp_path / "graphs", gpu_client)
+    eager, eager_markers = _run(archive, path, tmp_path / "eager", gpu_client, cuda_graphs=False)
+    assert sum(m["graph_batches"] for m in with_markers) > 0 and sum(m["graph_batches"] for m in eager_markers) == 0
+    diff = np.abs(graphs[CLASSES].to_numpy() - eager[CLASSES].to_numpy()).max()
+    print(f"CUDA graph vs eager batches: max |score difference| {diff:.2e}")
+    assert diff < 1e-5, diff
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_reduced_precision_on_the_gpu(archive, model, gpu_client, tmp_path, precision):
+    """Autocast on the GPU (inside the CUDA graph): scores near float32's; the difference is printed for
+    the docs' table."""
+    path, cnn = model
+    scores, markers = _run(archive, path, tmp_path / precision, gpu_client, precision=precision)
+    assert sum(m["graph_batches"] for m in markers) > 0
+    diff = np.abs(scores[CLASSES].to_numpy() - _expected(cnn, archive, torch.device("cpu"))).max()
+    print(f"GPU stage in {precision} vs CPU CNN.predict (float32): max |score difference| {diff:.2e}")
+    assert diff < 2e-2, diff
