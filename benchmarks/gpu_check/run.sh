@@ -19,7 +19,7 @@ step() {  # step NAME SECONDS COMMAND...: one check, its output in $OUT/NAME.txt
   echo "   exit $? ($(wc -l < "$OUT/$name.txt") lines)"
   tail -n 25 "$OUT/$name.txt"
 }
-step gpu_tests 150 python3 -m pytest -q -p no:cacheprovider -m gpu -s -o addopts="" \
+step gpu_tests 150 python3 -m pytest -q -p no:cacheprovider -m gpu -s \
   tests/integration/test_pipeline_gpu.py tests/opso_core/ml/test_cnn.py
 bench=(python3 benchmarks/cnn_inference_throughput.py --device cuda --minutes 40 --copies 8 --batch 64
        --predict-minutes 0)
