@@ -172,7 +172,7 @@ def _run(config, cluster_kind=None, overwrite=False, progress=True, steal_lock=F
     _hide_secrets_of(config)
     preflight = check_run(config, cluster_kind=cluster_kind, overwrite=overwrite, steal_lock=steal_lock)
     try:
-        with open_cluster(config.cluster, kind=preflight.cluster_kind) as session:
+        with open_cluster(config.cluster, kind=preflight.cluster_kind, gpu_work=config.gpu_work) as session:
             print(f"opso: Dask dashboard at {session.dashboard_link}", flush=True)
             summary = run_pipeline(config, session.client, overwrite=overwrite, progress=progress,
                                    preflight=preflight, watch=session.check)

@@ -502,6 +502,12 @@ class RunConfig(_Strict):
     localization: LocalizationConfig | None = None
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
+    @property
+    def gpu_work(self) -> bool:
+        """Whether the run has work for GPU workers: a ``cnn`` entry whose ``device`` is not the CPU
+        (``cluster.gpus: auto`` starts GPU workers only then)."""
+        return any(not m.device.startswith("cpu") for m in self.cnn)
+
     @model_validator(mode="after")
     def _localization_inputs(self):
         loc = self.localization

@@ -25,7 +25,9 @@ from opso_core.stft import DB_PER_NEPER, SpectrogramParams, transform_constants
 __all__ = ["TensorSettings", "spectrograms_on_device", "spectrograms_to_tensor"]
 
 
-@functools.lru_cache(maxsize=32)
+# The two caches below are never evicted: a CUDA graph recorded with their tensors (the pipeline's CNN
+# stage) reads their memory at every replay. They hold one small tensor per shape/settings and device.
+@functools.cache
 def _resize_tensor(n_in: int, n_out: int, device: torch.device, reverse_input: bool) -> torch.Tensor:
     """:func:`opso_core.image_resize.resize_matrix` as a float32 tensor on ``device`` (copied there once).
 
@@ -37,7 +39,7 @@ def _resize_tensor(n_in: int, n_out: int, device: torch.device, reverse_input: b
                         device=device)
 
 
-@functools.lru_cache(maxsize=16)
+@functools.cache
 def _device_constants(params: SpectrogramParams, sample_rate: float, device: torch.device):
     """The window and the per-bin power scale as float64 tensors on ``device``, copied there once: a
     copy from ordinary host memory waits for the GPU's queue, so copying them per batch would make

@@ -92,14 +92,32 @@ def jobqueue_kwargs(settings: ClusterConfig, kind: str) -> dict:
     if kind == "slurm" and settings.gpus not in ("auto", 0):  # one GPU per job, its worker a GPU worker
         directives = list(user.pop("job_extra_directives", None)
                           or dask.config.get("jobqueue.slurm.job-extra-directives", None) or [])
-        if not any(d.strip().startswith(("--gres", "--gpus", "-G")) for d in directives):
+        asks_gpu = any(d.strip().startswith(("--gpus", "-G")) or (d.strip().startswith("--gres") and "gpu" in d)
+                       for d in directives)
+        if not asks_gpu:
             directives.append("--gres=gpu:1")
         kwargs["job_extra_directives"] = directives
         worker_args = list(user.pop("worker_extra_args", None)
                            or dask.config.get("jobqueue.slurm.worker-extra-args", None) or [])
-        kwargs["worker_extra_args"] = [*worker_args, "--resources", "GPU=1"]
+        kwargs["worker_extra_args"] = _with_gpu_resource(worker_args)
     kwargs.update(user)
     return kwargs
+
+
+def _with_gpu_resource(worker_args: list) -> list:
+    """``dask worker`` arguments with ``GPU=1`` among its ``--resources`` (added to the user's own
+    ``--resources`` value, since a second ``--resources`` would replace the first)."""
+    args = [str(a) for a in worker_args]
+    for i, arg in enumerate(args):
+        if arg == "--resources" and i + 1 < len(args):
+            if "GPU=" not in args[i + 1]:
+                args[i + 1] += ",GPU=1"
+            return args
+        if arg.startswith("--resources="):
+            if "GPU=" not in arg:
+                args[i] = arg + ",GPU=1"
+            return args
+    return [*args, "--resources", "GPU=1"]
 
 
 def job_script(settings: ClusterConfig, kind: str, scheduler_address: str = "tcp://scheduler:8786") -> str:
@@ -313,8 +331,11 @@ def _sigint_deferred():
 
 
 @contextlib.contextmanager
-def open_cluster(settings: ClusterConfig, kind: str | None = None):
+def open_cluster(settings: ClusterConfig, kind: str | None = None, gpu_work: bool = True):
     """A :class:`ClusterSession` for ``settings`` (``kind`` overrides ``settings.kind``).
+
+    ``gpu_work``: the run has work for GPU workers (``RunConfig.gpu_work``); without it
+    ``cluster.gpus: auto`` starts none, so a run with no CNN keeps every core for CPU workers.
 
     The cluster it started is closed on exit (its batch jobs cancelled); an external scheduler is
     left running.
@@ -330,7 +351,7 @@ def open_cluster(settings: ClusterConfig, kind: str | None = None):
 
     kind = check_cluster_settings(settings, kind)
     if kind == "local":
-        devices = local_gpu_devices(settings)
+        devices = local_gpu_devices(settings, gpu_work=gpu_work)
         n_workers = settings.n_workers or max(1, _cpu_count() // settings.threads_per_worker - len(devices))
         dashboard = settings.dashboard_address or "127.0.0.1:0"
         host = dashboard.rpartition(":")[0]
@@ -400,11 +421,12 @@ def visible_gpus() -> list[str]:
         return []
 
 
-def local_gpu_devices(settings: ClusterConfig) -> list[str]:
+def local_gpu_devices(settings: ClusterConfig, gpu_work: bool = True) -> list[str]:
     """The ``CUDA_VISIBLE_DEVICES`` value of each GPU worker a local cluster starts (one per GPU).
 
-    ``cluster.gpus: auto`` takes every visible GPU (:func:`visible_gpus`; none with ``processes: false``,
-    whose workers share the driver's process); a number takes that many of them. A number on a machine
+    ``cluster.gpus: auto`` takes every visible GPU (:func:`visible_gpus`) when the run has ``gpu_work``
+    (none with ``processes: false``, whose workers share the driver's process); a number takes that
+    many of them. A number on a machine
     that shows none starts that many GPU workers anyway, devices ``0``, ``1``, ... (logged: their CNN
     tasks run on the CPU), so a GPU layout can be tried out anywhere.
 
@@ -413,9 +435,9 @@ def local_gpu_devices(settings: ClusterConfig) -> list[str]:
     ConfigError
         More GPUs asked for than are visible, or GPUs with ``processes: false``.
     """
-    visible = visible_gpus()
     if settings.gpus == "auto":
-        return visible if settings.processes else []
+        return visible_gpus() if settings.processes and gpu_work else []
+    visible = visible_gpus()
     if settings.gpus and not settings.processes:
         raise ConfigError("cluster.gpus: GPU workers need their own processes (processes: true); each sees only "
                           "its GPU")
@@ -436,11 +458,14 @@ def gpu_local_cluster(local_kwargs: dict, devices: list[str]):
     LocalCUDACluster starts them. Built from Dask's public ``SpecCluster``; workers are named
     ``cpu-<i>`` and ``gpu-<i>``."""
     from distributed import Nanny, Scheduler, SpecCluster
+    from distributed.worker_memory import parse_memory_limit
 
     host = "127.0.0.1"  # as LocalCluster: scheduler and workers on the loopback; the dashboard where asked
-    options = {"nthreads": local_kwargs["threads_per_worker"], "host": host,
-               "memory_limit": local_kwargs.get("memory_limit", "auto"),
-               "dashboard_address": local_kwargs["worker_dashboard_address"], "env": dict(local_kwargs.get("env", {}))}
+    n_total = local_kwargs["n_workers"] + len(devices)
+    memory = local_kwargs.get("memory_limit") or parse_memory_limit("auto", 1, n_total, logger=logger)  # as LocalCluster
+    options = {"nthreads": local_kwargs["threads_per_worker"], "host": host, "memory_limit": memory,
+               "dashboard_address": local_kwargs["worker_dashboard_address"], "dashboard": True,
+               "silence_logs": logging.WARNING, "env": dict(local_kwargs.get("env", {}))}
     workers = {f"cpu-{i}": {"cls": Nanny, "options": dict(options)} for i in range(local_kwargs["n_workers"])}
     for i, device in enumerate(devices):
         workers[f"gpu-{i}"] = {"cls": Nanny, "options": {**options, "resources": {"GPU": 1},

@@ -54,6 +54,7 @@ from pipelines.driver.clip_plan import ClipRange
 from pipelines.outputs.location import OutputLocation
 
 __all__ = ["CLIP_INDEX_CHUNK", "STORE_NAME", "ClipSpectrograms", "StoreEncoding", "clip_audio_batch", "clip_index_chunk",
+           "clip_samples",
            "clip_spectrograms", "create_clip_group", "create_store", "write_chunks", "open_store", "write_clip_coords", "write_values"]
 
 logger = logging.getLogger(__name__)
@@ -112,6 +113,12 @@ class ClipSpectrograms:
     failures: tuple[tuple[str, str, str], ...]
 
 
+def clip_samples(clip_duration_s: float, sample_rate_hz: int) -> int:
+    """Samples in one clip of ``clip_duration_s`` seconds at ``sample_rate_hz`` (the width of
+    :func:`clip_audio_batch`'s array)."""
+    return int(round(clip_duration_s * sample_rate_hz))
+
+
 def clip_audio_batch(clips: pd.DataFrame, *, sample_rate_hz: int, clip_duration_s: float,
                      storage_options=None):
     """Audio of each clip, as one array.
@@ -130,7 +137,7 @@ def clip_audio_batch(clips: pd.DataFrame, *, sample_rate_hz: int, clip_duration_
         ``samples`` (n_clips, clip_samples) float32, a boolean ``ok`` mask, and failures as
         ``(file, error_type, message)``.
     """
-    n_out = int(round(clip_duration_s * sample_rate_hz))
+    n_out = clip_samples(clip_duration_s, sample_rate_hz)
     samples = np.zeros((len(clips), n_out), dtype=np.float32)
     ok = np.zeros(len(clips), dtype=bool)
     failures = []

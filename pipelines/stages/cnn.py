@@ -355,6 +355,10 @@ def infer_clips(clip_range: ClipRange, clips: pd.DataFrame, *, location: OutputL
     threads = prepare_threads(detector.prepare_threads, device)
     on_device = device.type == "cuda"  # spectrograms where the network runs: the CPU threads only read audio
     scorer = BatchScorer(network, detector, device, cuda_graphs=detector.cuda_graphs, keep_embeddings=store is not None)
+    if on_device:  # before the prepare threads start: a graph's capture must not overlap their CUDA calls
+        from pipelines.outputs.spectrogram_store import clip_samples
+
+        scorer.prepare(clip_samples(detector.clip_duration_s, detector.sample_rate_hz))
     prepared = iter(prefetched(lambda start: _prepare(detector, clips.iloc[start : start + detector.batch_size],
                                                       input_storage_options, audio_only=on_device),
                                starts, threads=threads, name="opso-cnn-prepare"))
@@ -520,7 +524,9 @@ class CnnKind(StageKind):
             det = _described(model, ctx.sample_rate_hz)
             own = flat_settings(f"cnn[{model.name}]", model.model_dump(mode="json"), drop=(
                 "name", "model", "storage_options", "threshold", "class_thresholds", "calibrated_thresholds", "device",
-                "prepare_threads", "clips_per_task", "cuda_graphs"))
+                "prepare_threads", "clips_per_task", "cuda_graphs", "precision"))
+            if model.precision != "float32":  # only then: runs made before the key existed keep their scores
+                own[f"cnn[{model.name}].precision"] = model.precision
             own.update({f"cnn[{model.name}].model_sha256": det.sha256,
                         f"cnn[{model.name}].sample_rate_hz": det.sample_rate_hz,
                         f"cnn[{model.name}].clips_per_task": _per_task(det, ctx.config.spectrogram.task_audio_s,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 
-__all__ = ["BatchScorer", "GRAPH_TOLERANCE"]
+__all__ = ["BatchScorer", "GRAPH_TOLERANCE", "forget_graphs"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,15 +26,19 @@ logger = logging.getLogger(__name__)
 #: for the graph to be used (the same kernels run, so they normally agree exactly)
 GRAPH_TOLERANCE = 1e-4
 
-_GRAPHS: dict = {}  # (model sha256, device, batch shape, dtype, precision) -> _Graph or None (not usable)
+_GRAPHS: dict = {}  # (model, device, batch shape, precision, TF32 settings) -> _Graph or None (not usable)
 _GRAPHS_LOCK = threading.Lock()
+_STATE = {"off": False}  # a capture failed in this process: no more are tried (a failed capture can leave
+#                          the CUDA allocator in a state where another one is not safe)
 
 
 class _Graph:
-    """A recorded batch: its static input and output tensors, and a lock (replay, then copy the output)."""
+    """A recorded batch: its static input and output tensors, what its kernels read (the network), and
+    a lock: a replay and the copy of its output are enqueued together, in order, on the default stream
+    that every thread of the worker uses."""
 
-    def __init__(self, graph, static_in, static_out):
-        self.graph, self.static_in, self.static_out = graph, static_in, static_out
+    def __init__(self, graph, static_in, static_out, keep):
+        self.graph, self.static_in, self.static_out, self.keep = graph, static_in, static_out, keep
         self.lock = threading.Lock()
 
     def run(self, samples):
@@ -42,6 +46,22 @@ class _Graph:
             self.static_in.copy_(samples, non_blocking=True)
             self.graph.replay()
             return self.static_out.clone()
+
+
+def forget_graphs() -> None:
+    """Drop this process's recorded graphs (their memory is freed once no batch uses them) and allow
+    recording again after a failed capture."""
+    with _GRAPHS_LOCK:
+        _GRAPHS.clear()
+        _STATE["off"] = False
+
+
+def _numerics_key():
+    """The settings that choose the kernels a graph records (TF32 for convolutions and matrix products)."""
+    import torch
+
+    return (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
+            torch.get_float32_matmul_precision())
 
 
 class BatchScorer:
@@ -64,16 +84,23 @@ class BatchScorer:
         self.frequencies = detector.params.frequencies(detector.sample_rate_hz)
         self.graphs = (cuda_graphs and device.type == "cuda" and not keep_embeddings
                        and getattr(detector.tensor_settings, "colormap", None) is None)
+        self.graph = None
         self.replays = 0  # batches run as a graph replay
+
+    def prepare(self, n_samples: int) -> None:
+        """Record (or find) the graph for full batches of ``n_samples``-long float32 clips. Call it before
+        other threads of the process use CUDA (the prepare threads pin memory): a capture must not
+        overlap another thread's CUDA calls."""
+        if self.graphs:
+            self.graph = self._graph((self.detector.batch_size, n_samples))
 
     def from_audio(self, samples):
         """Logits (float32, on the device) of a batch of audio, shape (n_clips, n_samples), in pinned host
         memory or on the device."""
-        if self.graphs and len(samples) == self.detector.batch_size:
-            graph = self._graph(samples)
-            if graph is not None:
-                self.replays += 1
-                return graph.run(samples)
+        graph = self.graph
+        if graph is not None and tuple(samples.shape) == tuple(graph.static_in.shape):
+            self.replays += 1
+            return graph.run(samples)
         return self._eager(samples.to(self.device, non_blocking=True))
 
     def from_spectrograms(self, values):
@@ -99,42 +126,57 @@ class BatchScorer:
         with precision_context(self.device, det.precision, cache=cache):
             return self.network(inference_input(x, self.device)).to(torch.float32)
 
-    def _graph(self, samples):
-        """The recorded graph for batches shaped as ``samples`` (recorded now if needed), or None."""
-        key = (self.detector.sha256, str(self.device), tuple(samples.shape), str(samples.dtype),
-               self.detector.precision)
+    def _graph(self, shape):
+        key = (self.detector.sha256, str(self.device), tuple(shape), self.detector.precision, _numerics_key())
         with _GRAPHS_LOCK:
+            if _STATE["off"]:
+                return None
             if key not in _GRAPHS:
-                _GRAPHS[key] = self._record(samples)
+                _GRAPHS[key] = self._record(shape)
             return _GRAPHS[key]
 
-    def _record(self, samples):
+    def _record(self, shape):
+        """Record the graph on zero audio, then check it on two different batches against the eager
+        computation (an empty or stale recording would give the recorded batch's numbers)."""
+        import warnings
+
         import torch
 
+        name = self.detector.name
         try:
-            static_in = torch.empty(samples.shape, dtype=samples.dtype, device=self.device)
-            static_in.copy_(samples)
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.no_grad(), torch.cuda.stream(side):
-                for _ in range(2):  # warm-up: cuDNN chooses its kernels, the constants reach the device
-                    self._eager(static_in, cache=False)
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.no_grad(), torch.cuda.graph(graph):
-                static_out = self._eager(static_in, cache=False)
-            with torch.no_grad():
-                graph.replay()
-                eager = self._eager(static_in)
-            difference = float((static_out - eager).abs().max())  # waits for the GPU, once per process
-        except Exception as exc:  # recording is an optimisation: any failure leaves the eager loop
-            logger.warning("cnn %s: CUDA graph not used (%s: %s); batches run eagerly", self.detector.name,
+            with torch.cuda.device(self.device), torch.no_grad():
+                static_in = torch.zeros(shape, dtype=torch.float32, device=self.device)
+                side = torch.cuda.Stream(self.device)
+                side.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(side):
+                    for _ in range(2):  # warm-up: cuDNN and cuFFT choose kernels and plans, constants are copied
+                        self._eager(static_in, cache=False)
+                torch.cuda.current_stream(self.device).wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    with torch.cuda.graph(graph, stream=torch.cuda.Stream(self.device),
+                                          capture_error_mode="thread_local"):
+                        static_out = self._eager(static_in, cache=False)
+                if any("empty" in str(w.message).lower() for w in caught):
+                    raise RuntimeError("the recorded graph is empty")
+                generator = torch.Generator(device=self.device).manual_seed(0)
+                difference = 0.0
+                for _ in range(2):
+                    audio = 0.1 * torch.randn(shape, generator=generator, device=self.device)
+                    static_out.fill_(float("nan"))
+                    static_in.copy_(audio)
+                    graph.replay()
+                    eager = self._eager(audio)
+                    difference = max(difference, float((static_out - eager).abs().max()))  # waits for the GPU
+        except Exception as exc:  # recording is an optimisation: from now on this process runs batches eagerly
+            _STATE["off"] = True
+            logger.warning("cnn %s: CUDA graphs not used in this worker (%s: %s); batches run eagerly", name,
                            type(exc).__name__, exc)
             return None
-        if not difference <= GRAPH_TOLERANCE:
-            logger.warning("cnn %s: the CUDA graph's outputs differ from the eager computation by %.2e; batches "
-                           "run eagerly", self.detector.name, difference)
+        if not difference <= GRAPH_TOLERANCE:  # NaN too: the replay did not write the output
+            logger.warning("cnn %s: the CUDA graph's outputs differ from the eager computation by %s; batches run "
+                           "eagerly", name, difference)
             return None
-        logger.info("cnn %s: batches of %d clips run as a CUDA graph on %s", self.detector.name, len(samples),
-                    self.device)
-        return _Graph(graph, static_in, static_out)
+        logger.info("cnn %s: batches of %d clips run as a CUDA graph on %s", name, shape[0], self.device)
+        return _Graph(graph, static_in, static_out, keep=self.network)

@@ -35,6 +35,16 @@ def model(tmp_path_factory):
     return path, model
 
 
+@pytest.fixture(autouse=True)
+def fresh_graphs():
+    """The worker runs in this process: each test records its own CUDA graphs."""
+    from pipelines.stages.cnn_batch import forget_graphs
+
+    forget_graphs()
+    yield
+    forget_graphs()
+
+
 @pytest.fixture(scope="module")
 def gpu_client():
     from distributed import Client, LocalCluster
@@ -97,9 +107,12 @@ def test_cnn_stage_on_the_gpu_with_torch_defaults(archive, model, gpu_client, tm
     assert versus_cpu < 1e-3, versus_cpu
 
 
-def test_cuda_graph_batches_equal_eager_batches(archive, model, gpu_client, tmp_path):
-    """The recorded graph replays the eager computation's kernels: the same scores (to float rounding)."""
+def test_cuda_graph_batches_equal_eager_batches(archive, model, gpu_client, tmp_path, monkeypatch):
+    """The recorded graph replays the eager computation's kernels: the same scores (to float rounding;
+    TF32 off, so neither side's convolutions depend on cuDNN's choice of TF32 kernels)."""
     path, _ = model
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     graphs, with_markers = _run(archive, path, tmp_path / "graphs", gpu_client)
     eager, eager_markers = _run(archive, path, tmp_path / "eager", gpu_client, cuda_graphs=False)
     assert sum(m["graph_batches"] for m in with_markers) > 0 and sum(m["graph_batches"] for m in eager_markers) == 0
@@ -118,3 +131,26 @@ def test_reduced_precision_on_the_gpu(archive, model, gpu_client, tmp_path, prec
     diff = np.abs(scores[CLASSES].to_numpy() - _expected(cnn, archive, torch.device("cpu"))).max()
     print(f"GPU stage in {precision} vs CPU CNN.predict (float32): max |score difference| {diff:.2e}")
     assert diff < 2e-2, diff
+
+
+def test_a_local_cluster_gives_the_gpu_its_own_worker(archive, model, tmp_path):
+    """``cluster.gpus: auto`` on a GPU machine: a worker process for the GPU (resource GPU=1), where every CNN
+    task runs, on cuda:0, as CUDA graphs."""
+    from pipelines.driver.cluster import open_cluster
+
+    path, _ = model
+    config = load_config({"input": {"url": str(archive.root)}, "output": {"url": str(tmp_path / "out")},
+                          "spectrogram": {"sample_rate": 22050, "store": "none"},
+                          "cnn": [{"name": "r18", "model": str(path), "activation": "sigmoid", "threshold": 0.5,
+                                   "batch_size": 16}],
+                          "cluster": {"n_workers": 1}}, environ={})
+    with open_cluster(config.cluster, gpu_work=config.gpu_work) as session:
+        workers = session.client.scheduler_info(n_workers=-1)["workers"]
+        gpu = {a for a, w in workers.items() if (w.get("resources") or {}).get("GPU")}
+        assert len(gpu) == torch.cuda.device_count() >= 1
+        summary = run_pipeline(config, session.client, progress=False, watch=session.check)
+    assert summary.status == "complete"
+    loc = OutputLocation(str(tmp_path / "out"))
+    markers = [loc.read_json(f"_progress/cnn-r18/{n}") for n in loc.list("_progress/cnn-r18")]
+    assert {m["worker"] for m in markers} <= gpu and {m["device"] for m in markers} == {"cuda:0"}
+    assert sum(m["graph_batches"] for m in markers) > 0

@@ -164,6 +164,7 @@ def test_local_gpu_workers_by_settings(monkeypatch, caplog):
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,3")
     assert local_gpu_devices(ClusterConfig()) == ["1", "3"]  # auto: every visible GPU
+    assert local_gpu_devices(ClusterConfig(), gpu_work=False) == []  # auto, and no CNN to run: none
     assert local_gpu_devices(ClusterConfig(gpus=1)) == ["1"]
     assert local_gpu_devices(ClusterConfig(gpus=0)) == []
     assert local_gpu_devices(ClusterConfig(processes=False)) == []  # threads share one process
@@ -196,6 +197,10 @@ def test_a_local_cluster_starts_one_worker_per_gpu(monkeypatch):
             assert info["resources"] == {"GPU": 1} and seen[address] == (device, "1")
         assert not by_name["cpu-0"][1].get("resources")
         assert all(address.startswith("tcp://127.0.0.1:") for address in workers)
+        from distributed.worker_memory import parse_memory_limit
+
+        # LocalCluster's share of the memory: the machine's over the workers, GPU workers counted
+        assert {w["memory_limit"] for w in workers.values()} == {parse_memory_limit("auto", 1, 3, logger=logging.getLogger(__name__))}
 
 
 def test_slurm_gpu_jobs_ask_for_a_gpu_and_start_gpu_workers():
@@ -209,6 +214,12 @@ def test_slurm_gpu_jobs_ask_for_a_gpu_and_start_gpu_workers():
                         jobqueue={"job_extra_directives": ["--gpus=a100:1"]})
     assert "--gres" not in job_script(own, "slurm") and "#SBATCH --gpus=a100:1" in job_script(own, "slurm")
     assert "--gres" not in job_script(ClusterConfig(kind="slurm", n_workers=1, memory_limit="8GiB"), "slurm")
+    scratch = ClusterConfig(kind="slurm", n_workers=1, memory_limit="8GiB", gpus=1,
+                            jobqueue={"job_extra_directives": ["--gres=lscratch:100"],
+                                      "worker_extra_args": ["--resources", "MEM=1e9"]})
+    script = job_script(scratch, "slurm")  # a --gres that is no GPU still gets the GPU; the user's resources stay
+    assert "#SBATCH --gres=lscratch:100" in script and "#SBATCH --gres=gpu:1" in script
+    assert "--resources MEM=1e9,GPU=1" in script and script.count("--resources") == 1
     with pytest.raises(ConfigError, match="set gpus: 1 and n_workers"):
         check_cluster_settings(ClusterConfig(kind="slurm", n_workers=1, memory_limit="8GiB", gpus=2))
     with pytest.raises(ConfigError, match="on pbs, ask for the GPU"):
