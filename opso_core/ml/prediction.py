@@ -142,7 +142,8 @@ def warn_about_inputs(model, samples, dataset) -> None:
     message = "there are no samples to predict on, so no predictions are generated"
     if isinstance(dataset, AudioSplittingDataset):
         files = list(samples.index if isinstance(samples, pd.DataFrame) else samples)
-        short = [str(f) for f in files if str(f) not in {str(i) for i in dataset.invalid_samples}]
+        unreadable = {str(i) for i in dataset.invalid_samples}
+        short = [str(f) for f in files if str(f) not in unreadable]
         if short:
             shown = ", ".join(short[:3]) + (f" and {len(short) - 3} more" if len(short) > 3 else "")
             message += (f": {len(short)} file(s) are shorter than one clip "

@@ -16,16 +16,33 @@ and each task writes its own chunk-aligned clips (:func:`write_embeddings`).
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+
 import numpy as np
 
 from pipelines.driver.clip_plan import ClipRange
 from pipelines.outputs.location import OutputLocation
 from pipelines.outputs.spectrogram_store import create_clip_group, write_chunks
 
-__all__ = ["EMBEDDINGS_FOLDER", "create_embedding_store", "embedding_store_name", "write_embeddings"]
+__all__ = ["EMBEDDINGS_FOLDER", "MAX_EMBEDDING_CHUNK", "EmbeddingLayout", "create_embedding_store",
+           "embedding_store_name", "ensure_embedding_store", "write_embeddings"]
 
 #: the folder of every embedding store of a run
 EMBEDDINGS_FOLDER = "embeddings.zarr"
+#: most clips per chunk of an embedding store (2,048 BirdNET windows: 4 MB of float16)
+MAX_EMBEDDING_CHUNK = 2048
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingLayout:
+    """Where tasks write a store's embeddings: its clips, features, chunk length (clips; tasks own whole
+    chunks) and ``clip`` coordinate chunk."""
+
+    n_clips: int
+    n_features: int
+    chunk: int
+    index_chunk: int
 
 
 def embedding_store_name(detector: str) -> str:
@@ -52,6 +69,24 @@ def create_embedding_store(location: OutputLocation, detector: str, n_clips: int
                          "_ARRAY_DIMENSIONS": ["clip", "feature"]})
     group.attrs.update({**attrs, "detector": detector, "precision": "float16"})
     zarr.consolidate_metadata(group.store, zarr_format=2)
+
+
+def ensure_embedding_store(location: OutputLocation, detector: str, n_clips: int, *,
+                           n_features: int | Callable[[], int], clips_per_chunk: int, attrs: dict) -> EmbeddingLayout:
+    """Create ``detector``'s store (:func:`create_embedding_store`) unless a run made it before; its layout.
+
+    ``n_features`` may be a function, called only when the store is created (a CNN's size needs its model)."""
+    from pipelines.outputs.spectrogram_store import open_store
+
+    name = embedding_store_name(detector)
+    location.check_lease()  # the store's metadata is written with zarr, not through the location
+    if not location.exists(f"{name}/.zmetadata"):
+        create_embedding_store(location, detector, n_clips, clips_per_chunk=clips_per_chunk, attrs=attrs,
+                               n_features=n_features() if callable(n_features) else n_features)
+    group = open_store(location, mode="r", store_name=name)
+    values = group["embedding"]
+    return EmbeddingLayout(int(values.shape[0]), int(values.shape[1]), int(values.chunks[0]),
+                           int(group["clip"].chunks[0]))
 
 
 def _codec(blosc):

@@ -40,13 +40,14 @@ from pipelines.driver.tasks import Stage, task_ranges
 from pipelines.errors import ConfigError
 from pipelines.outputs.embedding_store import (
     EMBEDDINGS_FOLDER,
-    create_embedding_store,
+    MAX_EMBEDDING_CHUNK,
     embedding_store_name,
+    ensure_embedding_store,
     write_embeddings,
 )
 from pipelines.outputs.location import OutputLocation
 from pipelines.outputs.run_folder import OutputName
-from pipelines.outputs.spectrogram_store import clip_failures, open_store, write_clip_coords
+from pipelines.outputs.spectrogram_store import clip_failures, write_clip_coords
 from pipelines.outputs.tables import (
     DETECTION_COLUMNS,
     DETECTION_SCHEMA,
@@ -62,10 +63,6 @@ from pipelines.stages.base import RANGE, ClipSettings, Product, RunContext, Stag
 __all__ = ["KIND", "BirdnetDetector", "BirdnetTask", "analyze_windows", "birdnet_detections", "describe_birdnet"]
 
 logger = logging.getLogger(__name__)
-
-#: most windows per chunk of an embedding store (2,048 windows: 4 MB of float16)
-MAX_EMBEDDING_CHUNK = 2048
-
 
 @dataclasses.dataclass(frozen=True)
 class BirdnetDetector:
@@ -373,15 +370,11 @@ class BirdnetKind(StageKind):
                                   f"{det.detector}") for f in sorted(missing))
             index_chunk = None
             if det.embeddings and ctx.location is not None:  # no location: planned only (opso run --dry-run)
-                store = embedding_store_name(det.detector)
-                ctx.location.check_lease()  # the store's metadata is written with zarr, not through the location
-                if not ctx.location.exists(f"{store}/.zmetadata"):
-                    create_embedding_store(ctx.location, det.detector, clip_index.n_clips,
-                                           n_features=model.EMBEDDING_SIZE, clips_per_chunk=det.chunk,
-                                           attrs={"model": model.MODEL_NAME, "window_s": model.WINDOW_S,
-                                                  "overlap_s": det.overlap_s,
-                                                  "sample_rate_hz": model.SAMPLE_RATE_HZ})
-                index_chunk = open_store(ctx.location, mode="r", store_name=store)["clip"].chunks[0]
+                index_chunk = ensure_embedding_store(
+                    ctx.location, det.detector, clip_index.n_clips, n_features=model.EMBEDDING_SIZE,
+                    clips_per_chunk=det.chunk, attrs={"model": model.MODEL_NAME, "window_s": model.WINDOW_S,
+                                                      "overlap_s": det.overlap_s,
+                                                      "sample_rate_hz": model.SAMPLE_RATE_HZ}).index_chunk
             # with embeddings, tasks cover whole chunks of the store (no two tasks write one chunk)
             ranges = task_ranges(clip_index.n_clips, det.windows_per_task, align=det.chunk if det.embeddings else 1)
             task = BirdnetTask(det, dict(ctx.config.input.storage_options), clip_index.n_clips, index_chunk)

@@ -43,13 +43,15 @@ from pipelines.driver.tasks import Stage, task_ranges
 from pipelines.errors import ConfigError, StorageError
 from pipelines.outputs.embedding_store import (
     EMBEDDINGS_FOLDER,
-    create_embedding_store,
+    MAX_EMBEDDING_CHUNK,
+    EmbeddingLayout,
     embedding_store_name,
+    ensure_embedding_store,
     write_embeddings,
 )
 from pipelines.outputs.location import OutputLocation
 from pipelines.outputs.run_folder import OutputName
-from pipelines.outputs.spectrogram_store import open_store, write_clip_coords
+from pipelines.outputs.spectrogram_store import write_clip_coords
 from pipelines.outputs.tables import (
     ID_COLUMNS,
     rederive_detections,
@@ -254,17 +256,6 @@ def embedding_size(detector: CnnDetector) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class EmbeddingLayout:
-    """Where a CNN task writes its clips' embeddings: the store's clips, features, chunk length (clips;
-    tasks own whole chunks) and ``clip`` coordinate chunk."""
-
-    n_clips: int
-    n_features: int
-    chunk: int
-    index_chunk: int
-
-
-@dataclasses.dataclass(frozen=True)
 class CnnTask:
     """What one CNN task does (picklable): score a range of the detector's clips and write its tables,
     or, when only the detections are needed (a changed threshold), re-derive them from the stored scores."""
@@ -442,30 +433,10 @@ def _merge_items(file: str, items: list[str]) -> str:
 GPU_TASK_FACTOR = 64
 
 
-#: most clips per chunk of an embedding store
-MAX_EMBEDDING_CHUNK = 2048
-
-
 def _embedding_chunk(detector: CnnDetector, per_task: int) -> int:
     """Clips per chunk of the detector's store: whole batches, at most a task's and :data:`MAX_EMBEDDING_CHUNK`."""
     batches = max(1, min(per_task, MAX_EMBEDDING_CHUNK) // detector.batch_size)
     return batches * detector.batch_size
-
-
-def _embedding_store(location: OutputLocation, detector: CnnDetector, n_clips: int, chunk: int) -> EmbeddingLayout:
-    """Create the detector's embedding store's metadata unless it is there; its layout."""
-    name = embedding_store_name(detector.detector)
-    location.check_lease()  # the store's metadata is written with zarr, not through the location
-    if not location.exists(f"{name}/.zmetadata"):
-        create_embedding_store(location, detector.detector, n_clips, n_features=embedding_size(detector),
-                               clips_per_chunk=chunk, attrs={"model": detector.url, "model_sha256": detector.sha256,
-                                                             "clip_duration_s": detector.clip_duration_s,
-                                                             "overlap_s": detector.overlap_s,
-                                                             "sample_rate_hz": detector.sample_rate_hz})
-    group = open_store(location, mode="r", store_name=name)
-    values = group["embedding"]
-    return EmbeddingLayout(int(values.shape[0]), int(values.shape[1]), int(values.chunks[0]),
-                           int(group["clip"].chunks[0]))
 
 
 def _per_task(detector: CnnDetector, task_audio_s: float, gpu_workers: bool) -> int:
@@ -564,7 +535,11 @@ class CnnKind(StageKind):
             align, store = det.batch_size, None
             if det.embeddings and ctx.location is not None:  # no location: planned only (opso run --dry-run)
                 align = _embedding_chunk(det, per_task)  # tasks own whole chunks of the store
-                store = _embedding_store(ctx.location, det, clip_index.n_clips, align)
+                store = ensure_embedding_store(ctx.location, det.detector, clip_index.n_clips,
+                                               n_features=lambda det=det: embedding_size(det), clips_per_chunk=align,
+                                               attrs={"model": det.url, "model_sha256": det.sha256,
+                                                      "clip_duration_s": det.clip_duration_s,
+                                                      "overlap_s": det.overlap_s, "sample_rate_hz": det.sample_rate_hz})
             ranges = task_ranges(clip_index.n_clips, per_task, align=align)
             stages.append(Stage(det.detector, clip_index, ranges, CnnTask(det, dict(config.input.storage_options), store),
                                 resources={"GPU": 1} if ctx.gpu_workers else None, failures=failures))

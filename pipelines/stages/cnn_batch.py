@@ -17,6 +17,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
+
+import torch
+
+from opso_core.ml.spectrogram_tensors import spectrograms_on_device, spectrograms_to_tensor
+from opso_core.ml.utils import inference_input, precision_context
 
 __all__ = ["BatchScorer", "GRAPH_TOLERANCE", "forget_graphs"]
 
@@ -58,8 +64,6 @@ def forget_graphs() -> None:
 
 def _numerics_key():
     """The settings that choose the kernels a graph records (TF32 for convolutions and matrix products)."""
-    import torch
-
     return (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
             torch.get_float32_matmul_precision())
 
@@ -105,21 +109,11 @@ class BatchScorer:
 
     def from_spectrograms(self, values):
         """Logits of a batch of dB spectrograms ``(n_clips, n_frequencies, n_times)`` (the CPU path)."""
-        import torch
-
-        from opso_core.ml.spectrogram_tensors import spectrograms_to_tensor
-        from opso_core.ml.utils import inference_input, precision_context
-
         x = spectrograms_to_tensor(values, self.frequencies, self.detector.tensor_settings, device=self.device)
         with precision_context(self.device, self.detector.precision):
             return self.network(inference_input(x, self.device)).to(torch.float32)
 
     def _eager(self, samples, cache: bool = True):
-        import torch
-
-        from opso_core.ml.spectrogram_tensors import spectrograms_on_device, spectrograms_to_tensor
-        from opso_core.ml.utils import inference_input, precision_context
-
         det = self.detector
         values = spectrograms_on_device(samples, det.sample_rate_hz, det.params)
         x = spectrograms_to_tensor(values, self.frequencies, det.tensor_settings, device=self.device)
@@ -138,10 +132,6 @@ class BatchScorer:
     def _record(self, shape):
         """Record the graph on zero audio, then check it on two different batches against the eager
         computation (an empty or stale recording would give the recorded batch's numbers)."""
-        import warnings
-
-        import torch
-
         name = self.detector.name
         try:
             with torch.cuda.device(self.device), torch.no_grad():
