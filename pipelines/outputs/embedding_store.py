@@ -22,6 +22,7 @@ from collections.abc import Callable
 import numpy as np
 
 from pipelines.driver.clip_plan import ClipRange
+from pipelines.errors import OutputConflictError
 from pipelines.outputs.location import OutputLocation
 from pipelines.outputs.spectrogram_store import create_clip_group, write_chunks
 
@@ -85,6 +86,11 @@ def ensure_embedding_store(location: OutputLocation, detector: str, n_clips: int
                                n_features=n_features() if callable(n_features) else n_features)
     group = open_store(location, mode="r", store_name=name)
     values = group["embedding"]
+    if int(values.shape[0]) != int(n_clips) or group.attrs.get("detector") != detector:
+        raise OutputConflictError(
+            f"{location.url}/{name} holds {values.shape[0]} embeddings of {group.attrs.get('detector')!r}, not the "
+            f"{n_clips} clips of {detector!r} this run embeds: it is left from another run. Run again with "
+            "--overwrite to replace the previous run's outputs")
     return EmbeddingLayout(int(values.shape[0]), int(values.shape[1]), int(values.chunks[0]),
                            int(group["clip"].chunks[0]))
 

@@ -35,7 +35,10 @@ import pandas as pd
 from pipelines.errors import StorageError
 from pipelines.outputs.storage_options import with_storage_defaults
 
-__all__ = ["OutputLocation", "temporary_name"]
+__all__ = ["OutputLocation", "ZARR_METADATA", "temporary_name"]
+
+#: a Zarr store's own metadata files at its top (Zarr 2 and 3): what marks a folder as a store
+ZARR_METADATA = (".zgroup", ".zattrs", ".zmetadata", "zarr.json")
 
 
 def temporary_name(target: str) -> str:
@@ -254,8 +257,13 @@ class OutputLocation:
                            **self.deadline(self._deadline_s()))
 
     def remove_tree(self, rel: str) -> None:
-        """Delete folder ``rel`` and everything in it; used by :mod:`pipelines.outputs.run_folder` only."""
-        self.remove_files(self.find(rel))
+        """Delete folder ``rel`` and everything in it; used by :mod:`pipelines.outputs.run_folder` only.
+
+        A Zarr store's own metadata (``rel/.zgroup``, ``rel/zarr.json``, ...) goes last, so a deletion cut
+        short still leaves a store that the next run recognises and deletes."""
+        files = self.find(rel)
+        top = {f"{rel}/{name}" for name in ZARR_METADATA}
+        self.remove_files([f for f in files if f not in top] + [f for f in files if f in top])
         if self.is_local and os.path.isdir(self.path(rel)):
             with self._errors("delete", rel):
                 for folder, _, _ in sorted(os.walk(self.path(rel)), key=lambda entry: -len(entry[0])):

@@ -140,7 +140,7 @@ def read_previous_run(location: OutputLocation, names) -> PreviousRun | None:
     if location.exists(RUN_JSON):
         info = location.read_json(RUN_JSON)
         return PreviousRun(info.get("status"), info.get("fingerprint"), info)
-    tops = {n.top for n in names if not n.store}
+    tops = {n.top for n in names if not n.store or n.folder}
     stores = [n.pattern for n in names if n.store]
     present = [name for name in location.list("") if name in RUN_FILES or name == PROGRESS or name in tops
                or any(re.fullmatch(p, name) for p in stores)]
@@ -191,16 +191,27 @@ def remove_outputs(location: OutputLocation, names, *, within=None) -> int:
                                                   not name.folder) and allowed(rel)]
     location.remove_files(own)
     n += len(own)
-    stores = [name for name in names if name.store]
-    if stores:
-        for entry in location.list(""):
-            if any(s.matches(entry) for s in stores) and allowed(entry) and (location.exists(f"{entry}/.zgroup") or
-                                                         location.exists(f"{entry}/zarr.json")):
-                location.remove_tree(entry)
-                n += 1
+    for rel in _stores(location, [name for name in names if name.store]):
+        if allowed(rel):
+            location.remove_tree(rel)
+            n += 1
     if location.is_local:
-        _remove_empty_folders(location, _folders(names))
+        _remove_empty_folders(location, [*_folders(names), *(n.folder for n in names if n.store and n.folder)])
     return n
+
+
+def _stores(location: OutputLocation, stores, *, zarr_only: bool = True) -> list[str]:
+    """The Zarr stores in ``location`` (paths relative to it) that match one of ``stores`` (store names,
+    at the top of the run folder or in their folder: ``embeddings.zarr/cnn-birds``); with ``zarr_only``,
+    only those with Zarr metadata (a folder of that name without is not deleted whole)."""
+    found = []
+    for folder in sorted({s.folder for s in stores}):
+        for entry in location.list(folder):
+            rel = f"{folder}/{entry}" if folder else entry
+            if any(s.matches(rel) for s in stores) and (not zarr_only or location.exists(f"{rel}/.zgroup") or
+                                                        location.exists(f"{rel}/zarr.json")):
+                found.append(rel)
+    return found
 
 
 def remove_markers(location: OutputLocation, stage_folder: str) -> int:
@@ -261,10 +272,8 @@ def remove_temporaries(location: OutputLocation, names) -> int:
     for folder in [PROGRESS, *_folders((*names, *DRIVER_NAMES))]:
         found += [rel for rel in location.find(folder) if _temporary_target(rel) is not None and
                   is_run_output(rel, names)]
-    stores = [name for name in names if name.store]
-    for entry in location.list(""):
-        if any(s.matches(entry) for s in stores):
-            found += [rel for rel in location.find(entry) if _temporary_target(rel) is not None]
+    for store in _stores(location, [name for name in names if name.store], zarr_only=False):
+        found += [rel for rel in location.find(store) if _temporary_target(rel) is not None]
     found = sorted(set(found))
     location.remove_files(found)
     if found:

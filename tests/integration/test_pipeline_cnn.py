@@ -282,6 +282,13 @@ def test_embeddings_are_the_classifier_s_input(cnn_archive, model_file, dask_cli
     again = run_pipeline(config(cnn_archive.root, tmp_path / "out", path, embeddings=True, batch_size=4,
                                 clips_per_task=8), dask_client, progress=False)
     assert again.status == "complete"
+    # other clips (overlapping): the old store is deleted with the old embeddings, not reused
+    changed = run_pipeline(config(cnn_archive.root, tmp_path / "out", path, embeddings=True, batch_size=4,
+                                  clips_per_task=8, overlap_fraction=0.5), dask_client, progress=False)
+    assert changed.status == "complete"
+    ds = xr.open_zarr(tmp_path / "out" / "embeddings.zarr" / "cnn-toy")
+    assert ds["embedding"].shape == (22, 512) and not np.isnan(np.asarray(ds["embedding"].values, float)).any()
+    assert len(pd.read_parquet(tmp_path / "out" / "scores" / "detector=cnn:toy")) == 22
 
 
 def test_a_linear_classifier_on_a_cnn_s_embeddings(cnn_archive, model_file, dask_client, tmp_path):

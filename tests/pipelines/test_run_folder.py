@@ -91,6 +91,70 @@ def test_remove_outputs_removes_one_products_names_only(tmp_path):
     assert (tmp_path / "scores/detector=cnn:owl/part-000000000-000000064.parquet").exists()
 
 
+EMBEDDING_STORE = ["embeddings.zarr/cnn-birds/.zgroup", "embeddings.zarr/cnn-birds/.zmetadata",
+                   "embeddings.zarr/cnn-birds/embedding/0.0", "embeddings.zarr/cnn-birds/clip/0"]
+
+
+@pytest.mark.parametrize("kind", ["local", "memory"])
+def test_embedding_stores_are_removed_with_their_product_and_by_clear(tmp_path, kind):
+    """A store in a folder (``embeddings.zarr/<detector>``) is deleted like a top-level one: a stale store
+    would otherwise be reused by the next run and mix two runs' embeddings."""
+    from pipelines.outputs.run_folder import OutputName
+
+    others = ["embeddings.zarr/birdnet-all/.zgroup", "embeddings.zarr/birdnet-all/embedding/0.0"]
+    foreign = ["embeddings.zarr/mine/.zgroup", "embeddings.zarr/notes.txt"]
+    if kind == "local":
+        make_folder(tmp_path, EMBEDDING_STORE + others + foreign + ["run.json"])
+        location = OutputLocation(str(tmp_path))
+    else:
+        import fsspec
+
+        location = OutputLocation("memory://run-folder-emb/run")
+        fs = fsspec.filesystem("memory")
+        for name in EMBEDDING_STORE + others + foreign + ["run.json"]:
+            fs.pipe(f"/run-folder-emb/run/{name}", b"x")
+    product = [OutputName("embeddings.zarr", "cnn-birds", store=True)]
+    assert remove_outputs(location, product, within=NAMES) == 1
+    assert sorted(location.find("")) == sorted(others + foreign + ["run.json"])
+    assert clear_run_outputs(location, NAMES) == 2  # birdnet-all and run.json; "mine" is no name of opso's
+    assert sorted(location.find("")) == sorted(foreign)
+
+
+def test_a_folder_with_embedding_stores_but_no_run_json_is_refused(tmp_path):
+    make_folder(tmp_path, EMBEDDING_STORE)
+    with pytest.raises(OutputConflictError, match="holds embeddings.zarr but no run.json"):
+        read_previous_run(OutputLocation(str(tmp_path)), NAMES)
+
+
+def test_a_store_deletion_cut_short_is_finished_by_the_next_one(tmp_path, monkeypatch):
+    """The store's own metadata is deleted last: a deletion stopped after its first batch leaves a store
+    that is still recognised, so the next clean-up deletes the rest (chunks are never orphaned)."""
+    from pipelines.errors import StorageError
+
+    make_folder(tmp_path, ["run.json", "spectrograms.zarr/.zgroup", "spectrograms.zarr/.zmetadata",
+                           *(f"spectrograms.zarr/spectrogram/{i}.0.0" for i in range(5))])
+    location = OutputLocation(str(tmp_path))
+    monkeypatch.setattr(OutputLocation, "DELETE_BATCH", 2)
+    real_rm = location.fs.rm
+    store_batches = []
+
+    def fail_second_store_batch(paths, **kwargs):
+        if any("spectrograms.zarr" in p for p in paths):
+            store_batches.append(paths)
+            if len(store_batches) == 2:
+                raise OSError("the connection dropped")
+        return real_rm(paths, **kwargs)
+
+    monkeypatch.setattr(location.fs, "rm", fail_second_store_batch)
+    with pytest.raises(StorageError):
+        clear_run_outputs(location, NAMES)
+    assert len(store_batches) == 2 and not any(p.endswith(".zgroup") for p in store_batches[0])
+    assert (tmp_path / "spectrograms.zarr" / ".zgroup").exists()
+    monkeypatch.setattr(location.fs, "rm", real_rm)
+    clear_run_outputs(location, NAMES)
+    assert location.find("") == []
+
+
 def test_temporaries_of_interrupted_writes_are_removed_and_never_read(tmp_path):
     """A process killed between a write and its rename leaves a temporary; pandas never reads the hidden
     kind, and a run removes both kinds (and only those) before it writes."""
