@@ -21,10 +21,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 from typing import Any
 
 from pipelines.errors import OutputConflictError
 from pipelines.outputs.run_folder import PreviousRun, has_finished_tasks
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["ARCHIVE_KEYS", "OutputChange", "ResolvedProduct", "compare_outputs", "config_changes", "decide_start",
            "describe_changes", "flatten_config", "resolve_products"]
@@ -158,6 +161,10 @@ def decide_start(location, previous: PreviousRun | None, config, overwrite: bool
     if previous is None:
         return "new"
     if overwrite:
+        return "overwrite"
+    if previous.info.get("clearing"):  # an --overwrite (or replace) stopped while deleting: finish it
+        logger.warning("%s: a run stopped while removing the previous run's outputs; removing the rest",
+                       location.url)
         return "overwrite"
     if previous.fingerprint == config.fingerprint():
         return "resume"

@@ -184,24 +184,53 @@ def _run_locked(config: RunConfig, client, preflight: Preflight, progress: bool,
                 logger.warning("the local workers did not say which processes they are: if this run is killed, "
                                "a rerun can take its folder only after its lease (%g s)", lock.lease_s)
             lock.set_workers(workers, strict=True)
-        if preflight.start == "overwrite":
-            logger.warning("--overwrite: removing the previous run's outputs from %s (only files opso wrote)",
-                           location.url)
-            clear_run_outputs(location, output_names())
-        elif preflight.start == "replace":
-            logger.info("replacing the run of another configuration in %s, which finished no task", location.url)
-            clear_run_outputs(location, output_names())
         finished_cleanly = preflight.start in ("resume", "update") and \
             str(preflight.previous.info.get("status", "")).startswith("complete")
         if not finished_cleanly:  # temporaries are left only by a process killed between a write and its rename
             remove_temporaries(location, output_names())
-        location.write_json("run.json", run_info)
+        if preflight.start not in CLEARING_STARTS:  # else the previous run's run.json stays until its clear
+            location.write_json("run.json", run_info)
         summary = _run_stages(config, client, location, preflight, run_info, progress, watch, started)
     except BaseException as exc:
+        if preflight.start in CLEARING_STARTS and "clearing" not in run_info:
+            raise _unrecorded(exc) from None  # stopped before the clear: the previous run is left as it was
         raise _record_stop(location, run_info, exc, started, lock) from None
     if lock is not None:
         lock.mark_quiesced()  # every task has finished: a later run need not wait for any
     return summary
+
+
+#: starts that delete the previous run's outputs (:func:`pipelines.driver.identity.decide_start`): only once the
+#: inventory and every check that needs it have passed (:func:`_clear_previous_run`)
+CLEARING_STARTS = ("overwrite", "replace")
+
+
+def _clear_previous_run(location: OutputLocation, preflight: Preflight, run_info: dict) -> None:
+    """Delete the previous run's outputs (``--overwrite``, or replacing a run that finished no task).
+
+    ``run.json`` first says ``clearing`` (this run's configuration): a clear cut short (a storage error,
+    a kill) is finished by the next run in the folder, whatever its options, and never read as a run
+    whose markers still hold (:func:`pipelines.driver.identity.decide_start`). The markers go before
+    the outputs they vouch for."""
+    if preflight.start == "overwrite":
+        logger.warning("--overwrite: removing the previous run's outputs from %s (only files opso wrote)",
+                       location.url)
+    else:
+        logger.info("replacing the run of another configuration in %s, which finished no task", location.url)
+    run_info["clearing"] = True
+    location.write_json("run.json", run_info)
+    clear_run_outputs(location, output_names(), keep_run_json=True)
+    del run_info["clearing"]
+    location.write_json("run.json", run_info)
+
+
+def _unrecorded(exc: BaseException) -> BaseException:
+    """The exception to raise for a run that stopped before it wrote anything of its own (``run.json`` is
+    still the previous run's): a storage failure becomes :class:`RunStorageError`, exit code 4."""
+    if isinstance(exc, StorageError) and not isinstance(exc, (RunStorageError, RunLockLostError)):
+        return RunStorageError(f"the storage failed: {exc}; the previous run's outputs are untouched; run the "
+                               "same command again once it works")
+    return exc
 
 
 def _previous_sessions(info: dict) -> list[dict]:
@@ -276,7 +305,8 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
                 progress: bool, watch, started: float) -> RunSummary:
     stage_s = {}
     t0 = time.perf_counter()
-    found, stored = _inventory(config, location, client, preflight, progress, watch)
+    found, stored = _inventory(config, location, client, preflight, progress, watch,
+                               reuse=preflight.start not in CLEARING_STARTS)
     stage_s["inventory"] = time.perf_counter() - t0
 
     sample_rate_hz = run_sample_rate(config, found)
@@ -287,6 +317,9 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
             kind.check_at_sample_rate(config, sample_rate_hz, params)
         check_sizes(config.clips, config.spectrogram, sample_rate_hz, config.output)
     clip_settings, counting_stage, clip_index, inventory = run_clip_index(config, kinds, found)
+    if preflight.start in CLEARING_STARTS:  # every check has passed: the previous run's outputs go now
+        _clear_previous_run(location, preflight, run_info)
+        stored = False
     if clip_settings.final_clip == BIRDNET_WINDOWS:
         logger.info("%d BirdNET windows of 3 s (audio resampled to 48 kHz)", clip_index.n_clips)
     else:
@@ -541,16 +574,18 @@ def _failure_overview(failures: pd.DataFrame, most: int = 4) -> list[str]:
 
 
 def _inventory(config: RunConfig, location: OutputLocation, client, preflight: Preflight, progress: bool,
-               watch) -> tuple[pd.DataFrame, bool]:
+               watch, *, reuse: bool = True) -> tuple[pd.DataFrame, bool]:
     """(the inventory, whether it came from the run folder): a resumed run reuses the stored one, so
-    its clip index and every output name are the same."""
-    if location.exists("inventory.parquet"):
+    its clip index and every output name are the same. ``reuse=False`` (the previous run is to be
+    cleared): neither its inventory nor its inventory's parts are read."""
+    if reuse and location.exists("inventory.parquet"):
         logger.info("reusing the stored inventory")
         return location.read_parquet("inventory.parquet"), True
     inp = config.input
     files = preflight.files
     n_batches = -(-len(files) // INVENTORY_BATCH_FILES)
-    parts = set(location.list("_inventory"))  # a run stopped during its inventory: its finished batches
+    # a run stopped during its inventory: its finished batches
+    parts = set(location.list("_inventory")) if reuse else set()
     token = uuid.uuid4().hex[:12]
 
     def jobs():

@@ -232,25 +232,27 @@ def remove_markers(location: OutputLocation, stage_folder: str) -> int:
     return len(own)
 
 
-def clear_run_outputs(location: OutputLocation, names) -> int:
+def clear_run_outputs(location: OutputLocation, names, *, keep_run_json: bool = False) -> int:
     """Delete the files a run writes (the driver's files, the markers, and ``names``: every stage kind's,
-    :func:`pipelines.stages.output_names`) from ``location``; ``run.json`` last.
+    :func:`pipelines.stages.output_names`) from ``location``: the markers first (a clear cut short never
+    leaves a marker whose outputs are gone), ``run.json`` last (unless ``keep_run_json``: the caller
+    rewrites it).
 
     Returns
     -------
     int
         Number of files and stores deleted.
     """
-    n = remove_outputs(location, (*names, *DRIVER_NAMES))
     markers = [rel for rel in location.find(PROGRESS) if is_run_output(rel, names)]
     location.remove_files(markers)
-    n += len(markers)
+    n = len(markers)
+    if location.is_local:
+        _remove_empty_folders(location, [PROGRESS])
+    n += remove_outputs(location, (*names, *DRIVER_NAMES))
     own = [name for name in location.list("") if is_run_output(name, names) and name != RUN_JSON]
     location.remove_files(own)
     n += len(own)
-    if location.is_local:
-        _remove_empty_folders(location, [PROGRESS])
-    if location.exists(RUN_JSON):
+    if not keep_run_json and location.exists(RUN_JSON):
         location.remove_files([RUN_JSON])
         n += 1
     logger.info("removed %d outputs of the previous run from %s", n, location.url)

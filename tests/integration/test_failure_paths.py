@@ -99,6 +99,52 @@ def test_overwrite_with_a_bad_input_keeps_the_previous_results(work, capsys):
     assert {p: (work / "out" / p).read_bytes() for p in files_under(work / "out")} == before
 
 
+def test_overwrite_with_an_error_found_after_the_inventory_keeps_the_previous_results(work, capsys):
+    """With sample_rate: null a band is checked only after the inventory: --overwrite deletes nothing
+    before that check has passed, and the previous run still reads as complete."""
+    assert opso(capsys, "run", write_config(work))[0] == 0
+    before = {p: (work / "out" / p).read_bytes() for p in files_under(work / "out") if not p.startswith("_lock/")}
+    wrong = write_config(work, spectrogram={"sample_rate": None}, ribbit=[{**FROG, "signal_band": [5000, 6000]}])
+    rc, err = opso(capsys, "run", wrong, "--overwrite")
+    assert rc == 2 and "ribbit.0.signal_band" in err and err.count("\n") == 1
+    after = {p: (work / "out" / p).read_bytes() for p in files_under(work / "out")
+             if not p.startswith(("_lock/", "_inventory/"))}  # the failed run's inventory parts: removed next run
+    assert after == before
+    assert json.loads((work / "out" / "run.json").read_text())["status"] == "complete"
+
+
+def test_an_overwrite_cut_short_is_finished_by_the_next_run(work, capsys, monkeypatch):
+    """A storage failure while --overwrite deletes the previous run's files: run.json says so, and the
+    next run (without --overwrite) removes the rest first instead of trusting the old markers."""
+    from pipelines.errors import StorageError
+    from pipelines.outputs.location import OutputLocation
+
+    assert opso(capsys, "run", write_config(work))[0] == 0
+    other = write_config(work, "other.yaml", input={"pattern": "rec00/*.WAV"})
+    real = OutputLocation.remove_files
+
+    def fails_on_outputs(self, rels):
+        if any(r.startswith("scores/") for r in rels):
+            raise StorageError("simulated: 503 Slow Down")
+        return real(self, rels)
+
+    monkeypatch.setattr(OutputLocation, "remove_files", fails_on_outputs)
+    rc, err = opso(capsys, "run", other, "--overwrite")
+    assert rc == 4 and "503 Slow Down" in err
+    status = json.loads((work / "out" / "run.json").read_text())
+    assert status["clearing"] is True and status["status"] == "failed"
+    assert not (work / "out" / "_progress").exists()  # the markers went first
+    capsys.readouterr()
+    assert main(["status", str(work / "out")]) == 0
+    assert "stopped while removing the previous run's outputs" in capsys.readouterr().out
+    monkeypatch.setattr(OutputLocation, "remove_files", real)
+    assert opso(capsys, "run", other)[0] == 0
+    status = json.loads((work / "out" / "run.json").read_text())
+    assert status["status"] == "complete" and "clearing" not in status
+    scores = pd.read_parquet(work / "out" / "scores" / "detector=ribbit:frog")
+    assert len(scores) == status["summary"]["n_clips"] > 0 and set(scores.recorder) == {"rec00"}
+
+
 @pytest.mark.parametrize(("sections", "needle"), [
     ({"ribbit": [{**FROG, "noise_bands": [[1000, 0]]}]}, "ribbit.0.noise_bands"),
     ({"spectrogram": {"window_type": "hannn"}}, "unknown window_type 'hannn'"),
