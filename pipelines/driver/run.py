@@ -233,6 +233,13 @@ def _unrecorded(exc: BaseException) -> BaseException:
     return exc
 
 
+def session_key(config: RunConfig) -> str:
+    """The part of this session's task keys that no other run, nor another session of this one, has: the
+    configuration's fingerprint (for the dashboard) and a random token (the same configuration may run
+    into two folders on one scheduler)."""
+    return f"{config.fingerprint()[:12]}-{uuid.uuid4().hex[:12]}"
+
+
 def _previous_sessions(info: dict) -> list[dict]:
     """The sessions recorded in an earlier ``run.json`` (one made before sessions were recorded
     counts as one session of its summary's wall time)."""
@@ -305,8 +312,9 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
                 progress: bool, watch, started: float) -> RunSummary:
     stage_s = {}
     t0 = time.perf_counter()
+    run_key = session_key(config)
     found, stored = _inventory(config, location, client, preflight, progress, watch,
-                               reuse=preflight.start not in CLEARING_STARTS)
+                               reuse=preflight.start not in CLEARING_STARTS, run_key=run_key)
     stage_s["inventory"] = time.perf_counter() - t0
 
     sample_rate_hz = run_sample_rate(config, found)
@@ -365,7 +373,7 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
         for stage in planned:
             tallies[stage.name] = RecordTally(stage.products, stage.counts_clips, windows)
         before = len(task_failures)
-        times = run_tasks(client, location, planned, config.fingerprint(), settled, run_info.get("legacy_markers") or {},
+        times = run_tasks(client, location, planned, run_key, settled, run_info.get("legacy_markers") or {},
                           rederive_only, task_failures=task_failures, tallies=tallies, progress=progress,
                           watch=watch if phase == 1 else retagging(watch, client))
         stage_s.update(times if phase == 1 else {s.name: time.perf_counter() - t0 for s in planned})
@@ -574,7 +582,7 @@ def _failure_overview(failures: pd.DataFrame, most: int = 4) -> list[str]:
 
 
 def _inventory(config: RunConfig, location: OutputLocation, client, preflight: Preflight, progress: bool,
-               watch, *, reuse: bool = True) -> tuple[pd.DataFrame, bool]:
+               watch, *, reuse: bool = True, run_key: str) -> tuple[pd.DataFrame, bool]:
     """(the inventory, whether it came from the run folder): a resumed run reuses the stored one, so
     its clip index and every output name are the same. ``reuse=False`` (the previous run is to be
     cleared): neither its inventory nor its inventory's parts are read."""
@@ -586,17 +594,16 @@ def _inventory(config: RunConfig, location: OutputLocation, client, preflight: P
     n_batches = -(-len(files) // INVENTORY_BATCH_FILES)
     # a run stopped during its inventory: its finished batches
     parts = set(location.list("_inventory")) if reuse else set()
-    token = uuid.uuid4().hex[:12]
 
     def jobs():
         for k in range(n_batches):
             paths = list(files[k * INVENTORY_BATCH_FILES : (k + 1) * INVENTORY_BATCH_FILES])
             name = inventory_part_name(k, paths)
             if name.rsplit("/", 1)[1] in parts:
-                yield Job(read_inventory_part, (location, name), key=f"inventory-{token}-{k}", label=k, retries=0)
+                yield Job(read_inventory_part, (location, name), key=f"inventory-{run_key}-{k}", label=k, retries=0)
             else:
                 yield Job(inventory_part, (paths, inp.storage_options, inp.recorder, inp.timezone, location, name),
-                          key=f"inventory-{token}-{k}", label=k, retries=0)
+                          key=f"inventory-{run_key}-{k}", label=k, retries=0)
 
     logger.info("inventory of %d files%s", len(files), f" ({len(parts)} of {n_batches} batches done before)"
                 if parts else "")

@@ -232,7 +232,7 @@ def _n_batches(done: np.ndarray, batch_size: int) -> int:
     return int((-(-runs // batch_size)).sum())
 
 
-def _stage_jobs(stage: Stage, location: OutputLocation, fingerprint: str, legacy, resources, done, batch_size: int,
+def _stage_jobs(stage: Stage, location: OutputLocation, run_key: str, legacy, resources, done, batch_size: int,
                 tally_template: RecordTally | None):
     """The jobs of one stage, made as they are submitted: a task per range to compute (``done`` False,
     or every range when ``done`` is None), and with ``batch_size`` the ranges with a marker in tasks of
@@ -244,7 +244,7 @@ def _stage_jobs(stage: Stage, location: OutputLocation, fingerprint: str, legacy
     def batch_job(ranges):
         return Job(run_stage_batch, (stage.task, ranges, [stage.work(r) for r in ranges], location,
                                      [stage.marker(r) for r in ranges], stage.products, legacy_products),
-                   key=f"{stage.name}-{fingerprint}-{ranges[0].name}-{len(ranges)}",
+                   key=f"{stage.name}-{run_key}-{ranges[0].name}-{len(ranges)}",
                    label=(stage.name, ClipRange(ranges[0].start, ranges[-1].stop)), resources=resources)
 
     for i, r in enumerate(stage.ranges):
@@ -260,7 +260,7 @@ def _stage_jobs(stage: Stage, location: OutputLocation, fingerprint: str, legacy
             batch = []
         yield Job(run_stage_task, (stage.task, r, stage.work(r), location, stage.marker(r), stage.products,
                                    legacy_products),
-                  key=f"{stage.name}-{fingerprint}-{r.name}", label=(stage.name, r), resources=resources)
+                  key=f"{stage.name}-{run_key}-{r.name}", label=(stage.name, r), resources=resources)
     if batch:
         yield batch_job(batch)
     if tally_template is not None and done is not None and not batch_size:
@@ -268,10 +268,10 @@ def _stage_jobs(stage: Stage, location: OutputLocation, fingerprint: str, legacy
         for k in range(0, len(skipped), MARKERS_PER_TASK):
             markers = [stage.marker(stage.ranges[int(i)]) for i in skipped[k : k + MARKERS_PER_TASK]]
             yield Job(tally_markers, (location, markers, tally_template.empty()),
-                      key=f"tally-{stage.name}-{fingerprint}-{k // MARKERS_PER_TASK}", label=("tally", stage.name))
+                      key=f"tally-{stage.name}-{run_key}-{k // MARKERS_PER_TASK}", label=("tally", stage.name))
 
 
-def run_tasks(client, location: OutputLocation, stages, fingerprint: str, settled: dict[str, bool],
+def run_tasks(client, location: OutputLocation, stages, run_key: str, settled: dict[str, bool],
               legacy_markers: dict, rederive_only: frozenset = frozenset(), *, task_failures: list,
               tallies: dict[str, RecordTally], progress: bool = True, watch=None) -> dict[str, float]:
     """Run the tasks of ``stages`` with a bounded number in flight (:func:`pipelines.driver.bounded.run_bounded`);
@@ -282,6 +282,11 @@ def run_tasks(client, location: OutputLocation, stages, fingerprint: str, settle
     range (each task reads its marker and computes only the products whose identity changed). In a
     stage of ``rederive_only`` (only products re-derived from stored inputs changed), the ranges with a
     marker go up to :data:`RANGES_PER_REDERIVE_TASK` to a task (fewer when that leaves threads idle).
+
+    ``run_key`` is in every task's key and must be unique to this session of this run
+    (:func:`pipelines.driver.run.session_key`): the scheduler takes a key it already holds for the same
+    task, so two runs on one scheduler (or a rerun while its predecessor's tasks still end) would
+    otherwise share tasks, and one of them would write nothing.
 
     Every finished task's record is added to ``tallies[stage]``; a failed task adds a row to
     ``task_failures`` (a task that lost the run's lock stops the run at once).
@@ -302,7 +307,7 @@ def run_tasks(client, location: OutputLocation, stages, fingerprint: str, settle
         resources = stage.resources
         if stage.cpu_only and totals[stage.name]:
             resources = cpu_only_resources(client)
-        iterators.append(_stage_jobs(stage, location, fingerprint, legacy_markers, resources, done, batch_size,
+        iterators.append(_stage_jobs(stage, location, run_key, legacy_markers, resources, done, batch_size,
                                      tallies[stage.name]))
     n_ranges = sum(len(stage.ranges) for stage in stages)
     logger.info("%d tasks to run (%d ranges in %d stage%s)", sum(totals.values()), n_ranges, len(stages),

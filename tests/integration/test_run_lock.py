@@ -142,6 +142,49 @@ def test_the_same_configuration_started_twice_runs_once(lock_archive, tmp_path):
     assert len({json.loads(m.read_text())["worker"] for m in markers}) >= 1  # one run wrote them all
 
 
+def test_one_configuration_into_two_folders_at_once_on_one_scheduler(tmp_path, dask_client, monkeypatch):
+    """Two runs of one configuration, two output folders, one scheduler (``--cluster tcp://...``), at the
+    same time: each computes and writes its own folder (task keys hold a per-session token; with the
+    configuration's fingerprint alone the second run took the first one's tasks and wrote nothing)."""
+    import threading
+
+    import pipelines.driver.tasks as driver_tasks
+
+    archive = tmp_path / "archive"
+    make_archive(archive, n_recorders=2, files_per_recorder=1, file_duration_s=8, sample_rate_hz=8000, seed=2)
+    real = driver_tasks.run_stage_task
+
+    def slow(*args, **kwargs):  # both runs' tasks are in flight together
+        time.sleep(1.0)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(driver_tasks, "run_stage_task", slow)
+    cfg = {"input": {"url": str(archive)},
+           "spectrogram": {"sample_rate": 8000, "clips_per_chunk": 4, "task_audio_s": 8.0},
+           "ribbit": [{"name": "frog", "signal_band": [1800, 2200], "pulse_rate_range": [9, 15], "threshold": 0.02}]}
+    outs = [tmp_path / "a", tmp_path / "b"]
+    summaries, errors = {}, []
+
+    def go(out):
+        try:
+            summaries[out] = run_pipeline(load_config({**cfg, "output": {"url": str(out)}}, environ={}), dask_client,
+                                          progress=False)
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go, args=(out,)) for out in outs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors
+    for out in outs:
+        assert summaries[out].status == "complete"
+        assert len(list((out / "_progress" / "spectrograms").iterdir())) == 2
+        assert len(pd.read_parquet(out / "scores")) == summaries[out].n_clips == 8
+    assert_equal_tables(*(OutputLocation(str(out)) for out in outs))
+
+
 def test_a_paused_driver_loses_the_folder_and_writes_nothing_after(lock_archive, tmp_path, dask_client):
     """SIGSTOP the driver (its worker process goes on), let another run take the folder over after the
     lease, finish it, SIGCONT the first: it ends with exit code 5 and changes no file."""
