@@ -9,6 +9,9 @@ recorded there (:mod:`pipelines.driver.identity`).
 from __future__ import annotations
 
 import dataclasses
+import io
+
+import pyarrow.parquet as pq
 
 from pipelines.config import RunConfig
 from pipelines.driver.context import RunContext
@@ -20,11 +23,17 @@ from pipelines.driver.identity import (
     flatten_config,
     resolve_products,
 )
-from pipelines.driver.inventory import ArchiveListing, list_archive
+from pipelines.driver.inventory import (
+    ArchiveListing,
+    archive_changes,
+    describe_archive_changes,
+    list_archive,
+)
 from pipelines.driver.preflight import check_locations
 from pipelines.errors import StorageError
 from pipelines.outputs.location import OutputLocation
 from pipelines.outputs.run_folder import read_previous_run
+from pipelines.review.thresholds import calibrated_config
 from pipelines.stages import enabled_kinds, output_names
 
 __all__ = ["DryRun", "dry_run", "plan_run"]
@@ -47,13 +56,15 @@ def plan_run(config: RunConfig, *, overwrite: bool = False) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class DryRun:
-    """What :func:`dry_run` found: its lines, the input listing, how the run would start and the
-    previous run's ``run.json`` (empty unless resumed or updated)."""
+    """What :func:`dry_run` found: its lines, the input listing, how the run would start, the
+    previous run's ``run.json`` (empty unless resumed or updated) and the configuration as the run
+    would use it (calibrated thresholds applied)."""
 
     lines: list[str]
     listing: ArchiveListing
     start: str
     info: dict
+    config: RunConfig
 
 
 def dry_run(config: RunConfig, *, overwrite: bool = False) -> DryRun:
@@ -68,10 +79,14 @@ def dry_run(config: RunConfig, *, overwrite: bool = False) -> DryRun:
         kind.check(config)
     location = OutputLocation(config.output.url, config.output.storage_options)
     previous = read_previous_run(location, output_names())
+    config = calibrated_config(config, location)  # as the run will see it
     start = decide_start(location, previous, config, overwrite)
     info = previous.info if previous is not None and start in ("resume", "update") else {}
     rate = config.spectrogram.sample_rate or info.get("sample_rate_hz")
     lines = [f"opso run --dry-run: {len(listing.files)} input files; output {location.url}"]
+    if info and location.exists("inventory.parquet"):  # the run keeps its inventory: say what that leaves out
+        stored = pq.read_table(io.BytesIO(location.read_bytes("inventory.parquet")), columns=["file"])
+        lines += describe_archive_changes(*archive_changes(listing.files, stored.column("file").to_pylist()))
     if rate is None:
         rate = _PROVISIONAL_SAMPLE_RATE_HZ
         if start in ("resume", "update"):
@@ -95,4 +110,4 @@ def dry_run(config: RunConfig, *, overwrite: bool = False) -> DryRun:
     elif start == "update":
         lines.append("the same archive, other settings: outputs whose identity is unchanged are kept")
     lines += dry_run_lines(start, changes, info.get("stages"))
-    return DryRun(lines, listing, start, info)
+    return DryRun(lines, listing, start, info, config)

@@ -33,6 +33,7 @@ from pipelines.errors import StorageError
 from pipelines.outputs.storage_options import with_storage_defaults
 
 __all__ = ["INVENTORY_COLUMNS", "START_TIME_TOLERANCE_S", "ArchiveListing", "add_clip_counts_and_warnings",
+           "archive_changes", "describe_archive_changes",
            "count_warnings", "inventory_file", "inventory_files", "inventory_part", "inventory_part_name",
            "list_archive", "read_inventory_part", "list_audio_files", "recorder_of", "start_time_of",
            "unlisted_folder_rows"]
@@ -97,6 +98,33 @@ def list_archive(url: str, pattern: str, storage_options: dict[str, Any] | None 
         raise StorageError(f"cannot list {url}: {unlisted[root.rstrip('/')]}")
     return ArchiveListing(tuple(sorted(files if local else (fs.unstrip_protocol(m) for m in files))),
                           tuple(sorted((f if local else fs.unstrip_protocol(f), m) for f, m in unlisted.items())))
+
+
+def archive_changes(listed, inventory_files) -> tuple[list[str], list[str]]:
+    """``(new, gone)``: the files ``listed`` now (:func:`list_archive`) that a stored inventory lacks, and
+    the inventory's files no longer listed (folders that could not be listed, ``file`` ending in ``/``,
+    are neither), each sorted."""
+    stored = {f for f in inventory_files if not str(f).endswith("/")}
+    now = set(listed)
+    return sorted(now - stored), sorted(stored - now)
+
+
+def describe_archive_changes(new, gone, *, shown: int = 3) -> list[str]:
+    """Sentences (none when nothing changed) saying what a run that keeps its stored inventory does
+    with the files added to or gone from the archive since (:func:`archive_changes`)."""
+    def some(files):
+        return ", ".join(files[:shown]) + (f" and {len(files) - shown:,} more" if len(files) > shown else "")
+
+    lines = []
+    if new:
+        lines.append(f"{len(new):,} input file(s) appeared since this run made its inventory and are NOT analysed "
+                     f"({some(new)}): a run keeps the inventory it began with, so its clips and outputs stay the "
+                     "same. Analyse them in another output folder (input.pattern can select them), or start over "
+                     "with --overwrite")
+    if gone:
+        lines.append(f"{len(gone):,} file(s) of this run's inventory are no longer under input.url ({some(gone)}): "
+                     "their clips not yet analysed fail to read (failures.parquet) until they are back")
+    return lines
 
 
 def _unreadable_folders(root: str) -> dict[str, str]:

@@ -162,6 +162,7 @@ def plan_lines(config: RunConfig, *, overwrite: bool = False) -> list[str]:
 
     started = time.perf_counter()
     found = dry_run(config, overwrite=overwrite)
+    config = found.config
     location = OutputLocation(config.output.url, config.output.storage_options)
     lines = [found.lines[0].replace("--dry-run", "--plan-only", 1), *found.lines[1:]]
     if found.start in ("resume", "update") and location.exists("inventory.parquet"):

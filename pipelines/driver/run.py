@@ -46,7 +46,9 @@ from pipelines.driver.context import RunContext
 from pipelines.driver.identity import compare_outputs, flatten_config, resolve_products
 from pipelines.driver.inventory import (
     add_clip_counts_and_warnings,
+    archive_changes,
     count_warnings,
+    describe_archive_changes,
     inventory_part,
     inventory_part_name,
     read_inventory_part,
@@ -588,7 +590,10 @@ def _inventory(config: RunConfig, location: OutputLocation, client, preflight: P
     cleared): neither its inventory nor its inventory's parts are read."""
     if reuse and location.exists("inventory.parquet"):
         logger.info("reusing the stored inventory")
-        return location.read_parquet("inventory.parquet"), True
+        stored = location.read_parquet("inventory.parquet")
+        for line in describe_archive_changes(*archive_changes(preflight.files, stored["file"])):
+            logger.warning("%s", line)
+        return stored, True
     inp = config.input
     files = preflight.files
     n_batches = -(-len(files) // INVENTORY_BATCH_FILES)

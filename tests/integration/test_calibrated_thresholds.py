@@ -89,8 +89,10 @@ def test_calibrate_apply_rederives_detections_from_the_stored_scores(demo_config
     assert thresholds == {"frog12": frog.threshold, "fast_pulser": configured}  # the run records what it used
     assert status["summary"]["detections"]["ribbit:frog12"] == (detections["class"] == "frog12").sum()
 
-    # the same calibration again: the run resumes with nothing to do
+    # the same calibration again: the run resumes with nothing to do, and --dry-run says so beforehand
     capsys.readouterr()
+    assert main(["run", str(demo_config), "--dry-run"]) == 0
+    assert "the run is complete: nothing to compute" in capsys.readouterr().out
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "results" / "detections").iterdir()}
     assert main(["run", str(demo_config), "--no-progress"]) == 0
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "results" / "detections").iterdir()} == before

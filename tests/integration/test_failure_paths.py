@@ -145,6 +145,26 @@ def test_an_overwrite_cut_short_is_finished_by_the_next_run(work, capsys, monkey
     assert len(scores) == status["summary"]["n_clips"] > 0 and set(scores.recorder) == {"rec00"}
 
 
+def test_files_added_to_the_archive_after_the_run_are_named_not_ignored_silently(work, capsys, caplog):
+    """A run keeps the inventory it began with (its clips and outputs stay the same): recordings added
+    since are not analysed, and both --dry-run and the run say so, with what to do."""
+    config = write_config(work)
+    assert opso(capsys, "run", config)[0] == 0
+    shutil.copy(work / "archive" / "rec00" / "20240501_060000.WAV", work / "archive" / "rec00" / "20240502_060000.WAV")
+    capsys.readouterr()
+    assert main(["run", str(config), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "3 input files" in out and "1 input file(s) appeared since this run made its inventory" in out
+    assert "rec00/20240502_060000.WAV" in out and "--overwrite" in out
+    caplog.clear()
+    assert opso(capsys, "run", config)[0] == 0
+    assert "1 input file(s) appeared since" in caplog.text and "NOT analysed" in caplog.text
+    (work / "archive" / "rec01" / "20240501_060000.WAV").unlink()
+    capsys.readouterr()
+    assert main(["run", str(config), "--dry-run"]) == 0
+    assert "1 file(s) of this run's inventory are no longer under input.url" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(("sections", "needle"), [
     ({"ribbit": [{**FROG, "noise_bands": [[1000, 0]]}]}, "ribbit.0.noise_bands"),
     ({"spectrogram": {"window_type": "hannn"}}, "unknown window_type 'hannn'"),
