@@ -14,14 +14,13 @@ import io
 import pyarrow.parquet as pq
 
 from pipelines.config import RunConfig
-from pipelines.driver.context import RunContext
 from pipelines.driver.identity import (
     OutputChange,
     compare_outputs,
     decide_start,
     dry_run_lines,
     flatten_config,
-    resolve_products,
+    resolve_config_products,
 )
 from pipelines.driver.inventory import (
     ArchiveListing,
@@ -79,7 +78,7 @@ def dry_run(config: RunConfig, *, overwrite: bool = False) -> DryRun:
         kind.check(config)
     location = OutputLocation(config.output.url, config.output.storage_options)
     previous = read_previous_run(location, output_names())
-    config = calibrated_config(config, location)  # as the run will see it
+    config = calibrated_config(config, location, previous=previous)  # as the run will see it
     start = decide_start(location, previous, config, overwrite)
     info = previous.info if previous is not None and start in ("resume", "update") else {}
     rate = config.spectrogram.sample_rate or info.get("sample_rate_hz")
@@ -91,10 +90,7 @@ def dry_run(config: RunConfig, *, overwrite: bool = False) -> DryRun:
         rate = _PROVISIONAL_SAMPLE_RATE_HZ
         if start in ("resume", "update"):
             lines.append("(the archive's sample rate is not recorded yet: the inventory finds it)")
-    layout = bool(info.get("gpu_layout", False))
-    ctx = RunContext(config, None, None, None, None, int(rate), config.spectrogram.params(int(rate)), layout,
-                     gpu_layout=layout)
-    resolved = resolve_products([p for kind in kinds for p in kind.products(ctx)])
+    resolved = resolve_config_products(config, int(rate), bool(info.get("gpu_layout", False)))
     if start == "resume" and "outputs" not in info:  # begun by an opso without identities: all of it is kept
         changes = [OutputChange(n, r.stage, "kept") for n, r in resolved.items()]
     else:

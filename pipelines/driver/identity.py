@@ -30,7 +30,7 @@ from pipelines.outputs.run_folder import PreviousRun, has_finished_tasks
 logger = logging.getLogger(__name__)
 
 __all__ = ["ARCHIVE_KEYS", "OutputChange", "ResolvedProduct", "compare_outputs", "config_changes", "decide_start",
-           "describe_changes", "flatten_config", "resolve_products"]
+           "describe_changes", "flatten_config", "resolve_config_products", "resolve_products"]
 
 #: the settings that choose the archive and how its files are read (the inventory): a run with other values
 #: is another run, refused in a folder that holds one
@@ -137,6 +137,18 @@ def config_changes(old_public: dict, new_public: dict) -> dict[str, tuple]:
     old, new = flatten_config(old_public), flatten_config(new_public)
     return {k: (old.get(k, _MISSING), new.get(k, _MISSING)) for k in sorted(set(old) | set(new))
             if k not in _NOT_SETTINGS and old.get(k, _MISSING) != new.get(k, _MISSING)}
+
+
+def resolve_config_products(config, sample_rate_hz: int, gpu_layout: bool) -> dict[str, ResolvedProduct]:
+    """Every product of ``config``'s enabled stage kinds, resolved (:func:`resolve_products`) for an
+    archive at ``sample_rate_hz`` before its inventory is known (``--dry-run``; the calibration check)."""
+    from pipelines.driver.context import RunContext
+    from pipelines.stages import enabled_kinds
+
+    rate = int(sample_rate_hz)
+    ctx = RunContext(config, None, None, None, None, rate, config.spectrogram.params(rate), gpu_layout,
+                     gpu_layout=gpu_layout)
+    return resolve_products([p for kind in enabled_kinds(config) for p in kind.products(ctx)])
 
 
 def decide_start(location, previous: PreviousRun | None, config, overwrite: bool) -> str:

@@ -160,7 +160,7 @@ def check_run(config: RunConfig, *, cluster_kind: str | None = None, overwrite: 
     lock = RunLock(location, config.output.lease_s, steal=steal_lock).acquire()
     try:
         previous = read_previous_run(location, output_names())
-        config = calibrated_config(config, location)
+        config = calibrated_config(config, location, previous=previous)
         start = decide_start(location, previous, config, overwrite)
     except BaseException:
         lock.release()

@@ -30,7 +30,7 @@ from pipelines.review.calibration import calibrate_class
 from pipelines.review.reviews import read_reviews
 from pipelines.review.sampling import uses_log_scores
 
-__all__ = ["CALIBRATION_FILE", "calibrate_run", "class_scores"]
+__all__ = ["CALIBRATION_FILE", "calibrate_run", "class_scores", "reviews_of_current_scores"]
 
 CALIBRATION_FILE = "calibration.parquet"
 logger = logging.getLogger(__name__)
@@ -60,6 +60,35 @@ def _birdnet_floors(url: str, storage_options) -> dict:
 
     entries = ((read_status(url, storage_options).get("config") or {}).get("birdnet")) or []
     return {f"birdnet:{e['name']}": float(e.get("score_floor", 0.01)) for e in entries}
+
+
+def reviews_of_current_scores(reviews: pd.DataFrame, table: pd.DataFrame, class_name: str) -> np.ndarray:
+    """True for each review (rows of :func:`~pipelines.review.reviews.read_reviews` of one detector and
+    class) whose clip (file, start and end time) is in the detector's score ``table`` now, with the score
+    the reviewer saw (to float32 precision): a sample of these scores. Answers about clips of earlier
+    clip settings, or given when the detector scored otherwise, are not (their strata describe other
+    scores). Shape (len(reviews),), bool."""
+    keys = ["file", "start_time", "end_time"]
+    if "class" in table.columns and "score" in table.columns:  # BirdNET's long form
+        now = table.loc[table["class"] == class_name, [*keys, "score"]]
+    elif class_name in table.columns:
+        now = table[[*keys, class_name]].rename(columns={class_name: "score"})
+    else:
+        return np.zeros(len(reviews), dtype=bool)
+    merged = reviews[keys + ["score"]].reset_index(drop=True).merge(
+        now.drop_duplicates(keys), on=keys, how="left", suffixes=("", "_now"))
+    return np.isclose(merged["score"].to_numpy(np.float64), merged["score_now"].to_numpy(np.float64),
+                      rtol=1e-6, atol=1e-9)
+
+
+def _scores_identities(url: str, storage_options) -> dict[str, str]:
+    """``{scores:<detector>: identity}`` of the run's score tables (``run.json``'s ``outputs``), recorded
+    with each calibration so that a run whose scores are others does not apply it."""
+    from pipelines.outputs.results import read_status
+
+    outputs = read_status(url, storage_options).get("outputs") or {}
+    return {name: record["identity"] for name, record in outputs.items()
+            if name.startswith("scores:") and "identity" in record}
 
 
 def calibrate_run(url: str, target_precision: float, storage_options=None, *, n_boot: int = 300,
@@ -93,16 +122,23 @@ def calibrate_run(url: str, target_precision: float, storage_options=None, *, n_
         reviews = reviews[scored]
     if not len(reviews):
         raise ConfigError(f"calibrate: the run at {url} has no present/absent reviews yet; review clips first "
-                          "(answers go to reviews/ in the run folder: pipelines.review.reviews.write_review)")
+                          f"(opso review {url})")
     floors = _birdnet_floors(url, storage_options)
+    identities = _scores_identities(url, storage_options)
     tables: dict = {}
     rows = []
+    n_stale = 0
     for (detector, class_name), group in reviews.groupby(["detector", "class"], sort=True):
         if detector not in tables:
             table = read_scores(url, detector, storage_options)
             long = "class" in table.columns and "score" in table.columns
             tables[detector] = (table, len(table.drop_duplicates(["file", "start_time"])) if long else None)
         table, n_windows = tables[detector]
+        current = reviews_of_current_scores(group, table, class_name)
+        n_stale += int((~current).sum())
+        group = group[current]
+        if not len(group):
+            continue
         # a stratum's N_h spread over the answers it has (unsure ones and clips left unreviewed drop out)
         answers = group.groupby("stratum")["stratum"].transform("size").to_numpy(np.float64)
         result = calibrate_class(
@@ -111,7 +147,15 @@ def calibrate_run(url: str, target_precision: float, storage_options=None, *, n_
             group["stratum_size"].to_numpy(np.float64) / answers, group["stratum"].to_numpy(),
             target_precision=target_precision, log_scores=uses_log_scores(detector), n_boot=n_boot, seed=seed,
             lowest_threshold=floors.get(detector))
-        rows.append(dataclasses.asdict(result))
+        rows.append({**dataclasses.asdict(result), "scores_identity": identities.get(f"scores:{detector}")})
+    if n_stale:
+        logger.warning("calibrate: %d answers are about clips or scores the run no longer has (its clip settings "
+                       "or detector changed since they were given): left out; review again (opso review %s)",
+                       n_stale, url)
+    if not rows:
+        raise ConfigError(f"calibrate: none of the run's {len(reviews)} present/absent answers is about a clip and "
+                          "score the run has now (its clip settings or detectors changed since): review its current "
+                          f"scores first (opso review {url})")
     table = pd.DataFrame(rows)
     table["computed_utc"] = pd.Timestamp(dt.datetime.now(dt.UTC))
     OutputLocation(url, storage_options).write_parquet(CALIBRATION_FILE, table)

@@ -91,9 +91,11 @@ class ReviewApp:
         self.items = items.reset_index(drop=True)
         self.media = media
         self.storage_options = storage_options
-        self._by_key = {(detector, class_name, file, round(float(start), 6)): int(item_id)
-                        for detector, class_name, file, start, item_id in
-                        self.items[["detector", "class", "file", "start_time", "id"]].itertuples(index=False, name=None)}
+        # an answer is about one clip: the same start with another end (other clip settings) is another clip
+        self._by_key = {(detector, class_name, file, round(float(start), 6), round(float(end), 6)): int(item_id)
+                        for detector, class_name, file, start, end, item_id in
+                        self.items[["detector", "class", "file", "start_time", "end_time", "id"]].itertuples(
+                            index=False, name=None)}
         self._answers: dict[str, dict[int, str]] = {}
         self._lock = threading.Lock()
         self.refresh()
@@ -103,9 +105,10 @@ class ReviewApp:
         """Read every reviewer's latest answers back from the run folder (other servers' included)."""
         reviews = read_reviews(self.run_url, self.storage_options)
         answers: dict[str, dict[int, str]] = {}
-        columns = ["reviewer", "detector", "class", "file", "start_time", "label"]
-        for reviewer, detector, class_name, file, start, label in reviews[columns].itertuples(index=False, name=None):
-            item = self._by_key.get((detector, class_name, file, round(float(start), 6)))
+        columns = ["reviewer", "detector", "class", "file", "start_time", "end_time", "label"]
+        for reviewer, detector, class_name, file, start, end, label in reviews[columns].itertuples(index=False,
+                                                                                                    name=None):
+            item = self._by_key.get((detector, class_name, file, round(float(start), 6), round(float(end), 6)))
             if item is not None:
                 answers.setdefault(reviewer, {})[item] = label
         with self._lock:

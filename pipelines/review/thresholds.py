@@ -20,15 +20,28 @@ __all__ = ["calibrated_config", "calibrated_thresholds"]
 logger = logging.getLogger(__name__)
 
 
-def calibrated_thresholds(location) -> dict[str, dict[str, float]]:
+def calibrated_thresholds(location, scores_identities: dict[str, str] | None = None) -> dict[str, dict[str, float]]:
     """``{detector: {class: threshold}}`` of the ``ok`` rows of the run folder's ``calibration.parquet``
-    (empty where there is none)."""
+    (empty where there is none).
+
+    ``scores_identities`` (``{scores:<detector>: identity}`` of the scores the run will have): a row
+    fitted on other scores (its ``scores_identity`` differs: the clip settings or the detector changed
+    since ``opso calibrate``) is left out, with a warning."""
     from pipelines.review.calibrate_run import CALIBRATION_FILE
 
     if not location.exists(CALIBRATION_FILE):
         return {}
     table = location.read_parquet(CALIBRATION_FILE)
     table = table[table["status"] == "ok"]
+    if scores_identities is not None and "scores_identity" in table.columns:  # older calibrations lack it
+        now = table["detector"].map(lambda d: scores_identities.get(f"scores:{d}"))
+        stale = table["scores_identity"].notna() & (table["scores_identity"] != now)
+        for detector in sorted(set(table.loc[stale, "detector"])):
+            logger.warning("calibrated_thresholds: the calibration of %s in %s was fitted on scores this "
+                           "configuration does not compute (its clip or detector settings changed since opso "
+                           "calibrate): the configured thresholds apply; run, review and calibrate again", detector,
+                           location.url)
+        table = table[~stale]
     out: dict[str, dict[str, float]] = {}
     for detector, class_name, threshold in table[["detector", "class_name", "threshold"]].itertuples(
             index=False, name=None):
@@ -36,9 +49,25 @@ def calibrated_thresholds(location) -> dict[str, dict[str, float]]:
     return out
 
 
-def calibrated_config(config, location):
+def _scores_identities(config, previous) -> dict[str, str] | None:
+    """``{scores:<detector>: identity}`` that a run of ``config`` gives its score tables (None when the
+    archive's sample rate is not known yet)."""
+    from pipelines.driver.identity import resolve_config_products
+
+    info = previous.info if previous is not None else {}
+    rate = config.spectrogram.sample_rate or info.get("sample_rate_hz")
+    if rate is None:
+        return None
+    resolved = resolve_config_products(config, int(rate), bool(info.get("gpu_layout", False)))
+    return {name: r.identity for name, r in resolved.items() if name.startswith("scores:")}
+
+
+def calibrated_config(config, location, previous=None):
     """``config`` with the calibrated thresholds of its ``calibrated_thresholds: true`` entries (see
-    the module docstring); ``config`` itself when no entry asks for them.
+    the module docstring); ``config`` itself when no entry asks for them. A calibration fitted on
+    scores other than those this configuration computes is not applied (:func:`calibrated_thresholds`);
+    ``previous`` (the folder's :class:`~pipelines.outputs.run_folder.PreviousRun`) gives the archive's
+    sample rate when the configuration leaves it to the inventory.
 
     Raises
     ------
@@ -50,7 +79,7 @@ def calibrated_config(config, location):
               if e.calibrated_thresholds]
     if not asking:
         return config
-    found = calibrated_thresholds(location)
+    found = calibrated_thresholds(location, _scores_identities(config, previous))
     if not found:
         logger.warning("calibrated_thresholds: no calibration in %s yet (opso calibrate writes one from reviews); "
                        "the configured thresholds apply", location.url)

@@ -98,6 +98,31 @@ def test_calibrate_apply_rederives_detections_from_the_stored_scores(demo_config
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "results" / "detections").iterdir()} == before
 
 
+def test_a_calibration_of_other_clips_is_not_applied_and_their_reviews_do_not_count(demo_config, tmp_path, capsys,
+                                                                                     caplog):
+    """Reviews and a calibration made on 2 s clips, then the clips made 3 s long: the run does not apply
+    the old thresholds to the new scores (they were fitted on others), and ``opso calibrate`` does not
+    fit the old answers to the new scores."""
+    run = str(tmp_path / "results")
+    assert main(["run", str(demo_config), "--no-progress"]) == 0
+    simulate_reviews(run, pd.read_csv(tmp_path / "labels.csv"))
+    assert main(["calibrate", str(demo_config), "--target-precision", "0.9"]) == 0
+    config = yaml.safe_load(demo_config.read_text())
+    configured = config["ribbit"][0]["threshold"]
+    config["clips"] = {**config.get("clips", {}), "duration": 3.0}
+    longer = tmp_path / "longer.yaml"
+    longer.write_text(yaml.safe_dump(config))
+    caplog.clear()
+    assert main(["run", str(longer), "--no-progress"]) == 0
+    assert "fitted on scores this configuration does not compute" in caplog.text
+    status = json.loads((tmp_path / "results" / "run.json").read_text())
+    assert status["config"]["ribbit"][0]["threshold"] == configured
+    capsys.readouterr()
+    assert main(["calibrate", str(longer), "--target-precision", "0.9"]) == 2
+    err = capsys.readouterr().err
+    assert "is about a clip and score the run has now" in err and f"opso review {run}" in err
+
+
 def test_apply_needs_the_configuration_and_an_entry_that_asks(demo_config, tmp_path, capsys):
     assert main(["calibrate", str(tmp_path / "results"), "--target-precision", "0.9", "--apply"]) == 2
     assert "give the run's configuration file" in capsys.readouterr().err

@@ -78,3 +78,23 @@ def test_class_scores_of_birdnets_long_table_count_every_window():
     assert sorted(robin.tolist()) == [0.0, 0.0, 0.9]  # 3 windows; 2 scored below the floor
     with pytest.raises(ConfigError, match="has no class 'owl'"):
         class_scores(pd.DataFrame({"file": ["a"], "start_time": [0.0], "frog": [0.1]}), "ribbit:frog", "owl")
+
+
+def test_only_reviews_of_the_current_clips_and_scores_count():
+    """An answer counts for calibration only if its clip (file, start and end) is in the score table now
+    with the score the reviewer saw: answers about other clip settings, or other scores, describe
+    another sample."""
+    from pipelines.review.calibrate_run import reviews_of_current_scores
+
+    table = pd.DataFrame({"file": ["a.wav"] * 3, "start_time": [0.0, 2.0, 4.0], "end_time": [2.0, 4.0, 6.0],
+                          "frog": np.array([0.1, 0.25, 0.7], dtype=np.float32)})
+    reviews = pd.DataFrame({"file": ["a.wav"] * 5, "start_time": [0.0, 2.0, 4.0, 0.0, 6.0],
+                            "end_time": [2.0, 4.0, 6.0, 3.0, 8.0],
+                            "score": [float(np.float32(0.1)), float(np.float32(0.25)), 0.5, 0.1, 0.1]})
+    assert reviews_of_current_scores(reviews, table, "frog").tolist() == [True, True, False, False, False]
+    assert not reviews_of_current_scores(reviews, table, "toad").any()  # a class the detector no longer has
+    long = pd.DataFrame({"file": ["a.wav"] * 2, "start_time": [0.0, 0.0], "end_time": [3.0, 3.0],
+                         "class": ["frog", "toad"], "score": [0.9, 0.2]})  # BirdNET's long form
+    birds = pd.DataFrame({"file": ["a.wav"], "start_time": [0.0], "end_time": [3.0], "score": [0.2]})
+    assert reviews_of_current_scores(birds, long, "toad").tolist() == [True]
+    assert reviews_of_current_scores(birds, long, "frog").tolist() == [False]
