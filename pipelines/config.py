@@ -762,10 +762,17 @@ def check_sizes(clips: ClipConfig, spectrogram: SpectrogramConfig, sample_rate_h
                           "fewer clips_per_chunk")
 
 
-def _format_error(exc: ValidationError) -> str:
+def _format_error(exc: ValidationError, from_environment: dict | None = None) -> str:
+    """One line per problem, each naming its key (and the ``OPSO__...`` variable that set it, from
+    ``from_environment``: ``{key path: variable}``)."""
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
+        path = tuple(str(p) for p in err["loc"])
+        variable = next((v for k, v in sorted((from_environment or {}).items(), key=lambda kv: -len(kv[0]))
+                         if path[:len(k)] == k), None)
+        if variable is not None:
+            loc += f" (set by the environment variable {variable})"
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
         if err["type"] == "missing":
             msg = "required key is missing"
@@ -775,7 +782,9 @@ def _format_error(exc: ValidationError) -> str:
     return "invalid configuration:\n" + "\n".join(lines)
 
 
-def _apply_env(data: dict, environ) -> dict:
+def _apply_env(data: dict, environ) -> tuple[dict, dict]:
+    """``data`` with the ``OPSO__SECTION__KEY`` overrides of ``environ``, and ``{key path: variable}``."""
+    sources = {}
     for key, value in environ.items():
         if not key.startswith(_ENV_PREFIX):
             continue
@@ -786,7 +795,8 @@ def _apply_env(data: dict, environ) -> dict:
             if not isinstance(node, dict):
                 raise ConfigError(f"{key}: {'.'.join(path[:-1])} is not a section")
         node[path[-1]] = _parse_yaml(value, where=key)
-    return data
+        sources[tuple(path)] = key
+    return data, sources
 
 
 def load_config(source, environ=None) -> RunConfig:
@@ -810,8 +820,8 @@ def load_config(source, environ=None) -> RunConfig:
         data = _parse_yaml(text) or {}
     if not isinstance(data, dict):
         raise ConfigError("configuration must be a mapping of sections (input, output, clips, ...)")
-    data = _apply_env(data, os.environ if environ is None else environ)
+    data, from_environment = _apply_env(data, os.environ if environ is None else environ)
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_error(exc)) from None
+        raise ConfigError(_format_error(exc, from_environment)) from None

@@ -123,8 +123,14 @@ def test_yaml_errors(tmp_path):
 def test_environment_overrides():
     cfg = load_config(BASE, environ={"OPSO__OUTPUT__URL": "s3://b/run", "OPSO__CLIPS__DURATION": "5"})
     assert cfg.output.url == "s3://b/run" and cfg.clips.duration == 5.0
-    with pytest.raises(ConfigError, match="clips.bogus"):
+    with pytest.raises(ConfigError, match=r"clips.bogus \(set by the environment variable OPSO__CLIPS__BOGUS\): "
+                                          "unknown key"):
         load_config(BASE, environ={"OPSO__CLIPS__BOGUS": "1"})
+    with pytest.raises(ConfigError, match=r"clips.duration \(set by the environment variable OPSO__CLIPS__DURATION"):
+        load_config(BASE, environ={"OPSO__CLIPS__DURATION": "-1"})
+    with pytest.raises(ConfigError) as found:  # an error of the file's own keys names no variable
+        load_config(with_(clips={"duration": -1}), environ={"OPSO__OUTPUT__URL": "s3://b/run"})
+    assert "environment" not in str(found.value)
 
 
 def test_fingerprint_ignores_credentials_cluster_and_output():
