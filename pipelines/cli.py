@@ -50,7 +50,7 @@ logger = logging.getLogger("opso")
 
 EPILOG = """exit codes:
   0    the run is complete (unreadable files are listed in failures.parquet)
-  1    the run is incomplete (failed tasks, or no readable audio); run it again to retry
+  1    the run is incomplete: failed tasks (run it again to retry them), or no readable audio (fix the input)
   2    configuration, input, output or storage error, or the output folder is in use by another
        run (nothing was started or deleted)
   3    cluster error: job submission rejected, scheduler unreachable, no workers; resumable

@@ -4,8 +4,9 @@
 code   meaning
 =====  ==========================================================================================
 0      the run is complete (files that could not be read are listed in ``failures.parquet``)
-1      the run ended but is incomplete: some tasks failed, or no file held readable audio;
-       run the same command again to retry what is missing
+1      the run ended but is incomplete: some tasks failed (run the same command again to retry
+       them), or no clip could be analysed at all (no file held readable audio: failures.parquet
+       says why; a rerun cannot help until the input is fixed)
 2      a user error found before any work: configuration, input, output or storage, or an
        output folder in use by another run (the message names its holder)
 3      the cluster could not be started, reached or kept alive: a rejected job submission, an

@@ -186,8 +186,11 @@ def decide_start(location, previous: PreviousRun | None, config, overwrite: bool
         return "update"
     if not has_finished_tasks(location):
         return "replace"
-    shown = describe_changes({k: v[0] for k, v in changes.items() if v[0] is not _MISSING},
-                             {k: v[1] for k, v in changes.items() if v[1] is not _MISSING})
+    named = {k: v for k, v in changes.items() if k in archive_changed} if archive_changed else changes
+    shown = describe_changes({k: v[0] for k, v in named.items() if v[0] is not _MISSING},
+                             {k: v[1] for k, v in named.items() if v[1] is not _MISSING})
+    if len(named) < len(changes):  # the archive's keys decide; the other settings would be updated in place
+        shown.append(f"and {len(changes) - len(named)} other setting(s)")
     if archive_changed:
         why = "a run of another archive"
     else:

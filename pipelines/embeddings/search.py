@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 RESULT_COLUMNS = ["rank", "similarity", "example", "clip", "file", "recorder", "start_time", "end_time",
                   "start_time_utc"]
 _RANGE = re.compile(r"^(?P<file>.+?):(?P<start>\d+(?:\.\d*)?)-(?P<end>\d+(?:\.\d*)?)$")
+_ATTEMPTED_RANGE = re.compile(r"^(?P<file>.+\.[A-Za-z0-9]{2,5}):(?P<range>[^/]*)$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,10 +59,15 @@ def parse_example(text: str) -> Example:
     Raises
     ------
     ConfigError
-        An end not after the start.
+        An end not after the start, or a range that is not ``START-END``.
     """
     match = _RANGE.match(text)
     if not match:
+        ranged = _ATTEMPTED_RANGE.match(text)
+        if ranged:  # "rec.wav:abc", "rec.wav:5": a range was meant (a URL's "://" has a slash after the colon)
+            raise ConfigError(f"search: the example {text!r} has the range {ranged['range']!r}, which is not "
+                              "START-END in seconds (FILE:START-END, e.g. rec.wav:12-15, or FILE alone for the "
+                              "whole file)")
         return Example(text)
     start, end = float(match["start"]), float(match["end"])
     if not end > start:

@@ -60,7 +60,8 @@ def status_lines(url: str, status: dict, holder=None) -> list[str]:
     sessions = status.get("sessions") or []
     started = f"{status.get('started', '?')}"
     if status.get("finished"):
-        started += f", finished {status['finished']}"
+        ended = "finished" if str(state).startswith("complete") else "stopped"
+        started += f", {ended} {status['finished']}"
     if len(sessions) > 1:
         started += f" ({len(sessions)} sessions)"
     lines.append(f"  started:     {started}")

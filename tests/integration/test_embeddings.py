@@ -199,6 +199,8 @@ def test_the_command_writes_the_table_and_says_what_is_wrong(planted, tmp_path, 
     assert main(["search", run, "--example", example, "--k", "0"]) == 2
     assert "k must be at least 1" in capsys.readouterr().err
     assert parse_example("s3://b/a:b.wav").file == "s3://b/a:b.wav"  # a colon in a name is not a range
+    assert main(["search", run, "--example", f"{calls.iloc[0].file}:abc"]) == 2  # the file exists: the range is bad
+    assert "has the range 'abc', which is not START-END in seconds" in capsys.readouterr().err
 
 
 def test_a_run_without_embeddings_says_how_to_get_them(tmp_path, dask_client, capsys):

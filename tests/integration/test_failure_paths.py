@@ -83,6 +83,11 @@ def test_overwrite_keeps_foreign_files_and_replaces_the_run(work, capsys):
     other = write_config(work, "other.yaml", clips={"duration": 1.0}, input={"pattern": "rec00/*.WAV"})
     rc, err = opso(capsys, "run", other)
     assert rc == 2 and "another archive" in err and "input.pattern" in err and "--overwrite" in err
+    # the archive's keys are what is named; other settings are only counted
+    third_try = write_config(work, "third.yaml", clips={"duration": 0.5}, input={"pattern": "rec00/*.WAV"},
+                             ribbit=[{**FROG, "threshold": 0.5}])
+    rc, err = opso(capsys, "run", third_try)
+    assert rc == 2 and "changed: input.pattern **/*.[wW][aA][vV] → rec00/*.WAV; and 2 other setting(s);" in err, err
     assert opso(capsys, "run", other, "--overwrite")[0] == 0
     assert (work / "out" / "notes.txt").read_text() == "site visits"
     assert (work / "out" / "scores" / "my-summary.csv").exists()
