@@ -29,7 +29,7 @@ from pipelines.outputs.run_folder import PreviousRun, has_finished_tasks
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ARCHIVE_KEYS", "OutputChange", "ResolvedProduct", "compare_outputs", "config_changes", "decide_start",
+__all__ = ["ARCHIVE_KEYS", "OutputChange", "ResolvedProduct", "archive_identity", "compare_outputs", "config_changes", "decide_start",
            "describe_changes", "flatten_config", "resolve_config_products", "resolve_products"]
 
 #: the settings that choose the archive and how its files are read (the inventory): a run with other values
@@ -130,6 +130,14 @@ def describe_changes(old: dict, new: dict, most: int = 6) -> list[str]:
     if len(keys) > most:
         lines.append(f"... and {len(keys) - most} more")
     return lines
+
+
+def archive_identity(public: dict) -> str:
+    """A short hash of a public configuration's archive keys (:data:`ARCHIVE_KEYS`): equal for two
+    configurations of the same archive, read the same way."""
+    flat = flatten_config(public)
+    text = json.dumps({k: flat.get(k) for k in ARCHIVE_KEYS}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def config_changes(old_public: dict, new_public: dict) -> dict[str, tuple]:

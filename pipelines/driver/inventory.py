@@ -260,10 +260,12 @@ def inventory_files(paths: list[str], storage_options=None, recorder_rule="paren
     return _as_frame(rows)
 
 
-def inventory_part_name(index: int, paths) -> str:
-    """The run-folder name of the inventory part of batch ``index`` (``paths``, in listing order): the
-    batch's number and a hash of its files, so that a part made from another listing is not reused."""
-    digest = hashlib.sha256("\n".join(paths).encode()).hexdigest()[:12]
+def inventory_part_name(index: int, paths, recorder_rule: str = "parent_dir", timezone: str = "UTC") -> str:
+    """The run-folder name of the inventory part of batch ``index`` (``paths``, in listing order, read with
+    ``recorder_rule`` and ``timezone``): the batch's number and a hash of its files and of how they are
+    read, so that a part made from another listing, or read otherwise, is not reused."""
+    digest = hashlib.sha256("\n".join([*paths, f"recorder={recorder_rule}", f"timezone={timezone}"]).encode()
+                            ).hexdigest()[:12]
     return f"_inventory/part-{index:09d}-{digest}.parquet"
 
 

@@ -33,6 +33,7 @@ import datetime
 import functools
 import logging
 import platform
+import threading
 import time
 import uuid
 from importlib.metadata import PackageNotFoundError, version
@@ -179,6 +180,7 @@ def _run_locked(config: RunConfig, client, preflight: Preflight, progress: bool,
             # run has worked out its own
             if key in previous:
                 run_info[key] = previous[key]
+    recorded = threading.Event()  # set once this run's run.json is in the folder (for a clearing start: at its clear)
     try:
         if lock is not None:  # before any task: a rerun on this host can then tell when all have ended
             workers = local_worker_processes(client, attempts=5)
@@ -192,9 +194,10 @@ def _run_locked(config: RunConfig, client, preflight: Preflight, progress: bool,
             remove_temporaries(location, output_names())
         if preflight.start not in CLEARING_STARTS:  # else the previous run's run.json stays until its clear
             location.write_json("run.json", run_info)
-        summary = _run_stages(config, client, location, preflight, run_info, progress, watch, started)
+            recorded.set()
+        summary = _run_stages(config, client, location, preflight, run_info, progress, watch, started, recorded)
     except BaseException as exc:
-        if preflight.start in CLEARING_STARTS and "clearing" not in run_info:
+        if not recorded.is_set():
             raise _unrecorded(exc) from None  # stopped before the clear: the previous run is left as it was
         raise _record_stop(location, run_info, exc, started, lock) from None
     if lock is not None:
@@ -207,7 +210,7 @@ def _run_locked(config: RunConfig, client, preflight: Preflight, progress: bool,
 CLEARING_STARTS = ("overwrite", "replace")
 
 
-def _clear_previous_run(location: OutputLocation, preflight: Preflight, run_info: dict) -> None:
+def _clear_previous_run(location: OutputLocation, preflight: Preflight, run_info: dict, recorded) -> None:
     """Delete the previous run's outputs (``--overwrite``, or replacing a run that finished no task).
 
     ``run.json`` first says ``clearing`` (this run's configuration): a clear cut short (a storage error,
@@ -220,6 +223,7 @@ def _clear_previous_run(location: OutputLocation, preflight: Preflight, run_info
     else:
         logger.info("replacing the run of another configuration in %s, which finished no task", location.url)
     run_info["clearing"] = True
+    recorded.set()  # from here on a stop is recorded in run.json (with clearing until the clear is done)
     location.write_json("run.json", run_info)
     clear_run_outputs(location, output_names(), keep_run_json=True)
     del run_info["clearing"]
@@ -311,7 +315,7 @@ def _record_stop(location: OutputLocation, run_info: dict, exc: BaseException, s
 
 
 def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: Preflight, run_info: dict,
-                progress: bool, watch, started: float) -> RunSummary:
+                progress: bool, watch, started: float, recorded: threading.Event) -> RunSummary:
     stage_s = {}
     t0 = time.perf_counter()
     run_key = session_key(config)
@@ -328,7 +332,7 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
         check_sizes(config.clips, config.spectrogram, sample_rate_hz, config.output)
     clip_settings, counting_stage, clip_index, inventory = run_clip_index(config, kinds, found)
     if preflight.start in CLEARING_STARTS:  # every check has passed: the previous run's outputs go now
-        _clear_previous_run(location, preflight, run_info)
+        _clear_previous_run(location, preflight, run_info, recorded)
         stored = False
     if clip_settings.final_clip == BIRDNET_WINDOWS:
         logger.info("%d BirdNET windows of 3 s (audio resampled to 48 kHz)", clip_index.n_clips)
@@ -603,7 +607,7 @@ def _inventory(config: RunConfig, location: OutputLocation, client, preflight: P
     def jobs():
         for k in range(n_batches):
             paths = list(files[k * INVENTORY_BATCH_FILES : (k + 1) * INVENTORY_BATCH_FILES])
-            name = inventory_part_name(k, paths)
+            name = inventory_part_name(k, paths, inp.recorder, inp.timezone)
             if name.rsplit("/", 1)[1] in parts:
                 yield Job(read_inventory_part, (location, name), key=f"inventory-{run_key}-{k}", label=k, retries=0)
             else:

@@ -54,8 +54,11 @@ def status_lines(url: str, status: dict, holder=None) -> list[str]:
                  "the run stopped without recording its end (killed, or its storage failed); run the same "
                  "command again to resume")
     if status.get("clearing"):
-        state += ("; it stopped while removing the previous run's outputs (--overwrite): the next run in this "
-                  "folder removes the rest first")
+        if status.get("status") == "running" and holder is not None and stale is None:
+            state += "; removing the previous run's outputs (--overwrite)"
+        else:
+            state += ("; it stopped while removing the previous run's outputs (--overwrite): the next run in this "
+                      "folder removes the rest first")
     lines.append(f"  state:       {state}")
     sessions = status.get("sessions") or []
     started = f"{status.get('started', '?')}"

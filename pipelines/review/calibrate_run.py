@@ -27,12 +27,16 @@ from pipelines.outputs.location import OutputLocation
 from pipelines.outputs.results import read_scores
 from pipelines.outputs.tables import ID_COLUMNS
 from pipelines.review.calibration import calibrate_class
+from pipelines.review.queue import class_table
 from pipelines.review.reviews import read_reviews
 from pipelines.review.sampling import uses_log_scores
 
-__all__ = ["CALIBRATION_FILE", "calibrate_run", "class_scores", "reviews_of_current_scores"]
+__all__ = ["CALIBRATION_FILE", "SCORE_RTOL", "calibrate_run", "class_scores", "reviews_of_current_scores"]
 
 CALIBRATION_FILE = "calibration.parquet"
+#: relative difference up to which a reviewed score is the score the run has now (other clip settings or
+#: another detector give other scores; float32 storage, or a GPU instead of a CPU, differ by far less)
+SCORE_RTOL = 1e-3
 logger = logging.getLogger(__name__)
 
 
@@ -65,30 +69,34 @@ def _birdnet_floors(url: str, storage_options) -> dict:
 def reviews_of_current_scores(reviews: pd.DataFrame, table: pd.DataFrame, class_name: str) -> np.ndarray:
     """True for each review (rows of :func:`~pipelines.review.reviews.read_reviews` of one detector and
     class) whose clip (file, start and end time) is in the detector's score ``table`` now, with the score
-    the reviewer saw (to float32 precision): a sample of these scores. Answers about clips of earlier
+    the reviewer saw (within :data:`SCORE_RTOL`: a recompute on another device is the same score): a
+    sample of these scores. Answers about clips of earlier
     clip settings, or given when the detector scored otherwise, are not (their strata describe other
     scores). Shape (len(reviews),), bool."""
     keys = ["file", "start_time", "end_time"]
-    if "class" in table.columns and "score" in table.columns:  # BirdNET's long form
-        now = table.loc[table["class"] == class_name, [*keys, "score"]]
-    elif class_name in table.columns:
-        now = table[[*keys, class_name]].rename(columns={class_name: "score"})
-    else:
+    long = "class" in table.columns and "score" in table.columns
+    if not long and class_name not in table.columns:
         return np.zeros(len(reviews), dtype=bool)
+    now = class_table(table, class_name)[[*keys, "score"]]  # BirdNET: a window below the floor scores 0, as reviewed
     merged = reviews[keys + ["score"]].reset_index(drop=True).merge(
         now.drop_duplicates(keys), on=keys, how="left", suffixes=("", "_now"))
     return np.isclose(merged["score"].to_numpy(np.float64), merged["score_now"].to_numpy(np.float64),
-                      rtol=1e-6, atol=1e-9)
+                      rtol=SCORE_RTOL, atol=1e-7)
 
 
 def _scores_identities(url: str, storage_options) -> dict[str, str]:
-    """``{scores:<detector>: identity}`` of the run's score tables (``run.json``'s ``outputs``), recorded
-    with each calibration so that a run whose scores are others does not apply it."""
+    """``{"archive": identity, scores:<detector>: identity}`` of the run's archive and score tables
+    (``run.json``), recorded with each calibration so that a run whose scores are others does not apply it
+    (:func:`pipelines.review.thresholds.calibrated_thresholds`)."""
+    from pipelines.driver.identity import archive_identity
     from pipelines.outputs.results import read_status
 
-    outputs = read_status(url, storage_options).get("outputs") or {}
-    return {name: record["identity"] for name, record in outputs.items()
-            if name.startswith("scores:") and "identity" in record}
+    status = read_status(url, storage_options)
+    found = {name: record["identity"] for name, record in (status.get("outputs") or {}).items()
+             if name.startswith("scores:") and "identity" in record}
+    if status.get("config"):
+        found["archive"] = archive_identity(status["config"])
+    return found
 
 
 def calibrate_run(url: str, target_precision: float, storage_options=None, *, n_boot: int = 300,
@@ -147,7 +155,8 @@ def calibrate_run(url: str, target_precision: float, storage_options=None, *, n_
             group["stratum_size"].to_numpy(np.float64) / answers, group["stratum"].to_numpy(),
             target_precision=target_precision, log_scores=uses_log_scores(detector), n_boot=n_boot, seed=seed,
             lowest_threshold=floors.get(detector))
-        rows.append({**dataclasses.asdict(result), "scores_identity": identities.get(f"scores:{detector}")})
+        rows.append({**dataclasses.asdict(result), "scores_identity": identities.get(f"scores:{detector}"),
+                     "archive_identity": identities.get("archive")})
     if n_stale:
         logger.warning("calibrate: %d answers are about clips or scores the run no longer has (its clip settings "
                        "or detector changed since they were given): left out; review again (opso review %s)",

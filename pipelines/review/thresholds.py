@@ -13,34 +13,46 @@ from __future__ import annotations
 
 import logging
 
+import pandas as pd
+
 from pipelines.errors import ConfigError
 
-__all__ = ["calibrated_config", "calibrated_thresholds"]
+__all__ = ["calibrated_config", "calibrated_thresholds", "expected_identities"]
 
 logger = logging.getLogger(__name__)
 
 
-def calibrated_thresholds(location, scores_identities: dict[str, str] | None = None) -> dict[str, dict[str, float]]:
+def calibrated_thresholds(location, expected: dict[str, str] | None = None,
+                          detectors=None) -> dict[str, dict[str, float]]:
     """``{detector: {class: threshold}}`` of the ``ok`` rows of the run folder's ``calibration.parquet``
     (empty where there is none).
 
-    ``scores_identities`` (``{scores:<detector>: identity}`` of the scores the run will have): a row
-    fitted on other scores (its ``scores_identity`` differs: the clip settings or the detector changed
-    since ``opso calibrate``) is left out, with a warning."""
+    ``expected`` (:func:`expected_identities`: the archive's identity and ``{scores:<detector>: identity}``
+    of the scores the run will have): a row fitted on other scores (its ``archive_identity`` or
+    ``scores_identity`` differs: another archive, or clip or detector settings changed since ``opso
+    calibrate``), or on scores that cannot be checked yet, is left out, with a warning for each of
+    ``detectors`` (all when None). Calibrations written before these columns existed are used as they are."""
     from pipelines.review.calibrate_run import CALIBRATION_FILE
 
     if not location.exists(CALIBRATION_FILE):
         return {}
     table = location.read_parquet(CALIBRATION_FILE)
     table = table[table["status"] == "ok"]
-    if scores_identities is not None and "scores_identity" in table.columns:  # older calibrations lack it
-        now = table["detector"].map(lambda d: scores_identities.get(f"scores:{d}"))
-        stale = table["scores_identity"].notna() & (table["scores_identity"] != now)
+    if expected is not None:
+        stale = pd.Series(False, index=table.index)
+        if "archive_identity" in table.columns:
+            stale |= table["archive_identity"].notna() & (table["archive_identity"] != expected.get("archive"))
+        if "scores_identity" in table.columns:
+            now = table["detector"].map(lambda d: expected.get(f"scores:{d}"))
+            stale |= table["scores_identity"].notna() & (table["scores_identity"] != now)
         for detector in sorted(set(table.loc[stale, "detector"])):
-            logger.warning("calibrated_thresholds: the calibration of %s in %s was fitted on scores this "
-                           "configuration does not compute (its clip or detector settings changed since opso "
-                           "calibrate): the configured thresholds apply; run, review and calibrate again", detector,
-                           location.url)
+            if detectors is None or detector in detectors:
+                logger.warning("calibrated_thresholds: the calibration of %s in %s was fitted on scores other than "
+                               "those this configuration computes (another archive, or clip or detector settings "
+                               "changed since opso calibrate%s): the configured thresholds apply; run, review and "
+                               "calibrate again", detector, location.url,
+                               "" if f"scores:{detector}" in expected else
+                               ", or the archive's sample rate is not known before its inventory")
         table = table[~stale]
     out: dict[str, dict[str, float]] = {}
     for detector, class_name, threshold in table[["detector", "class_name", "threshold"]].itertuples(
@@ -49,17 +61,31 @@ def calibrated_thresholds(location, scores_identities: dict[str, str] | None = N
     return out
 
 
-def _scores_identities(config, previous) -> dict[str, str] | None:
-    """``{scores:<detector>: identity}`` that a run of ``config`` gives its score tables (None when the
-    archive's sample rate is not known yet)."""
-    from pipelines.driver.identity import resolve_config_products
+def expected_identities(config, previous) -> dict[str, str]:
+    """``{"archive": identity, scores:<detector>: identity}`` that a run of ``config`` gives its archive and
+    score tables; without the scores when the archive's sample rate is not known yet (``sample_rate: null``
+    and no run of the same archive in the folder has recorded it)."""
+    from pipelines.driver.identity import (
+        ARCHIVE_KEYS,
+        archive_identity,
+        config_changes,
+        resolve_config_products,
+    )
 
+    public = config.public_dict()
+    found = {"archive": archive_identity(public)}
     info = previous.info if previous is not None else {}
-    rate = config.spectrogram.sample_rate or info.get("sample_rate_hz")
+    same_archive = not any(k in ARCHIVE_KEYS for k in config_changes(info.get("config") or {}, public))
+    rate = config.spectrogram.sample_rate or (info.get("sample_rate_hz") if same_archive else None)
     if rate is None:
-        return None
-    resolved = resolve_config_products(config, int(rate), bool(info.get("gpu_layout", False)))
-    return {name: r.identity for name, r in resolved.items() if name.startswith("scores:")}
+        return found
+    try:
+        resolved = resolve_config_products(config, int(rate), bool(info.get("gpu_layout", False)))
+    except (ValueError, ConfigError) as exc:  # the run itself reports what is wrong at this rate
+        logger.debug("calibrated_thresholds: the scores' identities are unknown: %s", exc)
+        return found
+    found.update({name: r.identity for name, r in resolved.items() if name.startswith("scores:")})
+    return found
 
 
 def calibrated_config(config, location, previous=None):
@@ -79,10 +105,17 @@ def calibrated_config(config, location, previous=None):
               if e.calibrated_thresholds]
     if not asking:
         return config
-    found = calibrated_thresholds(location, _scores_identities(config, previous))
+    found = calibrated_thresholds(location, expected_identities(config, previous),
+                                  detectors={f"{kind}:{e.name}" for kind, section in
+                                             (("ribbit", config.ribbit), ("cnn", config.cnn),
+                                              ("birdnet", config.birdnet), ("linear", config.linear))
+                                             for e in section if e.calibrated_thresholds})
     if not found:
-        logger.warning("calibrated_thresholds: no calibration in %s yet (opso calibrate writes one from reviews); "
-                       "the configured thresholds apply", location.url)
+        from pipelines.review.calibrate_run import CALIBRATION_FILE
+
+        if not location.exists(CALIBRATION_FILE):  # else the stale rows were named above
+            logger.warning("calibrated_thresholds: no calibration in %s yet (opso calibrate writes one from "
+                           "reviews); the configured thresholds apply", location.url)
         return config
     applied = []
 

@@ -109,12 +109,22 @@ def test_a_calibration_of_other_clips_is_not_applied_and_their_reviews_do_not_co
     assert main(["calibrate", str(demo_config), "--target-precision", "0.9"]) == 0
     config = yaml.safe_load(demo_config.read_text())
     configured = config["ribbit"][0]["threshold"]
+    # another archive, same settings (--overwrite keeps reviews/ and calibration.parquet): not applied
+    config["input"]["pattern"] = "rec0[01]/*.WAV"
+    subset = tmp_path / "subset.yaml"
+    subset.write_text(yaml.safe_dump(config))
+    caplog.clear()
+    assert main(["run", str(subset), "--no-progress", "--overwrite"]) == 0
+    assert "fitted on scores other than those this configuration computes" in caplog.text
+    assert "ribbit:frog12" in caplog.text and "no calibration in" not in caplog.text
+    assert json.loads((tmp_path / "results" / "run.json").read_text())["config"]["ribbit"][0]["threshold"] == configured
+    # other clips: not applied either
     config["clips"] = {**config.get("clips", {}), "duration": 3.0}
     longer = tmp_path / "longer.yaml"
     longer.write_text(yaml.safe_dump(config))
     caplog.clear()
     assert main(["run", str(longer), "--no-progress"]) == 0
-    assert "fitted on scores this configuration does not compute" in caplog.text
+    assert "fitted on scores other than those this configuration computes" in caplog.text
     status = json.loads((tmp_path / "results" / "run.json").read_text())
     assert status["config"]["ribbit"][0]["threshold"] == configured
     capsys.readouterr()

@@ -150,6 +150,25 @@ def test_an_overwrite_cut_short_is_finished_by_the_next_run(work, capsys, monkey
     assert len(scores) == status["summary"]["n_clips"] > 0 and set(scores.recorder) == {"rec00"}
 
 
+def test_an_overwrite_that_fails_after_its_clear_records_the_failure(work, capsys, monkeypatch):
+    """Past the clear, run.json is this run's: an error is recorded there (failed, with the message),
+    not left saying running."""
+    import pipelines.driver.run as driver_run
+    from pipelines.errors import StorageError
+
+    assert opso(capsys, "run", write_config(work))[0] == 0
+
+    def storage_down(*args, **kwargs):
+        raise StorageError("simulated: the bucket went away")
+
+    monkeypatch.setattr(driver_run, "run_tasks", storage_down)
+    rc, err = opso(capsys, "run", write_config(work), "--overwrite")
+    assert rc == 4 and "the bucket went away" in err and "untouched" not in err
+    status = json.loads((work / "out" / "run.json").read_text())
+    assert status["status"] == "failed" and "the bucket went away" in status["error"]["message"]
+    assert "clearing" not in status and not (work / "out" / "scores").exists()
+
+
 def test_files_added_to_the_archive_after_the_run_are_named_not_ignored_silently(work, capsys, caplog):
     """A run keeps the inventory it began with (its clips and outputs stay the same): recordings added
     since are not analysed, and both --dry-run and the run say so, with what to do."""

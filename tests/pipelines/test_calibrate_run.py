@@ -86,15 +86,20 @@ def test_only_reviews_of_the_current_clips_and_scores_count():
     another sample."""
     from pipelines.review.calibrate_run import reviews_of_current_scores
 
-    table = pd.DataFrame({"file": ["a.wav"] * 3, "start_time": [0.0, 2.0, 4.0], "end_time": [2.0, 4.0, 6.0],
-                          "frog": np.array([0.1, 0.25, 0.7], dtype=np.float32)})
-    reviews = pd.DataFrame({"file": ["a.wav"] * 5, "start_time": [0.0, 2.0, 4.0, 0.0, 6.0],
-                            "end_time": [2.0, 4.0, 6.0, 3.0, 8.0],
-                            "score": [float(np.float32(0.1)), float(np.float32(0.25)), 0.5, 0.1, 0.1]})
-    assert reviews_of_current_scores(reviews, table, "frog").tolist() == [True, True, False, False, False]
+    ids = {"file": ["a.wav"] * 3, "recorder": ["r"] * 3, "start_time": [0.0, 2.0, 4.0], "end_time": [2.0, 4.0, 6.0],
+           "start_time_utc": pd.to_datetime(["2024-05-01T06:00:00Z"] * 3)}
+    table = pd.DataFrame({**ids, "frog": np.array([0.1, 0.25, 0.7], dtype=np.float32)})
+    reviews = pd.DataFrame({"file": ["a.wav"] * 6, "start_time": [0.0, 2.0, 4.0, 0.0, 6.0, 4.0],
+                            "end_time": [2.0, 4.0, 6.0, 3.0, 8.0, 6.0],
+                            "score": [0.1, float(np.float32(0.25)), 0.5, 0.1, 0.1, 0.70001]})
+    # exact, float32, another score, another clip length, a clip the run lacks, a recompute's rounding
+    assert reviews_of_current_scores(reviews, table, "frog").tolist() == [True, True, False, False, False, True]
     assert not reviews_of_current_scores(reviews, table, "toad").any()  # a class the detector no longer has
-    long = pd.DataFrame({"file": ["a.wav"] * 2, "start_time": [0.0, 0.0], "end_time": [3.0, 3.0],
-                         "class": ["frog", "toad"], "score": [0.9, 0.2]})  # BirdNET's long form
-    birds = pd.DataFrame({"file": ["a.wav"], "start_time": [0.0], "end_time": [3.0], "score": [0.2]})
-    assert reviews_of_current_scores(birds, long, "toad").tolist() == [True]
-    assert reviews_of_current_scores(birds, long, "frog").tolist() == [False]
+    # BirdNET's long form: one row per window and class above the floor; a window without the class's row
+    # scored below the floor, and its review (score 0, as the page showed it) counts
+    long = pd.DataFrame({**{k: v[:2] for k, v in ids.items()}, "class": ["frog", "toad"], "score": [0.9, 0.2]})
+    long.loc[1, ["start_time", "end_time"]] = [2.0, 4.0]
+    birds = pd.DataFrame({"file": ["a.wav"] * 3, "start_time": [2.0, 0.0, 0.0], "end_time": [4.0, 2.0, 2.0],
+                          "score": [0.2, 0.9, 0.0]})
+    assert reviews_of_current_scores(birds, long, "toad").tolist() == [True, False, True]
+    assert reviews_of_current_scores(birds, long, "frog").tolist() == [False, True, False]

@@ -28,3 +28,33 @@ def test_pickles_without_filesystem_state(tmp_path):
     loc = OutputLocation(str(tmp_path), {"anon": True})
     clone = pickle.loads(pickle.dumps(loc))
     assert clone.url == loc.url and clone.storage_options == {"anon": True}
+
+
+def test_status_tells_a_clear_in_progress_from_one_cut_short():
+    """``clearing`` in run.json: a live run is removing the previous outputs; otherwise the clear stopped
+    half-way and the next run finishes it."""
+    from pipelines.outputs.results import status_lines
+
+    class Holder:
+        released, host, pid, user, lease_s = None, "node1", 42, "me", 120.0
+
+        def __init__(self, stale):
+            self.stale = stale
+
+        def stale_reason(self):
+            return self.stale
+
+        def driver_gone(self):
+            return False
+
+        def describe(self):
+            return "host node1, pid 42"
+
+    running = {"status": "running", "clearing": True, "started": "2026-12-07T19:00:00Z"}
+    live = "\n".join(status_lines("/runs/a", running, Holder(None)))
+    assert "removing the previous run's outputs (--overwrite)" in live and "stopped" not in live
+    dead = "\n".join(status_lines("/runs/a", running, Holder("no heartbeat for 300 s")))
+    assert "it stopped while removing the previous run's outputs" in dead
+    failed = {**running, "status": "failed", "finished": "2026-12-07T19:01:00Z"}
+    lines = "\n".join(status_lines("/runs/a", failed, None))
+    assert "it stopped while removing" in lines and "stopped 2026-12-07T19:01:00Z" in lines
