@@ -211,7 +211,8 @@ class RibbitSpecies(_Strict):
     signal_band: tuple[float, float]
     pulse_rate_range: tuple[float, float]
     noise_bands: list[tuple[float, float]] = Field(default_factory=list)
-    threshold: float = Field(description="clips scoring at or above this are detections")
+    threshold: float = Field(ge=0, description="clips scoring at or above this are detections (RIBBIT scores, the "
+                             "peak of a power spectral density, are at least 0)")
     calibrated_thresholds: bool = Field(False, description="use the threshold of calibration.parquet in the output "
                                         "folder (opso calibrate) where the species' calibration is ok; threshold "
                                         "otherwise")

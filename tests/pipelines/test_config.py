@@ -155,3 +155,11 @@ def test_a_run_with_nothing_to_compute_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="nothing to compute"):
         load_config({"input": {"url": str(tmp_path)}, "output": {"url": str(tmp_path / "out")},
                      "spectrogram": {"store": "none"}}, environ={})
+
+
+def test_a_negative_ribbit_threshold_is_refused():
+    """RIBBIT scores are the peak of a power spectral density (>= 0): a negative threshold would make every
+    clip a detection."""
+    ribbit = {"name": "frog", "signal_band": [1800, 2200], "pulse_rate_range": [9, 15], "threshold": -1}
+    with pytest.raises(ConfigError, match="ribbit.0.threshold: Input should be greater than or equal to 0"):
+        load_config(with_(ribbit=[ribbit]), environ={})
