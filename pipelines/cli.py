@@ -407,9 +407,10 @@ def _cmd_search(args) -> int:
         data = table.to_parquet(index=False) if name.endswith(".parquet") else table.to_csv(index=False).encode()
         target.write_bytes_unguarded(name, data)
         print(f"opso search: {len(table)} clips written to {args.out}")
-    shown = table.head(args.show).assign(file=table["file"].head(args.show).str.rsplit("/", n=1).str[-1])
-    print(shown[["rank", "similarity", "file", "recorder", "start_time", "end_time", "example"]].to_string(
-        index=False, float_format=lambda v: f"{v:.4f}"))
+    if args.show > 0:  # --show 0: the table only goes to --out
+        shown = table.head(args.show).assign(file=table["file"].head(args.show).str.rsplit("/", n=1).str[-1])
+        print(shown[["rank", "similarity", "file", "recorder", "start_time", "end_time", "example"]].to_string(
+            index=False, float_format=lambda v: f"{v:.4f}"))
     return EXIT_OK
 
 
@@ -645,7 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
     search_cmd.add_argument("--approximate", action="store_true",
                             help="use the run's approximate index (built by opso index) instead of a full scan")
     search_cmd.add_argument("--out", default=None, help="write the table here (.csv, or .parquet), local or s3://")
-    search_cmd.add_argument("--show", type=int, default=20, help="rows printed [default: 20]")
+    search_cmd.add_argument("--show", type=int, default=20, help="rows printed; 0: none (with --out) [default: 20]")
     search_cmd.add_argument("--storage-options", default=None, help="JSON for fsspec, for the run's URL")
     search_cmd.add_argument("--input-storage-options", default=None, help="JSON for fsspec, for the examples' files")
     search_cmd.add_argument("--out-storage-options", default=None, help="JSON for fsspec, for --out")

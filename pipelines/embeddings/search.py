@@ -163,6 +163,9 @@ def embed_examples(examples: list[Example], detector: str, input_storage_options
         end = info.duration_s if example.end_s is None else min(example.end_s, info.duration_s)
         if not end > start:
             raise ConfigError(f"search: the example {example} lies outside its file ({info.duration_s:g} s long)")
+        if example.end_s is not None and example.end_s > info.duration_s:
+            logger.warning("search: the example %s runs past the end of its file (%g s long): %g-%g s is used",
+                           example, info.duration_s, start, end)
         starts, _ = window_times(end - start, 0.0)
         if not len(starts):  # shorter than BirdNET's shortest window (1.5 s): one window, zero-padded
             starts = np.zeros(1)

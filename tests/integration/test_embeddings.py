@@ -190,6 +190,9 @@ def test_the_command_writes_the_table_and_says_what_is_wrong(planted, tmp_path, 
     out = capsys.readouterr().out
     table = pd.read_csv(tmp_path / "found.csv")
     assert len(table) == 10 and table["rank"].tolist() == list(range(1, 11)) and "similarity" in out
+    assert main(["search", run, "--example", example, "--k", "10", "--out", str(tmp_path / "found.csv"),
+                 "--show", "0"]) == 0
+    assert capsys.readouterr().out.strip() == f"opso search: 10 clips written to {tmp_path / 'found.csv'}"
     assert main(["search", run, "--example", f"{calls.iloc[0].file}:5-2"]) == 2
     assert "must end after it starts" in capsys.readouterr().err
     assert main(["search", run, "--example", f"{calls.iloc[0].file}:100-110"]) == 2
