@@ -9,9 +9,6 @@ recorded there (:mod:`pipelines.driver.identity`).
 from __future__ import annotations
 
 import dataclasses
-import io
-
-import pyarrow.parquet as pq
 
 from pipelines.config import RunConfig
 from pipelines.driver.identity import (
@@ -84,7 +81,7 @@ def dry_run(config: RunConfig, *, overwrite: bool = False) -> DryRun:
     rate = config.spectrogram.sample_rate or info.get("sample_rate_hz")
     lines = [f"opso run --dry-run: {len(listing.files)} input files; output {location.url}"]
     if info and location.exists("inventory.parquet"):  # the run keeps its inventory: say what that leaves out
-        stored = pq.read_table(io.BytesIO(location.read_bytes("inventory.parquet")), columns=["file"])
+        stored = location.read_arrow("inventory.parquet", columns=["file"])
         lines += describe_archive_changes(*archive_changes(listing.files, stored.column("file").to_pylist()))
     if rate is None:
         rate = _PROVISIONAL_SAMPLE_RATE_HZ

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.errors import ConfigError
+from pipelines.outputs.location import parquet_frame
 from pipelines.outputs.results import list_detectors, read_detections, read_scores
 from pipelines.outputs.tables import ID_COLUMNS
 from pipelines.review.sampling import stratified_sample, uses_log_scores
@@ -151,7 +152,7 @@ def table_items(source, class_name: str, storage_options=None) -> pd.DataFrame:
         raise ConfigError("review --clips: name the class you are looking for with --class")
     try:
         with fsspec.open(source, "rb", **(storage_options or {})) as f:
-            table = pd.read_parquet(f) if str(source).endswith(".parquet") else pd.read_csv(f)
+            table = parquet_frame(f.read()) if str(source).endswith(".parquet") else pd.read_csv(f)
     except FileNotFoundError:
         raise ConfigError(f"review --clips: no table at {source}") from None
     missing = sorted({"file", "start_time", "end_time"} - set(table.columns))

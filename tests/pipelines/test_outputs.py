@@ -1,3 +1,4 @@
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -58,3 +59,21 @@ def test_status_tells_a_clear_in_progress_from_one_cut_short():
     failed = {**running, "status": "failed", "finished": "2026-12-07T19:01:00Z"}
     lines = "\n".join(status_lines("/runs/a", failed, None))
     assert "it stopped while removing" in lines and "stopped 2026-12-07T19:01:00Z" in lines
+
+
+@pytest.mark.slow
+def test_reading_a_table_never_aborts_the_process_at_exit(tmp_path):
+    """pyarrow's reader threads can abort a process at exit ("terminate called without an active
+    exception", exit code 134) after a read of a Parquet file (apache/arrow#34314): 4 of 60 runs of such a
+    script did here. opso's reads decode in the calling thread, so a finished command exits cleanly."""
+    import subprocess
+    import sys
+
+    pd.DataFrame({"file": [f"/x/rec{i}.wav" for i in range(5000)], "v": np.arange(5000.0)}).to_parquet(
+        tmp_path / "t.parquet")
+    script = (f"from pipelines.outputs.location import OutputLocation as L; l = L({str(tmp_path)!r}); "
+              "print(len(l.read_parquet('t.parquet')), l.read_arrow('t.parquet', columns=['file']).num_rows, "
+              "len(l.read_parquet_folder('.')))")
+    codes = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True).returncode
+             for _ in range(20)]
+    assert codes == [0] * 20
