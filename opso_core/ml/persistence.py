@@ -29,7 +29,7 @@ import numpy as np
 from opso_core.errors import OpsoError, OpsoValueError
 
 __all__ = ["FORMAT_NAME", "PickleNotAllowedError", "UnsafeToDescribeError", "build_network", "build_preprocessor",
-           "check_description", "describe_preprocessor", "file_kind", "from_json_value", "is_opso_model_file",
+           "check_description", "check_weights", "describe_preprocessor", "file_kind", "from_json_value", "is_opso_model_file",
            "read_description", "read_safe", "save_safe"]
 
 FORMAT_NAME = "opso-model"
@@ -312,6 +312,36 @@ def is_opso_model_file(path) -> bool:
             return _JSON_NAME in zf.namelist()
     except (zipfile.BadZipFile, OSError):
         return False
+
+
+def check_weights(source) -> None:
+    """Check that a model file written by :func:`save_safe` holds whole weights, without torch and without
+    loading them: ``weights.pt`` is there, and is an intact archive (every member's CRC checked).
+
+    Parameters
+    ----------
+    source : path, file-like or bytes
+
+    Raises
+    ------
+    OpsoValueError
+        No ``weights.pt``, or one that is cut short or damaged (a partial copy or download).
+    """
+    if isinstance(source, bytes | bytearray):
+        source = io.BytesIO(source)
+    try:
+        with zipfile.ZipFile(source) as zf:
+            if _WEIGHTS_NAME not in zf.namelist():
+                raise OpsoValueError(f"it holds no {_WEIGHTS_NAME}; save the model again with CNN.save(path)")
+            weights = zf.read(_WEIGHTS_NAME)
+        with zipfile.ZipFile(io.BytesIO(weights)) as inner:  # torch saves a zip archive
+            bad = inner.testzip()
+    except zipfile.BadZipFile as exc:
+        raise OpsoValueError(f"its weights ({_WEIGHTS_NAME}) are damaged or cut short ({exc}); copy the model file "
+                             "again, or save it again with CNN.save(path)") from exc
+    if bad is not None:
+        raise OpsoValueError(f"its weights ({_WEIGHTS_NAME}) are damaged ({bad} fails its checksum); copy the model "
+                             "file again, or save it again with CNN.save(path)")
 
 
 def read_safe(path) -> tuple[dict, dict]:

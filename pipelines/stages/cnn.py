@@ -130,8 +130,20 @@ def _inference_spec(data: bytes, cfg: CnnModelConfig):
         raise ConfigError(f"cnn model {cfg.model}: {exc}") from exc
 
 
+def _check_weights(data: bytes, cfg: CnnModelConfig) -> None:
+    """The model's weights are whole (:func:`opso_core.ml.persistence.check_weights`), as a configuration
+    error naming the model: found before the cluster starts, not by every task."""
+    from opso_core.errors import OpsoValueError
+    from opso_core.ml.persistence import check_weights
+
+    try:
+        check_weights(data)
+    except OpsoValueError as exc:
+        raise ConfigError(f"cnn model {cfg.model}: {exc}") from exc
+
+
 def describe_cnn_detector(cfg: CnnModelConfig, run_sample_rate_hz: int | None) -> CnnDetector:
-    """Read the model's description (not its weights) and derive the stage's settings.
+    """Read the model's description, check its weights are whole, and derive the stage's settings.
 
     ``run_sample_rate_hz`` is the run's ``spectrogram.sample_rate`` (Hz); None before the inventory
     has found the archive's rate: the checks that need it are then left for later.
@@ -147,6 +159,7 @@ def describe_cnn_detector(cfg: CnnModelConfig, run_sample_rate_hz: int | None) -
 
     data = _read_model_file(cfg.model, cfg.storage_options)
     spec = _inference_spec(data, cfg)
+    _check_weights(data, cfg)
     sample_rate = spec.sample_rate_hz or run_sample_rate_hz
     if sample_rate is not None:
         try:

@@ -96,6 +96,23 @@ def test_model_errors_are_config_errors(cnn_archive, model_file, dask_client, tm
     with pytest.raises(ConfigError, match="no threshold for classes"):
         run_pipeline(config(cnn_archive.root, tmp_path / "c", path, threshold={"frog": 0.5}), dask_client,
                      progress=False)
+    # weights cut short (a partial copy) or missing: found by the checks, naming the model, before any work
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        members = {name: zf.read(name) for name in zf.namelist()}
+    for name, weights in (("half", members["weights.pt"][: len(members["weights.pt"]) // 2]), ("none", None)):
+        broken = tmp_path / f"{name}.model"
+        with zipfile.ZipFile(broken, "w") as zf:
+            for member, data in members.items():
+                if member != "weights.pt":
+                    zf.writestr(member, data)
+                elif weights is not None:
+                    zf.writestr(member, weights)
+        match = "weights.pt. are damaged or cut short" if weights is not None else "holds no weights.pt"
+        with pytest.raises(ConfigError, match=rf"cnn model {broken}: (its|it) .*{match}"):
+            run_pipeline(config(cnn_archive.root, tmp_path / f"d-{name}", broken), dask_client, progress=False)
+        assert not (tmp_path / f"d-{name}").exists()
 
 
 @pytest.mark.slow
