@@ -173,7 +173,8 @@ def _run(config, cluster_kind=None, overwrite=False, progress=True, steal_lock=F
     preflight = check_run(config, cluster_kind=cluster_kind, overwrite=overwrite, steal_lock=steal_lock)
     try:
         with open_cluster(config.cluster, kind=preflight.cluster_kind, gpu_work=config.gpu_work) as session:
-            print(f"opso: Dask dashboard at {session.dashboard_link}", flush=True)
+            if logging.getLogger().isEnabledFor(logging.INFO):  # not with -q
+                print(f"opso: Dask dashboard at {session.dashboard_link}", flush=True)
             summary = run_pipeline(config, session.client, overwrite=overwrite, progress=progress,
                                    preflight=preflight, watch=session.check)
     except KeyboardInterrupt:
@@ -556,10 +557,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="take the output folder even from a run that still seems alive (for a run you know "
                           "is dead, e.g. on a node that was lost; its tasks stop writing)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars or progress lines")
-    run.add_argument("--dry-run", action="store_true",
+    plans = run.add_mutually_exclusive_group()
+    plans.add_argument("--dry-run", action="store_true",
                      help="say, per stage, what the run would keep, compute, recompute (naming the changed "
                           "settings) and remove in its output folder; starts no cluster, writes nothing")
-    run.add_argument("--plan-only", action="store_true",
+    plans.add_argument("--plan-only", action="store_true",
                      help="--dry-run, then plan the run (the stored inventory, or every file's header read here) "
                           "and print its files, audio hours, clips and tasks per stage, the size of a task's "
                           "description and the driver's time and memory; starts no cluster, writes nothing")

@@ -255,7 +255,8 @@ class CnnModelConfig(_Strict):
     batch_size: int = Field(64, gt=0, le=65536)
     overlap_fraction: float = Field(0.0, ge=0, lt=1, description="clip overlap as a fraction of the clip length")
     final_clip: Literal["extend", "full"] | None = None
-    device: str = Field("auto", description="'auto' (CUDA if the worker has it), 'cpu', 'cuda', 'cuda:1', ...")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$",
+                        description="'auto' (CUDA if the worker has it), 'cpu', 'cuda', 'cuda:1', ..., 'mps'")
     clips_per_task: int | None = Field(None, gt=0, le=10**8, description="clips per task; null: spectrogram.task_audio_s of "
                                        "audio on CPU workers, 64x that on GPU workers")
     embeddings: bool = Field(False, description="also keep every clip's embedding (the input of the model's "

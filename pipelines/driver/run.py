@@ -61,7 +61,7 @@ from pipelines.driver.records import RecordTally
 from pipelines.driver.resources import retagging, workers_by_kind
 from pipelines.driver.summary import RunSummary, elide
 from pipelines.driver.tasks import run_tasks
-from pipelines.errors import RunLockLostError, RunStorageError, StorageError
+from pipelines.errors import ConfigError, RunLockLostError, RunStorageError, StorageError
 from pipelines.outputs.location import OutputLocation
 from pipelines.outputs.results import read_status
 from pipelines.outputs.run_folder import (
@@ -327,9 +327,13 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
     params = config.spectrogram.params(sample_rate_hz)
     kinds = enabled_kinds(config)
     if config.spectrogram.sample_rate is None:  # else checked with the configuration
-        for kind in kinds:
-            kind.check_at_sample_rate(config, sample_rate_hz, params)
-        check_sizes(config.clips, config.spectrogram, sample_rate_hz, config.output)
+        try:
+            for kind in kinds:
+                kind.check_at_sample_rate(config, sample_rate_hz, params)
+            check_sizes(config.clips, config.spectrogram, sample_rate_hz, config.output)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (spectrogram.sample_rate is null, so the run is at the archive's commonest "
+                              f"sample rate, {sample_rate_hz} Hz: set spectrogram.sample_rate to choose one)") from exc
     clip_settings, counting_stage, clip_index, inventory = run_clip_index(config, kinds, found)
     if preflight.start in CLEARING_STARTS:  # every check has passed: the previous run's outputs go now
         _clear_previous_run(location, preflight, run_info, recorded)

@@ -165,14 +165,17 @@ def describe_cnn_detector(cfg: CnnModelConfig, run_sample_rate_hz: int | None) -
         try:
             spec.check_sample_rate(int(sample_rate))
         except SampleRateError as exc:
-            raise ConfigError(f"cnn.{cfg.name}: {exc} (set spectrogram.sample_rate higher, or the model's "
-                              "bandpass)") from exc
+            raise ConfigError(f"cnn.{cfg.name}: {exc}; in a run, spectrogram.sample_rate sets the rate the audio "
+                              "is resampled to") from exc
     sample_rate = int(sample_rate or _PROVISIONAL_SAMPLE_RATE_HZ)
     classes = tuple(spec.classes)
     if isinstance(cfg.threshold, dict):
         missing = sorted(set(classes) - set(cfg.threshold))
         if missing:
             raise ConfigError(f"cnn.{cfg.name}.threshold: no threshold for classes {missing}")
+        unknown = sorted(set(cfg.threshold) - set(classes))
+        if unknown:
+            raise ConfigError(f"cnn.{cfg.name}.threshold: the model has no classes {unknown} (it has {list(classes)})")
         thresholds = tuple(float(cfg.threshold[c]) for c in classes)
     else:
         thresholds = (float(cfg.threshold),) * len(classes)

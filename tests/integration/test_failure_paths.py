@@ -208,7 +208,7 @@ def test_an_error_found_after_the_inventory_leaves_a_failed_run_and_the_fix_proc
     run there (run.json says failed), and the corrected configuration then runs without --overwrite."""
     wrong = write_config(work, spectrogram={"sample_rate": None}, ribbit=[{**FROG, "signal_band": [5000, 6000]}])
     rc, err = opso(capsys, "run", wrong)
-    assert rc == 2 and "ribbit.0.signal_band" in err
+    assert rc == 2 and "ribbit.0.signal_band" in err and "the archive's commonest sample rate, 8000 Hz" in err
     status = json.loads((work / "out" / "run.json").read_text())
     assert status["status"] == "failed" and "Nyquist" in status["error"]["message"]
     rc, err = opso(capsys, "status", work / "out")

@@ -96,6 +96,9 @@ def test_model_errors_are_config_errors(cnn_archive, model_file, dask_client, tm
     with pytest.raises(ConfigError, match="no threshold for classes"):
         run_pipeline(config(cnn_archive.root, tmp_path / "c", path, threshold={"frog": 0.5}), dask_client,
                      progress=False)
+    with pytest.raises(ConfigError, match=r"threshold: the model has no classes \['toad'\]"):
+        run_pipeline(config(cnn_archive.root, tmp_path / "c", path, threshold={"frog": 0.5, "other": 0.5, "toad": 0.5}),
+                     dask_client, progress=False)
     # weights cut short (a partial copy) or missing: found by the checks, naming the model, before any work
     import zipfile
 

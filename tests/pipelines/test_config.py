@@ -163,3 +163,12 @@ def test_a_negative_ribbit_threshold_is_refused():
     ribbit = {"name": "frog", "signal_band": [1800, 2200], "pulse_rate_range": [9, 15], "threshold": -1}
     with pytest.raises(ConfigError, match="ribbit.0.threshold: Input should be greater than or equal to 0"):
         load_config(with_(ribbit=[ribbit]), environ={})
+
+
+def test_a_cnn_device_torch_cannot_name_is_refused_with_the_configuration():
+    cnn = {"name": "owl", "model": "owl.model", "threshold": 0.5}
+    for device in ("auto", "cpu", "cuda", "cuda:1", "mps"):
+        assert load_config(with_(cnn=[{**cnn, "device": device}]), environ={}).cnn[0].device == device
+    for device in ("tpu", "gpu", "cuda1", ""):
+        with pytest.raises(ConfigError, match="cnn.0.device: String should match pattern"):
+            load_config(with_(cnn=[{**cnn, "device": device}]), environ={})
