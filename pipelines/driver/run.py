@@ -335,6 +335,8 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
             raise ConfigError(f"{exc} (spectrogram.sample_rate is null, so the run is at the archive's commonest "
                               f"sample rate, {sample_rate_hz} Hz: set spectrogram.sample_rate to choose one)") from exc
     clip_settings, counting_stage, clip_index, inventory = run_clip_index(config, kinds, found)
+    for kind in kinds:
+        kind.check_inventory(config, inventory)
     if preflight.start in CLEARING_STARTS:  # every check has passed: the previous run's outputs go now
         _clear_previous_run(location, preflight, run_info, recorded)
         stored = False

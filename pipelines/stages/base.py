@@ -99,6 +99,10 @@ class StageKind:
         """Checks that need the archive's sample rate, when ``spectrogram.sample_rate`` is null (run
         after the inventory; a failure stops the run with ``run.json`` saying why)."""
 
+    def check_inventory(self, config: RunConfig, inventory) -> None:
+        """Checks that need the archive's inventory (``pandas.DataFrame``, one row per file): run after it,
+        before the previous run is cleared or any task starts; raise ``ConfigError`` with the fix."""
+
     def run_clips(self, config: RunConfig) -> tuple[ClipSettings, str] | None:
         """The clip settings this kind would give the whole run, and the stage whose analysed clips
         the summary counts; the first kind in the registry that offers them decides."""

@@ -42,7 +42,7 @@ from pipelines.outputs.storage_options import with_storage_defaults
 from pipelines.stages.base import RANGE, Product, RunContext, StageKind, flat_settings
 
 __all__ = ["KIND", "LOCALIZATION_SCHEMA", "LocalizationTask", "candidate_events", "check_localization",
-           "localization_stage", "read_recorders_table"]
+           "check_recorders_cover", "localization_stage", "read_recorders_table"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +120,35 @@ def check_localization(config: RunConfig) -> None:
         classes = describe_cnn_detector(model, config.spectrogram.sample_rate).classes
         if cfg.class_name not in classes:
             raise ConfigError(f"localization.class {cfg.class_name!r} is not a class of model {name!r}: {list(classes)}")
+
+
+def check_recorders_cover(config: RunConfig, inventory: pd.DataFrame) -> None:
+    """The recorders table names the archive's recorders (``inventory``'s readable files'): none of them is
+    a configuration error (names are compared exactly, case too); some of them missing is a warning
+    (their detections are not localized: ``UnknownRecorder`` in ``failures.parquet``).
+
+    Raises
+    ------
+    ConfigError
+        No recorder of the archive is in ``input.recorders_table``.
+    """
+    table = read_recorders_table(config.input.recorders_table, config.input.storage_options)
+    archive = sorted({str(r) for r in inventory.loc[inventory["status"] != "failed", "recorder"].dropna()})
+    if not archive:
+        return
+    listed = {str(r) for r in table.index}
+    placed = [r for r in archive if r in listed]
+    if not placed:
+        raise ConfigError(
+            f"input.recorders_table {config.input.recorders_table} names none of the archive's {len(archive)} "
+            f"recorders ({', '.join(archive[:5])}{', ...' if len(archive) > 5 else ''}); it lists "
+            f"{', '.join(sorted(listed)[:5]) or 'no recorder'}{', ...' if len(listed) > 5 else ''} (names are "
+            "compared exactly, case too; input.recorder says how the archive's are read)")
+    unplaced = [r for r in archive if r not in listed]
+    if unplaced:
+        logger.warning("input.recorders_table has no position for %d of the archive's %d recorders (%s%s): their "
+                       "detections are not localized (UnknownRecorder in failures.parquet)", len(unplaced),
+                       len(archive), ", ".join(unplaced[:5]), ", ..." if len(unplaced) > 5 else "")
 
 
 def candidate_events(detections: pd.DataFrame, recorders: pd.DataFrame, inventory: pd.DataFrame,
@@ -331,6 +360,9 @@ class LocalizationKind(StageKind):
 
     def check(self, config: RunConfig) -> None:
         check_localization(config)
+
+    def check_inventory(self, config: RunConfig, inventory) -> None:
+        check_recorders_cover(config, inventory)
 
     def products(self, ctx: RunContext) -> list[Product]:
         config = ctx.config

@@ -113,6 +113,29 @@ def test_localization_needs_its_inputs(grid, tmp_path):
         config_for(archive, table, tmp_path, **{"class": "toad"})
 
 
+def test_a_recorders_table_that_names_none_of_the_archive_s_recorders_is_refused(grid, tmp_path, dask_client,
+                                                                                  caplog):
+    """Names in the wrong case: found once the inventory is known, before any task, naming both sides.
+    A table that lacks some recorders is a warning (their detections are not localized)."""
+    from pipelines.errors import ConfigError
+
+    archive, table = grid
+    upper = tmp_path / "upper.csv"
+    positions = pd.read_csv(table)
+    positions.assign(recorder=positions["recorder"].str.upper()).to_csv(upper, index=False)
+    with pytest.raises(ConfigError, match=r"names none of the archive's 9 recorders \(rec00, rec01, .*it lists "
+                                          r"REC00, REC01, .*case too"):
+        run_pipeline(config_for(archive, upper, tmp_path / "a"), dask_client, progress=False)
+    assert not (tmp_path / "a" / "_progress").exists()
+    from pipelines.stages.localization import check_recorders_cover
+
+    some = tmp_path / "some.csv"
+    positions.iloc[:7].to_csv(some, index=False)
+    check_recorders_cover(config_for(archive, some, tmp_path / "b"), pd.DataFrame(
+        {"recorder": sorted(positions["recorder"]), "status": "ok"}))
+    assert "no position for 2 of the archive's 9 recorders (rec07, rec08)" in caplog.text
+
+
 @pytest.mark.slow
 @pytest.mark.s3
 def test_localization_on_s3_equals_local(grid, tmp_path, dask_client, s3_storage_options):
