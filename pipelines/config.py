@@ -393,6 +393,9 @@ class LocalizationConfig(_Strict):
     @classmethod
     def _detector_name(cls, v):
         kind, sep, name = v.partition(":")
+        if sep and name and kind in ("birdnet", "linear"):
+            raise ValueError(f"{v!r}: localization takes a RIBBIT or CNN detector ('ribbit:<species name>' or "
+                             f"'cnn:<model name>'); {kind} detections are not localized")
         if not sep or kind not in ("ribbit", "cnn") or not name:
             raise ValueError(f"{v!r} is not a detector name; use 'ribbit:<species name>' or 'cnn:<model name>'")
         return v

@@ -71,7 +71,8 @@ def read_recorders_table(url: str, storage_options=None) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        Indexed by recorder (str), columns ``x, y`` or ``x, y, z`` (float).
+        Indexed by recorder (str), columns ``x, y`` or ``x, y, z`` (float); ``x, y`` when every recorder
+        has the same ``z`` (a flat array: a source's height cannot be told, so it is localized in 2-D).
 
     Raises
     ------
@@ -99,7 +100,14 @@ def read_recorders_table(url: str, storage_options=None) -> pd.DataFrame:
     if repeated:
         raise ConfigError(f"input.recorders_table {url}: recorders listed more than once: {repeated[:5]}")
     positions.index = table["recorder"].astype(str)
-    return positions.astype(float)
+    positions = positions.astype(float)
+    if "z" in positions.columns and len(positions) > 1 and positions["z"].nunique() == 1:
+        # a flat array cannot tell a source's height (above or below it, the delays are the same): a 3-D solve
+        # there returns a z that is noise (about ±1 m on a 40 m grid); solved in 2-D, z is NaN
+        logger.info("input.recorders_table: every recorder at z = %g m: localizing in 2-D (z is NaN)",
+                    positions["z"].iloc[0])
+        positions = positions[["x", "y"]]
+    return positions
 
 
 def check_localization(config: RunConfig) -> None:

@@ -111,6 +111,8 @@ def test_localization_needs_its_inputs(grid, tmp_path):
         config_for(archive, table, tmp_path, detector="ribbit:toad")
     with pytest.raises(ConfigError, match="one class"):
         config_for(archive, table, tmp_path, **{"class": "toad"})
+    with pytest.raises(ConfigError, match="localization takes a RIBBIT or CNN detector.*birdnet detections are not"):
+        config_for(archive, table, tmp_path, detector="birdnet:birds")
 
 
 def test_a_recorders_table_that_names_none_of_the_archive_s_recorders_is_refused(grid, tmp_path, dask_client,
@@ -228,3 +230,18 @@ def test_localization_tasks_stay_off_gpu_workers(grid, tmp_path):
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+def test_a_flat_array_is_localized_in_2d(tmp_path):
+    """A z column that is the same for every recorder: a source's height cannot be told from such an
+    array (a 3-D solve returns noise for z), so the table reads as 2-D."""
+    from pipelines.stages.localization import read_recorders_table
+
+    flat = tmp_path / "flat.csv"
+    pd.DataFrame({"recorder": ["a", "b", "c"], "x": [0, 40, 0], "y": [0, 0, 40], "z": [0, 0, 0]}).to_csv(flat,
+                                                                                                       index=False)
+    assert list(read_recorders_table(str(flat)).columns) == ["x", "y"]
+    hill = tmp_path / "hill.csv"
+    pd.DataFrame({"recorder": ["a", "b", "c", "d"], "x": [0, 40, 0, 40], "y": [0, 0, 40, 40],
+                  "z": [0, 3, 1, 7]}).to_csv(hill, index=False)
+    assert list(read_recorders_table(str(hill)).columns) == ["x", "y", "z"]
