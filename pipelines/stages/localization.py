@@ -65,6 +65,9 @@ LOCALIZATION_SCHEMA = pa.schema([
 ])
 
 
+_FLAT_TABLES_TOLD: set = set()
+
+
 def read_recorders_table(url: str, storage_options=None) -> pd.DataFrame:
     """The recorders' positions: a CSV with columns ``recorder, x, y`` and optionally ``z`` (metres).
 
@@ -104,8 +107,10 @@ def read_recorders_table(url: str, storage_options=None) -> pd.DataFrame:
     if "z" in positions.columns and len(positions) > 1 and positions["z"].nunique() == 1:
         # a flat array cannot tell a source's height (above or below it, the delays are the same): a 3-D solve
         # there returns a z that is noise (about ±1 m on a 40 m grid); solved in 2-D, z is NaN
-        logger.info("input.recorders_table: every recorder at z = %g m: localizing in 2-D (z is NaN)",
-                    positions["z"].iloc[0])
+        if url not in _FLAT_TABLES_TOLD:  # the table is read by several steps of a run: said once
+            _FLAT_TABLES_TOLD.add(url)
+            logger.info("input.recorders_table: every recorder at z = %g m: localizing in 2-D (z is NaN)",
+                        positions["z"].iloc[0])
         positions = positions[["x", "y"]]
     return positions
 
@@ -141,8 +146,13 @@ def check_recorders_cover(config: RunConfig, inventory: pd.DataFrame) -> None:
         No recorder of the archive is in ``input.recorders_table``.
     """
     table = read_recorders_table(config.input.recorders_table, config.input.storage_options)
-    archive = sorted({str(r) for r in inventory.loc[inventory["status"] != "failed", "recorder"].dropna()})
+    readable = inventory.loc[inventory["status"] != "failed", "recorder"]
+    archive = sorted({str(r) for r in readable.dropna()})
     if not archive:
+        if len(readable):
+            raise ConfigError(f"none of the archive's {len(readable)} readable files has a recorder name (input."
+                              f"recorder {config.input.recorder!r} found none), so no detection can be placed with "
+                              "input.recorders_table; set input.recorder to how the files name their recorder")
         return
     listed = {str(r) for r in table.index}
     placed = [r for r in archive if r in listed]

@@ -136,6 +136,9 @@ def test_a_recorders_table_that_names_none_of_the_archive_s_recorders_is_refused
     check_recorders_cover(config_for(archive, some, tmp_path / "b"), pd.DataFrame(
         {"recorder": sorted(positions["recorder"]), "status": "ok"}))
     assert "no position for 2 of the archive's 9 recorders (rec07, rec08)" in caplog.text
+    with pytest.raises(ConfigError, match="none of the archive's 2 readable files has a recorder name"):
+        check_recorders_cover(config_for(archive, some, tmp_path / "b"), pd.DataFrame(
+            {"recorder": [None, None], "status": "ok"}))
 
 
 @pytest.mark.slow

@@ -267,3 +267,50 @@ def test_a_band_beyond_the_nyquist_frequency_fails_every_sample(saved, model):
     model.preprocessor.pipeline.bandpass.set(min_f=-10, out_of_bounds_ok=False)
     with pytest.raises(SampleRateError, match="-10-11025 Hz"):
         inference_spec(model).check_sample_rate(44100)
+
+
+def test_check_weights_tells_whole_weights_from_damaged_ones(tmp_path):
+    """Whole weights pass (also when torch wrote its entries' CRCs as 0); missing, cut short or damaged
+    ones are an OpsoValueError saying what to do; no torch load is needed."""
+    import zipfile
+
+    import torch.utils.serialization as serialization
+
+    from opso_core import CNN
+    from opso_core.errors import OpsoValueError
+    from opso_core.ml import cnn_architectures
+    from opso_core.ml.persistence import check_weights
+
+    model = CNN(cnn_architectures.resnet18(2, weights=None), ["a", "b"], 2.0, sample_shape=(64, 64, 3))
+    path = tmp_path / "m.model"
+    model.save(path)
+    check_weights(path.read_bytes())
+    saved = serialization.config.save.compute_crc32
+    serialization.config.save.compute_crc32 = False
+    try:
+        model.save(tmp_path / "no-crc.model")
+    finally:
+        serialization.config.save.compute_crc32 = saved
+    check_weights(tmp_path / "no-crc.model")
+    with zipfile.ZipFile(path) as zf:
+        members = {name: zf.read(name) for name in zf.namelist()}
+    weights = members["weights.pt"]
+
+    def model_file(name, new_weights):
+        out = tmp_path / f"{name}.model"
+        with zipfile.ZipFile(out, "w") as zf:
+            for member, content in members.items():
+                if member != "weights.pt":
+                    zf.writestr(member, content)
+                elif new_weights is not None:
+                    zf.writestr(member, new_weights)
+        return out.read_bytes()
+
+    cut = model_file("cut", weights[: len(weights) // 2])  # a whole model file around half the weights
+    raw = model_file("whole", weights)  # then one byte of the weights flipped in the file: its CRC fails
+    at = raw.index(weights[1000:1032]) + 10
+    flipped = raw[:at] + bytes([raw[at] ^ 1]) + raw[at + 1:]
+    for data, message in ((cut, "damaged or cut short"), (flipped, "damaged or cut short"),
+                          (model_file("none", None), "holds no weights.pt")):
+        with pytest.raises(OpsoValueError, match=message):
+            check_weights(data)
