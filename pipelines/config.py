@@ -771,11 +771,11 @@ def _format_error(exc: ValidationError, from_environment: dict | None = None) ->
     """One line per problem, each naming its key (and the ``OPSO__...`` variable that set it, from
     ``from_environment``: ``{key path: variable}``)."""
     lines = []
+    longest_first = sorted((from_environment or {}).items(), key=lambda kv: -len(kv[0]))
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
         path = tuple(str(p) for p in err["loc"])
-        variable = next((v for k, v in sorted((from_environment or {}).items(), key=lambda kv: -len(kv[0]))
-                         if path[:len(k)] == k), None)
+        variable = next((v for k, v in longest_first if path[:len(k)] == k), None)
         if variable is not None:
             loc += f" (set by the environment variable {variable})"
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")

@@ -338,8 +338,7 @@ def _run_stages(config: RunConfig, client, location: OutputLocation, preflight: 
     for kind in kinds:
         kind.check_inventory(config, inventory)
     if preflight.start in CLEARING_STARTS:  # every check has passed: the previous run's outputs go now
-        _clear_previous_run(location, preflight, run_info, recorded)
-        stored = False
+        _clear_previous_run(location, preflight, run_info, recorded)  # this run's inventory is written below
     if clip_settings.final_clip == BIRDNET_WINDOWS:
         logger.info("%d BirdNET windows of 3 s (audio resampled to 48 kHz)", clip_index.n_clips)
     else:

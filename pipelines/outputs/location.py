@@ -37,7 +37,7 @@ from pipelines.outputs.storage_options import with_storage_defaults
 
 __all__ = ["OutputLocation", "ZARR_METADATA", "parquet_frame", "temporary_name"]
 
-#: a Zarr store's own metadata files at its top (Zarr 2 and 3): what marks a folder as a store
+#: a Zarr store's own metadata files at its top (Zarr 2 and 3; ``.zgroup`` or ``zarr.json`` marks a folder as a store)
 ZARR_METADATA = (".zgroup", ".zattrs", ".zmetadata", "zarr.json")
 
 

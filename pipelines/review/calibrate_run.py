@@ -58,11 +58,10 @@ def class_scores(table: pd.DataFrame, detector: str, class_name: str, n_windows:
     return table[class_name].to_numpy(np.float64)
 
 
-def _birdnet_floors(url: str, storage_options) -> dict:
-    """``{birdnet:<name>: score_floor}`` of the run's configuration (no threshold below what is stored)."""
-    from pipelines.outputs.results import read_status
-
-    entries = ((read_status(url, storage_options).get("config") or {}).get("birdnet")) or []
+def _birdnet_floors(status: dict) -> dict:
+    """``{birdnet:<name>: score_floor}`` of the run's configuration (its ``run.json``, ``status``): no
+    threshold below what is stored."""
+    entries = ((status.get("config") or {}).get("birdnet")) or []
     return {f"birdnet:{e['name']}": float(e.get("score_floor", 0.01)) for e in entries}
 
 
@@ -84,14 +83,12 @@ def reviews_of_current_scores(reviews: pd.DataFrame, table: pd.DataFrame, class_
                       rtol=SCORE_RTOL, atol=1e-7)
 
 
-def _scores_identities(url: str, storage_options) -> dict[str, str]:
-    """``{"archive": identity, scores:<detector>: identity}`` of the run's archive and score tables
-    (``run.json``), recorded with each calibration so that a run whose scores are others does not apply it
-    (:func:`pipelines.review.thresholds.calibrated_thresholds`)."""
+def _scores_identities(status: dict) -> dict[str, str]:
+    """``{"archive": identity, scores:<detector>: identity}`` of the run's archive and score tables (its
+    ``run.json``, ``status``), recorded with each calibration so that a run whose scores are others does
+    not apply it (:func:`pipelines.review.thresholds.calibrated_thresholds`)."""
     from pipelines.driver.identity import archive_identity
-    from pipelines.outputs.results import read_status
 
-    status = read_status(url, storage_options)
     found = {name: record["identity"] for name, record in (status.get("outputs") or {}).items()
              if name.startswith("scores:") and "identity" in record}
     if status.get("config"):
@@ -118,7 +115,7 @@ def calibrate_run(url: str, target_precision: float, storage_options=None, *, n_
         raise ConfigError(f"calibrate: the target precision must be between 0 and 1, got {target_precision}")
     from pipelines.outputs.results import read_status
 
-    read_status(url, storage_options)  # not a run: say so (StorageError), not "no reviews"
+    status = read_status(url, storage_options)  # not a run: say so (StorageError), not "no reviews"
     from pipelines.outputs.results import list_detectors
 
     reviews = read_reviews(url, storage_options)
@@ -131,8 +128,8 @@ def calibrate_run(url: str, target_precision: float, storage_options=None, *, n_
     if not len(reviews):
         raise ConfigError(f"calibrate: the run at {url} has no present/absent reviews yet; review clips first "
                           f"(opso review {url})")
-    floors = _birdnet_floors(url, storage_options)
-    identities = _scores_identities(url, storage_options)
+    floors = _birdnet_floors(status)
+    identities = _scores_identities(status)
     tables: dict = {}
     rows = []
     n_stale = 0

@@ -101,15 +101,12 @@ def calibrated_config(config, location, previous=None):
         A calibrated BirdNET threshold below the entry's ``score_floor`` (the calibration was made
         with another floor: calibrate again).
     """
-    asking = [e for section in (config.ribbit, config.cnn, config.birdnet, config.linear) for e in section
-              if e.calibrated_thresholds]
+    asking = {f"{kind}:{e.name}" for kind, section in (("ribbit", config.ribbit), ("cnn", config.cnn),
+                                                       ("birdnet", config.birdnet), ("linear", config.linear))
+              for e in section if e.calibrated_thresholds}
     if not asking:
         return config
-    found = calibrated_thresholds(location, expected_identities(config, previous),
-                                  detectors={f"{kind}:{e.name}" for kind, section in
-                                             (("ribbit", config.ribbit), ("cnn", config.cnn),
-                                              ("birdnet", config.birdnet), ("linear", config.linear))
-                                             for e in section if e.calibrated_thresholds})
+    found = calibrated_thresholds(location, expected_identities(config, previous), detectors=asking)
     if not found:
         from pipelines.review.calibrate_run import CALIBRATION_FILE
 

@@ -62,7 +62,7 @@ from pipelines.outputs.tables import (
 )
 from pipelines.stages.base import RANGE, ClipSettings, Product, RunContext, StageKind, flat_settings
 
-__all__ = ["KIND", "CnnDetector", "CnnTask", "describe_cnn_detector", "infer_clips"]
+__all__ = ["KIND", "CnnDetector", "CnnTask", "cached_cnn_detector", "describe_cnn_detector", "infer_clips"]
 
 _PROVISIONAL_SAMPLE_RATE_HZ = 32000  # stands in for a rate not yet known, where only rate-free checks count
 _MODELS: dict = {}
@@ -466,9 +466,10 @@ def _per_task(detector: CnnDetector, task_audio_s: float, gpu_workers: bool) -> 
 _DESCRIBED: dict = {}
 
 
-def _described(cfg: CnnModelConfig, sample_rate_hz: int | None) -> CnnDetector:
-    """:func:`describe_cnn_detector`, read once per model file and rate in this process (the driver asks
-    for the products, the plan and the checks; a model file may be hundreds of megabytes)."""
+def cached_cnn_detector(cfg: CnnModelConfig, sample_rate_hz: int | None) -> CnnDetector:
+    """:func:`describe_cnn_detector`, read (and its weights checked) once per model file and rate in this
+    process (the driver asks for the products, the plan and the checks, and the linear and localization
+    stages for the model's hash and classes; a model file may be hundreds of megabytes)."""
     key = (cfg.model_dump_json(), sample_rate_hz)
     if key not in _DESCRIBED:
         if len(_DESCRIBED) > 64:
@@ -493,22 +494,22 @@ class CnnKind(StageKind):
 
     def check(self, config: RunConfig) -> None:
         for model in config.cnn:
-            _described(model, config.spectrogram.sample_rate)
+            cached_cnn_detector(model, config.spectrogram.sample_rate)
 
     def check_at_sample_rate(self, config: RunConfig, sample_rate_hz: int, params) -> None:
         for model in config.cnn:
-            _described(model, sample_rate_hz)
+            cached_cnn_detector(model, sample_rate_hz)
 
     def run_clips(self, config: RunConfig):
         if not config.cnn:
             return None
-        det = _described(config.cnn[0], config.spectrogram.sample_rate)
+        det = cached_cnn_detector(config.cnn[0], config.spectrogram.sample_rate)
         return ClipSettings(det.clip_duration_s, det.overlap_s, det.final_clip), det.detector
 
     def products(self, ctx: RunContext) -> list[Product]:
         products = []
         for model in ctx.config.cnn:
-            det = _described(model, ctx.sample_rate_hz)
+            det = cached_cnn_detector(model, ctx.sample_rate_hz)
             own = flat_settings(f"cnn[{model.name}]", model.model_dump(mode="json"), drop=(
                 "name", "model", "storage_options", "threshold", "class_thresholds", "calibrated_thresholds", "device",
                 "prepare_threads", "clips_per_task", "cuda_graphs", "precision"))
@@ -537,7 +538,7 @@ class CnnKind(StageKind):
         config, inventory = ctx.config, ctx.inventory
         stages = []
         for model in config.cnn:
-            det = _described(model, ctx.sample_rate_hz)
+            det = cached_cnn_detector(model, ctx.sample_rate_hz)
             settings = ClipSettings(det.clip_duration_s, det.overlap_s, det.final_clip)
             clip_index = ctx.clip_index if settings == ctx.clip_settings else ClipIndex.from_inventory(
                 inventory, clip_duration=det.clip_duration_s, clip_overlap=det.overlap_s, final_clip=det.final_clip)
@@ -566,7 +567,7 @@ class CnnKind(StageKind):
 
     def write_empty(self, ctx: RunContext) -> None:
         for model in ctx.config.cnn:
-            det = _described(model, ctx.sample_rate_hz)
+            det = cached_cnn_detector(model, ctx.sample_rate_hz)
             write_empty_detector_tables(ctx.location, det.detector, det.classes, pa.float32())
 
 

@@ -118,9 +118,9 @@ def _check_embeddings(cfg: LinearConfig, det: LinearDetector, config: RunConfig)
 
         sha = describe_birdnet(entry).model_sha256
     else:
-        from pipelines.stages.cnn import describe_cnn_detector
+        from pipelines.stages.cnn import cached_cnn_detector
 
-        sha = describe_cnn_detector(entry, config.spectrogram.sample_rate).sha256
+        sha = cached_cnn_detector(entry, config.spectrogram.sample_rate).sha256
     if det.model.embedding_model and det.model.embedding_model != sha:
         raise ConfigError(f"linear.{cfg.name}: its model was trained on embeddings of another {kind} model "
                           f"({det.model.embedding_model[:12]}, this run's is {sha[:12]}); train it again on this run")

@@ -127,10 +127,10 @@ def check_localization(config: RunConfig) -> None:
     read_recorders_table(config.input.recorders_table, config.input.storage_options)
     kind, _, name = cfg.detector.partition(":")
     if kind == "cnn":
-        from pipelines.stages.cnn import describe_cnn_detector
+        from pipelines.stages.cnn import cached_cnn_detector
 
         model = next(m for m in config.cnn if m.name == name)
-        classes = describe_cnn_detector(model, config.spectrogram.sample_rate).classes
+        classes = cached_cnn_detector(model, config.spectrogram.sample_rate).classes
         if cfg.class_name not in classes:
             raise ConfigError(f"localization.class {cfg.class_name!r} is not a class of model {name!r}: {list(classes)}")
 
